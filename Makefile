@@ -1,0 +1,75 @@
+# fsdp-lua build. `make deps` installs the Debian packages, `make` builds
+# build/libfsdp.so and build/fsdp-lua, `make test` runs every test.
+#
+# Sources are found by wildcard: engine/*.c and kernels/*_cpu.c make the
+# library, tests/c/test_*.c each become a test binary.
+
+CC       ?= gcc
+ARCH     ?= -march=native
+OPT      ?= -O3
+WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wno-sign-compare
+CFLAGS   += $(OPT) $(ARCH) -g -std=gnu11 -fPIC -fopenmp $(WARN) -Iengine/include -Iengine -Ikernels \
+            -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/luajit-2.1
+LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ljansson -lz -lm -lpthread
+BUILD    := build
+
+LIB_SRC  := $(wildcard engine/*.c) $(wildcard kernels/*_cpu.c)
+LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+TEST_SRC := $(wildcard tests/c/test_*.c)
+TEST_BIN := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+HEADERS  := $(wildcard engine/include/*.h engine/*.h kernels/*.h)
+
+.PHONY: all deps test test-c test-lua demo bench clean check-deps
+
+all: $(BUILD)/libfsdp.so $(BUILD)/fsdp-lua $(BUILD)/fsdp_cdef.h $(TEST_BIN)
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libfsdp.so: $(LIB_OBJ)
+	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+
+# The Lua cdefs come from the public header, preprocessed; never hand-copied.
+$(BUILD)/fsdp_cdef.h: engine/include/fsdp.h
+	@mkdir -p $(BUILD)
+	$(CC) -E -P -DFSDP_CDEF engine/include/fsdp.h > $@
+
+$(BUILD)/fsdp-lua: launch/fsdp-lua.c
+	@mkdir -p $(BUILD)
+	$(CC) $(OPT) -g -std=gnu11 $(WARN) -I/usr/include/luajit-2.1 $< -o $@ -lluajit-5.1 -lm -ldl
+
+$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(BUILD)/libfsdp.so
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/c $< -o $@ -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -lfsdp $(LDLIBS)
+
+# Debian packages for the build and the tests; idempotent, installs only what
+# is missing (root or sudo needed then).
+DEB_PKGS := gcc make luajit libluajit-5.1-dev libopenblas0-openmp libopenblas-openmp-dev \
+            mpich libmpich-dev libjansson-dev zlib1g-dev libreadline-dev libpcre2-dev
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	else echo "deps: all Debian packages present"; fi
+
+# the benchmark peer (PyTorch eager, Debian's build)
+deps-bench: deps
+	@dpkg -s python3-torch >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch >/dev/null; }
+
+test: deps
+	$(MAKE) all
+	bash tests/run.sh
+
+demo: deps
+	$(MAKE) all
+	$(BUILD)/fsdp-lua recipes/train_mingpt.lua --max-steps 300
+
+bench: deps-bench
+	$(MAKE) all
+	bash bench/run.sh
+
+clean:
+	rm -rf $(BUILD)

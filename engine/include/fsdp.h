@@ -1,0 +1,317 @@
+/*
+ * fsdp.h - the one public header of libfsdp.
+ *
+ * This file is also the source of the LuaJIT cdefs: the build runs it through
+ * the C preprocessor with FSDP_CDEF defined and hands the result to ffi.cdef.
+ * Rules that keep that working:
+ *   - only types LuaJIT's FFI knows (stdint types, size_t, plain structs, enums);
+ *   - no macros that the Lua side needs (constants are enums);
+ *   - no inline functions, no system includes outside the FSDP_CDEF guard.
+ *
+ * Conventions (see shared/DESIGN.md):
+ *   - every fallible call returns int status (FSDP_OK == 0) or NULL, and the
+ *     message is read with fsdp_last_error(); the library never exits.
+ *   - kernels: fsdp_<op>_forward_<backend> / fsdp_<op>_backward_<backend>, with
+ *     outputs first, then saved state, inputs, params, dims. All math in f32.
+ *     Every backward kernel ACCUMULATES (+=) into every gradient it writes, for
+ *     inputs and parameters alike; a NULL gradient pointer is skipped.
+ */
+#ifndef FSDP_H
+#define FSDP_H
+
+#ifndef FSDP_CDEF
+#include <stddef.h>
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+#endif
+
+/* ---- version, status, errors ------------------------------------------- */
+
+enum { FSDP_ABI_VERSION = 1 };
+
+enum {
+    FSDP_OK = 0,
+    FSDP_ERR_INVALID = 1,     /* bad argument: shape, dtype, range */
+    FSDP_ERR_OOM = 2,         /* allocation failed */
+    FSDP_ERR_IO = 3,          /* file system */
+    FSDP_ERR_FORMAT = 4,      /* malformed file contents */
+    FSDP_ERR_UNSUPPORTED = 5, /* valid but not implemented here */
+    FSDP_ERR_COMM = 6         /* collective failed / peer died */
+};
+
+int fsdp_abi_version(void);
+/* sizeof a public struct by name ("fsdp_tensor", ...); -1 when unknown.
+ * The Lua binding compares this with ffi.sizeof at load time. */
+int64_t fsdp_struct_size(const char *name);
+/* message of the last failed call on this thread ("" when none) */
+const char *fsdp_last_error(void);
+void fsdp_clear_error(void);
+
+/* ---- threads ------------------------------------------------------------ */
+
+/* one threading runtime: sets OpenMP's and OpenBLAS's thread counts together */
+void fsdp_set_num_threads(int n);
+int fsdp_get_num_threads(void);
+
+/* ---- dtypes and devices ------------------------------------------------- */
+
+typedef enum {
+    FSDP_F32 = 0,
+    FSDP_BF16 = 1,
+    FSDP_F16 = 2,
+    FSDP_I32 = 3,
+    FSDP_I64 = 4,
+    FSDP_U16 = 5,
+    FSDP_U8 = 6,
+    FSDP_NUM_DTYPES = 7
+} fsdp_dtype;
+
+enum { FSDP_CPU = -1 }; /* device: -1 is the host, N >= 0 is cuda:N */
+
+int fsdp_dtype_size(int dtype);          /* bytes per element, 0 if invalid */
+const char *fsdp_dtype_name(int dtype);  /* "f32", ... or NULL */
+
+/* ---- memory ------------------------------------------------------------- */
+
+typedef struct fsdp_mem_stats {
+    int64_t current;   /* bytes held by live storages */
+    int64_t peak;      /* max of current since start or last reset */
+    int64_t reserved;  /* current + bytes kept in the caching pool */
+    int64_t n_allocs;  /* allocations served (pool hits included) */
+    int64_t n_misses;  /* allocations that went to the system */
+} fsdp_mem_stats;
+
+int fsdp_mem_get_stats(int device, fsdp_mem_stats *out);
+void fsdp_mem_reset_peak(int device);
+/* return cached blocks to the system */
+void fsdp_mem_empty_cache(int device);
+
+/* ---- tensors ------------------------------------------------------------ */
+
+enum { FSDP_MAX_DIMS = 8 };
+
+typedef struct fsdp_storage fsdp_storage; /* refcounted buffer, opaque */
+
+typedef struct fsdp_tensor {
+    void *data;                      /* first element */
+    fsdp_storage *storage;           /* owner of the bytes (refcounted) */
+    int64_t shape[FSDP_MAX_DIMS];
+    int64_t strides[FSDP_MAX_DIMS];  /* in elements */
+    int64_t numel;
+    int64_t offset;                  /* elements from the storage base */
+    int32_t dtype;
+    int32_t device;
+    int32_t ndim;
+    int32_t flags;
+} fsdp_tensor;
+
+/* contiguous tensor with uninitialized contents; NULL on error */
+fsdp_tensor *fsdp_tensor_new(int dtype, int device, int ndim, const int64_t *shape);
+/* same, zero-filled */
+fsdp_tensor *fsdp_tensor_zeros(int dtype, int device, int ndim, const int64_t *shape);
+/* a view of base's storage: strides may be NULL for contiguous; offset in
+ * elements relative to base->data. Checks the view stays inside the storage. */
+fsdp_tensor *fsdp_tensor_view(const fsdp_tensor *base, int ndim, const int64_t *shape,
+                              const int64_t *strides, int64_t offset);
+/* read-only tensor over a file range, memory-mapped (offset in bytes) */
+fsdp_tensor *fsdp_tensor_mmap(const char *path, int64_t byte_offset, int dtype,
+                              int ndim, const int64_t *shape);
+/* drops this tensor's reference to its storage; the bytes go back to the pool
+ * when the last view is gone. NULL is allowed. */
+void fsdp_tensor_free(fsdp_tensor *t);
+int fsdp_tensor_is_contiguous(const fsdp_tensor *t);
+int64_t fsdp_tensor_nbytes(const fsdp_tensor *t);
+int64_t fsdp_storage_nbytes(const fsdp_storage *s);
+int fsdp_storage_refcount(const fsdp_storage *s);
+/* dst = src elementwise, any strides, same shape; dtypes may differ among
+ * f32/bf16/f16 (rounding to nearest even) or be equal */
+int fsdp_tensor_copy(fsdp_tensor *dst, const fsdp_tensor *src);
+int fsdp_tensor_fill(fsdp_tensor *t, double value);
+
+/* ---- random numbers ----------------------------------------------------- */
+
+/* xoshiro256** state; plain data so it checkpoints as bytes */
+typedef struct fsdp_rng {
+    uint64_t s[4];
+} fsdp_rng;
+
+void fsdp_rng_seed(fsdp_rng *rng, uint64_t seed);
+uint64_t fsdp_rng_next(fsdp_rng *rng);
+double fsdp_rng_uniform(fsdp_rng *rng);  /* [0, 1) */
+void fsdp_rng_fill_normal(fsdp_rng *rng, float *out, int64_t n, float mean, float std);
+void fsdp_rng_fill_uniform(fsdp_rng *rng, float *out, int64_t n, float lo, float hi);
+
+/* ---- CPU kernels (kernels/<op>_cpu.c) ----------------------------------- *
+ * Shapes are row-major. N = number of rows (tokens), C = channels.          */
+
+/* out[M,N] = op(a)[M,K] @ op(b)[K,N] (+ bias[N]); op transposes when trans_*
+ * is set (a stored [K,M], b stored [N,K]). accumulate != 0 adds into out. */
+int fsdp_matmul_forward_cpu(float *out, const float *a, const float *b, const float *bias,
+                            int M, int N, int K, int trans_a, int trans_b, int accumulate);
+/* da += dout @ op(b)^T (in a's storage layout), db likewise, dbias += column sums */
+int fsdp_matmul_backward_cpu(float *da, float *db, float *dbias, const float *dout,
+                             const float *a, const float *b,
+                             int M, int N, int K, int trans_a, int trans_b);
+
+/* out[n,:] = table[idx[n],:]; idx checked against V */
+int fsdp_embedding_forward_cpu(float *out, const int32_t *idx, const float *table,
+                               int N, int V, int C);
+int fsdp_embedding_backward_cpu(float *dtable, const float *dout, const int32_t *idx,
+                                int N, int V, int C);
+
+int fsdp_layernorm_forward_cpu(float *out, float *mean, float *rstd, const float *inp,
+                               const float *weight, const float *bias, int N, int C, float eps);
+int fsdp_layernorm_backward_cpu(float *dinp, float *dweight, float *dbias, const float *dout,
+                                const float *inp, const float *weight, const float *mean,
+                                const float *rstd, int N, int C);
+
+int fsdp_rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const float *weight,
+                             int N, int C, float eps);
+int fsdp_rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp,
+                              const float *weight, const float *rstd, int N, int C);
+
+/* pointwise activations over n elements */
+int fsdp_gelu_forward_cpu(float *out, const float *inp, int64_t n);   /* tanh approximation */
+int fsdp_gelu_backward_cpu(float *dinp, const float *dout, const float *inp, int64_t n);
+int fsdp_relu_forward_cpu(float *out, const float *inp, int64_t n);
+int fsdp_relu_backward_cpu(float *dinp, const float *dout, const float *inp, int64_t n);
+int fsdp_silu_forward_cpu(float *out, const float *inp, int64_t n);
+int fsdp_silu_backward_cpu(float *dinp, const float *dout, const float *inp, int64_t n);
+/* out = silu(gate) * up */
+int fsdp_swiglu_forward_cpu(float *out, const float *gate, const float *up, int64_t n);
+int fsdp_swiglu_backward_cpu(float *dgate, float *dup, const float *dout, const float *gate,
+                             const float *up, int64_t n);
+
+/* elementwise helpers: out = a + b; y += alpha * x; out = alpha * x; out = a * b */
+int fsdp_add_cpu(float *out, const float *a, const float *b, int64_t n);
+int fsdp_axpy_cpu(float *y, float alpha, const float *x, int64_t n);
+int fsdp_scale_cpu(float *out, float alpha, const float *x, int64_t n);
+int fsdp_mul_cpu(float *out, const float *a, const float *b, int64_t n);
+
+/* contiguous casts among f32, bf16, f16 (round to nearest even; same dtype copies) */
+int fsdp_cast_cpu(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n);
+
+/* Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) pairing:
+ * x[i] and x[i + HD/2] rotate by angle pos * inv_freq[i]. inp/out are
+ * [B, T, NH, HD] rows with ld elements between tokens (ld >= NH*HD); cos/sin
+ * are [T, HD/2] for positions pos0 .. pos0+T-1 already offset by the caller.
+ * out may equal inp. */
+int fsdp_rope_forward_cpu(float *out, const float *inp, const float *cos, const float *sin,
+                          int B, int T, int NH, int HD, int ld);
+int fsdp_rope_backward_cpu(float *dinp, const float *dout, const float *cos, const float *sin,
+                           int B, int T, int NH, int HD, int ld);
+/* cos/sin tables [T, HD/2] for positions pos0.. ; inv_freq[HD/2] given by the
+ * caller (so the Llama 3 / linear scalings stay in Lua) */
+int fsdp_rope_table_cpu(float *cos, float *sin, const float *inv_freq, int pos0, int T, int HD);
+
+/* Causal self-attention with grouped-query heads and an optional sliding
+ * window (window <= 0: none; else query t attends keys t-window+1 .. t).
+ * q: [B, T, NH, HD] with ldq elements between tokens, k and v: [B, T, NKV, HD]
+ * with ldk / ldv; NH % NKV == 0, head h uses kv head h / (NH/NKV).
+ * out: [B, T, NH, HD] contiguous; lse: [B, NH, T] saved log-sum-exp of the
+ * scaled scores, which backward needs. scale is usually 1/sqrt(HD). */
+int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int NH, int NKV, int HD,
+                               int ldq, int ldk, int ldv, int window, float scale);
+int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
+                                const float *q, const float *k, const float *v,
+                                const float *out, const float *lse, int B, int T, int NH,
+                                int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                float scale);
+
+/* Fused softmax cross-entropy over V classes. loss[n] = lse[n] - logits[n,t];
+ * rows whose target equals ignore_index get loss 0 (and no gradient).
+ * Targets outside [0, V) that are not ignore_index are an error. */
+int fsdp_crossentropy_forward_cpu(float *loss, float *lse, const float *logits,
+                                  const int32_t *targets, int N, int V, int ignore_index);
+/* dlogits[n,:] += dloss[n] * (softmax(logits[n,:]) - onehot(target[n])) */
+int fsdp_crossentropy_backward_cpu(float *dlogits, const float *dloss, const float *logits,
+                                   const float *lse, const int32_t *targets, int N, int V,
+                                   int ignore_index);
+
+/* Fused AdamW step over a flat f32 segment. g is multiplied by grad_scale
+ * first (clipping and loss-scale unscaling fold in here). step t >= 1 is used
+ * for bias correction. Decoupled weight decay: p -= lr * wd * p. */
+int fsdp_adamw_cpu(float *param, float *m, float *v, const float *grad, int64_t n,
+                   float lr, float beta1, float beta2, float eps, float weight_decay,
+                   float grad_scale, int64_t t);
+/* sum of squares in double (global norm = sqrt of the sum over segments and
+ * ranks); also reports whether any element is non-finite */
+double fsdp_sumsq_cpu(const float *x, int64_t n);
+
+/* ---- files: safetensors (engine/safetensors.c) -------------------------- */
+
+typedef struct fsdp_st_file fsdp_st_file;     /* opened (mmap) for reading */
+typedef struct fsdp_st_writer fsdp_st_writer; /* collects tensors to write */
+
+typedef struct fsdp_st_info {
+    int32_t dtype;        /* fsdp_dtype, or -1 for a dtype we do not handle */
+    int32_t ndim;
+    int64_t shape[FSDP_MAX_DIMS];
+    int64_t offset;       /* byte offset of the data from the file start */
+    int64_t nbytes;
+} fsdp_st_info;
+
+/* validates the whole header (JSON, dtypes, shapes vs byte ranges, ranges
+ * inside the file, no overlaps); errors name the file and the tensor */
+fsdp_st_file *fsdp_st_open(const char *path);
+void fsdp_st_close(fsdp_st_file *f);
+int fsdp_st_count(const fsdp_st_file *f);
+const char *fsdp_st_name(const fsdp_st_file *f, int i);     /* NULL if out of range */
+int fsdp_st_find(const fsdp_st_file *f, const char *name);  /* index or -1 */
+int fsdp_st_get_info(const fsdp_st_file *f, int i, fsdp_st_info *out);
+const void *fsdp_st_data(const fsdp_st_file *f, int i);     /* mapped bytes */
+const char *fsdp_st_dtype_string(const fsdp_st_file *f, int i); /* "F32", "BF16", ... */
+/* __metadata__ value for key, NULL if absent */
+const char *fsdp_st_metadata(const fsdp_st_file *f, const char *key);
+
+fsdp_st_writer *fsdp_st_writer_new(void);
+void fsdp_st_writer_free(fsdp_st_writer *w);
+/* data is copied at save time, so it must stay valid until fsdp_st_writer_save */
+int fsdp_st_writer_add(fsdp_st_writer *w, const char *name, int dtype, int ndim,
+                       const int64_t *shape, const void *data);
+int fsdp_st_writer_set_metadata(fsdp_st_writer *w, const char *key, const char *value);
+/* writes path.tmp, fsyncs, renames to path */
+int fsdp_st_writer_save(fsdp_st_writer *w, const char *path);
+
+/* ---- files: misc -------------------------------------------------------- */
+
+/* crc32 (zlib polynomial) of a whole file; -1 on error */
+int64_t fsdp_file_crc32(const char *path);
+uint32_t fsdp_crc32(uint32_t crc, const void *data, int64_t n);
+/* write bytes to path atomically (tmp file, fsync, rename, fsync dir) */
+int fsdp_file_write_atomic(const char *path, const void *data, int64_t n);
+/* rename a directory into place atomically and fsync its parent */
+int fsdp_dir_commit(const char *tmp_path, const char *final_path);
+
+/* ---- token files (engine/tokens.c) -------------------------------------- *
+ * Layout: 256 int32 header, then tokens. header[0] = 20240520 (magic, same as
+ * llm.c's .bin files), header[1] = version (1: uint16 tokens, 2: uint32 tokens),
+ * header[2] = number of tokens (low 31 bits), header[3] = high bits of it,
+ * header[4] = vocab size (0 = unknown). Version 1 files of llm.c read as is. */
+
+typedef struct fsdp_token_file {
+    const void *tokens;   /* mapped token array */
+    int64_t n_tokens;
+    int32_t token_bytes;  /* 2 or 4 */
+    int32_t vocab_size;
+    void *map_base;       /* private */
+    int64_t map_len;      /* private */
+} fsdp_token_file;
+
+int fsdp_tokens_open(fsdp_token_file *tf, const char *path);
+void fsdp_tokens_close(fsdp_token_file *tf);
+/* writes a token file atomically; token_bytes 2 requires every token < 65536 */
+int fsdp_tokens_write(const char *path, const int32_t *tokens, int64_t n, int token_bytes,
+                      int vocab_size);
+/* copy tokens [start, start+n) as int32 into out */
+int fsdp_tokens_read(const fsdp_token_file *tf, int32_t *out, int64_t start, int64_t n);
+
+#ifndef FSDP_CDEF
+#ifdef __cplusplus
+}
+#endif
+#endif
+#endif /* FSDP_H */

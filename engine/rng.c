@@ -1,0 +1,50 @@
+/* rng.c - xoshiro256** seeded through splitmix64; normal samples by Box-Muller.
+ * The state is four words of plain data, so checkpoints store it as bytes and
+ * a resumed run draws exactly the numbers the uninterrupted run would. */
+#include <math.h>
+#include "internal.h"
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+void fsdp_rng_seed(fsdp_rng *rng, uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) rng->s[i] = splitmix64(&x);
+}
+
+uint64_t fsdp_rng_next(fsdp_rng *rng) {
+    uint64_t *s = rng->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double fsdp_rng_uniform(fsdp_rng *rng) {
+    return (double)(fsdp_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+void fsdp_rng_fill_uniform(fsdp_rng *rng, float *out, int64_t n, float lo, float hi) {
+    for (int64_t i = 0; i < n; i++) out[i] = lo + (hi - lo) * (float)fsdp_rng_uniform(rng);
+}
+
+void fsdp_rng_fill_normal(fsdp_rng *rng, float *out, int64_t n, float mean, float std) {
+    for (int64_t i = 0; i < n; i += 2) {
+        double u1 = fsdp_rng_uniform(rng), u2 = fsdp_rng_uniform(rng);
+        if (u1 < 1e-300) u1 = 1e-300;
+        double r = sqrt(-2.0 * log(u1));
+        out[i] = mean + std * (float)(r * cos(2.0 * M_PI * u2));
+        if (i + 1 < n) out[i + 1] = mean + std * (float)(r * sin(2.0 * M_PI * u2));
+    }
+}

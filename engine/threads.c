@@ -1,0 +1,15 @@
+/* threads.c - one threading runtime. OpenBLAS is Debian's OpenMP build, so
+ * its GEMMs and our OpenMP kernels share one pool; setting both counts
+ * together keeps the cores from being oversubscribed. */
+#include <omp.h>
+#include "internal.h"
+
+void openblas_set_num_threads(int n);
+
+void fsdp_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int fsdp_get_num_threads(void) { return omp_get_max_threads(); }
