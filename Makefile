@@ -28,7 +28,7 @@ $(BUILD)/obj/%.o: %.c $(HEADERS)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libfsdp.so: $(LIB_OBJ)
-	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LDLIBS)
 
 # The Lua cdefs come from the public header, preprocessed; never hand-copied.
 $(BUILD)/fsdp_cdef.h: engine/include/fsdp.h
@@ -46,7 +46,7 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(BUILD)/libfsdp.so
 # Debian packages for the build and the tests; idempotent, installs only what
 # is missing (root or sudo needed then).
 DEB_PKGS := gcc make luajit libluajit-5.1-dev libopenblas0-openmp libopenblas-openmp-dev \
-            mpich libmpich-dev libjansson-dev zlib1g-dev libreadline-dev libpcre2-dev
+            mpich libmpich-dev libjansson-dev zlib1g-dev libreadline-dev libpcre2-dev fortunes
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -48,3 +48,32 @@ void fsdp_rng_fill_normal(fsdp_rng *rng, float *out, int64_t n, float mean, floa
         if (i + 1 < n) out[i + 1] = mean + std * (float)(r * sin(2.0 * M_PI * u2));
     }
 }
+
+/* counter-based: splitmix64 of (seed, index) gives two uniforms per element */
+static inline double unit_from(uint64_t seed, uint64_t counter) {
+    uint64_t x = seed ^ (counter * 0xd1b54a32d192ed03ULL);
+    return (double)(splitmix64(&x) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+void fsdp_init_normal(float *out, int64_t n, uint64_t seed, int64_t first, float mean, float std) {
+    #pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t j = (uint64_t)(first + i);
+        double u1 = unit_from(seed, 2 * j), u2 = unit_from(seed, 2 * j + 1);
+        if (u1 < 1e-300) u1 = 1e-300;
+        out[i] = mean + std * (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+}
+
+void fsdp_init_uniform(float *out, int64_t n, uint64_t seed, int64_t first, float lo, float hi) {
+    #pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = lo + (hi - lo) * (float)unit_from(seed, 2 * (uint64_t)(first + i));
+}
+
+uint64_t fsdp_hash64(const void *data, int64_t n, uint64_t seed) {
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ULL ^ seed; /* FNV-1a, then a splitmix finalizer */
+    for (int64_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+    return splitmix64(&h);
+}

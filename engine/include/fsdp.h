@@ -142,6 +142,13 @@ uint64_t fsdp_rng_next(fsdp_rng *rng);
 double fsdp_rng_uniform(fsdp_rng *rng);  /* [0, 1) */
 void fsdp_rng_fill_normal(fsdp_rng *rng, float *out, int64_t n, float mean, float std);
 void fsdp_rng_fill_uniform(fsdp_rng *rng, float *out, int64_t n, float lo, float hi);
+/* Counter-based initialization: element i of the range gets a value that
+ * depends only on (seed, first + i), so a rank can initialize its own slice of
+ * a parameter and get exactly the values a one-rank run gives that slice. */
+void fsdp_init_normal(float *out, int64_t n, uint64_t seed, int64_t first, float mean, float std);
+void fsdp_init_uniform(float *out, int64_t n, uint64_t seed, int64_t first, float lo, float hi);
+/* 64-bit hash of bytes (parameter names -> seeds) */
+uint64_t fsdp_hash64(const void *data, int64_t n, uint64_t seed);
 
 /* ---- CPU kernels (kernels/<op>_cpu.c) ----------------------------------- *
  * Shapes are row-major. N = number of rows (tokens), C = channels.          */
@@ -238,7 +245,7 @@ int fsdp_adamw_cpu(float *param, float *m, float *v, const float *grad, int64_t 
                    float lr, float beta1, float beta2, float eps, float weight_decay,
                    float grad_scale, int64_t t);
 /* sum of squares in double (global norm = sqrt of the sum over segments and
- * ranks); also reports whether any element is non-finite */
+ * ranks); a NaN or inf element makes the result non-finite */
 double fsdp_sumsq_cpu(const float *x, int64_t n);
 
 /* ---- files: safetensors (engine/safetensors.c) -------------------------- */

@@ -1,0 +1,70 @@
+/* crossentropy_cpu.c - fused softmax cross-entropy over V classes, the CPU
+ * reference. logits are [N, V] row-major, one row per token; rows whose target
+ * is ignore_index contribute no loss and no gradient. Forward saves each
+ * row's log-sum-exp so backward rebuilds the softmax in one pass. */
+#include <math.h>
+#include "internal.h"
+
+/* every target is ignore_index or a class in [0, V); the error names the
+ * first offending row, so it is checked before any work starts */
+static int check_targets(const char *fn, const int32_t *targets, int N, int V, int ignore_index) {
+    for (int n = 0; n < N; n++) {
+        int32_t t = targets[n];
+        FSDP_CHECK_ARG(t == ignore_index || (t >= 0 && t < V),
+                       "%s: targets[%d] = %d is outside [0, %d) and is not ignore_index (%d)", fn, n,
+                       (int)t, V, ignore_index);
+    }
+    return FSDP_OK;
+}
+
+int fsdp_crossentropy_forward_cpu(float *loss, float *lse, const float *logits,
+                                  const int32_t *targets, int N, int V, int ignore_index) {
+    const char *fn = "fsdp_crossentropy_forward_cpu";
+    FSDP_CHECK_ARG(loss && lse, "%s: loss or lse is NULL", fn);
+    FSDP_CHECK_ARG(logits && targets, "%s: logits or targets is NULL", fn);
+    FSDP_CHECK_ARG(N > 0 && V > 0, "%s: N (%d) and V (%d) must be positive", fn, N, V);
+    int rc = check_targets(fn, targets, N, V, ignore_index);
+    if (rc) return rc;
+
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (int64_t)n * V;
+        /* 1. the row max, so exp never overflows */
+        float maxv = -INFINITY;
+        for (int j = 0; j < V; j++) maxv = x[j] > maxv ? x[j] : maxv;
+        /* 2. log-sum-exp, the sum accumulated in double */
+        double sum = 0.0;
+        for (int j = 0; j < V; j++) sum += expf(x[j] - maxv);
+        const double row_lse = (double)maxv + log(sum);
+        lse[n] = (float)row_lse;
+        /* 3. loss = lse - logit of the target (-log softmax) */
+        const int32_t t = targets[n];
+        loss[n] = t == ignore_index ? 0.0f : (float)(row_lse - (double)x[t]);
+    }
+    return FSDP_OK;
+}
+
+int fsdp_crossentropy_backward_cpu(float *dlogits, const float *dloss, const float *logits,
+                                   const float *lse, const int32_t *targets, int N, int V,
+                                   int ignore_index) {
+    const char *fn = "fsdp_crossentropy_backward_cpu";
+    FSDP_CHECK_ARG(dlogits && dloss, "%s: dlogits or dloss is NULL", fn);
+    FSDP_CHECK_ARG(logits && lse && targets, "%s: logits, lse or targets is NULL", fn);
+    FSDP_CHECK_ARG(N > 0 && V > 0, "%s: N (%d) and V (%d) must be positive", fn, N, V);
+    int rc = check_targets(fn, targets, N, V, ignore_index);
+    if (rc) return rc;
+
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const int32_t t = targets[n];
+        if (t == ignore_index) continue;
+        const float *x = logits + (int64_t)n * V;
+        float *dx = dlogits + (int64_t)n * V;
+        const float d = dloss[n];
+        const float row_lse = lse[n];
+        /* dlogits += dloss * softmax, then the one-hot target term */
+        for (int j = 0; j < V; j++) dx[j] += d * expf(x[j] - row_lse);
+        dx[t] -= d;
+    }
+    return FSDP_OK;
+}

@@ -1,0 +1,181 @@
+-- fsdp.data: token sources and the batch loader.
+--
+-- A token source is an in-memory i32 tensor (text tokenized on the fly) or a
+-- memory-mapped token file (engine/tokens.c: llm.c-compatible header, uint16
+-- or uint32 tokens). The loader cuts the training region into sequences of
+-- seq_len + 1 tokens, visits them in a seeded random order per epoch, and
+-- gives rank r rows [r*B, (r+1)*B) of every global batch of B*world rows. Its
+-- cursor counts global sequences, so it is independent of the world size and
+-- a resumed run continues with exactly the batches it would have seen.
+local bind = require 'fsdp.ffi'
+local T = require 'fsdp.tensor'
+local ffi, C, check = bind.ffi, bind.C, bind.check
+
+local M = {}
+
+---------------------------------------------------------------------------
+-- byte-level tokenizer: every byte is a token (vocab 256). Lossless on any
+-- input; used by the demo so it needs no tokenizer files.
+
+local ByteTokenizer = {vocab_size = 256, name = 'bytes'}
+ByteTokenizer.__index = ByteTokenizer
+M.ByteTokenizer = ByteTokenizer
+
+function ByteTokenizer.new() return setmetatable({}, ByteTokenizer) end
+
+-- string -> i32 tensor [#s]
+function ByteTokenizer:encode(s)
+   local t = T.empty({#s}, 'i32')
+   local p = t:ptr()
+   local bytes = ffi.cast('const uint8_t*', s)
+   for i = 0, #s - 1 do p[i] = bytes[i] end
+   return t
+end
+
+-- list (Lua table) of ids -> string
+function ByteTokenizer:decode(ids)
+   local chars = {}
+   for i, id in ipairs(ids) do chars[i] = string.char(id % 256) end
+   return table.concat(chars)
+end
+
+---------------------------------------------------------------------------
+-- token sources
+
+local Source = {}
+Source.__index = Source
+
+local function read_all(path)
+   local f, err = io.open(path, 'rb')
+   if not f then error('data: cannot open ' .. path .. ': ' .. tostring(err), 0) end
+   local s = f:read('*a')
+   f:close()
+   return s
+end
+
+local function is_token_file(path)
+   local f = io.open(path, 'rb')
+   if not f then return false end
+   local head = f:read(4)
+   f:close()
+   if not head or #head < 4 then return false end
+   local b1, b2, b3, b4 = head:byte(1, 4)
+   return b1 + b2 * 256 + b3 * 65536 + b4 * 16777216 == 20240520
+end
+
+-- opens a token file, or reads a text file with the tokenizer
+function M.open(path, tokenizer)
+   local self = setmetatable({path = path}, Source)
+   if is_token_file(path) then
+      self.file = ffi.new('fsdp_token_file')
+      check(C.fsdp_tokens_open(self.file, path), 'data')
+      self.file = ffi.gc(self.file, C.fsdp_tokens_close)
+      self.n = tonumber(self.file.n_tokens)
+      self.vocab_size = tonumber(self.file.vocab_size)
+   else
+      local text = read_all(path)
+      if #text == 0 then error('data: ' .. path .. ' is empty', 0) end
+      tokenizer = tokenizer or ByteTokenizer.new()
+      self.tokens = tokenizer:encode(text)
+      self.n = self.tokens:numel()
+      self.vocab_size = tokenizer.vocab_size
+   end
+   if self.n == 0 then error('data: ' .. path .. ' holds no tokens', 0) end
+   return self
+end
+
+-- tokens [start, start+n) into an int32 pointer
+function Source:read(out, start, n)
+   if self.file then
+      check(C.fsdp_tokens_read(self.file, out, start, n), 'data ' .. self.path)
+   else
+      ffi.copy(out, self.tokens:ptr() + start, n * 4)
+   end
+end
+
+---------------------------------------------------------------------------
+-- loader
+
+local Loader = {}
+Loader.__index = Loader
+M.Loader = Loader
+
+-- opts: source, batch_size (per rank), seq_len, seed, split ('train' | 'val'),
+-- val_fraction, shuffle (default: train only), rank, world
+function M.loader(opts)
+   local src = opts.source
+   local T_ = opts.seq_len
+   local vf = opts.val_fraction or 0.1
+   local n_train = math.floor(src.n * (1 - vf))
+   local lo, hi = 0, n_train
+   if opts.split == 'val' then lo, hi = n_train, src.n end
+   local chunks = math.floor((hi - lo - 1) / T_)
+   if chunks < 1 then
+      error(string.format('data: the %s split of %s has %d tokens, fewer than one sequence of %d+1 (%d tokens in all; val_fraction %g)',
+                          opts.split or 'train', src.path, hi - lo, T_, src.n, vf), 0)
+   end
+   local self = setmetatable({
+      source = src, B = opts.batch_size, T = T_, seed = opts.seed or 0, lo = lo, chunks = chunks,
+      shuffle = opts.shuffle == nil and (opts.split or 'train') == 'train' or opts.shuffle,
+      rank = opts.rank or 0, world = opts.world or 1, cursor = 0, perms = {},
+      split = opts.split or 'train',
+   }, Loader)
+   self.x = T.empty({self.B, T_}, 'i32')
+   self.y = T.empty({self.B, T_}, 'i32')
+   self.row = ffi.new('int32_t[?]', T_ + 1)
+   return self
+end
+
+-- sequences per epoch
+function Loader:num_sequences() return self.chunks end
+
+-- the seeded order of epoch e (Fisher-Yates)
+function Loader:perm(epoch)
+   local p = self.perms[epoch]
+   if p then return p end
+   p = ffi.new('int32_t[?]', self.chunks)
+   for i = 0, self.chunks - 1 do p[i] = i end
+   local rng = ffi.new('fsdp_rng')
+   C.fsdp_rng_seed(rng, self.seed * 1000003 + epoch)
+   for i = self.chunks - 1, 1, -1 do
+      local j = tonumber(C.fsdp_rng_next(rng) % (i + 1))
+      p[i], p[j] = p[j], p[i]
+   end
+   self.perms = {[epoch] = p} -- keep only the current epoch
+   return p
+end
+
+function Loader:sequence_index(g)
+   local epoch = math.floor(g / self.chunks)
+   local within = g % self.chunks
+   if not self.shuffle then return within end
+   return self:perm(epoch)[within]
+end
+
+-- the next batch: x, y are i32 [B, T] tensors owned by the loader (reused)
+function Loader:next()
+   local B, T_ = self.B, self.T
+   local xp, yp, row = self.x:ptr(), self.y:ptr(), self.row
+   for r = 0, B - 1 do
+      local g = self.cursor + self.rank * B + r
+      local chunk = self:sequence_index(g)
+      self.source:read(row, self.lo + chunk * T_, T_ + 1)
+      ffi.copy(xp + r * T_, row, T_ * 4)
+      ffi.copy(yp + r * T_, row + 1, T_ * 4)
+   end
+   self.cursor = self.cursor + B * self.world
+   return self.x, self.y
+end
+
+function Loader:epoch() return self.cursor / self.chunks end
+
+function Loader:state_dict()
+   return {cursor = self.cursor, seed = self.seed, split = self.split}
+end
+
+function Loader:load_state_dict(sd)
+   self.cursor = sd.cursor
+   self.seed = sd.seed
+end
+
+return M

@@ -1,0 +1,100 @@
+-- fsdp-lua's entry point (run by build/fsdp-lua with the global `arg`).
+--   fsdp-lua RECIPE [--option value ...]   run a recipe (recipes/x.lua, a path, or a name)
+--   fsdp-lua ckpt info DIR                 print a checkpoint's index
+--   fsdp-lua --help
+-- Errors are printed once, with the rank, and give exit status 1.
+local args = {}
+for i = 1, #arg do args[i] = arg[i] end
+
+local root = FSDP_ROOT
+
+local function exists(path)
+   local f = io.open(path, 'r')
+   if f then f:close() return true end
+   return false
+end
+
+local function rank_prefix()
+   local r = os.getenv('RANK') or os.getenv('PMI_RANK') or os.getenv('SLURM_PROCID') or '0'
+   return 'rank ' .. r
+end
+
+local function usage()
+   return table.concat({
+      'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
+      '       fsdp-lua RECIPE --help                  list the recipe\'s options',
+      '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
+   }, '\n')
+end
+
+local function list_recipes()
+   local names = {}
+   local p = io.popen('ls "' .. root .. '/lua/recipes" 2>/dev/null')
+   if p then
+      for line in p:lines() do
+         if line:match('%.lua$') then names[#names + 1] = 'recipes/' .. line end
+      end
+      p:close()
+   end
+   return names
+end
+
+-- recipes/x.lua relative to the working directory, else under lua/
+local function resolve(name)
+   local candidates = {name, root .. '/lua/' .. name, root .. '/lua/recipes/' .. name,
+                       root .. '/lua/recipes/' .. name .. '.lua'}
+   for _, c in ipairs(candidates) do
+      if c:match('%.lua$') and exists(c) then return c end
+   end
+   return nil
+end
+
+local function report(err)
+   local msg = tostring(err)
+   io.stderr:write(string.format('fsdp-lua: %s: error: %s\n', rank_prefix(), msg))
+   if os.getenv('FSDP_TRACEBACK') and type(err) == 'string' then io.stderr:write(debug.traceback() .. '\n') end
+end
+
+local function run(fn)
+   local ok, err = xpcall(fn, function(e)
+      if os.getenv('FSDP_TRACEBACK') then return tostring(e) .. '\n' .. debug.traceback() end
+      return e
+   end)
+   if not ok then
+      report(err)
+      return 1
+   end
+   return type(err) == 'number' and err or 0
+end
+
+local cmd = args[1]
+if not cmd or cmd == '--help' or cmd == '-h' then
+   print(usage())
+   return cmd and 0 or 2
+end
+
+if cmd == 'ckpt' then
+   return run(function()
+      local tool = require 'fsdp.ckpt_tool'
+      return tool.main({unpack(args, 2)})
+   end)
+end
+
+local path = resolve(cmd)
+if not path then
+   local msg = string.format("no recipe or script '%s' (looked in ., %s/lua, %s/lua/recipes); available: %s",
+                             cmd, root, root, table.concat(list_recipes(), ', '))
+   report(msg)
+   return 1
+end
+
+-- the recipe sees its own arguments in `arg` (arg[0] is its path)
+local recipe_args = {[0] = path}
+for i = 2, #args do recipe_args[i - 1] = args[i] end
+arg = recipe_args
+
+return run(function()
+   local chunk, err = loadfile(path)
+   if not chunk then error(err, 0) end
+   return chunk(unpack(recipe_args))
+end)

@@ -1,0 +1,380 @@
+-- fsdp.nn: modules. A module declares its parameters (shape + init) when it
+-- is built and owns no memory until it is materialized: model:materialize()
+-- on one device, or fsdp.shard(model), which gives each rank only its slice.
+-- Forward errors are prefixed with the module path:
+--   in GPT.transformer.h.3.attn (Attention): linear: input [...] ...
+local bind = require 'fsdp.ffi'
+local T = require 'fsdp.tensor'
+local ops = require 'fsdp.ops'
+local AG = require 'fsdp.autograd'
+local C, ffi = bind.C, bind.ffi
+
+local M = {}
+
+---------------------------------------------------------------------------
+-- errors carrying a module path
+
+local ModuleError = {}
+ModuleError.__index = ModuleError
+ModuleError.__tostring = function(e)
+   return 'in ' .. table.concat(e.path, '.') .. ' (' .. e.kind .. '): ' .. e.msg
+end
+M.ModuleError = ModuleError
+
+---------------------------------------------------------------------------
+-- Module
+
+local Module = {}
+Module.__index = Module
+Module.__name = 'Module'
+M.Module = Module
+
+local function call(self, ...)
+   local ok, a, b, c = pcall(self.forward, self, ...)
+   if ok then return a, b, c end
+   local e = a
+   if getmetatable(e) ~= ModuleError then
+      e = setmetatable({path = {}, kind = self.__name, msg = tostring(e)}, ModuleError)
+   end
+   table.insert(e.path, 1, self._label or self.__name)
+   error(e, 0)
+end
+
+-- a new module class; instances are made with Class.new(...) or Class(...)
+function M.class(name, parent)
+   parent = parent or Module
+   local cls = setmetatable({}, {__index = parent, __call = function(c, ...) return c.new(...) end})
+   cls.__index = cls
+   cls.__name = name
+   cls.__call = call
+   cls.__tostring = function(m) return m.__name end
+   return cls
+end
+
+function Module.init(self)
+   self._params = {}
+   self._children = {}
+   return self
+end
+
+function Module.instance(cls)
+   return Module.init(setmetatable({}, cls))
+end
+
+-- declares parameter `name` with `shape` and an initializer:
+--   {'normal', std [, mean]}, {'uniform', lo, hi}, 'zeros', 'ones'
+function Module:param(name, shape, init)
+   for i, n in ipairs(shape) do
+      if type(n) ~= 'number' or n < 1 or n ~= math.floor(n) then
+         error(string.format("%s: parameter '%s' has bad size %s in dimension %d",
+                             self.__name, name, tostring(n), i), 2)
+      end
+   end
+   self._params[#self._params + 1] = {name = name, shape = shape, init = init}
+end
+
+function Module:add(name, child)
+   if type(child) ~= 'table' or not child._params then
+      error(string.format("%s: child '%s' is not a module", self.__name, tostring(name)), 2)
+   end
+   child._label = tostring(name)
+   self._children[#self._children + 1] = {name = tostring(name), module = child}
+   self[name] = child
+   return child
+end
+
+-- every parameter, depth first in declaration order:
+-- {name = 'h.0.attn.c_attn.weight', module = m, key = 'weight', shape, init}
+function Module:parameter_specs(prefix, out)
+   out = out or {}
+   prefix = prefix or ''
+   for _, p in ipairs(self._params) do
+      out[#out + 1] = {name = prefix .. p.name, module = self, key = p.name, shape = p.shape, init = p.init}
+   end
+   for _, c in ipairs(self._children) do
+      c.module:parameter_specs(prefix .. c.name .. '.', out)
+   end
+   return out
+end
+
+function Module:named_parameters()
+   local out = {}
+   for _, s in ipairs(self:parameter_specs()) do
+      local t = s.module[s.key]
+      if not t then error(self.__name .. ': parameters are not materialized (call :materialize() or fsdp.shard)', 2) end
+      out[#out + 1] = {s.name, t}
+   end
+   return out
+end
+
+function Module:parameters()
+   local out = {}
+   for i, np in ipairs(self:named_parameters()) do out[i] = np[2] end
+   return out
+end
+
+function Module:num_parameters()
+   local n = 0
+   for _, s in ipairs(self:parameter_specs()) do
+      local k = 1
+      for _, d in ipairs(s.shape) do k = k * d end
+      n = n + k
+   end
+   return n
+end
+
+-- seed of one parameter: a pure function of the run seed and its name
+function M.param_seed(seed, name)
+   return C.fsdp_hash64(name, #name, seed)
+end
+
+-- fills out[0 .. n) with elements first .. first+n of the parameter's init
+function M.init_values(spec, out_ptr, n, first, seed)
+   local init = spec.init
+   local kind = type(init) == 'table' and init[1] or init
+   if kind == 'zeros' then ffi.fill(out_ptr, n * 4, 0)
+   elseif kind == 'ones' or kind == 'const' then
+      local v = kind == 'ones' and 1 or init[2]
+      for i = 0, n - 1 do out_ptr[i] = v end
+   elseif kind == 'normal' then
+      C.fsdp_init_normal(out_ptr, n, M.param_seed(seed, spec.name), first, init[3] or 0, init[2])
+   elseif kind == 'uniform' then
+      C.fsdp_init_uniform(out_ptr, n, M.param_seed(seed, spec.name), first, init[2], init[3])
+   else
+      error(string.format("parameter '%s': unknown init '%s'", spec.name, tostring(kind)), 0)
+   end
+end
+
+-- gives every parameter its own storage, initialized from `seed`
+function Module:materialize(seed)
+   seed = seed or 0
+   for _, s in ipairs(self:parameter_specs()) do
+      local t = T.empty(s.shape, 'f32')
+      M.init_values(s, t:ptr(), t:numel(), 0, seed)
+      t.requires_grad = true
+      t.name = s.name
+      s.module[s.key] = t
+   end
+   return self
+end
+
+function Module:zero_grad()
+   for _, p in ipairs(self:parameters()) do
+      if p.grad then p.grad:zero() end
+   end
+end
+
+-- {name -> tensor}
+function Module:state_dict()
+   local sd = {}
+   for _, np in ipairs(self:named_parameters()) do sd[np[1]] = np[2] end
+   return sd
+end
+
+-- copies values in; every parameter must be present with its shape
+function Module:load_state_dict(sd, source)
+   source = source or 'state dict'
+   for _, np in ipairs(self:named_parameters()) do
+      local name, p = np[1], np[2]
+      local v = sd[name]
+      if not v then error(string.format("%s: parameter '%s' is missing", source, name), 2) end
+      if v:numel() ~= p:numel() or #v.shape ~= #p.shape then
+         error(string.format("%s: parameter '%s' has shape %s, the model wants %s", source, name,
+                             T.shape_str(v.shape), T.shape_str(p.shape)), 2)
+      end
+      for i = 1, #p.shape do
+         if v.shape[i] ~= p.shape[i] then
+            error(string.format("%s: parameter '%s' has shape %s, the model wants %s", source, name,
+                                T.shape_str(v.shape), T.shape_str(p.shape)), 2)
+         end
+      end
+      p:copy(v)
+   end
+end
+
+-- the units the model is sharded and checkpointed by (blocks); default none
+function Module:units() return {} end
+
+---------------------------------------------------------------------------
+-- containers
+
+local ModuleList = M.class('ModuleList')
+M.ModuleList = ModuleList
+function ModuleList.new(list)
+   local self = Module.instance(ModuleList)
+   self.n = 0
+   for _, m in ipairs(list or {}) do self:append(m) end
+   return self
+end
+function ModuleList:append(m)
+   self:add(self.n, m)
+   self.n = self.n + 1
+   self[self.n] = m -- 1-based access too
+   return m
+end
+function ModuleList:forward() error('ModuleList is a container; call its items', 0) end
+
+---------------------------------------------------------------------------
+-- layers
+
+local Linear = M.class('Linear')
+M.Linear = Linear
+-- opts: bias (default true), std (default 0.02)
+function Linear.new(n_in, n_out, opts)
+   opts = opts or {}
+   local self = Module.instance(Linear)
+   self.n_in, self.n_out = n_in, n_out
+   self:param('weight', {n_out, n_in}, {'normal', opts.std or 0.02})
+   if opts.bias ~= false then self:param('bias', {n_out}, 'zeros') end
+   return self
+end
+function Linear:forward(x) return ops.linear(x, self.weight, self.bias) end
+
+local Embedding = M.class('Embedding')
+M.Embedding = Embedding
+function Embedding.new(n_vocab, dim, opts)
+   opts = opts or {}
+   local self = Module.instance(Embedding)
+   self.n_vocab, self.dim = n_vocab, dim
+   self:param('weight', {n_vocab, dim}, {'normal', opts.std or 0.02})
+   return self
+end
+function Embedding:forward(idx) return ops.embedding(idx, self.weight) end
+
+local LayerNorm = M.class('LayerNorm')
+M.LayerNorm = LayerNorm
+function LayerNorm.new(dim, opts)
+   opts = opts or {}
+   local self = Module.instance(LayerNorm)
+   self.eps = opts.eps or 1e-5
+   self:param('weight', {dim}, 'ones')
+   if opts.bias ~= false then self:param('bias', {dim}, 'zeros') end
+   return self
+end
+function LayerNorm:forward(x) return ops.layernorm(x, self.weight, self.bias, self.eps) end
+
+local RMSNorm = M.class('RMSNorm')
+M.RMSNorm = RMSNorm
+function RMSNorm.new(dim, opts)
+   opts = opts or {}
+   local self = Module.instance(RMSNorm)
+   self.eps = opts.eps or 1e-6
+   self:param('weight', {dim}, 'ones')
+   return self
+end
+function RMSNorm:forward(x) return ops.rmsnorm(x, self.weight, self.eps) end
+
+-- Causal self-attention.
+-- cfg: n_embd, n_head, n_kv_head, bias, style ('gpt2': fused c_attn/c_proj;
+-- 'llama': q_proj/k_proj/v_proj/o_proj), window, proj_std, rope (an object
+-- with :tables(T) -> cos, sin) for rotary models.
+local Attention = M.class('Attention')
+M.Attention = Attention
+function Attention.new(cfg)
+   local self = Module.instance(Attention)
+   local C_, NH = cfg.n_embd, cfg.n_head
+   local NKV = cfg.n_kv_head or NH
+   local HD = cfg.head_dim or C_ / NH
+   if HD ~= math.floor(HD) then error(string.format('Attention: n_embd %d is not divisible by n_head %d', C_, NH), 2) end
+   if NH % NKV ~= 0 then error(string.format('Attention: n_head %d is not a multiple of n_kv_head %d', NH, NKV), 2) end
+   self.n_head, self.n_kv_head, self.head_dim = NH, NKV, HD
+   self.window, self.rope, self.style = cfg.window or 0, cfg.rope, cfg.style or 'gpt2'
+   local bias = cfg.bias ~= false
+   local proj = {bias = bias, std = cfg.proj_std}
+   if self.style == 'gpt2' then
+      if NKV ~= NH then error('Attention: the gpt2 style (fused c_attn) has no grouped-query heads', 2) end
+      self:add('c_attn', Linear(C_, 3 * C_, {bias = bias}))
+      self:add('c_proj', Linear(C_, C_, proj))
+   else
+      self:add('q_proj', Linear(C_, NH * HD, {bias = bias}))
+      self:add('k_proj', Linear(C_, NKV * HD, {bias = bias}))
+      self:add('v_proj', Linear(C_, NKV * HD, {bias = bias}))
+      self:add('o_proj', Linear(NH * HD, C_, {bias = cfg.o_bias or false, std = cfg.proj_std}))
+   end
+   return self
+end
+function Attention:forward(x)
+   local opts = {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window}
+   if self.style == 'gpt2' then
+      return self.c_proj(ops.attention_qkv(self.c_attn(x), opts))
+   end
+   local q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+   if self.rope then
+      local cos, sin = self.rope:tables(x.shape[2])
+      q = ops.rope(q, cos, sin, self.n_head)
+      k = ops.rope(k, cos, sin, self.n_kv_head)
+   end
+   return self.o_proj(ops.attention(q, k, v, opts))
+end
+
+-- Feed-forward. cfg: n_embd, hidden, activation ('gelu' | 'relu' | 'swiglu'),
+-- bias, proj_std. Names: gelu/relu -> c_fc, c_proj (GPT-2); swiglu ->
+-- gate_proj, up_proj, down_proj (Llama).
+local MLP = M.class('MLP')
+M.MLP = MLP
+function MLP.new(cfg)
+   local self = Module.instance(MLP)
+   local C_, H = cfg.n_embd, cfg.hidden or 4 * cfg.n_embd
+   self.activation = cfg.activation or 'gelu'
+   local bias = cfg.bias ~= false
+   if self.activation == 'swiglu' then
+      self:add('gate_proj', Linear(C_, H, {bias = bias}))
+      self:add('up_proj', Linear(C_, H, {bias = bias}))
+      self:add('down_proj', Linear(H, C_, {bias = bias, std = cfg.proj_std}))
+   elseif self.activation == 'gelu' or self.activation == 'relu' then
+      self:add('c_fc', Linear(C_, H, {bias = bias}))
+      self:add('c_proj', Linear(H, C_, {bias = bias, std = cfg.proj_std}))
+   else
+      error("MLP: unknown activation '" .. tostring(self.activation) .. "' (gelu, relu, swiglu)", 2)
+   end
+   return self
+end
+function MLP:forward(x)
+   if self.activation == 'swiglu' then
+      return self.down_proj(ops.swiglu(self.gate_proj(x), self.up_proj(x)))
+   end
+   local h = self.c_fc(x)
+   h = self.activation == 'gelu' and ops.gelu(h) or ops.relu(h)
+   return self.c_proj(h)
+end
+
+-- Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x)).
+-- cfg: n_embd, norm ('layernorm' | 'rmsnorm'), norm_eps, and the Attention
+-- and MLP fields; names = {norm1, attn, norm2, mlp} (GPT-2's by default).
+local Block = M.class('Block')
+M.Block = Block
+function Block.new(cfg)
+   local self = Module.instance(Block)
+   local names = cfg.names or {norm1 = 'ln_1', attn = 'attn', norm2 = 'ln_2', mlp = 'mlp'}
+   self.names = names
+   local function norm()
+      if (cfg.norm or 'layernorm') == 'rmsnorm' then return RMSNorm(cfg.n_embd, {eps = cfg.norm_eps}) end
+      return LayerNorm(cfg.n_embd, {eps = cfg.norm_eps, bias = cfg.norm_bias})
+   end
+   self:add(names.norm1, norm())
+   self:add(names.attn, Attention(cfg))
+   self:add(names.norm2, norm())
+   self:add(names.mlp, MLP(cfg))
+   return self
+end
+function Block:forward(x)
+   local n = self.names
+   x = ops.add(x, self[n.attn](self[n.norm1](x)))
+   return ops.add(x, self[n.mlp](self[n.norm2](x)))
+end
+
+---------------------------------------------------------------------------
+-- activation checkpointing, applied from outside the model
+
+-- wraps the forward of each unit (model:units()) in autograd.checkpoint
+function M.checkpoint_units(model)
+   for _, unit in ipairs(model:units()) do
+      local forward = unit.forward
+      unit.forward = function(self, x)
+         return AG.checkpoint(function(y) return forward(self, y) end, x)
+      end
+   end
+   return model
+end
+
+return M

@@ -1,0 +1,419 @@
+-- fsdp.ops: differentiable operations. Each checks its arguments (errors say
+-- which op and which shapes), allocates its result as a step temporary, calls
+-- the C kernel, and records its backward on the tape when an input needs a
+-- gradient. Backward kernels accumulate into .grad, so a tensor used twice
+-- (a residual, a tied weight) sums both contributions.
+local bind = require 'fsdp.ffi'
+local T = require 'fsdp.tensor'
+local AG = require 'fsdp.autograd'
+local ffi, C, check = bind.ffi, bind.C, bind.check
+
+local M = {}
+local needs, record, grad_of, gp = AG.needs_grad, AG.record, AG.grad_of, AG.grad_ptr
+local shape_str = T.shape_str
+local NULL = nil
+
+local function fail(op, fmt, ...)
+   error(op .. ': ' .. string.format(fmt, ...), 0)
+end
+
+local function want_f32(op, what, t)
+   if not T.is_tensor(t) then fail(op, '%s must be a Tensor, got %s', what, type(t)) end
+   if t:is_freed() then fail(op, '%s was freed (op results live until the end of the step)', what) end
+   if t.dtype ~= 'f32' then fail(op, '%s must be f32, got %s', what, t.dtype) end
+   if not t:is_contiguous() then fail(op, '%s must be contiguous', what) end
+end
+
+local function want_i32(op, what, t)
+   if not T.is_tensor(t) then fail(op, '%s must be a Tensor of token ids, got %s', what, type(t)) end
+   if t.dtype ~= 'i32' then fail(op, '%s must be i32 token ids, got %s', what, t.dtype) end
+end
+
+local function with_last(shape, n)
+   local s = {unpack(shape)}
+   s[#s] = n
+   return s
+end
+
+local function out_like(shape)
+   return T.empty(shape, 'f32', true)
+end
+
+local function result(out, ...)
+   if needs(...) then out.requires_grad = true; return true end
+   return false
+end
+
+---------------------------------------------------------------------------
+-- linear algebra
+
+-- x[..., K] @ w[N, K]^T (+ b[N]) -> [..., N]   (PyTorch's Linear layout)
+function M.linear(x, w, b)
+   want_f32('linear', 'input', x); want_f32('linear', 'weight', w)
+   local K = x.shape[#x.shape]
+   if #w.shape ~= 2 or w.shape[2] ~= K then
+      fail('linear', 'input %s has %d features but the weight is %s (out, in)',
+           shape_str(x.shape), K, shape_str(w.shape))
+   end
+   local N = w.shape[1]
+   if b then
+      want_f32('linear', 'bias', b)
+      if b:numel() ~= N then fail('linear', 'bias has %d elements, the weight has %d outputs', b:numel(), N) end
+   end
+   local rows = x:numel() / K
+   local out = out_like(with_last(x.shape, N))
+   check(C.fsdp_matmul_forward_cpu(out:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL, rows, N, K, 0, 1, 0), 'linear')
+   if result(out, x, w, b) then
+      record(function()
+         local g = out.grad
+         if not g then return end
+         check(C.fsdp_matmul_backward_cpu(gp(x), gp(w), gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
+               'linear backward')
+      end)
+   end
+   return out
+end
+
+-- general matmul of 2-d tensors: op(a) @ op(b)
+function M.matmul(a, b, trans_a, trans_b)
+   want_f32('matmul', 'a', a); want_f32('matmul', 'b', b)
+   if #a.shape ~= 2 or #b.shape ~= 2 then fail('matmul', 'wants 2-d tensors, got %s and %s', shape_str(a.shape), shape_str(b.shape)) end
+   local m, k = a.shape[1], a.shape[2]
+   if trans_a then m, k = k, m end
+   local k2, n = b.shape[1], b.shape[2]
+   if trans_b then k2, n = n, k2 end
+   if k ~= k2 then fail('matmul', 'inner sizes differ: %s and %s', shape_str(a.shape), shape_str(b.shape)) end
+   local ta, tb = trans_a and 1 or 0, trans_b and 1 or 0
+   local out = out_like({m, n})
+   check(C.fsdp_matmul_forward_cpu(out:ptr(), a:ptr(), b:ptr(), NULL, m, n, k, ta, tb, 0), 'matmul')
+   if result(out, a, b) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_matmul_backward_cpu(gp(a), gp(b), NULL, out.grad:ptr(), a:ptr(), b:ptr(), m, n, k, ta, tb),
+               'matmul backward')
+      end)
+   end
+   return out
+end
+
+---------------------------------------------------------------------------
+-- embeddings and norms
+
+function M.embedding(idx, table_)
+   want_i32('embedding', 'indices', idx); want_f32('embedding', 'table', table_)
+   if #table_.shape ~= 2 then fail('embedding', 'table must be [vocab, dim], got %s', shape_str(table_.shape)) end
+   local V, D = table_.shape[1], table_.shape[2]
+   local shape = {unpack(idx.shape)}
+   shape[#shape + 1] = D
+   local out = out_like(shape)
+   local n = idx:numel()
+   check(C.fsdp_embedding_forward_cpu(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), 'embedding')
+   if result(out, table_) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_embedding_backward_cpu(grad_of(table_):ptr(), out.grad:ptr(), idx:ptr(), n, V, D),
+               'embedding backward')
+      end)
+   end
+   return out
+end
+
+local function check_norm_params(op, x, w, b)
+   want_f32(op, 'input', x); want_f32(op, 'weight', w)
+   local D = x.shape[#x.shape]
+   if w:numel() ~= D then fail(op, 'weight has %d elements but the input %s has %d features', w:numel(), shape_str(x.shape), D) end
+   if b then
+      want_f32(op, 'bias', b)
+      if b:numel() ~= D then fail(op, 'bias has %d elements but the input has %d features', b:numel(), D) end
+   end
+   return D, x:numel() / D
+end
+
+function M.layernorm(x, w, b, eps)
+   local D, rows = check_norm_params('layernorm', x, w, b)
+   local out = out_like(x.shape)
+   local mean, rstd = T.empty({rows}, 'f32', true), T.empty({rows}, 'f32', true)
+   check(C.fsdp_layernorm_forward_cpu(out:ptr(), mean:ptr(), rstd:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL,
+                                      rows, D, eps or 1e-5), 'layernorm')
+   if result(out, x, w, b) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_layernorm_backward_cpu(gp(x), gp(w), gp(b), out.grad:ptr(), x:ptr(), w:ptr(),
+                                             mean:ptr(), rstd:ptr(), rows, D), 'layernorm backward')
+      end)
+   end
+   return out
+end
+
+function M.rmsnorm(x, w, eps)
+   local D, rows = check_norm_params('rmsnorm', x, w)
+   local out = out_like(x.shape)
+   local rstd = T.empty({rows}, 'f32', true)
+   check(C.fsdp_rmsnorm_forward_cpu(out:ptr(), rstd:ptr(), x:ptr(), w:ptr(), rows, D, eps or 1e-6), 'rmsnorm')
+   if result(out, x, w) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_rmsnorm_backward_cpu(gp(x), gp(w), out.grad:ptr(), x:ptr(), w:ptr(), rstd:ptr(), rows, D),
+               'rmsnorm backward')
+      end)
+   end
+   return out
+end
+
+---------------------------------------------------------------------------
+-- pointwise
+
+local function pointwise(name, fwd, bwd)
+   M[name] = function(x)
+      want_f32(name, 'input', x)
+      local out = out_like(x.shape)
+      local n = x:numel()
+      check(fwd(out:ptr(), x:ptr(), n), name)
+      if result(out, x) then
+         record(function()
+            if not out.grad then return end
+            check(bwd(grad_of(x):ptr(), out.grad:ptr(), x:ptr(), n), name .. ' backward')
+         end)
+      end
+      return out
+   end
+end
+pointwise('gelu', C.fsdp_gelu_forward_cpu, C.fsdp_gelu_backward_cpu)
+pointwise('relu', C.fsdp_relu_forward_cpu, C.fsdp_relu_backward_cpu)
+pointwise('silu', C.fsdp_silu_forward_cpu, C.fsdp_silu_backward_cpu)
+
+local function same_shape(op, a, b)
+   want_f32(op, 'a', a); want_f32(op, 'b', b)
+   if a:numel() ~= b:numel() or #a.shape ~= #b.shape then
+      fail(op, 'shapes differ: %s and %s', shape_str(a.shape), shape_str(b.shape))
+   end
+   for i = 1, #a.shape do
+      if a.shape[i] ~= b.shape[i] then fail(op, 'shapes differ: %s and %s', shape_str(a.shape), shape_str(b.shape)) end
+   end
+end
+
+-- silu(gate) * up
+function M.swiglu(gate, up)
+   same_shape('swiglu', gate, up)
+   local out = out_like(gate.shape)
+   local n = gate:numel()
+   check(C.fsdp_swiglu_forward_cpu(out:ptr(), gate:ptr(), up:ptr(), n), 'swiglu')
+   if result(out, gate, up) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_swiglu_backward_cpu(gp(gate), gp(up), out.grad:ptr(), gate:ptr(), up:ptr(), n), 'swiglu backward')
+      end)
+   end
+   return out
+end
+
+function M.add(a, b)
+   same_shape('add', a, b)
+   local out = out_like(a.shape)
+   local n = a:numel()
+   check(C.fsdp_add_cpu(out:ptr(), a:ptr(), b:ptr(), n), 'add')
+   if result(out, a, b) then
+      record(function()
+         local g = out.grad
+         if not g then return end
+         if a.requires_grad then check(C.fsdp_axpy_cpu(grad_of(a):ptr(), 1, g:ptr(), n), 'add backward') end
+         if b.requires_grad then check(C.fsdp_axpy_cpu(grad_of(b):ptr(), 1, g:ptr(), n), 'add backward') end
+      end)
+   end
+   return out
+end
+
+function M.mul(a, b)
+   same_shape('mul', a, b)
+   local out = out_like(a.shape)
+   local n = a:numel()
+   check(C.fsdp_mul_cpu(out:ptr(), a:ptr(), b:ptr(), n), 'mul')
+   if result(out, a, b) then
+      record(function()
+         local g = out.grad
+         if not g then return end
+         local tmp = T.empty(a.shape, 'f32', true)
+         if a.requires_grad then
+            C.fsdp_mul_cpu(tmp:ptr(), g:ptr(), b:ptr(), n)
+            C.fsdp_axpy_cpu(grad_of(a):ptr(), 1, tmp:ptr(), n)
+         end
+         if b.requires_grad then
+            C.fsdp_mul_cpu(tmp:ptr(), g:ptr(), a:ptr(), n)
+            C.fsdp_axpy_cpu(grad_of(b):ptr(), 1, tmp:ptr(), n)
+         end
+      end)
+   end
+   return out
+end
+
+function M.scale(x, s)
+   want_f32('scale', 'input', x)
+   local out = out_like(x.shape)
+   local n = x:numel()
+   check(C.fsdp_scale_cpu(out:ptr(), s, x:ptr(), n), 'scale')
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_axpy_cpu(grad_of(x):ptr(), s, out.grad:ptr(), n), 'scale backward')
+      end)
+   end
+   return out
+end
+
+-- sum of all elements -> a one-element tensor
+function M.sum(x)
+   want_f32('sum', 'input', x)
+   local out = out_like({1})
+   local p, n, s = x:ptr(), x:numel(), 0
+   for i = 0, n - 1 do s = s + p[i] end
+   out:ptr()[0] = s
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         local ones = T.full(x.shape, out.grad:ptr()[0], 'f32')
+         C.fsdp_axpy_cpu(grad_of(x):ptr(), 1, ones:ptr(), n)
+         ones:free()
+      end)
+   end
+   return out
+end
+
+function M.mean(x) return M.scale(M.sum(x), 1 / x:numel()) end
+
+-- a differentiable reshape (shares storage; the grad is summed back)
+function M.reshape(x, shape)
+   local out = x:view(shape, nil, nil, true)
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         C.fsdp_axpy_cpu(grad_of(x):ptr(), 1, out.grad:ptr(), x:numel())
+      end)
+   end
+   return out
+end
+
+---------------------------------------------------------------------------
+-- attention
+
+-- opts: n_head, n_kv_head (default n_head), window (0 = none), scale
+local function attention_dims(op, B, T_, NH, NKV, HD)
+   if NH % NKV ~= 0 then fail(op, 'n_head %d is not a multiple of n_kv_head %d', NH, NKV) end
+end
+
+local function run_attention(op, q, k, v, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
+   local window = opts.window or 0
+   local scale = opts.scale or 1 / math.sqrt(HD)
+   local out = out_like({B, T_, NH * HD})
+   local lse = T.empty({B, NH, T_}, 'f32', true)
+   check(C.fsdp_attention_forward_cpu(out:ptr(), lse:ptr(), qp(), kp(), vp(), B, T_, NH, NKV, HD,
+                                      ldq, ldk, ldv, window, scale), op)
+   if result(out, inputs[1], inputs[2], inputs[3]) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_attention_backward_cpu(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
+                                             lse:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window, scale),
+               op .. ' backward')
+      end)
+   end
+   return out
+end
+
+-- q [B, T, NH*HD], k and v [B, T, NKV*HD]: causal attention -> [B, T, NH*HD]
+function M.attention(q, k, v, opts)
+   local op = 'attention'
+   want_f32(op, 'q', q); want_f32(op, 'k', k); want_f32(op, 'v', v)
+   local NH = opts.n_head
+   local NKV = opts.n_kv_head or NH
+   if #q.shape ~= 3 then fail(op, 'q must be [batch, time, heads*head_dim], got %s', shape_str(q.shape)) end
+   local B, T_, QC = q.shape[1], q.shape[2], q.shape[3]
+   if QC % NH ~= 0 then fail(op, 'q has %d channels, not a multiple of n_head %d', QC, NH) end
+   local HD = QC / NH
+   for _, pair in ipairs({{'k', k}, {'v', v}}) do
+      local t = pair[2]
+      if #t.shape ~= 3 or t.shape[1] ~= B or t.shape[2] ~= T_ or t.shape[3] ~= NKV * HD then
+         fail(op, '%s is %s but q is %s with %d kv heads of %d', pair[1], shape_str(t.shape), shape_str(q.shape), NKV, HD)
+      end
+   end
+   attention_dims(op, B, T_, NH, NKV, HD)
+   local function p(t) return function() return t:ptr() end end
+   local function g(t) return function() return gp(t) end end
+   return run_attention(op, q, k, v, p(q), p(k), p(v), g(q), g(k), g(v), B, T_, NH, NKV, HD,
+                        NH * HD, NKV * HD, NKV * HD, opts, {q, k, v})
+end
+
+-- qkv [B, T, 3*C] (q, k, v side by side, as GPT-2's c_attn makes it)
+function M.attention_qkv(qkv, opts)
+   local op = 'attention'
+   want_f32(op, 'qkv', qkv)
+   local NH = opts.n_head
+   if #qkv.shape ~= 3 or qkv.shape[3] % (3 * NH) ~= 0 then
+      fail(op, 'qkv must be [batch, time, 3*heads*head_dim] with %d heads, got %s', NH, shape_str(qkv.shape))
+   end
+   local B, T_, C3 = qkv.shape[1], qkv.shape[2], qkv.shape[3]
+   local Cc = C3 / 3
+   local HD = Cc / NH
+   local function p(off) return function() return qkv:ptr() + off end end
+   local function g(off) return function() local q = gp(qkv); return q and (q + off) or nil end end
+   return run_attention(op, qkv, nil, nil, p(0), p(Cc), p(2 * Cc), g(0), g(Cc), g(2 * Cc), B, T_, NH, NH, HD,
+                        C3, C3, C3, opts, {qkv})
+end
+
+-- rotary embedding on x [B, T, NH*HD] with cos/sin [T, HD/2]
+function M.rope(x, cos, sin, n_head)
+   local op = 'rope'
+   want_f32(op, 'input', x)
+   local B, T_, Cc = x.shape[1], x.shape[2], x.shape[3]
+   if #x.shape ~= 3 or Cc % n_head ~= 0 then fail(op, 'input %s does not split into %d heads', shape_str(x.shape), n_head) end
+   local HD = Cc / n_head
+   if cos.shape[1] < T_ or cos:numel() < T_ * HD / 2 then
+      fail(op, 'cos/sin tables %s are too short for %d positions of head_dim %d', shape_str(cos.shape), T_, HD)
+   end
+   local out = out_like(x.shape)
+   check(C.fsdp_rope_forward_cpu(out:ptr(), x:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc), op)
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_rope_backward_cpu(grad_of(x):ptr(), out.grad:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc),
+               'rope backward')
+      end)
+   end
+   return out
+end
+
+---------------------------------------------------------------------------
+-- losses
+
+-- mean softmax cross-entropy over rows whose target is not ignore_index
+function M.cross_entropy(logits, targets, ignore_index)
+   local op = 'cross_entropy'
+   want_f32(op, 'logits', logits); want_i32(op, 'targets', targets)
+   local V = logits.shape[#logits.shape]
+   local N = logits:numel() / V
+   if targets:numel() ~= N then
+      fail(op, 'logits %s have %d rows but targets %s have %d', shape_str(logits.shape), N, shape_str(targets.shape), targets:numel())
+   end
+   ignore_index = ignore_index or -100
+   local losses, lse = T.empty({N}, 'f32', true), T.empty({N}, 'f32', true)
+   check(C.fsdp_crossentropy_forward_cpu(losses:ptr(), lse:ptr(), logits:ptr(), targets:ptr(), N, V, ignore_index), op)
+   local tp, lp = targets:ptr(), losses:ptr()
+   local count, total = 0, 0
+   for i = 0, N - 1 do
+      if tp[i] ~= ignore_index then count = count + 1; total = total + lp[i] end
+   end
+   local out = out_like({1})
+   out:ptr()[0] = count > 0 and total / count or 0
+   if result(out, logits) then
+      record(function()
+         if not out.grad or count == 0 then return end
+         local dloss = T.full({N}, out.grad:ptr()[0] / count, 'f32')
+         local ok, err = pcall(check, C.fsdp_crossentropy_backward_cpu(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(),
+                                                                        lse:ptr(), targets:ptr(), N, V, ignore_index),
+                               'cross_entropy backward')
+         dloss:free()
+         if not ok then error(err, 0) end
+      end)
+   end
+   return out
+end
+
+return M

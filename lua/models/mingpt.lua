@@ -1,0 +1,103 @@
+-- minGPT: the GPT-2 architecture (learned positions, pre-LayerNorm blocks,
+-- GELU MLP, tied input/output embeddings). Parameter names are Hugging Face
+-- GPT-2's, so a GPT-2 checkpoint maps one to one. Single-device code: the
+-- sharding is applied from outside (fsdp.shard).
+local nn = require 'fsdp.nn'
+local ops = require 'fsdp.ops'
+local T = require 'fsdp.tensor'
+
+local M = {}
+
+-- named shapes; any field can be overridden
+M.presets = {
+   ['gpt2']        = {n_layer = 12, n_head = 12, n_embd = 768},   -- 124M
+   ['gpt2-medium'] = {n_layer = 24, n_head = 16, n_embd = 1024},  -- 350M
+   ['gpt2-large']  = {n_layer = 36, n_head = 20, n_embd = 1280},  -- 774M
+   ['gpt2-xl']     = {n_layer = 48, n_head = 25, n_embd = 1600},  -- 1558M
+   ['gpt-mini']    = {n_layer = 6, n_head = 6, n_embd = 192},
+   ['gpt-micro']   = {n_layer = 4, n_head = 4, n_embd = 128},
+   ['gpt-nano']    = {n_layer = 3, n_head = 3, n_embd = 48},
+}
+
+local defaults = {vocab_size = 50257, block_size = 1024, n_layer = 12, n_head = 12, n_embd = 768,
+                  layer_norm_eps = 1e-5, bias = true}
+
+function M.config(cfg)
+   local out = {}
+   for k, v in pairs(defaults) do out[k] = v end
+   if cfg and cfg.preset then
+      local p = M.presets[cfg.preset]
+      if not p then error("mingpt: unknown preset '" .. tostring(cfg.preset) .. "'", 2) end
+      for k, v in pairs(p) do out[k] = v end
+   end
+   for k, v in pairs(cfg or {}) do out[k] = v end
+   return out
+end
+
+local GPT = nn.class('GPT')
+M.GPT = GPT
+
+function GPT.new(cfg)
+   cfg = M.config(cfg)
+   local self = nn.Module.instance(GPT)
+   self.config = cfg
+   local C = cfg.n_embd
+   if C % cfg.n_head ~= 0 then
+      error(string.format('GPT: n_embd %d is not divisible by n_head %d', C, cfg.n_head), 2)
+   end
+   -- GPT-2 scales the init of the projections into the residual stream
+   local proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+   local tr = nn.Module.instance(nn.class('Transformer'))
+   self:add('transformer', tr)
+   tr:add('wte', nn.Embedding(cfg.vocab_size, C))
+   tr:add('wpe', nn.Embedding(cfg.block_size, C))
+   local h = tr:add('h', nn.ModuleList())
+   for _ = 1, cfg.n_layer do
+      h:append(nn.Block {n_embd = C, n_head = cfg.n_head, norm = 'layernorm', norm_eps = cfg.layer_norm_eps,
+                         activation = 'gelu', bias = cfg.bias, proj_std = proj_std, style = 'gpt2'})
+   end
+   tr:add('ln_f', nn.LayerNorm(C, {eps = cfg.layer_norm_eps}))
+   self.positions = {} -- T -> i32 [B, T] position ids, cached
+   return self
+end
+
+function GPT:units()
+   local out = {}
+   for i = 1, self.transformer.h.n do out[i] = self.transformer.h[i] end
+   return out
+end
+
+local function positions(self, B, T_)
+   local key = B .. 'x' .. T_
+   local p = self.positions[key]
+   if not p then
+      p = T.empty({B, T_}, 'i32')
+      local ptr = p:ptr()
+      for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = t end end
+      self.positions[key] = p
+   end
+   return p
+end
+
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]
+function GPT:forward(idx)
+   local cfg, tr = self.config, self.transformer
+   if idx.dtype ~= 'i32' or #idx.shape ~= 2 then
+      error('GPT: input must be i32 token ids [batch, time], got ' .. idx.dtype .. ' ' .. T.shape_str(idx.shape), 0)
+   end
+   local B, T_ = idx.shape[1], idx.shape[2]
+   if T_ > cfg.block_size then
+      error(string.format('GPT: sequence length %d exceeds block_size %d', T_, cfg.block_size), 0)
+   end
+   local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_)))
+   for i = 1, tr.h.n do x = tr.h[i](x) end
+   x = tr.ln_f(x)
+   return ops.linear(x, tr.wte.weight) -- tied head
+end
+
+-- mean cross-entropy of next-token prediction
+function GPT:loss(idx, targets)
+   return ops.cross_entropy(self(idx), targets)
+end
+
+return M

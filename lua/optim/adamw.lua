@@ -1,0 +1,82 @@
+-- AdamW over flat parameter shards (torch.optim.AdamW's update), one fused
+-- kernel call per contiguous run of elements with the same weight decay.
+-- State: exp_avg / exp_avg_sq shards, allocated once; the step count.
+local bind = require 'fsdp.ffi'
+local T = require 'fsdp.tensor'
+local C, check = bind.C, bind.check
+
+local AdamW = {}
+AdamW.__index = AdamW
+
+-- sharded: the result of fsdp.shard; opts: lr, betas, eps, weight_decay
+function AdamW.new(sharded, opts)
+   opts = opts or {}
+   local self = setmetatable({
+      lr = opts.lr or 1e-3,
+      beta1 = (opts.betas and opts.betas[1]) or opts.beta1 or 0.9,
+      beta2 = (opts.betas and opts.betas[2]) or opts.beta2 or 0.95,
+      eps = opts.eps or 1e-8,
+      weight_decay = opts.weight_decay or 0.0,
+      t = 0,
+      groups = {},
+   }, AdamW)
+   for _, u in ipairs(sharded.units) do
+      -- merge neighbouring segments that share the decay setting
+      local runs = {}
+      for _, s in ipairs(u:segments()) do
+         local last = runs[#runs]
+         if last and last.decay == s.decay and last.offset + last.numel == s.offset then
+            last.numel = last.numel + s.numel
+         else
+            runs[#runs + 1] = {offset = s.offset, numel = s.numel, decay = s.decay}
+         end
+      end
+      self.groups[#self.groups + 1] = {
+         unit = u, runs = runs,
+         exp_avg = T.zeros({u.shard_size}, 'f32'),
+         exp_avg_sq = T.zeros({u.shard_size}, 'f32'),
+      }
+   end
+   return self
+end
+
+-- one step at learning rate lr (default self.lr); grads are multiplied by
+-- grad_scale first (clipping, loss-scale unscaling, accumulation averaging)
+function AdamW:step(lr, grad_scale)
+   lr = lr or self.lr
+   self.t = self.t + 1
+   for _, g in ipairs(self.groups) do
+      local p, gr = g.unit.shard:ptr(), g.unit.grad_shard:ptr()
+      local m, v = g.exp_avg:ptr(), g.exp_avg_sq:ptr()
+      for _, r in ipairs(g.runs) do
+         local o = r.offset
+         check(C.fsdp_adamw_cpu(p + o, m + o, v + o, gr + o, r.numel, lr, self.beta1, self.beta2, self.eps,
+                                r.decay and self.weight_decay or 0, grad_scale or 1, self.t), 'adamw')
+      end
+   end
+end
+
+-- tensors by name for checkpoints, plus scalar state
+function AdamW:state_dict()
+   local tensors = {}
+   for _, g in ipairs(self.groups) do
+      tensors[g.unit.name .. '.exp_avg'] = g.exp_avg
+      tensors[g.unit.name .. '.exp_avg_sq'] = g.exp_avg_sq
+   end
+   return {t = self.t, tensors = tensors,
+           hyper = {lr = self.lr, beta1 = self.beta1, beta2 = self.beta2, eps = self.eps,
+                    weight_decay = self.weight_decay}}
+end
+
+function AdamW:load_state_dict(sd)
+   self.t = sd.t
+   for _, g in ipairs(self.groups) do
+      for _, key in ipairs({'exp_avg', 'exp_avg_sq'}) do
+         local src = sd.tensors[g.unit.name .. '.' .. key]
+         if not src then error('optimizer state: ' .. g.unit.name .. '.' .. key .. ' is missing', 0) end
+         g[key]:copy(src)
+      end
+   end
+end
+
+return AdamW

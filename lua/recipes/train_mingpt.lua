@@ -1,0 +1,189 @@
+-- Train minGPT (the GPT-2 architecture) on a text corpus, on one process.
+--
+--   fsdp-lua recipes/train_mingpt.lua                       # tiny Shakespeare, byte tokens
+--   fsdp-lua recipes/train_mingpt.lua --data my.txt --max-steps 2000 --preset gpt-mini
+--   fsdp-lua recipes/train_mingpt.lua --checkpoint-dir ckpt --checkpoint-every 100
+--
+-- Re-running a command with --checkpoint-dir resumes from its `latest`.
+local fsdp = require 'fsdp'
+local mingpt = require 'models.mingpt'
+local AdamW = require 'optim.adamw'
+local schedule = require 'optim.schedule'
+local clip = require 'optim.clip'
+local ops, log, data, ckpt = fsdp.ops, fsdp.log, fsdp.data, fsdp.checkpoint
+local fs = require 'fsdp.fs'
+
+-- the default corpus: tiny Shakespeare beside the checkout, else the
+-- `fortunes` Debian package (installed by `make deps`)
+local function default_corpus()
+   for _, p in ipairs({fsdp.root .. '/../shared/data/tinyshakespeare.txt',
+                       '/usr/share/games/fortunes/cookie'}) do
+      if fs.exists(p) then return p end
+   end
+   return ''
+end
+
+local opt = fsdp.options('recipes/train_mingpt.lua', {
+   {'data', default_corpus(), 'text file (byte tokens) or token file (.bin) to train on'},
+   {'preset', 'gpt-micro', 'model shape: gpt-nano, gpt-micro, gpt-mini, gpt2, gpt2-medium, ...'},
+   {'n_layer', 0, 'layers (0: from the preset)'},
+   {'n_head', 0, 'attention heads (0: from the preset)'},
+   {'n_embd', 0, 'width (0: from the preset)'},
+   {'seq_len', 64, 'tokens per sequence'},
+   {'batch_size', 16, 'sequences per micro-batch'},
+   {'grad_accum_steps', 1, 'micro-batches per optimizer step'},
+   {'max_steps', 1000, 'optimizer steps'},
+   {'lr', 1e-3, 'peak learning rate'},
+   {'min_lr', 1e-4, 'final learning rate'},
+   {'warmup_steps', 50, 'linear warmup steps'},
+   {'decay', 'cosine', 'decay after warmup', choices = {'cosine', 'linear', 'constant'}},
+   {'weight_decay', 0.1, 'AdamW weight decay (matrices only)'},
+   {'beta1', 0.9, 'AdamW beta1'},
+   {'beta2', 0.95, 'AdamW beta2'},
+   {'max_grad_norm', 1.0, 'clip the global gradient norm (0: off)'},
+   {'activation_checkpointing', false, 'recompute each block in backward'},
+   {'val_fraction', 0.1, 'share of the corpus held out for validation'},
+   {'eval_every', 100, 'steps between validation runs (0: only at the end)'},
+   {'eval_batches', 8, 'validation batches per run'},
+   {'log_every', 10, 'steps between log lines'},
+   {'checkpoint_dir', '', 'where checkpoints go ("" = none); resumes from its latest'},
+   {'checkpoint_every', 0, 'steps between checkpoints (0: only at the end)'},
+   {'keep_last', 0, 'checkpoints to keep (0: all)'},
+   {'sample_tokens', 200, 'tokens to sample at the end'},
+   {'temperature', 0.8, 'sampling temperature'},
+   {'top_k', 40, 'sample among the k most likely tokens'},
+   {'seed', 1337, 'random seed (init, data order, sampling)'},
+   {'threads', 0, 'threads (0: all cores)'},
+}, arg)
+
+if opt.threads > 0 then fsdp.set_num_threads(opt.threads) end
+if opt.data == '' then error('no corpus found: pass --data FILE', 0) end
+
+-- data
+local source = data.open(opt.data)
+local train = data.loader {source = source, batch_size = opt.batch_size, seq_len = opt.seq_len,
+                           seed = opt.seed, split = 'train', val_fraction = opt.val_fraction}
+local function val_loader()
+   return data.loader {source = source, batch_size = opt.batch_size, seq_len = opt.seq_len,
+                       seed = opt.seed, split = 'val', val_fraction = opt.val_fraction}
+end
+val_loader() -- fail now, not at the first evaluation, if the split is too small
+
+-- model
+local cfg = {preset = opt.preset, vocab_size = source.vocab_size > 0 and source.vocab_size or 256,
+             block_size = opt.seq_len}
+for _, k in ipairs({'n_layer', 'n_head', 'n_embd'}) do
+   if opt[k] > 0 then cfg[k] = opt[k] end
+end
+local model = mingpt.GPT(cfg)
+if opt.activation_checkpointing then fsdp.nn.checkpoint_units(model) end
+local sharded = fsdp.shard(model, {strategy = 'none', seed = opt.seed})
+local optimizer = AdamW.new(sharded, {lr = opt.lr, betas = {opt.beta1, opt.beta2}, weight_decay = opt.weight_decay})
+local lr_at = schedule.new {lr = opt.lr, min_lr = opt.min_lr, warmup = opt.warmup_steps,
+                            total = opt.max_steps, decay = opt.decay}
+local sample_rng = fsdp.rng(opt.seed)
+
+log.info('model: GPT %d layers, %d heads, width %d, vocab %d, %.2fM parameters',
+         model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size,
+         sharded:num_parameters() / 1e6)
+log.info('data: %s, %d tokens, %d training sequences of %d', opt.data, source.n, train:num_sequences(), opt.seq_len)
+
+-- resume
+local start_step = 0
+if opt.checkpoint_dir ~= '' then
+   local latest = ckpt.latest(opt.checkpoint_dir)
+   if latest then
+      local state = ckpt.load(latest, sharded, optimizer)
+      start_step = state.step
+      train:load_state_dict(state.data)
+      optimizer.t = state.optimizer_t
+      fsdp.rng_restore(sample_rng, state.rng)
+      log.info('resumed from %s (step %d)', latest, start_step)
+   end
+end
+
+local function save(step)
+   local path = ckpt.save(opt.checkpoint_dir, {
+      step = step, sharded = sharded, optimizer = optimizer, model_name = 'mingpt', model_config = model.config,
+      keep_last = opt.keep_last,
+      trainer = {step = step, data = train:state_dict(), optimizer_t = optimizer.t,
+                 rng = fsdp.rng_state(sample_rng), schedule = {lr = opt.lr, min_lr = opt.min_lr,
+                 warmup = opt.warmup_steps, total = opt.max_steps, decay = opt.decay}},
+   })
+   log.info('saved checkpoint %s', path)
+end
+
+local function evaluate()
+   local loader, total = val_loader(), 0
+   local n = math.min(opt.eval_batches, math.floor(loader:num_sequences() / opt.batch_size))
+   n = math.max(n, 1)
+   for _ = 1, n do
+      local x, y = loader:next()
+      total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
+      fsdp.autograd.reset()
+   end
+   return total / n
+end
+
+-- training loop
+local tokens_per_step = opt.batch_size * opt.seq_len * opt.grad_accum_steps
+local t_last, steps_since = fsdp.clock(), 0
+local last_loss
+for step = start_step, opt.max_steps - 1 do
+   local lr = lr_at(step)
+   local loss_sum = 0
+   for _ = 1, opt.grad_accum_steps do
+      local x, y = train:next()
+      loss_sum = loss_sum + fsdp.backward(model:loss(x, y), 1 / opt.grad_accum_steps)
+   end
+   local loss = loss_sum / opt.grad_accum_steps
+   if loss ~= loss then error(string.format('loss is NaN at step %d', step + 1), 0) end
+   local norm = clip.global_norm(sharded)
+   optimizer:step(lr, clip.clip_factor(norm, opt.max_grad_norm))
+   sharded:zero_grad()
+   last_loss = loss
+   steps_since = steps_since + 1
+
+   local done = step + 1
+   if done % opt.log_every == 0 or done == opt.max_steps then
+      local now = fsdp.clock()
+      local mem = fsdp.memory_stats()
+      log.info('step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | mem %s (peak %s)',
+               done, opt.max_steps, loss, lr, norm, steps_since * tokens_per_step / (now - t_last),
+               log.bytes(mem.current), log.bytes(mem.peak))
+      t_last, steps_since = now, 0
+   end
+   if (opt.eval_every > 0 and done % opt.eval_every == 0) and done ~= opt.max_steps then
+      log.info('step %5d | val loss %.4f', done, evaluate())
+   end
+   if opt.checkpoint_dir ~= '' and opt.checkpoint_every > 0 and done % opt.checkpoint_every == 0 then
+      save(done)
+   end
+end
+
+local final = {step = opt.max_steps, train_loss = last_loss, val_loss = evaluate()}
+log.info('final: step %d | train loss %s | val loss %.4f', final.step, tostring(final.train_loss), final.val_loss)
+if opt.checkpoint_dir ~= '' and (opt.checkpoint_every == 0 or opt.max_steps % opt.checkpoint_every ~= 0)
+   and start_step < opt.max_steps then
+   save(opt.max_steps)
+end
+
+-- sample a few lines
+if opt.sample_tokens > 0 then
+   local tok = data.ByteTokenizer.new()
+   local ids = {string.byte('\n')}
+   for _ = 1, opt.sample_tokens do
+      local ctx_len = math.min(#ids, opt.seq_len)
+      local x = fsdp.empty({1, ctx_len}, 'i32')
+      for i = 1, ctx_len do x:ptr()[i - 1] = ids[#ids - ctx_len + i] end
+      local logits = fsdp.no_grad(function() return model(x) end)
+      local V = logits.shape[3]
+      local row = logits:ptr() + (ctx_len - 1) * V
+      ids[#ids + 1] = require('fsdp.sample').pick(row, V, opt.temperature, opt.top_k, sample_rng)
+      fsdp.autograd.reset()
+      x:free()
+   end
+   log.info('sample:\n%s', tok:decode(ids))
+end
+
+return final
