@@ -15,11 +15,6 @@
 #include <zlib.h>
 #include "internal.h"
 
-/* Also used by safetensors.c and tokens.c (declared there until internal.h
- * carries it): writes the parts one after another as one file, atomically. */
-int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
-                          const int64_t *sizes);
-
 enum { CHUNK = 1 << 20, MAX_IO = 1 << 30 };
 
 uint32_t fsdp_crc32(uint32_t crc, const void *data, int64_t n) {

@@ -14,6 +14,10 @@ void *fsdp_error_null(int code, const char *fmt, ...) __attribute__((format(prin
 void *fsdp_mem_alloc(int device, int64_t nbytes);
 void fsdp_mem_release(int device, void *ptr, int64_t nbytes);
 
+/* writes the parts one after another as one file, atomically (fileio.c) */
+int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
+                          const int64_t *sizes);
+
 #define FSDP_CHECK_ARG(cond, ...) \
     do { if (!(cond)) return fsdp_error(FSDP_ERR_INVALID, __VA_ARGS__); } while (0)
 

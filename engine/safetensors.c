@@ -26,10 +26,6 @@
 #include <unistd.h>
 #include "internal.h"
 
-/* from fileio.c */
-int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
-                          const int64_t *sizes);
-
 enum { MAX_HEADER = 100 * 1000 * 1000 };
 
 /* Every dtype of the format. The ones we compute with map to an fsdp_dtype;

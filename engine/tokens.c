@@ -16,10 +16,6 @@
 #include <unistd.h>
 #include "internal.h"
 
-/* from fileio.c */
-int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
-                          const int64_t *sizes);
-
 enum { TOKEN_MAGIC = 20240520, HEADER_INTS = 256, HEADER_BYTES = HEADER_INTS * 4 };
 
 int fsdp_tokens_open(fsdp_token_file *tf, const char *path) {

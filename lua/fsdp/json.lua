@@ -33,7 +33,12 @@ local function encode(v, indent, depth, out)
    elseif kind == 'number' then
       if v ~= v or v == math.huge or v == -math.huge then out[#out + 1] = 'null'
       elseif v == math.floor(v) and math.abs(v) < 2^53 then out[#out + 1] = string.format('%d', v)
-      else out[#out + 1] = string.format('%.17g', v) end
+      else
+         local txt = string.format('%.15g', v) -- shortest of 15..17 digits that reads back exactly
+         if tonumber(txt) ~= v then txt = string.format('%.16g', v) end
+         if tonumber(txt) ~= v then txt = string.format('%.17g', v) end
+         out[#out + 1] = txt
+      end
    elseif kind == 'string' then out[#out + 1] = encode_string(v)
    elseif kind == 'table' then
       local nl = indent and ('\n' .. string.rep(indent, depth + 1)) or ''

@@ -29,14 +29,25 @@ Module.__index = Module
 Module.__name = 'Module'
 M.Module = Module
 
+-- the module's dotted path from the root of its model: GPT.transformer.h.3
+function Module:path()
+   local parts, m = {}, self
+   while m do
+      table.insert(parts, 1, m._label or m.__name)
+      m = m._parent
+   end
+   return table.concat(parts, '.')
+end
+
+-- forward with errors located: the innermost module that fails stamps its
+-- path and kind on the message; outer modules pass it through
 local function call(self, ...)
    local ok, a, b, c = pcall(self.forward, self, ...)
    if ok then return a, b, c end
    local e = a
    if getmetatable(e) ~= ModuleError then
-      e = setmetatable({path = {}, kind = self.__name, msg = tostring(e)}, ModuleError)
+      e = setmetatable({path = {self:path()}, kind = self.__name, msg = tostring(e)}, ModuleError)
    end
-   table.insert(e.path, 1, self._label or self.__name)
    error(e, 0)
 end
 
@@ -78,6 +89,7 @@ function Module:add(name, child)
       error(string.format("%s: child '%s' is not a module", self.__name, tostring(name)), 2)
    end
    child._label = tostring(name)
+   child._parent = self
    self._children[#self._children + 1] = {name = tostring(name), module = child}
    self[name] = child
    return child
@@ -192,6 +204,23 @@ function Module:load_state_dict(sd, source)
    end
 end
 
+-- saves the parameters to a safetensors file (names as in named_parameters)
+function Module:save(path, metadata)
+   require('fsdp.safetensors').write(path, self:named_parameters(), metadata)
+end
+
+-- loads parameters saved by :save (or any safetensors file with the names)
+function Module:load(path)
+   local st = require('fsdp.safetensors').open(path)
+   local sd = {}
+   for _, np in ipairs(self:named_parameters()) do
+      if st:has(np[1]) then sd[np[1]] = st:tensor(np[1], 'f32') end
+   end
+   self:load_state_dict(sd, path)
+   for _, t in pairs(sd) do t:free() end
+   st:close()
+end
+
 -- the units the model is sharded and checkpointed by (blocks); default none
 function Module:units() return {} end
 
@@ -206,10 +235,11 @@ function ModuleList.new(list)
    for _, m in ipairs(list or {}) do self:append(m) end
    return self
 end
+-- items are named '0', '1', ... (as in PyTorch) and indexed 1..n from Lua
 function ModuleList:append(m)
-   self:add(self.n, m)
+   self:add(tostring(self.n), m)
    self.n = self.n + 1
-   self[self.n] = m -- 1-based access too
+   self[self.n] = m
    return m
 end
 function ModuleList:forward() error('ModuleList is a container; call its items', 0) end

@@ -22,7 +22,7 @@ static int check_count = 0;
     } while (0)
 
 /* |a - b| <= atol + rtol * |b|, elementwise; reports the worst element */
-static int check_close_impl(const char *what, const float *a, const float *b, long n,
+static inline int check_close_impl(const char *what, const float *a, const float *b, long n,
                             double rtol, double atol, const char *file, int line) {
     long worst = -1;
     double worst_err = 0;
