@@ -1,5 +1,6 @@
 /* cast_cpu.c - contiguous casts among f32, bf16 and f16 by way of f32, using
- * the bit-level conversions of dtype_math.h (round to nearest even). */
+ * the bit-level conversions of dtype_math.h (round to nearest even).
+ * dst and src must not overlap unless the dtypes are equal. */
 #include <string.h>
 #include "internal.h"
 #include "dtype_math.h"

@@ -52,6 +52,8 @@ local opt = fsdp.options('recipes/train_mingpt.lua', {
    {'sample_tokens', 200, 'tokens to sample at the end'},
    {'temperature', 0.8, 'sampling temperature'},
    {'top_k', 40, 'sample among the k most likely tokens'},
+   {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
+   {'metrics_jsonl', '', 'append one JSON line of metrics per step to this file'},
    {'seed', 1337, 'random seed (init, data order, sampling)'},
    {'threads', 0, 'threads (0: all cores)'},
 }, arg)
@@ -125,11 +127,18 @@ local function evaluate()
    return total / n
 end
 
+local metrics = opt.metrics_jsonl ~= '' and assert(io.open(opt.metrics_jsonl, 'a')) or nil
+local function record(t)
+   if metrics then metrics:write(fsdp.json.encode(t), '\n'); metrics:flush() end
+end
+
 -- training loop
+local last_step = opt.max_steps
+if opt.stop_after > 0 then last_step = math.min(opt.max_steps, start_step + opt.stop_after) end
 local tokens_per_step = opt.batch_size * opt.seq_len * opt.grad_accum_steps
 local t_last, steps_since = fsdp.clock(), 0
 local last_loss
-for step = start_step, opt.max_steps - 1 do
+for step = start_step, last_step - 1 do
    local lr = lr_at(step)
    local loss_sum = 0
    for _ = 1, opt.grad_accum_steps do
@@ -143,6 +152,7 @@ for step = start_step, opt.max_steps - 1 do
    sharded:zero_grad()
    last_loss = loss
    steps_since = steps_since + 1
+   record {step = step + 1, loss = loss, lr = lr, grad_norm = norm}
 
    local done = step + 1
    if done % opt.log_every == 0 or done == opt.max_steps then
@@ -154,19 +164,29 @@ for step = start_step, opt.max_steps - 1 do
       t_last, steps_since = now, 0
    end
    if (opt.eval_every > 0 and done % opt.eval_every == 0) and done ~= opt.max_steps then
-      log.info('step %5d | val loss %.4f', done, evaluate())
+      local vl = evaluate()
+      record {step = done, val_loss = vl}
+      log.info('step %5d | val loss %.4f', done, vl)
    end
    if opt.checkpoint_dir ~= '' and opt.checkpoint_every > 0 and done % opt.checkpoint_every == 0 then
       save(done)
    end
 end
 
+if last_step < opt.max_steps then -- stopped early on request: save and leave
+   if opt.checkpoint_dir ~= '' and last_step > start_step then save(last_step) end
+   log.info('stopped after step %d of %d as asked (--stop-after %d)', last_step, opt.max_steps, opt.stop_after)
+   return {step = last_step, train_loss = last_loss}
+end
+
 local final = {step = opt.max_steps, train_loss = last_loss, val_loss = evaluate()}
+record {step = opt.max_steps, val_loss = final.val_loss}
 log.info('final: step %d | train loss %s | val loss %.4f', final.step, tostring(final.train_loss), final.val_loss)
 if opt.checkpoint_dir ~= '' and (opt.checkpoint_every == 0 or opt.max_steps % opt.checkpoint_every ~= 0)
    and start_step < opt.max_steps then
    save(opt.max_steps)
 end
+if metrics then metrics:close() end
 
 -- sample a few lines
 if opt.sample_tokens > 0 then
