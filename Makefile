@@ -9,19 +9,23 @@ ARCH     ?= -march=native
 OPT      ?= -O3
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wno-sign-compare
 CFLAGS   += $(OPT) $(ARCH) -g -std=gnu11 -fPIC -fopenmp $(WARN) -Iengine/include -Iengine -Ikernels \
-            -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/luajit-2.1
-LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ljansson -lz -lm -lpthread
+            -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/luajit-2.1 \
+            -I/usr/include/x86_64-linux-gnu/mpich
+LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lmpich -ljansson -lz -lm -lpthread
 BUILD    := build
 
 LIB_SRC  := $(wildcard engine/*.c) $(wildcard kernels/*_cpu.c)
 LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 TEST_SRC := $(wildcard tests/c/test_*.c)
 TEST_BIN := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+# multi-rank C programs, run under mpiexec by tests/dist/*.sh
+DIST_SRC := $(wildcard tests/c/dist_*.c)
+DIST_BIN := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(DIST_SRC))
 HEADERS  := $(wildcard engine/include/*.h engine/*.h kernels/*.h)
 
 .PHONY: all deps test test-c test-lua demo bench clean check-deps
 
-all: $(BUILD)/libfsdp.so $(BUILD)/fsdp-lua $(BUILD)/fsdp_cdef.h $(TEST_BIN)
+all: $(BUILD)/libfsdp.so $(BUILD)/fsdp-lua $(BUILD)/fsdp_cdef.h $(TEST_BIN) $(DIST_BIN)
 
 $(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -56,8 +60,8 @@ deps:
 
 # the benchmark peer (PyTorch eager, Debian's build)
 deps-bench: deps
-	@dpkg -s python3-torch >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch >/dev/null; }
+	@dpkg -s python3-torch libjemalloc2 >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch libjemalloc2 >/dev/null; }
 
 test: deps
 	$(MAKE) all

@@ -34,6 +34,9 @@ done
 for t in tests/dist/test_*.sh; do
     [ -f "$t" ] && run_one "dist/$(basename "$t" .sh)" bash "$t"
 done
+for t in tests/dist/test_*.lua; do
+    [ -f "$t" ] && run_one "dist/$(basename "$t" .lua)" build/fsdp-lua "$t"
+done
 
 echo
 [ ${#failed[@]} -gt 0 ] && printf 'failed: %s\n' "${failed[*]}"

@@ -248,6 +248,51 @@ int fsdp_adamw_cpu(float *param, float *m, float *v, const float *grad, int64_t 
  * ranks); a NaN or inf element makes the result non-finite */
 double fsdp_sumsq_cpu(const float *x, int64_t n);
 
+/* ---- collectives (engine/comm.c) ---------------------------------------- *
+ * One interface over several engines: MPI for host tensors (and bootstrap),
+ * a `self` backend for a world of one, NCCL for CUDA tensors (libfsdp_cuda).
+ * Counts are in elements of dtype. A NULL request pointer means blocking;
+ * otherwise *req receives a handle to fsdp_comm_wait / fsdp_comm_test, which
+ * frees it on completion. Errors name this rank and, when known, the peer. */
+
+typedef struct fsdp_comm fsdp_comm;
+typedef struct fsdp_comm_request fsdp_comm_request;
+
+enum { FSDP_REDUCE_SUM = 0, FSDP_REDUCE_AVG = 1, FSDP_REDUCE_MAX = 2 };
+
+/* The job's world: MPI when launched by mpiexec/srun/fsdp-lua's launcher
+ * (PMI_RANK, PMI_SIZE, OMPI_*, SLURM_* or RANK/WORLD_SIZE in the env), else a
+ * world of one that never initializes MPI. Idempotent. */
+fsdp_comm *fsdp_comm_world(void);
+/* sub-group of the ranks passing the same color, ordered by key (hybrid) */
+fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key);
+void fsdp_comm_free(fsdp_comm *c);     /* sub-groups only; the world lives on */
+int fsdp_comm_rank(const fsdp_comm *c);
+int fsdp_comm_size(const fsdp_comm *c);
+const char *fsdp_comm_backend(const fsdp_comm *c); /* "mpi" or "self" */
+/* recv[size * count] gathers every rank's send[count], in rank order */
+int fsdp_comm_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype,
+                         fsdp_comm_request **req);
+/* recv[count] = reduction over ranks of send[rank * count .. +count] */
+int fsdp_comm_reduce_scatter(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype,
+                             int op, fsdp_comm_request **req);
+/* in place */
+int fsdp_comm_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int op,
+                         fsdp_comm_request **req);
+int fsdp_comm_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int root,
+                        fsdp_comm_request **req);
+int fsdp_comm_barrier(fsdp_comm *c);
+/* waits at most timeout_s seconds (<= 0: the default, FSDP_COMM_TIMEOUT or 600) */
+int fsdp_comm_wait(fsdp_comm_request *req, double timeout_s);
+int fsdp_comm_test(fsdp_comm_request *req, int *done);
+/* bytes this rank has sent through collectives of c (volume accounting) */
+int64_t fsdp_comm_bytes_sent(const fsdp_comm *c);
+/* ends the whole job after a fatal error on this rank (MPI_Abort); used by
+ * the Lua top level after it has printed the error, never by the library */
+void fsdp_comm_abort(int code);
+/* MPI_Finalize when MPI was initialized */
+int fsdp_comm_finalize(void);
+
 /* ---- files: safetensors (engine/safetensors.c) -------------------------- */
 
 typedef struct fsdp_st_file fsdp_st_file;     /* opened (mmap) for reading */

@@ -12,6 +12,11 @@ local M = {}
 
 local tape, n = {}, 0
 local enabled = true
+local end_hooks = {}
+
+-- fn() runs after every successful backward, before temporaries are freed
+-- (fsdp.shard waits for its gradient reductions there)
+function M.on_backward_end(fn) end_hooks[#end_hooks + 1] = fn end
 
 function M.is_enabled() return enabled end
 
@@ -74,7 +79,10 @@ function M.backward(loss, scale)
    local value = loss:item()
    if loss.requires_grad then
       M.grad_of(loss):fill(scale or 1)
-      local ok, err = pcall(run_tape, 1)
+      local ok, err = pcall(function()
+         run_tape(1)
+         for _, h in ipairs(end_hooks) do h() end
+      end)
       if not ok then
          tape, n = {}, 0
          T.end_step()

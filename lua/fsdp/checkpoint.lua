@@ -5,8 +5,10 @@
 --                                 config, the flat layout of every unit, and
 --                                 each rank file's size and crc32
 --   DIR/step_00000030/rank_00000.safetensors
---                                 this rank's slice of each unit: <unit>.param,
---                                 <unit>.exp_avg, <unit>.exp_avg_sq
+--                                 slice r of each unit: <unit>.param,
+--                                 <unit>.exp_avg, <unit>.exp_avg_sq (one file
+--                                 per slice of the shard group; replicas of a
+--                                 slice are written once)
 --   DIR/step_00000030/trainer_state.json
 --                                 step, data cursor, RNG, schedule, extra
 --
@@ -63,10 +65,14 @@ local function write_rank_file(path, tensors, meta)
 end
 
 -- state: {step, sharded, optimizer, trainer = table (json), model_config,
--- model_name, comm (optional: rank, world_size, barrier, broadcast_string)}
+-- model_name, keep_last, comm (optional: rank, world_size, barrier,
+-- broadcast_string)}. Collective: every rank calls it. One replica of each
+-- slice is written (sharded.writes_checkpoint), as rank_<shard rank>.
 function M.save(dir, state)
    local comm = state.comm
-   local rank, world = comm and comm.rank or 0, comm and comm.world_size or 1
+   local rank = comm and comm.rank or 0
+   local sh = state.sharded
+   local slices = sh.shard_count or 1
    local name = step_name(state.step)
    local final = dir .. '/' .. name
    -- rank 0 picks the temporary name and tells the others
@@ -74,25 +80,31 @@ function M.save(dir, state)
    if comm and comm.broadcast_string then tmp = comm.broadcast_string(tmp) end
    if rank == 0 then fs.mkdirs(tmp) end
    if comm and comm.barrier then comm.barrier() end
-   write_rank_file(tmp .. '/' .. rank_file(rank), rank_tensors(state.sharded, state.optimizer),
-                   {rank = rank, world_size = world, step = state.step})
+   if sh.writes_checkpoint ~= false then
+      write_rank_file(tmp .. '/' .. rank_file(sh.shard_rank or 0), rank_tensors(sh, state.optimizer),
+                      {rank = sh.shard_rank or 0, world_size = slices, step = state.step})
+   end
    if comm and comm.barrier then comm.barrier() end
    if rank == 0 then
       local files = {}
-      for r = 0, world - 1 do
+      for r = 0, slices - 1 do
          local path = tmp .. '/' .. rank_file(r)
          local f = io.open(path, 'rb')
+         if not f then error('checkpoint: ' .. path .. ' was not written', 0) end
          local size = f:seek('end')
          f:close()
          files[rank_file(r)] = {bytes = size, crc32 = tonumber(C.fsdp_file_crc32(path))}
       end
+      local trainer = state.trainer or {}
+      if state.optimizer then trainer.optimizer_t = state.optimizer.t end
       local index = {
-         format = M.FORMAT, version = M.VERSION, step = state.step, world_size = world,
-         strategy = state.sharded.strategy, model = {name = state.model_name, config = state.model_config},
-         units = state.sharded:layout(), files = files,
+         format = M.FORMAT, version = M.VERSION, step = state.step, world_size = slices,
+         ranks = comm and comm.world_size or 1,
+         strategy = sh.strategy, model = {name = state.model_name, config = state.model_config},
+         units = sh:layout(), files = files,
          optimizer = state.optimizer and state.optimizer:state_dict().hyper or json.null,
       }
-      write_text(tmp .. '/trainer_state.json', json.encode(state.trainer or {}, ' '))
+      write_text(tmp .. '/trainer_state.json', json.encode(trainer, ' '))
       write_text(tmp .. '/index.json', json.encode(index, ' '))
       local old
       if fs.exists(final) then -- re-saving a step: keep the old one until the new one is in place

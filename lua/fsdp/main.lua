@@ -15,7 +15,8 @@ local function exists(path)
 end
 
 local function rank_prefix()
-   local r = os.getenv('RANK') or os.getenv('PMI_RANK') or os.getenv('SLURM_PROCID') or '0'
+   local r = os.getenv('PMI_RANK') or os.getenv('OMPI_COMM_WORLD_RANK') or os.getenv('SLURM_PROCID')
+             or os.getenv('RANK') or '0'
    return 'rank ' .. r
 end
 
@@ -24,6 +25,8 @@ local function usage()
       'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
       '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
+      '       fsdp-lua --nproc-per-node N RECIPE ...  run N local ranks (MPICH mpiexec underneath)',
+      '       mpiexec -n N fsdp-lua RECIPE ... / srun fsdp-lua RECIPE ...',
    }, '\n')
 end
 
@@ -52,6 +55,11 @@ end
 local function report(err)
    local msg = tostring(err)
    io.stderr:write(string.format('fsdp-lua: %s: error: %s\n', rank_prefix(), msg))
+   io.stderr:flush()
+   -- in a job of several ranks, take the others down instead of leaving
+   -- them waiting in a collective
+   local ok, dist = pcall(require, 'fsdp.dist')
+   if ok and dist.world and dist.world_size > 1 then dist.abort(1) end
    if os.getenv('FSDP_TRACEBACK') and type(err) == 'string' then io.stderr:write(debug.traceback() .. '\n') end
 end
 
@@ -71,6 +79,16 @@ local cmd = args[1]
 if not cmd or cmd == '--help' or cmd == '-h' then
    print(usage())
    return cmd and 0 or 2
+end
+
+-- the launcher: fsdp-lua --nproc-per-node N RECIPE ...
+if cmd:match('^%-%-n') or cmd:match('^%-%-master') or cmd:match('^%-%-hosts') then
+   return run(function()
+      local launch = require 'fsdp.launch'
+      local opts, rest = launch.parse(args)
+      if not opts then error('unknown flag ' .. cmd .. ' (launcher flags: --nproc-per-node, --nnodes, --hosts)', 0) end
+      launch.exec(opts, rest, root .. '/build/fsdp-lua')
+   end)
 end
 
 if cmd == 'ckpt' then
@@ -93,8 +111,11 @@ local recipe_args = {[0] = path}
 for i = 2, #args do recipe_args[i - 1] = args[i] end
 arg = recipe_args
 
-return run(function()
+local status = run(function()
    local chunk, err = loadfile(path)
    if not chunk then error(err, 0) end
    return chunk(unpack(recipe_args))
 end)
+local ok, dist = pcall(require, 'fsdp.dist')
+if ok and status == 0 then dist.finalize() end
+return status

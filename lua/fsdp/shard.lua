@@ -1,19 +1,40 @@
--- fsdp.shard: flat parameters. fsdp.shard(model, opts) groups the model's
--- parameters into units (each of model:units(), then the rest as the root
--- unit), concatenates each unit's tensors into one flat f32 buffer padded to
--- a multiple of the shard group size, and gives this rank its contiguous
--- slice as the fp32 master copy, with its gradient and (in the optimizer)
--- its state. Parameters are initialized slice by slice with counter-based
--- random numbers, so no rank ever materializes a tensor it does not own and
--- every world size starts from the same values.
+-- fsdp.shard: fully sharded data parallelism, applied to a model from
+-- outside (the torchtitan way): fsdp.shard(model, opts).
 --
--- In a world of one the slice is the whole unit and the parameters are
--- views into it. (Gathering and reduce-scattering across ranks plug in at
--- FlatParam:gather / :reduce_grads.)
+-- Units. Each of model:units() (the transformer blocks) and the root unit
+-- (every other parameter: embeddings, final norm, head) becomes a FlatParam:
+-- its tensors concatenated into one flat f32 buffer, padded to a multiple of
+-- the shard group size; rank r of the group owns elements [r*S, (r+1)*S) as
+-- its fp32 master copy, with its gradient and (in the optimizer) its state.
+-- Parameters are initialized slice by slice with counter-based random
+-- numbers: no rank ever materializes a tensor it does not own, and every
+-- world size starts from the same values.
+--
+-- Strategies (the shard group shards, the replicate group averages):
+--   full            ZeRO-3: gather before forward, free after; gather again for backward
+--   grad_op         ZeRO-2: gather before forward, keep until the unit's backward ends
+--   none            DDP: every rank holds everything; gradients all-reduced
+--   hybrid_full     full inside groups of G ranks, replicated across groups
+--   hybrid_grad_op  grad_op inside groups of G ranks, replicated across groups
+--
+-- Hooks. A unit's forward is wrapped: gather (waiting for the prefetch
+-- started by the previous unit), start the next unit's gather, run, free.
+-- On the autograd tape it leaves a pre-backward entry (gather again, bind
+-- gradient views, prefetch the unit before it) and a post-backward entry
+-- (reduce-scatter its gradients, non-blocking, as soon as its backward ends).
+-- backward() waits for the outstanding reductions before it returns.
+--
+-- Mixed precision: gather in param_dtype (f32/bf16/f16), reduce in
+-- reduce_dtype, keep fp32 masters; CPU kernels compute in f32 on the
+-- gathered values converted back (bf16/f16 are storage on this CPU).
 local T = require 'fsdp.tensor'
 local nn = require 'fsdp.nn'
+local AG = require 'fsdp.autograd'
+local dist = require 'fsdp.dist'
 
 local M = {}
+
+M.STRATEGIES = {full = true, grad_op = true, none = true, hybrid_full = true, hybrid_grad_op = true}
 
 local FlatParam = {}
 FlatParam.__index = FlatParam
@@ -25,9 +46,11 @@ local function numel_of(shape)
    return n
 end
 
--- specs: parameter specs of one unit (from Module:parameter_specs)
-function FlatParam.new(name, specs, group_size, group_rank)
-   local self = setmetatable({name = name, specs = {}, group_size = group_size, group_rank = group_rank}, FlatParam)
+-- specs: {name, module, key, shape, init} of one unit; owner: the Sharded
+function FlatParam.new(owner, name, index, specs)
+   local G = owner.shard_group and owner.shard_group.size or 1
+   local r = owner.shard_group and owner.shard_group.rank or 0
+   local self = setmetatable({owner = owner, name = name, index = index, specs = {}, group_size = G}, FlatParam)
    local offset = 0
    for _, s in ipairs(specs) do
       local n = numel_of(s.shape)
@@ -36,13 +59,13 @@ function FlatParam.new(name, specs, group_size, group_rank)
       offset = offset + n
    end
    self.numel = offset
-   self.padded = math.ceil(offset / group_size) * group_size
-   self.shard_size = self.padded / group_size
-   self.shard_offset = group_rank * self.shard_size -- first flat element this rank owns
+   self.padded = math.ceil(math.max(offset, 1) / G) * G
+   self.shard_size = self.padded / G
+   self.shard_offset = r * self.shard_size -- first flat element this rank owns
    return self
 end
 
--- allocate and initialize this rank's slice
+-- allocate and initialize this rank's slice (and nothing else)
 function FlatParam:materialize(seed)
    self.shard = T.zeros({self.shard_size}, 'f32')
    self.grad_shard = T.zeros({self.shard_size}, 'f32')
@@ -52,32 +75,132 @@ function FlatParam:materialize(seed)
       local a, b = math.max(lo, s.offset), math.min(hi, s.offset + s.numel)
       if a < b then nn.init_values(s, p + (a - lo), b - a, a - s.offset, seed) end
    end
-   if self.group_size == 1 then self:bind(self.shard, self.grad_shard) end
+   if self.group_size == 1 then
+      -- unsharded: the parameters live in the shard itself, for good
+      self:bind_params(self.shard)
+      self:bind_grads(self.grad_shard)
+      self.gathered = true
+   end
 end
 
--- points every parameter (and its .grad) at its place in full / full_grad,
--- keeping the Lua Tensor objects stable so recorded closures see the change
-function FlatParam:bind(full, full_grad)
+-- points each parameter at its place in `full`, keeping the Lua Tensor
+-- objects (which recorded closures hold) and swapping their storage
+function FlatParam:bind_params(full)
    for _, s in ipairs(self.specs) do
-      local p = s.module[s.key]
       local v = full:view(s.shape, nil, s.offset)
-      local g = full_grad and full_grad:view(s.shape, nil, s.offset) or nil
+      local p = s.module[s.key]
       if p then
          if p._c ~= nil then p:free() end
-         p._c = v._c
-         v._c = nil
-         if p.grad and g then
-            if p.grad._c ~= nil then p.grad:free() end
-            p.grad._c = g._c
-            g._c = nil
-         elseif g then p.grad = g end
+         p._c, v._c = v._c, nil
       else
          v.requires_grad = true
          v.name = s.name
-         v.grad = g
          s.module[s.key] = v
       end
    end
+end
+
+function FlatParam:bind_grads(full_grad)
+   for _, s in ipairs(self.specs) do
+      local p = s.module[s.key]
+      local g = full_grad:view(s.shape, nil, s.offset)
+      if p.grad then
+         if p.grad._c ~= nil then p.grad:free() end
+         p.grad._c, g._c = g._c, nil
+      else
+         p.grad = g
+      end
+   end
+end
+
+local function unbind(self, field)
+   for _, s in ipairs(self.specs) do
+      local p = s.module[s.key]
+      local t = field == 'grad' and p and p.grad or p
+      if t and t._c ~= nil then
+         t:free()
+         t._freed_by = 'unit ' .. self.name .. ' is not gathered now'
+      end
+   end
+end
+
+-- starts (or finishes, when not async) the all-gather of the full unit
+function FlatParam:gather(async)
+   if self.gathered or self.pending_gather then return end
+   local o = self.owner
+   local full = T.empty({self.padded}, 'f32')
+   local function done()
+      self.full = full
+      self:bind_params(full)
+      self.gathered = true
+      self.pending_gather = nil
+   end
+   if o.param_dtype == 'f32' then
+      self.pending_gather = o.shard_group:all_gather(full, self.shard, async, done)
+   else
+      local send = T.empty({self.shard_size}, o.param_dtype):copy(self.shard)
+      local recv = T.empty({self.padded}, o.param_dtype)
+      self.pending_gather = o.shard_group:all_gather(recv, send, async, function()
+         full:copy(recv)
+         send:free(); recv:free()
+         done()
+      end)
+   end
+   if not async then self.pending_gather = nil end
+end
+
+function FlatParam:wait_gather()
+   if self.pending_gather then self.pending_gather:wait() end
+   if not self.gathered then self:gather(false) end
+end
+
+-- frees the gathered parameters (sharded strategies only)
+function FlatParam:free_full()
+   if self.group_size == 1 or not self.gathered then return end
+   unbind(self, 'param')
+   self.full:free()
+   self.full = nil
+   self.gathered = false
+end
+
+-- before the unit's backward: parameters gathered, gradient views bound
+function FlatParam:pre_backward()
+   self:wait_gather()
+   if self.group_size > 1 and not self.full_grad then
+      self.full_grad = T.zeros({self.padded}, 'f32')
+      self:bind_grads(self.full_grad)
+   end
+end
+
+-- after the unit's backward: reduce its gradients into grad_shard
+function FlatParam:post_backward()
+   local o = self.owner
+   self:free_full()
+   if not o.sync then return end -- accumulating: keep full_grad for the next micro-batch
+   if self.group_size == 1 then
+      if o.replicate_group then
+         o.pending[#o.pending + 1] = o.replicate_group:all_reduce(self.grad_shard, 'avg', o.async_reduce)
+      end
+      return
+   end
+   local full_grad = self.full_grad
+   self.full_grad = nil
+   unbind(self, 'grad')
+   local rd = o.reduce_dtype
+   local send = full_grad
+   if rd ~= 'f32' then send = T.empty({self.padded}, rd):copy(full_grad); full_grad:free() end
+   local recv = T.empty({self.shard_size}, rd)
+   o.pending[#o.pending + 1] = o.shard_group:reduce_scatter(recv, send, 'avg', o.async_reduce, function()
+      if rd == 'f32' then
+         require('fsdp.ffi').C.fsdp_axpy_cpu(self.grad_shard:ptr(), 1, recv:ptr(), self.shard_size)
+      else
+         local r32 = recv:clone('f32')
+         require('fsdp.ffi').C.fsdp_axpy_cpu(self.grad_shard:ptr(), 1, r32:ptr(), self.shard_size)
+         r32:free()
+      end
+      send:free(); recv:free()
+      if o.replicate_group then o.replicate_group:all_reduce(self.grad_shard, 'avg') end
+   end)
 end
 
 -- weight decay applies to matrices (dim >= 2), not to norms and biases
@@ -99,50 +222,138 @@ local Sharded = {}
 Sharded.__index = Sharded
 M.Sharded = Sharded
 
--- opts: strategy ('none' | 'full' | 'grad_op' | ...), seed, group_size, group_rank
+local function wrap_forward(self, module, fp, is_root)
+   local inner = module.forward
+   module.forward = function(m, ...)
+      local units = self.units
+      fp:wait_gather()
+      -- prefetch the next unit in forward order
+      local nxt = units[fp.index + 2]
+      if self.prefetch and nxt and not is_root then nxt:gather(true) end
+      if is_root and self.prefetch and units[2] then units[2]:gather(true) end
+      local recording = AG.is_enabled()
+      if recording then AG.record(function() fp:post_backward() end) end
+      local a, b, c = inner(m, ...)
+      if recording then
+         AG.record(function()
+            fp:pre_backward()
+            -- prefetch the unit whose backward comes next (the one before)
+            local prev = units[fp.index]
+            if self.prefetch and prev and prev.index > 0 and not prev.gathered then prev:gather(true) end
+         end)
+      end
+      -- ZeRO-3 frees a block right away; the root stays until its backward
+      if not recording or (self.reshard_after_forward and not is_root) then fp:free_full() end
+      return a, b, c
+   end
+end
+
+-- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
+-- prefetch (default true), async_reduce (default true)
 function M.shard(model, opts)
    opts = opts or {}
-   local group_size, group_rank = opts.group_size or 1, opts.group_rank or 0
-   local self = setmetatable({model = model, strategy = opts.strategy or 'full', units = {},
-                              group_size = group_size, group_rank = group_rank}, Sharded)
-   -- parameters of each unit, then everything else as the root unit
-   local taken = {}
+   dist.init()
+   local strategy = opts.strategy or 'full'
+   if not M.STRATEGIES[strategy] then
+      error(string.format("shard: unknown strategy '%s' (full, grad_op, none, hybrid_full, hybrid_grad_op)", tostring(strategy)), 2)
+   end
+   for _, k in ipairs({'param_dtype', 'reduce_dtype'}) do
+      local d = opts[k] or 'f32'
+      if d ~= 'f32' and d ~= 'bf16' and d ~= 'f16' then
+         error(string.format("shard: %s must be f32, bf16 or f16, got '%s'", k, tostring(d)), 2)
+      end
+   end
+   local world = dist.world
+   local self = setmetatable({
+      model = model, strategy = strategy, units = {}, sync = true, pending = {},
+      param_dtype = opts.param_dtype or 'f32', reduce_dtype = opts.reduce_dtype or 'f32',
+      prefetch = opts.prefetch ~= false, async_reduce = opts.async_reduce ~= false,
+      reshard_after_forward = strategy == 'full' or strategy == 'hybrid_full',
+   }, Sharded)
+   -- groups
+   if strategy == 'full' or strategy == 'grad_op' then
+      self.shard_group = world
+   elseif strategy == 'none' then
+      self.shard_group = nil
+      self.replicate_group = world.size > 1 and world or nil
+   else
+      local G = opts.hybrid_group_size or dist.local_world_size
+      if G < 1 or world.size % G ~= 0 then
+         error(string.format('shard: hybrid group size %d does not divide the world of %d ranks', G, world.size), 2)
+      end
+      self.shard_group = world:split(math.floor(world.rank / G), world.rank % G, 'shard')
+      local rep = world:split(world.rank % G, math.floor(world.rank / G), 'replicate')
+      self.replicate_group = rep.size > 1 and rep or nil
+   end
+   if self.shard_group and self.shard_group.size == 1 then self.shard_group = nil end
+   self.shard_rank = self.shard_group and self.shard_group.rank or 0
+   self.shard_count = self.shard_group and self.shard_group.size or 1
+   -- the ranks whose slices a checkpoint needs: one replica of each slice
+   self.writes_checkpoint = not self.replicate_group or self.replicate_group.rank == 0
+
+   -- units: the root (everything outside model:units()) first, then the blocks
    local all = model:parameter_specs()
-   local unit_modules = model:units()
    local prefix_of = {}
    for _, s in ipairs(all) do prefix_of[s.module] = prefix_of[s.module] or s.name:sub(1, #s.name - #s.key) end
-   for i, unit in ipairs(unit_modules) do
+   local taken, unit_specs = {}, {}
+   for i, unit in ipairs(model:units()) do
       local specs = {}
       for _, s in ipairs(unit:parameter_specs()) do
-         -- find the full name of this parameter in the model
          local full = prefix_of[s.module] .. s.key
          taken[full] = true
          specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init}
       end
-      self.units[#self.units + 1] = FlatParam.new('unit' .. i, specs, group_size, group_rank)
+      unit_specs[i] = specs
    end
    local rest = {}
    for _, s in ipairs(all) do if not taken[s.name] then rest[#rest + 1] = s end end
-   if #rest > 0 then table.insert(self.units, 1, FlatParam.new('root', rest, group_size, group_rank)) end
+   self.units[1] = FlatParam.new(self, 'root', 0, rest)
+   for i, specs in ipairs(unit_specs) do
+      self.units[i + 1] = FlatParam.new(self, 'unit' .. i, i, specs)
+   end
    for _, u in ipairs(self.units) do u:materialize(opts.seed or 0) end
+
+   -- hooks (unsharded units only use the post-backward all-reduce of DDP)
+   wrap_forward(self, model, self.units[1], true)
+   for i, unit in ipairs(model:units()) do wrap_forward(self, unit, self.units[i + 1], false) end
+   AG.on_backward_end(function() self:finish_backward() end)
    model._sharded = self
    return self
 end
+
+-- waits for every outstanding gradient reduction (run at the end of backward)
+function Sharded:finish_backward()
+   local pending = self.pending
+   self.pending = {}
+   for _, p in ipairs(pending) do if p then p:wait() end end
+end
+
+-- gradient accumulation: while sync is false, backward accumulates into the
+-- gathered gradients and skips the reduction
+function Sharded:set_sync(flag) self.sync = flag end
 
 function Sharded:zero_grad()
    for _, u in ipairs(self.units) do u.grad_shard:zero() end
 end
 
--- sum of squares of this rank's gradient slices (the caller all-reduces)
+-- sum of squares of the whole model's gradient (over the shard group)
 function Sharded:grad_sumsq()
    local s = 0
    for _, u in ipairs(self.units) do s = s + u.grad_shard:sumsq() end
+   if self.shard_group then s = self.shard_group:sum_number(s) end
    return s
 end
 
 function Sharded:num_parameters()
    local n = 0
    for _, u in ipairs(self.units) do n = n + u.numel end
+   return n
+end
+
+-- bytes this rank holds for parameters and gradients (master shards)
+function Sharded:shard_bytes()
+   local n = 0
+   for _, u in ipairs(self.units) do n = n + u.shard:nbytes() + u.grad_shard:nbytes() end
    return n
 end
 
@@ -157,6 +368,21 @@ function Sharded:layout()
       units[i] = {name = u.name, numel = u.numel, padded = u.padded, params = params}
    end
    return units
+end
+
+-- gathers every parameter's full value onto this rank (for export and
+-- tests): {name -> f32 tensor}; collective, every rank must call it
+function Sharded:full_state_dict()
+   local out = {}
+   for _, u in ipairs(self.units) do
+      local full = T.empty({u.padded}, 'f32')
+      if self.shard_group then self.shard_group:all_gather(full, u.shard) else full:copy(u.shard) end
+      for _, s in ipairs(u.specs) do
+         out[s.name] = full:view(s.shape, nil, s.offset):clone()
+      end
+      full:free()
+   end
+   return out
 end
 
 return M

@@ -1,17 +1,22 @@
--- Train minGPT (the GPT-2 architecture) on a text corpus, on one process.
+-- Train minGPT (the GPT-2 architecture) on a text corpus, sharded over every
+-- rank of the job (a world of one when started alone).
 --
 --   fsdp-lua recipes/train_mingpt.lua                       # tiny Shakespeare, byte tokens
 --   fsdp-lua recipes/train_mingpt.lua --data my.txt --max-steps 2000 --preset gpt-mini
+--   fsdp-lua --nproc-per-node 4 recipes/train_mingpt.lua --strategy grad_op
 --   fsdp-lua recipes/train_mingpt.lua --checkpoint-dir ckpt --checkpoint-every 100
 --
--- Re-running a command with --checkpoint-dir resumes from its `latest`.
+-- Re-running a command with --checkpoint-dir resumes from its `latest`, at
+-- any number of ranks.
 local fsdp = require 'fsdp'
 local mingpt = require 'models.mingpt'
 local AdamW = require 'optim.adamw'
 local schedule = require 'optim.schedule'
 local clip = require 'optim.clip'
-local ops, log, data, ckpt = fsdp.ops, fsdp.log, fsdp.data, fsdp.checkpoint
+local LossScaler = require 'optim.loss_scaler'
+local dist = require 'fsdp.dist'
 local fs = require 'fsdp.fs'
+local log, data, ckpt = fsdp.log, fsdp.data, fsdp.checkpoint
 
 -- the default corpus: tiny Shakespeare beside the checkout, else the
 -- `fortunes` Debian package (installed by `make deps`)
@@ -30,7 +35,7 @@ local opt = fsdp.options('recipes/train_mingpt.lua', {
    {'n_head', 0, 'attention heads (0: from the preset)'},
    {'n_embd', 0, 'width (0: from the preset)'},
    {'seq_len', 64, 'tokens per sequence'},
-   {'batch_size', 16, 'sequences per micro-batch'},
+   {'batch_size', 16, 'sequences per micro-batch, over all ranks'},
    {'grad_accum_steps', 1, 'micro-batches per optimizer step'},
    {'max_steps', 1000, 'optimizer steps'},
    {'lr', 1e-3, 'peak learning rate'},
@@ -41,6 +46,10 @@ local opt = fsdp.options('recipes/train_mingpt.lua', {
    {'beta1', 0.9, 'AdamW beta1'},
    {'beta2', 0.95, 'AdamW beta2'},
    {'max_grad_norm', 1.0, 'clip the global gradient norm (0: off)'},
+   {'strategy', 'full', 'sharding', choices = {'full', 'grad_op', 'none', 'hybrid_full', 'hybrid_grad_op'}},
+   {'hybrid_group_size', 0, 'ranks per shard group for hybrid strategies (0: ranks per node)'},
+   {'param_dtype', 'f32', 'dtype parameters are gathered in', choices = {'f32', 'bf16', 'f16'}},
+   {'reduce_dtype', 'f32', 'dtype gradients are reduced in', choices = {'f32', 'bf16', 'f16'}},
    {'activation_checkpointing', false, 'recompute each block in backward'},
    {'val_fraction', 0.1, 'share of the corpus held out for validation'},
    {'eval_every', 100, 'steps between validation runs (0: only at the end)'},
@@ -49,29 +58,38 @@ local opt = fsdp.options('recipes/train_mingpt.lua', {
    {'checkpoint_dir', '', 'where checkpoints go ("" = none); resumes from its latest'},
    {'checkpoint_every', 0, 'steps between checkpoints (0: only at the end)'},
    {'keep_last', 0, 'checkpoints to keep (0: all)'},
+   {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
+   {'metrics_jsonl', '', 'append one JSON line of metrics per step to this file (rank 0)'},
    {'sample_tokens', 200, 'tokens to sample at the end'},
    {'temperature', 0.8, 'sampling temperature'},
    {'top_k', 40, 'sample among the k most likely tokens'},
-   {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
-   {'metrics_jsonl', '', 'append one JSON line of metrics per step to this file'},
    {'seed', 1337, 'random seed (init, data order, sampling)'},
-   {'threads', 0, 'threads (0: all cores)'},
+   {'threads', 0, 'threads per rank (0: cores / ranks on this node)'},
 }, arg)
 
-if opt.threads > 0 then fsdp.set_num_threads(opt.threads) end
+dist.init()
+local rank, world = dist.rank, dist.world_size
+if opt.threads > 0 then fsdp.set_num_threads(opt.threads)
+elseif not os.getenv('OMP_NUM_THREADS') then
+   fsdp.set_num_threads(math.max(1, math.floor(fsdp.get_num_threads() / dist.local_world_size)))
+end
 if opt.data == '' then error('no corpus found: pass --data FILE', 0) end
+if opt.batch_size % world ~= 0 then
+   error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, world), 0)
+end
+local local_batch = opt.batch_size / world
 
--- data
+-- data: rank r reads rows [r*B, (r+1)*B) of every global batch
 local source = data.open(opt.data)
-local train = data.loader {source = source, batch_size = opt.batch_size, seq_len = opt.seq_len,
-                           seed = opt.seed, split = 'train', val_fraction = opt.val_fraction}
+local train = data.loader {source = source, batch_size = local_batch, seq_len = opt.seq_len, seed = opt.seed,
+                           split = 'train', val_fraction = opt.val_fraction, rank = rank, world = world}
 local function val_loader()
-   return data.loader {source = source, batch_size = opt.batch_size, seq_len = opt.seq_len,
-                       seed = opt.seed, split = 'val', val_fraction = opt.val_fraction}
+   return data.loader {source = source, batch_size = local_batch, seq_len = opt.seq_len, seed = opt.seed,
+                       split = 'val', val_fraction = opt.val_fraction, rank = rank, world = world}
 end
 val_loader() -- fail now, not at the first evaluation, if the split is too small
 
--- model
+-- model, sharded from outside: activation checkpointing first, then sharding
 local cfg = {preset = opt.preset, vocab_size = source.vocab_size > 0 and source.vocab_size or 256,
              block_size = opt.seq_len}
 for _, k in ipairs({'n_layer', 'n_head', 'n_embd'}) do
@@ -79,15 +97,18 @@ for _, k in ipairs({'n_layer', 'n_head', 'n_embd'}) do
 end
 local model = mingpt.GPT(cfg)
 if opt.activation_checkpointing then fsdp.nn.checkpoint_units(model) end
-local sharded = fsdp.shard(model, {strategy = 'none', seed = opt.seed})
+local sharded = fsdp.shard(model, {strategy = opt.strategy, seed = opt.seed, param_dtype = opt.param_dtype,
+                                   reduce_dtype = opt.reduce_dtype,
+                                   hybrid_group_size = opt.hybrid_group_size > 0 and opt.hybrid_group_size or nil})
 local optimizer = AdamW.new(sharded, {lr = opt.lr, betas = {opt.beta1, opt.beta2}, weight_decay = opt.weight_decay})
 local lr_at = schedule.new {lr = opt.lr, min_lr = opt.min_lr, warmup = opt.warmup_steps,
                             total = opt.max_steps, decay = opt.decay}
+local scaler = (opt.param_dtype == 'f16' or opt.reduce_dtype == 'f16') and LossScaler.new() or nil
 local sample_rng = fsdp.rng(opt.seed)
 
-log.info('model: GPT %d layers, %d heads, width %d, vocab %d, %.2fM parameters',
+log.info('model: GPT %d layers, %d heads, width %d, vocab %d, %.2fM parameters; %d rank(s), strategy %s, %d thread(s) each',
          model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size,
-         sharded:num_parameters() / 1e6)
+         sharded:num_parameters() / 1e6, world, opt.strategy, fsdp.get_num_threads())
 log.info('data: %s, %d tokens, %d training sequences of %d', opt.data, source.n, train:num_sequences(), opt.seq_len)
 
 -- resume
@@ -95,39 +116,40 @@ local start_step = 0
 if opt.checkpoint_dir ~= '' then
    local latest = ckpt.latest(opt.checkpoint_dir)
    if latest then
-      local state = ckpt.load(latest, sharded, optimizer)
+      local state, index = ckpt.load(latest, sharded, optimizer)
       start_step = state.step
       train:load_state_dict(state.data)
       optimizer.t = state.optimizer_t
       fsdp.rng_restore(sample_rng, state.rng)
-      log.info('resumed from %s (step %d)', latest, start_step)
+      if scaler and state.scaler then scaler:load_state_dict(state.scaler) end
+      log.info('resumed from %s (step %d, saved by %d rank(s))', latest, start_step, index.ranks or index.world_size)
    end
 end
 
 local function save(step)
    local path = ckpt.save(opt.checkpoint_dir, {
       step = step, sharded = sharded, optimizer = optimizer, model_name = 'mingpt', model_config = model.config,
-      keep_last = opt.keep_last,
-      trainer = {step = step, data = train:state_dict(), optimizer_t = optimizer.t,
-                 rng = fsdp.rng_state(sample_rng), schedule = {lr = opt.lr, min_lr = opt.min_lr,
-                 warmup = opt.warmup_steps, total = opt.max_steps, decay = opt.decay}},
+      keep_last = opt.keep_last, comm = dist.checkpoint_comm(),
+      trainer = {step = step, data = train:state_dict(), rng = fsdp.rng_state(sample_rng),
+                 scaler = scaler and scaler:state_dict() or nil,
+                 schedule = {lr = opt.lr, min_lr = opt.min_lr, warmup = opt.warmup_steps,
+                             total = opt.max_steps, decay = opt.decay}},
    })
    log.info('saved checkpoint %s', path)
 end
 
 local function evaluate()
    local loader, total = val_loader(), 0
-   local n = math.min(opt.eval_batches, math.floor(loader:num_sequences() / opt.batch_size))
-   n = math.max(n, 1)
+   local n = math.max(1, math.min(opt.eval_batches, math.floor(loader:num_sequences() / opt.batch_size)))
    for _ = 1, n do
       local x, y = loader:next()
       total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
       fsdp.autograd.reset()
    end
-   return total / n
+   return dist.sum_number(total / n) / world
 end
 
-local metrics = opt.metrics_jsonl ~= '' and assert(io.open(opt.metrics_jsonl, 'a')) or nil
+local metrics = (opt.metrics_jsonl ~= '' and rank == 0) and assert(io.open(opt.metrics_jsonl, 'a')) or nil
 local function record(t)
    if metrics then metrics:write(fsdp.json.encode(t), '\n'); metrics:flush() end
 end
@@ -141,21 +163,29 @@ local last_loss
 for step = start_step, last_step - 1 do
    local lr = lr_at(step)
    local loss_sum = 0
-   for _ = 1, opt.grad_accum_steps do
+   local seed_scale = (scaler and scaler.scale or 1) / opt.grad_accum_steps
+   for micro = 1, opt.grad_accum_steps do
+      sharded:set_sync(micro == opt.grad_accum_steps) -- reduce only on the last micro-batch
       local x, y = train:next()
-      loss_sum = loss_sum + fsdp.backward(model:loss(x, y), 1 / opt.grad_accum_steps)
+      loss_sum = loss_sum + fsdp.backward(model:loss(x, y), seed_scale)
    end
-   local loss = loss_sum / opt.grad_accum_steps
-   if loss ~= loss then error(string.format('loss is NaN at step %d', step + 1), 0) end
+   local loss = dist.sum_number(loss_sum / opt.grad_accum_steps) / world
    local norm = clip.global_norm(sharded)
-   optimizer:step(lr, clip.clip_factor(norm, opt.max_grad_norm))
+   local take, unscale = true, 1
+   if scaler then
+      take, unscale = scaler:update(norm)
+      norm = norm * unscale
+      if not take then log.info('step %d: gradients overflowed in f16; step skipped, loss scale now %g', step + 1, scaler.scale) end
+   end
+   if loss ~= loss then error(string.format('loss is NaN at step %d', step + 1), 0) end
+   if take then optimizer:step(lr, clip.clip_factor(norm, opt.max_grad_norm) * unscale) end
    sharded:zero_grad()
    last_loss = loss
    steps_since = steps_since + 1
-   record {step = step + 1, loss = loss, lr = lr, grad_norm = norm}
+   record {step = step + 1, loss = loss, lr = lr, grad_norm = norm, skipped = not take or nil}
 
    local done = step + 1
-   if done % opt.log_every == 0 or done == opt.max_steps then
+   if done % opt.log_every == 0 or done == last_step then
       local now = fsdp.clock()
       local mem = fsdp.memory_stats()
       log.info('step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | mem %s (peak %s)',
@@ -163,7 +193,7 @@ for step = start_step, last_step - 1 do
                log.bytes(mem.current), log.bytes(mem.peak))
       t_last, steps_since = now, 0
    end
-   if (opt.eval_every > 0 and done % opt.eval_every == 0) and done ~= opt.max_steps then
+   if opt.eval_every > 0 and done % opt.eval_every == 0 and done ~= opt.max_steps then
       local vl = evaluate()
       record {step = done, val_loss = vl}
       log.info('step %5d | val loss %.4f', done, vl)
@@ -174,22 +204,24 @@ for step = start_step, last_step - 1 do
 end
 
 if last_step < opt.max_steps then -- stopped early on request: save and leave
-   if opt.checkpoint_dir ~= '' and last_step > start_step then save(last_step) end
+   if opt.checkpoint_dir ~= '' and last_step > start_step and
+      not (opt.checkpoint_every > 0 and last_step % opt.checkpoint_every == 0) then save(last_step) end
    log.info('stopped after step %d of %d as asked (--stop-after %d)', last_step, opt.max_steps, opt.stop_after)
-   return {step = last_step, train_loss = last_loss}
+   return 0
 end
 
-local final = {step = opt.max_steps, train_loss = last_loss, val_loss = evaluate()}
-record {step = opt.max_steps, val_loss = final.val_loss}
-log.info('final: step %d | train loss %s | val loss %.4f', final.step, tostring(final.train_loss), final.val_loss)
+local val_loss = evaluate()
+record {step = opt.max_steps, val_loss = val_loss}
+log.info('final: step %d | train loss %s | val loss %.4f', opt.max_steps, tostring(last_loss), val_loss)
 if opt.checkpoint_dir ~= '' and (opt.checkpoint_every == 0 or opt.max_steps % opt.checkpoint_every ~= 0)
    and start_step < opt.max_steps then
    save(opt.max_steps)
 end
 if metrics then metrics:close() end
 
--- sample a few lines
+-- sample a few lines (every rank runs the model: its units are sharded)
 if opt.sample_tokens > 0 then
+   local sample = require 'fsdp.sample'
    local tok = data.ByteTokenizer.new()
    local ids = {string.byte('\n')}
    for _ = 1, opt.sample_tokens do
@@ -198,12 +230,10 @@ if opt.sample_tokens > 0 then
       for i = 1, ctx_len do x:ptr()[i - 1] = ids[#ids - ctx_len + i] end
       local logits = fsdp.no_grad(function() return model(x) end)
       local V = logits.shape[3]
-      local row = logits:ptr() + (ctx_len - 1) * V
-      ids[#ids + 1] = require('fsdp.sample').pick(row, V, opt.temperature, opt.top_k, sample_rng)
+      ids[#ids + 1] = sample.pick(logits:ptr() + (ctx_len - 1) * V, V, opt.temperature, opt.top_k, sample_rng)
       fsdp.autograd.reset()
       x:free()
    end
    log.info('sample:\n%s', tok:decode(ids))
 end
-
-return final
+return 0

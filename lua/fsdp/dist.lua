@@ -1,0 +1,185 @@
+-- fsdp.dist: the job's ranks and their collectives, over the C core's comm
+-- interface (MPI between processes, `self` for a world of one).
+--
+--   local dist = require 'fsdp.dist'
+--   dist.init()                         -- idempotent; rank and size from the launcher's env
+--   dist.rank, dist.world_size
+--   dist.all_reduce(tensor, 'avg')      -- in place
+--   dist.sum_number(x)                  -- exact, same order on every rank
+local bind = require 'fsdp.ffi'
+local T = require 'fsdp.tensor'
+local ffi, C, check = bind.ffi, bind.C, bind.check
+
+local M = {rank = 0, world_size = 1, local_rank = 0, local_world_size = 1}
+
+local OPS = {sum = 0, avg = 1, max = 2}
+
+local Group = {}
+Group.__index = Group
+M.Group = Group
+
+local function wrap_group(c, name)
+   return setmetatable({c = c, name = name, rank = C.fsdp_comm_rank(c), size = C.fsdp_comm_size(c)}, Group)
+end
+
+local function env_int(...)
+   for _, k in ipairs({...}) do
+      local v = tonumber(os.getenv(k) or '')
+      if v then return v end
+   end
+end
+
+-- joins the job (MPI when launched by mpiexec / srun / fsdp-lua --nproc-per-node)
+function M.init()
+   if M.world then return M end
+   local c = C.fsdp_comm_world()
+   if c == nil then error('rank ' .. (os.getenv('RANK') or '?') .. ': ' .. bind.last_error(), 0) end
+   M.world = wrap_group(c, 'world')
+   M.rank, M.world_size = M.world.rank, M.world.size
+   M.backend = ffi.string(C.fsdp_comm_backend(c))
+   M.local_rank = env_int('LOCAL_RANK', 'MPI_LOCALRANKID', 'SLURM_LOCALID', 'OMPI_COMM_WORLD_LOCAL_RANK') or M.rank
+   M.local_world_size = env_int('LOCAL_WORLD_SIZE', 'MPI_LOCALNRANKS', 'SLURM_NTASKS_PER_NODE',
+                                'OMPI_COMM_WORLD_LOCAL_SIZE') or M.world_size
+   local log = require 'fsdp.log'
+   log.rank = M.rank
+   return M
+end
+
+-- sub-groups: ranks with the same color, ordered by key
+function Group:split(color, key, name)
+   local c = C.fsdp_comm_split(self.c, color, key or self.rank)
+   if c == nil then error(string.format('rank %d: %s', M.rank, bind.last_error()), 0) end
+   return wrap_group(ffi.gc(c, C.fsdp_comm_free), name)
+end
+
+local function fail(what)
+   error(string.format('rank %d: %s', M.rank, bind.last_error()), 0)
+end
+
+-- a pending collective; :wait() finishes it (and runs its completion)
+local Pending = {}
+Pending.__index = Pending
+function Pending:wait()
+   if self.req ~= nil then
+      local req = self.req
+      self.req = nil
+      if C.fsdp_comm_wait(req, 0) ~= 0 then fail() end
+   end
+   if self.done then local f = self.done; self.done = nil; f() end
+end
+
+local reqp = ffi.new('fsdp_comm_request*[1]')
+
+local function start(async)
+   reqp[0] = nil
+   return async and reqp or nil
+end
+
+local function pending(async, done)
+   if not async then if done then done() end return nil end
+   return setmetatable({req = reqp[0], done = done}, Pending)
+end
+
+-- recv [size * count] <- every rank's send [count]
+function Group:all_gather(recv, send, async, done)
+   local n = send:numel()
+   if recv:numel() ~= n * self.size or recv.dtype ~= send.dtype then
+      error(string.format('all_gather: recv has %d %s elements, want %d %s', recv:numel(), recv.dtype, n * self.size, send.dtype), 2)
+   end
+   if C.fsdp_comm_all_gather(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype], start(async)) ~= 0 then fail() end
+   return pending(async, done)
+end
+
+-- recv [count] <- reduction of every rank's send [rank*count .. +count]
+function Group:reduce_scatter(recv, send, op, async, done)
+   local n = recv:numel()
+   if send:numel() ~= n * self.size or recv.dtype ~= send.dtype then
+      error(string.format('reduce_scatter: send has %d %s elements, want %d %s', send:numel(), send.dtype, n * self.size, recv.dtype), 2)
+   end
+   if C.fsdp_comm_reduce_scatter(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype],
+                                 OPS[op or 'sum'], start(async)) ~= 0 then fail() end
+   return pending(async, done)
+end
+
+function Group:all_reduce(buf, op, async, done)
+   if C.fsdp_comm_all_reduce(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], OPS[op or 'sum'],
+                             start(async)) ~= 0 then fail() end
+   return pending(async, done)
+end
+
+function Group:broadcast(buf, root, async)
+   if C.fsdp_comm_broadcast(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], root or 0,
+                            start(async)) ~= 0 then fail() end
+   return pending(async)
+end
+
+function Group:barrier()
+   if C.fsdp_comm_barrier(self.c) ~= 0 then fail() end
+end
+
+function Group:bytes_sent() return tonumber(C.fsdp_comm_bytes_sent(self.c)) end
+
+-- sum of one double per rank, added in rank order (exact and identical on
+-- every rank, unlike a float all-reduce)
+local dbl = ffi.new('double[1]')
+function Group:sum_number(x)
+   if self.size == 1 then return x end
+   local send = T.empty({8}, 'u8')
+   local recv = T.empty({8 * self.size}, 'u8')
+   dbl[0] = x
+   ffi.copy(send:cdata().data, dbl, 8)
+   self:all_gather(recv, send)
+   local vals = ffi.cast('double*', recv:cdata().data)
+   local s = 0
+   for r = 0, self.size - 1 do s = s + vals[r] end
+   send:free(); recv:free()
+   return s
+end
+
+function Group:max_number(x)
+   if self.size == 1 then return x end
+   local send = T.empty({8}, 'u8')
+   local recv = T.empty({8 * self.size}, 'u8')
+   dbl[0] = x
+   ffi.copy(send:cdata().data, dbl, 8)
+   self:all_gather(recv, send)
+   local vals = ffi.cast('double*', recv:cdata().data)
+   local m = vals[0]
+   for r = 1, self.size - 1 do if vals[r] > m or vals[r] ~= vals[r] then m = vals[r] end end
+   send:free(); recv:free()
+   return m
+end
+
+-- rank 0's string on every rank
+function Group:broadcast_string(s)
+   if self.size == 1 then return s end
+   local len = T.empty({1}, 'i64')
+   len:ptr()[0] = self.rank == 0 and #s or 0
+   self:broadcast(len, 0)
+   local n = tonumber(len:ptr()[0])
+   local buf = T.empty({math.max(n, 1)}, 'u8')
+   if self.rank == 0 then ffi.copy(buf:cdata().data, s, n) end
+   self:broadcast(buf, 0)
+   local out = ffi.string(buf:cdata().data, n)
+   len:free(); buf:free()
+   return out
+end
+
+-- module-level shortcuts on the world
+function M.barrier() M.init(); M.world:barrier() end
+function M.sum_number(x) M.init(); return M.world:sum_number(x) end
+function M.max_number(x) M.init(); return M.world:max_number(x) end
+function M.broadcast_string(s) M.init(); return M.world:broadcast_string(s) end
+function M.all_reduce(t, op) M.init(); return M.world:all_reduce(t, op) end
+
+-- the checkpoint module's view of the world
+function M.checkpoint_comm()
+   M.init()
+   return {rank = M.rank, world_size = M.world_size, barrier = M.barrier,
+           broadcast_string = M.broadcast_string}
+end
+
+function M.abort(code) C.fsdp_comm_abort(code or 1) end
+function M.finalize() if M.world then C.fsdp_comm_finalize() end end
+
+return M

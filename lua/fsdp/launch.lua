@@ -1,0 +1,77 @@
+-- fsdp.launch: `fsdp-lua --nproc-per-node N RECIPE ...` starts N local ranks.
+-- MPICH's process manager (hydra's mpiexec) does the work: it starts the
+-- ranks with PMI in their environment (which fsdp.dist joins), prefixes each
+-- line of output with its rank, and when one rank dies it takes the others
+-- down and exits non-zero. This process becomes mpiexec (exec), so signals
+-- reach the job directly.
+local ffi = require 'ffi'
+local fs = require 'fsdp.fs'
+
+local M = {}
+
+pcall(ffi.cdef, 'int execvp(const char *file, char *const argv[]);')
+
+-- launcher flags (before the recipe); returns a table or nil when absent
+function M.parse(args)
+   local opts, i = {}, 1
+   local known = {['--nproc-per-node'] = 'nproc', ['--nnodes'] = 'nnodes', ['--node-rank'] = 'node_rank',
+                  ['--master-addr'] = 'master_addr', ['--master-port'] = 'master_port', ['--hosts'] = 'hosts'}
+   while args[i] and known[args[i]:match('^[^=]+')] do
+      local k, v = args[i]:match('^([^=]+)=(.*)$')
+      if not k then k, v = args[i], args[i + 1]; i = i + 1 end
+      if v == nil then error('launcher: ' .. k .. ' needs a value', 0) end
+      opts[known[k]] = v
+      i = i + 1
+   end
+   if not next(opts) then return nil end
+   local rest = {}
+   for j = i, #args do rest[#rest + 1] = args[j] end
+   return opts, rest
+end
+
+local function which(prog)
+   local p = io.popen('command -v ' .. prog .. ' 2>/dev/null')
+   local out = p:read('*l')
+   p:close()
+   return out
+end
+
+function M.exec(opts, rest, self_exe)
+   local n = tonumber(opts.nproc or '1')
+   if not n or n < 1 or n ~= math.floor(n) then error('launcher: --nproc-per-node wants a positive integer', 0) end
+   if #rest == 0 then error('launcher: no recipe given after the launcher flags', 0) end
+   local nnodes = tonumber(opts.nnodes or '1')
+   local mpiexec = which('mpiexec.hydra') or which('mpiexec')
+   if not mpiexec then error('launcher: mpiexec (MPICH) is not installed: run make deps', 0) end
+   local argv = {mpiexec}
+   local function add(...) for _, a in ipairs({...}) do argv[#argv + 1] = a end end
+   if nnodes > 1 then
+      -- several machines: hydra starts the ranks on every host (over ssh)
+      -- from this one; --hosts lists them (or a hostfile via HYDRA_HOST_FILE)
+      if not opts.hosts then
+         error('launcher: --nnodes > 1 needs --hosts h1,h2,... (hydra starts every node from here over ssh); ' ..
+               'under SLURM use srun, see launch/', 0)
+      end
+      add('-hosts', opts.hosts, '-ppn', tostring(n), '-n', tostring(n * nnodes))
+   else
+      add('-n', tostring(n))
+   end
+   add('-prepend-pattern', '[rank %r] ')
+   add('-genv', 'LOCAL_WORLD_SIZE', tostring(n))
+   if opts.master_addr then add('-genv', 'MASTER_ADDR', opts.master_addr) end
+   if opts.master_port then add('-genv', 'MASTER_PORT', opts.master_port) end
+   add(self_exe)
+   for _, a in ipairs(rest) do add(a) end
+   io.stdout:flush()
+   local cargv = ffi.new('char*[?]', #argv + 1)
+   local keep = {}
+   for i, a in ipairs(argv) do
+      keep[i] = ffi.new('char[?]', #a + 1, a)
+      cargv[i - 1] = keep[i]
+   end
+   cargv[#argv] = nil
+   ffi.C.execvp(argv[1], cargv)
+   error('launcher: cannot run ' .. argv[1], 0)
+end
+
+return M
