@@ -21,8 +21,9 @@ typedef struct bucket {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static bucket *buckets;
-static fsdp_mem_stats host_stats;
-static int64_t host_cached;
+static fsdp_mem_stats host_stats; /* current/peak: bytes requested by live storages */
+static int64_t host_blocks;        /* bytes of the size-class blocks behind them */
+static int64_t host_cached;        /* bytes of free blocks kept in the pool */
 
 static int64_t size_class(int64_t n) {
     if (n <= 0) n = 1;
@@ -74,7 +75,8 @@ void *fsdp_mem_alloc(int device, int64_t nbytes) {
         miss = 1;
     }
     pthread_mutex_lock(&lock);
-    host_stats.current += size;
+    host_stats.current += nbytes;
+    host_blocks += size;
     if (host_stats.current > host_stats.peak) host_stats.peak = host_stats.current;
     host_stats.n_allocs++;
     host_stats.n_misses += miss;
@@ -86,7 +88,8 @@ void fsdp_mem_release(int device, void *ptr, int64_t nbytes) {
     if (!ptr || device != FSDP_CPU) return;
     int64_t size = size_class(nbytes);
     pthread_mutex_lock(&lock);
-    host_stats.current -= size;
+    host_stats.current -= nbytes;
+    host_blocks -= size;
     bucket *b = find_bucket(size, 1);
     if (b) {
         free_block *fb = ptr;
@@ -104,7 +107,7 @@ int fsdp_mem_get_stats(int device, fsdp_mem_stats *out) {
         return fsdp_error(FSDP_ERR_UNSUPPORTED, "device cuda:%d: no CUDA backend is loaded", device);
     pthread_mutex_lock(&lock);
     *out = host_stats;
-    out->reserved = host_stats.current + host_cached;
+    out->reserved = host_blocks + host_cached;
     pthread_mutex_unlock(&lock);
     return FSDP_OK;
 }

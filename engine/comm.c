@@ -14,7 +14,9 @@
  * fsdp_comm_wait and fsdp_comm_test free the handle once the collective has
  * completed, successfully or with an error. A wait that times out leaves the
  * handle valid (the collective is still running): the caller may wait again,
- * or end the job with fsdp_comm_abort.
+ * or end the job with fsdp_comm_abort. The same holds for a blocking call
+ * that times out: MPI may still write into its buffers, so they must stay
+ * allocated; the expected next step is fsdp_comm_abort.
  *
  * bf16 and f16 travel as 16-bit words; their SUM and MAX are user-defined MPI
  * ops that widen to f32, combine and round back (dtype_math.h), the same

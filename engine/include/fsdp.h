@@ -76,9 +76,10 @@ const char *fsdp_dtype_name(int dtype);  /* "f32", ... or NULL */
 /* ---- memory ------------------------------------------------------------- */
 
 typedef struct fsdp_mem_stats {
-    int64_t current;   /* bytes held by live storages */
+    int64_t current;   /* bytes requested by live storages */
     int64_t peak;      /* max of current since start or last reset */
-    int64_t reserved;  /* current + bytes kept in the caching pool */
+    int64_t reserved;  /* bytes taken from the system: live blocks (rounded to
+                          size classes) + free blocks kept in the caching pool */
     int64_t n_allocs;  /* allocations served (pool hits included) */
     int64_t n_misses;  /* allocations that went to the system */
 } fsdp_mem_stats;

@@ -52,8 +52,9 @@ function Group:split(color, key, name)
    return wrap_group(ffi.gc(c, C.fsdp_comm_free), name)
 end
 
-local function fail(what)
-   error(string.format('rank %d: %s', M.rank, bind.last_error()), 0)
+-- the C core's comm errors already name the rank
+local function fail()
+   error(bind.last_error(), 0)
 end
 
 -- a pending collective; :wait() finishes it (and runs its completion)

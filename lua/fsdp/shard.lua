@@ -190,6 +190,9 @@ function FlatParam:post_backward()
    local send = full_grad
    if rd ~= 'f32' then send = T.empty({self.padded}, rd):copy(full_grad); full_grad:free() end
    local recv = T.empty({self.shard_size}, rd)
+   -- at most two reductions in flight: their gathered gradients are freed
+   -- as they complete, so memory holds two units' gradients, not all
+   while #o.pending >= 2 do table.remove(o.pending, 1):wait() end
    o.pending[#o.pending + 1] = o.shard_group:reduce_scatter(recv, send, 'avg', o.async_reduce, function()
       if rd == 'f32' then
          require('fsdp.ffi').C.fsdp_axpy_cpu(self.grad_shard:ptr(), 1, recv:ptr(), self.shard_size)

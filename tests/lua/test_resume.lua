@@ -30,7 +30,7 @@ os.execute('mkdir -p ' .. tmp)
 run(tmp .. '/straight')
 run(tmp .. '/split', '--stop-after 30')
 local resumed = run(tmp .. '/split')
-t.check(resumed:find('resumed from ' .. tmp .. '/split/step_00000030 (step 30)', 1, true),
+t.check(resumed:find('resumed from ' .. tmp .. '/split/step_00000030 (step 30,', 1, true),
         'the resumed run should say which checkpoint and step: %s', resumed)
 
 local a, b = losses(tmp .. '/straight.jsonl'), losses(tmp .. '/split.jsonl')
