@@ -51,8 +51,9 @@ do
    local again = fsdp.memory_stats()
    t.check(again.n_misses == after.n_misses, 'a same-size allocation is served from the pool')
    y:free()
+   local pooled = fsdp.memory_stats().reserved
    fsdp.empty_cache()
-   t.check(fsdp.memory_stats().reserved == fsdp.memory_stats().current, 'empty_cache releases the pool')
+   t.check(fsdp.memory_stats().reserved <= pooled - 4 * 1024 * 1024, 'empty_cache releases the pooled block')
 end
 
 -- casts round to nearest even, as IEEE half and bfloat16 do
