@@ -73,7 +73,8 @@ function Module.instance(cls)
 end
 
 -- declares parameter `name` with `shape` and an initializer:
---   {'normal', std [, mean]}, {'uniform', lo, hi}, 'zeros', 'ones'
+--   {'normal', std [, mean]}, {'uniform', lo, hi}, 'zeros', 'ones',
+--   {'load', fn} (fn(spec, out_ptr, n, first) reads elements first..first+n)
 function Module:param(name, shape, init)
    for i, n in ipairs(shape) do
       if type(n) ~= 'number' or n < 1 or n ~= math.floor(n) then
@@ -152,6 +153,10 @@ function M.init_values(spec, out_ptr, n, first, seed)
       C.fsdp_init_normal(out_ptr, n, M.param_seed(seed, spec.name), first, init[3] or 0, init[2])
    elseif kind == 'uniform' then
       C.fsdp_init_uniform(out_ptr, n, M.param_seed(seed, spec.name), first, init[2], init[3])
+   elseif kind == 'load' then
+      -- values from a file: init[2](spec, out_ptr, n, first) fills elements
+      -- first .. first+n of the parameter (row-major), reading only those
+      init[2](spec, out_ptr, n, first)
    else
       error(string.format("parameter '%s': unknown init '%s'", spec.name, tostring(kind)), 0)
    end
