@@ -55,6 +55,16 @@ void fsdp_clear_error(void);
 void fsdp_set_num_threads(int n);
 int fsdp_get_num_threads(void);
 
+/* ---- signals (engine/signals.c) ----------------------------------------- *
+ * The library never calls back into Lua: a handler only records the signal,
+ * and the training loop polls between steps (SLURM's SIGTERM/SIGUSR1 before
+ * preemption, SIGINT in the REPL). */
+
+/* start recording signum (SIGTERM, SIGUSR1, SIGINT, ...); 0 or an error */
+int fsdp_signal_watch(int signum);
+/* the last recorded signal (0 if none); clear != 0 resets it */
+int fsdp_signal_pending(int clear);
+
 /* ---- dtypes and devices ------------------------------------------------- */
 
 typedef enum {

@@ -34,14 +34,9 @@ M.rank, M.world_size = 0, 1
 function M.set_num_threads(n) bind.C.fsdp_set_num_threads(n) end
 function M.get_num_threads() return bind.C.fsdp_get_num_threads() end
 
--- wall clock in seconds (sub-millisecond)
+-- wall clock in seconds (monotonic, sub-microsecond)
+M.clock = require('fsdp.run').now
 local ffi = bind.ffi
-pcall(ffi.cdef, 'typedef struct { long tv_sec; long tv_nsec; } fsdp_timespec; int clock_gettime(int, fsdp_timespec *);')
-local ts = ffi.new('fsdp_timespec')
-function M.clock()
-   ffi.C.clock_gettime(1, ts)
-   return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
 
 -- RNG state as text (checkpoints) and back
 function M.rng(seed)

@@ -15,7 +15,8 @@ pcall(ffi.cdef, 'int execvp(const char *file, char *const argv[]);')
 function M.parse(args)
    local opts, i = {}, 1
    local known = {['--nproc-per-node'] = 'nproc', ['--nnodes'] = 'nnodes', ['--node-rank'] = 'node_rank',
-                  ['--master-addr'] = 'master_addr', ['--master-port'] = 'master_port', ['--hosts'] = 'hosts'}
+                  ['--master-addr'] = 'master_addr', ['--master-port'] = 'master_port', ['--hosts'] = 'hosts',
+                  ['--max-restarts'] = 'max_restarts'}
    while args[i] and known[args[i]:match('^[^=]+')] do
       local k, v = args[i]:match('^([^=]+)=(.*)$')
       if not k then k, v = args[i], args[i + 1]; i = i + 1 end
@@ -63,6 +64,8 @@ function M.exec(opts, rest, self_exe)
    add(self_exe)
    for _, a in ipairs(rest) do add(a) end
    io.stdout:flush()
+   local restarts = tonumber(opts.max_restarts or '0') or 0
+   if restarts > 0 then return M.supervise(argv, restarts) end
    local cargv = ffi.new('char*[?]', #argv + 1)
    local keep = {}
    for i, a in ipairs(argv) do
@@ -72,6 +75,30 @@ function M.exec(opts, rest, self_exe)
    cargv[#argv] = nil
    ffi.C.execvp(argv[1], cargv)
    error('launcher: cannot run ' .. argv[1], 0)
+end
+
+-- --max-restarts K: runs the job, and when it fails (a rank died or
+-- raised), runs it again, up to K times; the recipe resumes from its
+-- checkpoint directory's `latest`. A job that ends with status 0 (done, or
+-- preempted with a checkpoint) is not restarted.
+function M.supervise(argv, restarts)
+   local quoted = {}
+   for i, a in ipairs(argv) do quoted[i] = fs.quote(a) end
+   local cmd = table.concat(quoted, ' ')
+   local attempt = 0
+   while true do
+      local raw = os.execute(cmd)
+      local status = raw > 255 and math.floor(raw / 256) or raw
+      if status == 0 then return 0 end
+      if attempt >= restarts then
+         io.stderr:write(string.format('fsdp-lua launcher: the job failed (exit %d) and %d restart(s) are used up\n',
+                                       status, restarts))
+         return status
+      end
+      attempt = attempt + 1
+      io.stderr:write(string.format('fsdp-lua launcher: the job failed (exit %d); restarting it (%d of %d)\n',
+                                    status, attempt, restarts))
+   end
 end
 
 return M

@@ -1,6 +1,7 @@
 -- fsdp-lua's entry point (run by build/fsdp-lua with the global `arg`).
 --   fsdp-lua RECIPE [--option value ...]   run a recipe (recipes/x.lua, a path, or a name)
 --   fsdp-lua ckpt info DIR                 print a checkpoint's index
+--   fsdp-lua plot RUN_DIR [--out FILE]     draw a run's metrics as an SVG
 --   fsdp-lua --help
 -- Errors are printed once, with the rank, and give exit status 1.
 local args = {}
@@ -25,6 +26,7 @@ local function usage()
       'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
       '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
+      '       fsdp-lua plot RUN_DIR [--out FILE]      draw RUN_DIR/metrics.jsonl as an SVG (default RUN_DIR/plot.svg)',
       '       fsdp-lua --nproc-per-node N RECIPE ...  run N local ranks (MPICH mpiexec underneath)',
       '       mpiexec -n N fsdp-lua RECIPE ... / srun fsdp-lua RECIPE ...',
    }, '\n')
@@ -82,12 +84,12 @@ if not cmd or cmd == '--help' or cmd == '-h' then
 end
 
 -- the launcher: fsdp-lua --nproc-per-node N RECIPE ...
-if cmd:match('^%-%-n') or cmd:match('^%-%-master') or cmd:match('^%-%-hosts') then
+if cmd:match('^%-%-n') or cmd:match('^%-%-master') or cmd:match('^%-%-hosts') or cmd:match('^%-%-max%-restarts') then
    return run(function()
       local launch = require 'fsdp.launch'
       local opts, rest = launch.parse(args)
       if not opts then error('unknown flag ' .. cmd .. ' (launcher flags: --nproc-per-node, --nnodes, --hosts)', 0) end
-      launch.exec(opts, rest, root .. '/build/fsdp-lua')
+      return launch.exec(opts, rest, root .. '/build/fsdp-lua')
    end)
 end
 
@@ -96,6 +98,10 @@ if cmd == 'ckpt' then
       local tool = require 'fsdp.ckpt_tool'
       return tool.main({unpack(args, 2)})
    end)
+end
+
+if cmd == 'plot' then
+   return run(function() return require('fsdp.plot').main({unpack(args, 2)}) end)
 end
 
 local path = resolve(cmd)

@@ -149,8 +149,17 @@ function FlatParam:gather(async)
    if not async then self.pending_gather = nil end
 end
 
+local clock = require('fsdp.run').now
+
+-- waits for a collective, adding the time to the owner's comm_wait
+local function timed_wait(owner, pending)
+   local t0 = clock()
+   pending:wait()
+   owner.comm_wait = owner.comm_wait + clock() - t0
+end
+
 function FlatParam:wait_gather()
-   if self.pending_gather then self.pending_gather:wait() end
+   if self.pending_gather then timed_wait(self.owner, self.pending_gather) end
    if not self.gathered then self:gather(false) end
 end
 
@@ -192,7 +201,7 @@ function FlatParam:post_backward()
    local recv = T.empty({self.shard_size}, rd)
    -- at most two reductions in flight: their gathered gradients are freed
    -- as they complete, so memory holds two units' gradients, not all
-   while #o.pending >= 2 do table.remove(o.pending, 1):wait() end
+   while #o.pending >= 2 do timed_wait(o, table.remove(o.pending, 1)) end
    o.pending[#o.pending + 1] = o.shard_group:reduce_scatter(recv, send, 'avg', o.async_reduce, function()
       if rd == 'f32' then
          require('fsdp.ffi').C.fsdp_axpy_cpu(self.grad_shard:ptr(), 1, recv:ptr(), self.shard_size)
@@ -252,7 +261,9 @@ local function wrap_forward(self, module, fp, is_root)
 end
 
 -- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
--- prefetch (default true), async_reduce (default true)
+-- prefetch (default true), async_reduce (default true), cpu_offload (keep
+-- shards and optimizer state in host memory: what the CPU backend always
+-- does; the CUDA backend honours it)
 function M.shard(model, opts)
    opts = opts or {}
    dist.init()
@@ -268,10 +279,11 @@ function M.shard(model, opts)
    end
    local world = dist.world
    local self = setmetatable({
-      model = model, strategy = strategy, units = {}, sync = true, pending = {},
+      model = model, strategy = strategy, units = {}, sync = true, pending = {}, comm_wait = 0,
       param_dtype = opts.param_dtype or 'f32', reduce_dtype = opts.reduce_dtype or 'f32',
       prefetch = opts.prefetch ~= false, async_reduce = opts.async_reduce ~= false,
       reshard_after_forward = strategy == 'full' or strategy == 'hybrid_full',
+      cpu_offload = opts.cpu_offload or false,
    }, Sharded)
    -- groups
    if strategy == 'full' or strategy == 'grad_op' then
@@ -328,7 +340,7 @@ end
 function Sharded:finish_backward()
    local pending = self.pending
    self.pending = {}
-   for _, p in ipairs(pending) do if p then p:wait() end end
+   for _, p in ipairs(pending) do if p then timed_wait(self, p) end end
 end
 
 -- gradient accumulation: while sync is false, backward accumulates into the

@@ -17,6 +17,7 @@ local LossScaler = require 'optim.loss_scaler'
 local dist = require 'fsdp.dist'
 local fs = require 'fsdp.fs'
 local log, data, ckpt = fsdp.log, fsdp.data, fsdp.checkpoint
+local run = require 'fsdp.run'
 
 -- the default corpus: tiny Shakespeare beside the checkout, else the
 -- `fortunes` Debian package (installed by `make deps`)
@@ -60,6 +61,8 @@ local opt = fsdp.options('recipes/train_mingpt.lua', {
    {'keep_last', 0, 'checkpoints to keep (0: all)'},
    {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
    {'metrics_jsonl', '', 'append one JSON line of metrics per step to this file (rank 0)'},
+   {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
+   {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: this host\'s sgemm rate)'},
    {'sample_tokens', 200, 'tokens to sample at the end'},
    {'temperature', 0.8, 'sampling temperature'},
    {'top_k', 40, 'sample among the k most likely tokens'},
@@ -158,28 +161,43 @@ end
 local last_step = opt.max_steps
 if opt.stop_after > 0 then last_step = math.min(opt.max_steps, start_step + opt.stop_after) end
 local tokens_per_step = opt.batch_size * opt.seq_len * opt.grad_accum_steps
+local flops_per_token = run.flops_per_token(sharded:num_parameters() - model.config.block_size * model.config.n_embd,
+                                            model.config.n_layer, model.config.n_embd, opt.seq_len)
+local peak = opt.peak_flops > 0 and opt.peak_flops or run.cpu_peak_flops() * world
+local preempt = run.preemption()
+local timer = run.timer()
+local console = run.console {total = opt.max_steps, start = start_step}
 local t_last, steps_since = fsdp.clock(), 0
-local last_loss
+local last_loss, stopped_by
 for step = start_step, last_step - 1 do
    local lr = lr_at(step)
    local loss_sum = 0
    local seed_scale = (scaler and scaler.scale or 1) / opt.grad_accum_steps
+   local comm0 = sharded.comm_wait
    for micro = 1, opt.grad_accum_steps do
       sharded:set_sync(micro == opt.grad_accum_steps) -- reduce only on the last micro-batch
+      timer:start('data')
       local x, y = train:next()
-      loss_sum = loss_sum + fsdp.backward(model:loss(x, y), seed_scale)
+      timer:stop('data'); timer:start('forward')
+      local loss_t = model:loss(x, y)
+      timer:stop('forward'); timer:start('backward')
+      loss_sum = loss_sum + fsdp.backward(loss_t, seed_scale)
+      timer:stop('backward')
    end
+   timer:start('optimizer')
    local loss = dist.sum_number(loss_sum / opt.grad_accum_steps) / world
    local norm = clip.global_norm(sharded)
    local take, unscale = true, 1
    if scaler then
       take, unscale = scaler:update(norm)
       norm = norm * unscale
-      if not take then log.info('step %d: gradients overflowed in f16; step skipped, loss scale now %g', step + 1, scaler.scale) end
+      if not take then console:say('step %d: gradients overflowed in f16; step skipped, loss scale now %g', step + 1, scaler.scale) end
    end
-   if loss ~= loss then error(string.format('loss is NaN at step %d', step + 1), 0) end
+   if take and run.health(step + 1, loss, norm, opt.on_nan) == 'skip' then take = false end
    if take then optimizer:step(lr, clip.clip_factor(norm, opt.max_grad_norm) * unscale) end
    sharded:zero_grad()
+   timer:stop('optimizer')
+   timer:add('comm_wait', sharded.comm_wait - comm0)
    last_loss = loss
    steps_since = steps_since + 1
    record {step = step + 1, loss = loss, lr = lr, grad_norm = norm, skipped = not take or nil}
@@ -188,19 +206,31 @@ for step = start_step, last_step - 1 do
    if done % opt.log_every == 0 or done == last_step then
       local now = fsdp.clock()
       local mem = fsdp.memory_stats()
-      log.info('step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | mem %s (peak %s)',
-               done, opt.max_steps, loss, lr, norm, steps_since * tokens_per_step / (now - t_last),
-               log.bytes(mem.current), log.bytes(mem.peak))
+      local tps = steps_since * tokens_per_step / (now - t_last)
+      local times = timer:take()
+      for k, v in pairs(times) do times[k] = v / steps_since end
+      console:step {step = done, loss = loss, lr = lr, grad_norm = norm, tokens_per_s = tps,
+                    mfu = tps * flops_per_token / peak, mem_current = mem.current, mem_peak = mem.peak, times = times}
+      record {step = done, tokens_per_s = tps, mfu = tps * flops_per_token / peak, mem_peak = mem.peak}
       t_last, steps_since = now, 0
    end
    if opt.eval_every > 0 and done % opt.eval_every == 0 and done ~= opt.max_steps then
       local vl = evaluate()
       record {step = done, val_loss = vl}
-      log.info('step %5d | val loss %.4f', done, vl)
+      console:say('step %5d | val loss %.4f', done, vl)
    end
-   if opt.checkpoint_dir ~= '' and opt.checkpoint_every > 0 and done % opt.checkpoint_every == 0 then
+   local stop, signal = preempt:requested(dist.world)
+   if opt.checkpoint_dir ~= '' and ((opt.checkpoint_every > 0 and done % opt.checkpoint_every == 0) or stop) then
       save(done)
    end
+   if stop then stopped_by, last_step = signal, done; break end
+end
+console:finish()
+
+if stopped_by then -- preempted: the checkpoint is written, leave cleanly
+   log.info('%s received: stopped after step %d%s; run the same command to resume', stopped_by, last_step,
+            opt.checkpoint_dir ~= '' and (', checkpoint in ' .. opt.checkpoint_dir) or ' (no --checkpoint-dir: nothing saved)')
+   return 0
 end
 
 if last_step < opt.max_steps then -- stopped early on request: save and leave

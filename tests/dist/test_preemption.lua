@@ -1,0 +1,87 @@
+-- Preemption and restarts on 2 ranks:
+--  * SIGTERM (what SLURM sends) during a run: every rank finishes its step,
+--    a checkpoint is written, the job exits 0 saying so; the same command
+--    resumes and its losses continue exactly as an uninterrupted run's;
+--  * --max-restarts 1 with a rank killed mid-run: the launcher restarts the
+--    job, it resumes from `latest` and completes, and its final parameters
+--    equal the uninterrupted run's.
+local fsdp = require 'fsdp'
+local t = require 'tests.lua.harness'
+local D = require 'tests.dist.common'
+local fs = require 'fsdp.fs'
+
+local dir = D.tmpdir()
+local common = 'recipes/train_mingpt.lua --preset gpt-nano --max-steps 120 --batch-size 8 --seq-len 32 --checkpoint-every 20 ' ..
+               '--eval-every 0 --log-every 1 --sample-tokens 0 --warmup-steps 5 '
+
+-- the reference: uninterrupted
+local st, out = D.run(2, common .. '--checkpoint-dir ' .. dir .. '/ref --metrics-jsonl ' .. dir .. '/ref.jsonl')
+t.check(st == 0, 'reference run failed:\n%s', out)
+local ref = D.losses(dir .. '/ref.jsonl')
+
+local function pids(pattern)
+   local p = io.popen("pgrep -f -- '" .. pattern .. "'")
+   local out_ = {}
+   for l in p:lines() do out_[#out_ + 1] = l end
+   p:close()
+   return out_
+end
+
+local function wait_for(path, pattern, seconds)
+   for _ = 1, seconds * 20 do
+      local s = fs.read(path)
+      if s and s:find(pattern, 1, true) then return s end
+      os.execute('sleep 0.05')
+   end
+end
+
+-- start a job in the background; returns the paths of its log and status
+local function background(name, launcher_flags)
+   local m = dir .. '/' .. name
+   os.execute(string.format('(OMP_NUM_THREADS=1 %s %s %s --checkpoint-dir %s --metrics-jsonl %s.jsonl > %s.log 2>&1; ' ..
+                            'echo $? > %s.status) &', D.bin, launcher_flags, common, m, m, m, m))
+   return m
+end
+
+do -- SIGTERM
+   local m = background('term', '--nproc-per-node 2')
+   t.check(wait_for(m .. '.jsonl', '"step":30}', 120), 'the job did not reach step 30')
+   for _, pid in ipairs(pids('mpiexec.*' .. m .. '.jsonl')) do os.execute('kill -TERM ' .. pid) end
+   local status = wait_for(m .. '.status', '\n', 60)
+   t.check(status and tonumber(status) == 0, 'a preempted job exits 0, got %s', tostring(status))
+   local log = fs.read(m .. '.log') or ''
+   local stopped = tonumber(log:match('SIGTERM received: stopped after step (%d+)'))
+   t.check(stopped ~= nil, 'the job should say it stopped on SIGTERM:\n%s', log)
+   t.check(stopped and fs.is_dir(string.format('%s/step_%08d', m, stopped)), 'a checkpoint of step %s exists', tostring(stopped))
+   -- the same command resumes and finishes; losses equal the reference
+   local st2, out2 = D.run(2, common .. '--checkpoint-dir ' .. m .. ' --metrics-jsonl ' .. m .. '.jsonl')
+   t.check(st2 == 0 and out2:find(string.format('(step %d,', stopped or -1), 1, true), 'resuming failed:\n%s', out2)
+   local got = D.losses(m .. '.jsonl')
+   local same = true
+   for s = 1, 120 do if got[s] ~= ref[s] then same = false; print('step', s, got[s], ref[s]) break end end
+   t.check(same, 'losses after the preemption differ from the uninterrupted run')
+end
+
+do -- a killed rank with --max-restarts 1
+   local m = background('restart', '--max-restarts 1 --nproc-per-node 2')
+   -- checkpoints come from --checkpoint-every; kill a rank after the first one
+   os.execute('sleep 0')
+   t.check(wait_for(m .. '.jsonl', '"step":45}', 120), 'the job did not reach step 45')
+   local ranks = {}
+   for p in io.popen("for p in $(pgrep -x fsdp-lua); do grep -q -a -- '" .. m .. ".jsonl' /proc/$p/cmdline 2>/dev/null && echo $p; done"):lines() do
+      ranks[#ranks + 1] = p
+   end
+   t.check(#ranks >= 2, 'found %d ranks', #ranks)
+   if ranks[#ranks] then os.execute('kill -9 ' .. ranks[#ranks]) end
+   local status = wait_for(m .. '.status', '\n', 180)
+   t.check(status and tonumber(status) == 0, 'the restarted job should complete with 0, got %s\n%s', tostring(status),
+           fs.read(m .. '.log') or '')
+   local log = fs.read(m .. '.log') or ''
+   t.check(log:find('restarting it (1 of 1)', 1, true), 'the launcher should say it restarted:\n%s', log)
+   local rel = D.max_rel_diff(D.flat(m .. '/step_00000120'), D.flat(dir .. '/ref/step_00000120'))
+   t.check(rel == 0, 'final parameters differ from the uninterrupted run by %.3g relative', rel)
+end
+
+for _, p in ipairs(pids(dir)) do os.execute('kill -9 ' .. p .. ' 2>/dev/null') end
+os.execute('rm -rf ' .. dir)
+return t.done()
