@@ -11,8 +11,9 @@ Each step is the same as the Lua bench's: seeded random tokens, forward,
 cross-entropy, backward, global-norm clipping at 1.0, AdamW, zero_grad.
 Warmup steps, then timed steps; tokens/s = B * T * steps / their wall time.
 
-Runs on Debian's python3-torch (/usr/bin/python3). The last line is for
-bench/run.sh: RESULT torch B=4 T=64 tok_s=... step_ms=...
+FLOPs per token are counted as in bench/gpt2_cpu.lua (6 N without the
+position table + 12 L C T). Runs on Debian's python3-torch (/usr/bin/python3).
+The last line is for bench/run.sh: RESULT torch B=4 T=64 tok_s=... gflops=...
 """
 import argparse
 import math
@@ -120,6 +121,9 @@ def main():
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
     n_params = sum(p.numel() for p in model.parameters())
+    # the same count as bench/gpt2_cpu.lua: 6 N per token without the
+    # position table, plus 12 L C T for the attention products
+    flops_per_token = 6 * (n_params - model.wpe.weight.numel()) + 12 * L * C * T
     gen = torch.Generator().manual_seed(args.seed)
 
     def step():
@@ -149,9 +153,11 @@ def main():
         total, best = total + dt, min(best, dt)
         print(f"  step {i + 1}: loss {loss:.4f}, {dt * 1e3:.0f} ms", flush=True)
     tok_s = B * T * args.steps / total
-    print(f"{args.label} B={B} T={T}: {tok_s:.1f} tokens/s, mean step {total / args.steps * 1e3:.0f} ms, "
-          f"best {best * 1e3:.0f} ms")
-    print(f"RESULT {args.label} B={B} T={T} tok_s={tok_s:.2f} step_ms={total / args.steps * 1e3:.1f}")
+    gflops = tok_s * flops_per_token / 1e9
+    print(f"{args.label} B={B} T={T}: {tok_s:.1f} tokens/s, {gflops:.1f} GFLOP/s, "
+          f"mean step {total / args.steps * 1e3:.0f} ms, best {best * 1e3:.0f} ms")
+    print(f"RESULT {args.label} B={B} T={T} tok_s={tok_s:.2f} gflops={gflops:.2f} "
+          f"step_ms={total / args.steps * 1e3:.1f}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ function M.exec(opts, rest, self_exe)
    else
       add('-n', tostring(n))
    end
-   add('-prepend-pattern', '[rank %r] ')
+   if rest[1] ~= '-i' then add('-prepend-pattern', '[rank %r] ') end -- the REPL prints on rank 0 only
    add('-genv', 'LOCAL_WORLD_SIZE', tostring(n))
    if opts.master_addr then add('-genv', 'MASTER_ADDR', opts.master_addr) end
    if opts.master_port then add('-genv', 'MASTER_PORT', opts.master_port) end

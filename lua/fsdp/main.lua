@@ -28,6 +28,7 @@ local function usage()
       '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
       '       fsdp-lua plot RUN_DIR [--out FILE]      draw RUN_DIR/metrics.jsonl as an SVG (default RUN_DIR/plot.svg)',
       '       fsdp-lua --nproc-per-node N RECIPE ...  run N local ranks (MPICH mpiexec underneath)',
+      '       fsdp-lua [--nproc-per-node N] -i [RECIPE] an interactive prompt on rank 0; every rank runs each statement',
       '       mpiexec -n N fsdp-lua RECIPE ... / srun fsdp-lua RECIPE ...',
    }, '\n')
 end
@@ -90,6 +91,36 @@ if cmd:match('^%-%-n') or cmd:match('^%-%-master') or cmd:match('^%-%-hosts') or
       local opts, rest = launch.parse(args)
       if not opts then error('unknown flag ' .. cmd .. ' (launcher flags: --nproc-per-node, --nnodes, --hosts)', 0) end
       return launch.exec(opts, rest, root .. '/build/fsdp-lua')
+   end)
+end
+
+-- the REPL: fsdp-lua -i [RECIPE args]: the recipe runs first and its
+-- globals stay in scope at the prompt
+if cmd == '-i' then
+   return run(function()
+      local fsdp = require 'fsdp'
+      local dist = require 'fsdp.dist'
+      dist.init()
+      -- print shows rank 0's output; printall every rank's, prefixed
+      local function print0(...) if dist.rank == 0 then print(...) end end
+      local function printall(...)
+         local parts = {}
+         for i = 1, select('#', ...) do parts[i] = tostring((select(i, ...))) end
+         io.stdout:write(string.format('[rank %d] %s\n', dist.rank, table.concat(parts, '\t')))
+         io.stdout:flush()
+      end
+      local env = setmetatable({fsdp = fsdp, dist = dist, nn = fsdp.nn, ops = fsdp.ops, print = print0,
+                                printall = printall}, {__index = _G})
+      if args[2] then
+         local path = resolve(args[2])
+         if not path then error("no recipe or script '" .. args[2] .. "'", 0) end
+         local chunk, err = loadfile(path)
+         if not chunk then error(err, 0) end
+         arg = {[0] = path, unpack(args, 3)}
+         setfenv(chunk, env)
+         chunk(unpack(args, 3))
+      end
+      return require('fsdp.repl').run(env)
    end)
 end
 

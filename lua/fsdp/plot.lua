@@ -74,7 +74,8 @@ function M.series(records, key)
 end
 
 -- round ticks covering [lo, hi]: about n of them, spaced 1, 2 or 5 x 10^k
-function M.ticks(lo, hi, n)
+-- (and at least min_step apart)
+function M.ticks(lo, hi, n, min_step)
    if hi < lo then lo, hi = hi, lo end
    if hi == lo then
       local pad = lo == 0 and 1 or math.abs(lo) * 0.1
@@ -83,7 +84,7 @@ function M.ticks(lo, hi, n)
    local raw = (hi - lo) / (n or 5)
    local mag = 10 ^ math.floor(math.log10(raw))
    local f = raw / mag
-   local step = (f < 1.5 and 1 or f < 3 and 2 or f < 7 and 5 or 10) * mag
+   local step = math.max((f < 1.5 and 1 or f < 3 and 2 or f < 7 and 5 or 10) * mag, min_step or 0)
    local first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
    local out = {}
    for i = first, last do out[#out + 1] = i * step end
@@ -95,11 +96,13 @@ function M.fmt_tick(v, step)
    if math.abs(v) < step * 1e-6 then v = 0 end
    local big = math.max(math.abs(v), step)
    if step < 1e-3 or big >= 1e6 then
-      local s = string.format('%.3g', v)
-      return (s:gsub('e%-0*(%d)', 'e-%1'):gsub('e%+0*(%d)', 'e%1'))
+      if v == 0 then return '0' end
+      local mant, exp = string.format('%.2e', v):match('^(.-)e(.*)$') -- 6.00e-04 -> 6e-4
+      mant = mant:gsub('%.?0+$', '')
+      return mant .. 'e' .. tonumber(exp)
    end
    local decimals = math.max(0, math.ceil(-math.log10(step) - 1e-9))
-   return string.format('%.' .. decimals .. 'f', v)
+   return string.format(string.format('%%.%df', decimals), v)
 end
 
 local function esc(s)
@@ -222,10 +225,8 @@ function M.svg(records, title)
       end
    end
    if not any then return nil end
-   local xticks, xstep = M.ticks(smin, smax, 8)
-   if smin >= 0 and xticks[1] < 0 then -- a single step 0 would pad below zero
-      xticks, xstep = M.ticks(0, math.max(smax, 1), 8)
-   end
+   if smax - smin < 1 then smax = smin + 1 end -- one step: a unit-wide axis
+   local xticks, xstep = M.ticks(smin, smax, 8, 1) -- steps are whole numbers
 
    local H = HEADER_H + PANEL_H * #M.panels
    local out = {}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The CPU training benchmark of issue 2, in one run: this machine's sgemm
+# peak, fsdp-lua training the GPT-2 124M shape at 4 x 64 and 4 x 256 tokens,
+# and PyTorch eager (Debian's python3-torch, fp32, AdamW) on the same model
+# and shapes twice: as installed, and tuned (jemalloc that keeps its pages,
+# passive OpenMP waits). Prints a table with tokens/s, GFLOP/s, the share of
+# the sgemm peak and fsdp-lua's speed relative to the tuned PyTorch.
+#
+#   bash bench/run.sh                  (make bench builds first, then runs this)
+#   THREADS=2 WARMUP=2 STEPS=5 SHAPES="4x64 4x256" bash bench/run.sh
+#
+# Each process gets THREADS threads (default: every core). The numbers mean
+# something only on an otherwise idle machine: the script says when it is not.
+set -u
+cd "$(dirname "$0")/.."
+
+THREADS=${THREADS:-$(nproc)}
+WARMUP=${WARMUP:-2}
+STEPS=${STEPS:-5}
+SHAPES=${SHAPES:-"4x64 4x256"}
+PYTHON=${PYTHON:-/usr/bin/python3}
+JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
+LOG=${LOG:-build/bench-logs}
+mkdir -p "$LOG"
+
+die() { echo "bench: $*" >&2; exit 1; }
+[ -x build/fsdp-lua ] || die "build/fsdp-lua is missing: run make (or make bench)"
+"$PYTHON" -c 'import torch' 2>/dev/null || die "$PYTHON has no torch: install python3-torch (make deps-bench)"
+[ -f "$JEMALLOC" ] || die "$JEMALLOC is missing: install libjemalloc2 (make deps-bench)"
+
+# share of CPU time that was idle over one second, before we start
+idle_pct() {
+    local a b
+    a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+    local tot=0 j
+    for j in 1 2 3 4 5 6 7 8; do tot=$((tot + ${b[$j]} - ${a[$j]})); done
+    echo $(( (${b[4]} - ${a[4]}) * 100 / (tot > 0 ? tot : 1) ))
+}
+idle=$(idle_pct)
+if [ "$idle" -lt 90 ]; then
+    echo "bench: warning: the machine is busy (${idle}% idle before the run); timings will be low and noisy"
+    ps -eo pcpu,args --sort=-pcpu | head -4 | sed 's/^/bench:   /' | cut -c1-160
+fi
+
+echo "bench: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $THREADS threads," \
+     "$WARMUP warmup + $STEPS timed steps per run"
+for v in OPENBLAS_CORETYPE OPENBLAS_NUM_THREADS OMP_NUM_THREADS OMP_WAIT_POLICY GOMP_SPINCOUNT; do
+    [ -n "${!v:-}" ] && echo "bench: environment $v=${!v}"
+done
+
+# runs one benchmark; its output goes to $LOG/<name>.log, its RESULT line to stdout
+run() {
+    local name="$1"; shift
+    local out="$LOG/$name.log"
+    if ! "$@" >"$out" 2>&1; then
+        echo "bench: $name failed (log: $out):" >&2
+        tail -n 15 "$out" | sed 's/^/bench:   /' >&2
+        return 1
+    fi
+    grep '^RESULT' "$out" | tail -1
+}
+
+# value of key=... in a RESULT line
+field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+peak_line=$(run sgemm build/fsdp-lua bench/sgemm_peak.lua --threads "$THREADS") || die "sgemm peak failed"
+PEAK=$(field "$peak_line" gflops)
+echo "bench: sgemm peak $PEAK GFLOP/s (2048^3, best of 5, $THREADS threads)"
+
+rows=()
+for shape in $SHAPES; do
+    B=${shape%x*}; T=${shape#*x}
+    echo "bench: $shape ..."
+    ours=$(run "fsdp-lua-$shape" build/fsdp-lua bench/gpt2_cpu.lua --batch-size "$B" --seq-len "$T" \
+           --warmup "$WARMUP" --steps "$STEPS" --threads "$THREADS" --peak "$PEAK") || ours=""
+    plain=$(run "torch-installed-$shape" env OMP_NUM_THREADS="$THREADS" "$PYTHON" bench/gpt2_torch.py \
+            --batch-size "$B" --seq-len "$T" --warmup "$WARMUP" --steps "$STEPS" --threads "$THREADS" \
+            --label torch-installed) || plain=""
+    tuned=$(run "torch-tuned-$shape" env OMP_NUM_THREADS="$THREADS" LD_PRELOAD="$JEMALLOC" \
+            MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1" OMP_WAIT_POLICY=passive \
+            "$PYTHON" bench/gpt2_torch.py --batch-size "$B" --seq-len "$T" --warmup "$WARMUP" \
+            --steps "$STEPS" --threads "$THREADS" --label torch-tuned) || tuned=""
+    rows+=("$shape|fsdp-lua|$ours" "$shape|torch as installed|$plain" "$shape|torch tuned|$tuned")
+done
+
+echo
+echo "GPT-2 124M training on the CPU, fp32, AdamW; FLOPs/token = 6 N (N without wpe) + 12 L C T;"
+echo "sgemm peak $PEAK GFLOP/s with $THREADS threads"
+printf '%-7s %-20s %10s %10s %9s %18s\n' shape run tokens/s GFLOP/s '% peak' 'fsdp-lua / this'
+for shape in $SHAPES; do
+    ours_tok=""
+    for r in "${rows[@]}"; do
+        IFS='|' read -r s name line <<<"$r"
+        [ "$s" = "$shape" ] || continue
+        tok=$(field "$line" tok_s); gf=$(field "$line" gflops)
+        if [ -z "$tok" ]; then printf '%-7s %-20s %10s\n' "$shape" "$name" failed; continue; fi
+        [ "$name" = fsdp-lua ] && ours_tok=$tok
+        pct=$(awk -v g="$gf" -v p="$PEAK" 'BEGIN { printf "%.1f", 100 * g / p }')
+        ratio=""
+        if [ "$name" != fsdp-lua ] && [ -n "$ours_tok" ]; then
+            ratio=$(awk -v a="$ours_tok" -v b="$tok" 'BEGIN { printf "%.2fx", a / b }')
+        fi
+        printf '%-7s %-20s %10.1f %10.1f %9s %18s\n' "$shape" "$name" "$tok" "$gf" "$pct" "$ratio"
+    done
+done
+echo
+echo "target (issue 2): fsdp-lua at least 1.10x the tuned PyTorch at every shape; logs in $LOG/"
