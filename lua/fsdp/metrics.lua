@@ -45,28 +45,31 @@ function M.open(run_dir, opts)
    return self
 end
 
--- one step's metrics; `wall_time` (seconds since the epoch) defaults to now
+-- one step's metrics; `wall_time` (seconds since the epoch) defaults to now.
+-- A `step` among the metrics is allowed when it equals the step argument.
 function Metrics:log(step, scalars, wall_time)
    if type(step) ~= 'number' or step ~= math.floor(step) then
       error('metrics:log: wants an integer step, got ' .. tostring(step), 2)
    end
    if type(scalars) ~= 'table' then error('metrics:log: wants a table of metrics, got ' .. type(scalars), 2) end
-   if scalars.step ~= nil or scalars.wall_time ~= nil then
-      error('metrics:log: step and wall_time are filled in by log itself; pass step as the first argument', 2)
+   if (scalars.step ~= nil and scalars.step ~= step) or scalars.wall_time ~= nil then
+      error(string.format('metrics:log: step and wall_time are filled in by log itself (step %s, metrics hold step %s%s)',
+                          tostring(step), tostring(scalars.step), scalars.wall_time and ' and a wall_time' or ''), 2)
    end
    if not self.active then return true end
    if not self.jsonl then error('metrics:log: ' .. self.run_dir .. ' is closed', 2) end
 
    wall_time = wall_time or tensorboard.wall_time()
    local line = {step = step, wall_time = wall_time}
+   local numbers = {}
    for k, v in pairs(scalars) do
       if type(k) ~= 'string' then error('metrics:log: metric names must be strings, got ' .. tostring(k), 2) end
-      line[k] = v
+      if k ~= 'step' then line[k], numbers[k] = v, v end
    end
    local ok, err = self.jsonl:write(json.encode(line), '\n')
    if ok then ok, err = self.jsonl:flush() end
    if not ok then return nil, 'metrics: writing ' .. self.jsonl_path .. ': ' .. tostring(err) end
-   if self.tb then return self.tb:add_scalars(step, scalars, wall_time) end
+   if self.tb then return self.tb:add_scalars(step, numbers, wall_time) end
    return true
 end
 

@@ -16,6 +16,7 @@
 --   w:close()
 local ffi = require 'ffi'
 local bit = require 'bit'
+local fs = require 'fsdp.fs'
 local band, bor, bxor, bnot, rshift, ror = bit.band, bit.bor, bit.bxor, bit.bnot, bit.rshift, bit.ror
 
 pcall(ffi.cdef, [[
@@ -151,13 +152,17 @@ Writer.__index = Writer
 M.Writer = Writer
 
 -- tensorboard.open(dir [, {wall_time = t, pid = n}]) -> a writer of a new
--- file dir/events.out.tfevents.<unix time>.<hostname>.<pid>, or nil, err.
--- The directory must exist.
+-- file dir/events.out.tfevents.<unix time>.<hostname>.<pid> (.1, .2, ...
+-- when that name is taken), or nil, err. The directory must exist.
 function M.open(dir, opts)
    opts = opts or {}
    local t = opts.wall_time or M.wall_time()
-   local pid = opts.pid or require('fsdp.fs').pid()
-   local path = string.format('%s/events.out.tfevents.%d.%s.%d', dir, math.floor(t), M.hostname(), pid)
+   local base = string.format('%s/events.out.tfevents.%d.%s.%d', dir, math.floor(t), M.hostname(), opts.pid or fs.pid())
+   local path, k = base, 0
+   while fs.exists(path) do -- a second writer within the same second
+      k = k + 1
+      path = base .. '.' .. k
+   end
    local f, err = io.open(path, 'wb')
    if not f then return nil, 'tensorboard: cannot create ' .. path .. ': ' .. tostring(err) end
    local w = setmetatable({path = path, file = f}, Writer)

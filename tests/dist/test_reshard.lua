@@ -41,5 +41,12 @@ for _, n in ipairs({2, 3}) do
    t.check(relm <= 1e-4, 'resumed at %d ranks: final exp_avg differs by %.3g', n, relm)
    print(string.format('4 -> %d ranks: losses %.2e, params %.2e, exp_avg %.2e relative', n, worst, rel, relm))
 end
+-- the index tool reads any of them
+local st, info = t.sh(D.bin .. ' ckpt info ' .. dir .. '/saved')
+t.check(st == 0 and info:find('step 10', 1, true) and info:find('saved by 4 rank(s) as 4 slice(s), strategy full', 1, true)
+        and info:find('rank_00003.safetensors', 1, true), 'ckpt info output:\n%s', info)
+local st2, info2 = t.sh(D.bin .. ' ckpt info ' .. dir .. '/nothing_here')
+t.check(st2 == 1 and info2:find('not a checkpoint', 1, true), 'ckpt info on a non-checkpoint:\n%s', info2)
+
 os.execute('rm -rf ' .. dir)
 return t.done()

@@ -154,7 +154,8 @@ local tb_path = m:paths().tensorboard
 m:close()
 t.raises(function() m:log(1, {loss = 1}) end, {'closed'}, 'log after close')
 t.raises(function() m:log('x', {loss = 1}) end, {'integer step'}, 'a step that is not a number')
-t.raises(function() m:log(1, {step = 1}) end, {'step and wall_time'}, 'a reserved name')
+t.raises(function() m:log(1, {step = 2}) end, {'step and wall_time'}, 'a different step among the metrics')
+t.raises(function() m:log(1, {wall_time = 2}) end, {'step and wall_time'}, 'a wall_time among the metrics')
 
 -- other ranks write nothing
 local quiet = metrics.open(tmp .. '/rank1', {rank = 1})
@@ -210,11 +211,15 @@ end
 -- a second open appends to the JSONL and starts a new event file
 do
    local m2 = assert(metrics.open(run, {rank = 0}))
-   m2:log(41, {loss = 0.5})
+   m2:log(41, {step = 41, loss = 0.5}) -- the same step among the metrics is fine
+   local second = m2:paths().tensorboard
    m2:close()
-   local count = 0
-   for _ in io.lines(run .. '/metrics.jsonl') do count = count + 1 end
-   t.check(count == #logged + 1, 'reopening appends: %d lines', count)
+   local count, last = 0, nil
+   for line in io.lines(run .. '/metrics.jsonl') do count, last = count + 1, json.decode(line) end
+   t.check(count == #logged + 1 and last.step == 41 and last.loss == 0.5, 'reopening appends: %d lines', count)
+   local evs = read_events(fs.read(second) or '') or {}
+   t.check(second ~= tb_path and #evs == 2 and evs[2].step == 41 and #evs[2].values == 1 and evs[2].values[1].tag == 'loss',
+           'the second event file %s holds the version event and step 41 (loss only)', tostring(second))
 end
 
 -- (c) fsdp-lua plot
