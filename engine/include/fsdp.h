@@ -304,6 +304,40 @@ void fsdp_comm_abort(int code);
 /* MPI_Finalize when MPI was initialized */
 int fsdp_comm_finalize(void);
 
+/* ---- CPU kernels: mixture-of-experts routing (kernels/moe_cpu.c) -------- *
+ * Row-major [rows, C] matrices; index vectors are int32 and are checked
+ * against their range before anything is written. Where several rows add
+ * into one (scatter-add forward, gather backward) they are added in index
+ * order, so results do not depend on the thread count.                     */
+
+/* out[m,:] = inp[idx[m],:] for m < M; idx in [0, N) */
+int fsdp_gather_rows_forward_cpu(float *out, const float *inp, const int32_t *idx, int M, int N,
+                                 int C);
+/* dinp[idx[m],:] += dout[m,:] */
+int fsdp_gather_rows_backward_cpu(float *dinp, const float *dout, const int32_t *idx, int M, int N,
+                                  int C);
+/* out[idx[m],:] += src[m,:]; out [N, C] holds the base on entry */
+int fsdp_scatter_add_rows_forward_cpu(float *out, const float *src, const int32_t *idx, int M,
+                                      int N, int C);
+/* dsrc[m,:] += dout[idx[m],:] */
+int fsdp_scatter_add_rows_backward_cpu(float *dsrc, const float *dout, const int32_t *idx, int M,
+                                       int N, int C);
+/* softmax of each of N rows of C */
+int fsdp_softmax_forward_cpu(float *out, const float *inp, int N, int C);
+/* dinp += out * (dout - <dout, out>) per row (out: the saved forward result) */
+int fsdp_softmax_backward_cpu(float *dinp, const float *dout, const float *out, int N, int C);
+/* out[n,:] = inp[n,:] * scale[n] */
+int fsdp_row_scale_forward_cpu(float *out, const float *inp, const float *scale, int N, int C);
+/* dinp[n,:] += dout[n,:] * scale[n]; dscale[n] += <dout[n,:], inp[n,:]> */
+int fsdp_row_scale_backward_cpu(float *dinp, float *dscale, const float *dout, const float *inp,
+                                const float *scale, int N, int C);
+/* the K largest of each row, descending (NaN first, ties to the lower
+ * column): values[N, K] and their columns indices[N, K] */
+int fsdp_topk_forward_cpu(float *values, int32_t *indices, const float *inp, int N, int C, int K);
+/* dinp[n, indices[n,j]] += dvalues[n,j] (no gradient through the selection) */
+int fsdp_topk_backward_cpu(float *dinp, const float *dvalues, const int32_t *indices, int N, int C,
+                           int K);
+
 /* ---- files: safetensors (engine/safetensors.c) -------------------------- */
 
 typedef struct fsdp_st_file fsdp_st_file;     /* opened (mmap) for reading */

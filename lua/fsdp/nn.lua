@@ -412,4 +412,24 @@ function M.checkpoint_units(model)
    return model
 end
 
+
+---------------------------------------------------------------------------
+-- more layers
+
+-- Embedding whose row padding_idx gets no gradient from the lookup (torch's
+-- nn.Embedding(padding_idx=...), as Hugging Face's Llama/Mistral/Mixtral/OPT
+-- build theirs); padding_idx nil behaves as Embedding
+local PaddedEmbedding = M.class('PaddedEmbedding', Embedding)
+M.PaddedEmbedding = PaddedEmbedding
+function PaddedEmbedding.new(n_vocab, dim, padding_idx, opts)
+   local self = Embedding.new(n_vocab, dim, opts)
+   setmetatable(self, PaddedEmbedding)
+   if padding_idx ~= nil and (padding_idx < 0 or padding_idx >= n_vocab) then
+      error(string.format('PaddedEmbedding: padding_idx %d is outside [0, %d)', padding_idx, n_vocab), 2)
+   end
+   self.padding_idx = padding_idx
+   return self
+end
+function PaddedEmbedding:forward(idx) return ops.embedding_padded(idx, self.weight, self.padding_idx) end
+
 return M

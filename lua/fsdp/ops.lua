@@ -416,4 +416,153 @@ function M.cross_entropy(logits, targets, ignore_index)
    return out
 end
 
+
+---------------------------------------------------------------------------
+-- mixture of experts: routing ops (kernels/moe_cpu.c). Rows are the last
+-- dimension's vectors: a [B, T, C] tensor is B*T rows of C.
+
+local function rows_of(op, what, x)
+   want_f32(op, what, x)
+   local Cc = x.shape[#x.shape]
+   return x:numel() / Cc, Cc
+end
+
+local function want_index(op, what, idx, limit)
+   want_i32(op, what, idx)
+   if not idx:is_contiguous() then fail(op, '%s must be contiguous', what) end
+   if idx:numel() == 0 then fail(op, '%s is empty', what) end
+   local p = idx:ptr()
+   for i = 0, idx:numel() - 1 do
+      if p[i] < 0 or p[i] >= limit then fail(op, '%s[%d] = %d is outside [0, %d)', what, i, p[i], limit) end
+   end
+   return idx:numel()
+end
+
+-- rows idx (i32, M of them) of x [..., C] -> [M, C]
+function M.gather_rows(x, idx)
+   local op = 'gather_rows'
+   local N, Cc = rows_of(op, 'input', x)
+   local Mr = want_index(op, 'indices', idx, N)
+   local out = out_like({Mr, Cc})
+   check(C.fsdp_gather_rows_forward_cpu(out:ptr(), x:ptr(), idx:ptr(), Mr, N, Cc), op)
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_gather_rows_backward_cpu(grad_of(x):ptr(), out.grad:ptr(), idx:ptr(), Mr, N, Cc),
+               op .. ' backward')
+      end)
+   end
+   return out
+end
+
+-- base [..., C] with the rows of src [M, C] added to its rows idx (a row
+-- named twice gets both) -> a new tensor shaped like base
+function M.scatter_add_rows(base, idx, src)
+   local op = 'scatter_add_rows'
+   local N, Cc = rows_of(op, 'base', base)
+   local Ms, Cs = rows_of(op, 'src', src)
+   if Cs ~= Cc then fail(op, 'src %s has rows of %d but base %s has rows of %d', shape_str(src.shape), Cs,
+                         shape_str(base.shape), Cc) end
+   local Mr = want_index(op, 'indices', idx, N)
+   if Mr ~= Ms then fail(op, '%d indices for %d rows of src %s', Mr, Ms, shape_str(src.shape)) end
+   local out = out_like(base.shape)
+   ffi.copy(out:ptr(), base:ptr(), base:numel() * 4)
+   check(C.fsdp_scatter_add_rows_forward_cpu(out:ptr(), src:ptr(), idx:ptr(), Mr, N, Cc), op)
+   if result(out, base, src) then
+      record(function()
+         local g = out.grad
+         if not g then return end
+         if base.requires_grad then check(C.fsdp_axpy_cpu(grad_of(base):ptr(), 1, g:ptr(), g:numel()), op .. ' backward') end
+         if src.requires_grad then
+            check(C.fsdp_scatter_add_rows_backward_cpu(grad_of(src):ptr(), g:ptr(), idx:ptr(), Mr, N, Cc),
+                  op .. ' backward')
+         end
+      end)
+   end
+   return out
+end
+
+-- softmax over the last dimension
+function M.softmax(x)
+   local op = 'softmax'
+   local N, Cc = rows_of(op, 'input', x)
+   local out = out_like(x.shape)
+   check(C.fsdp_softmax_forward_cpu(out:ptr(), x:ptr(), N, Cc), op)
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_softmax_backward_cpu(grad_of(x):ptr(), out.grad:ptr(), out:ptr(), N, Cc), op .. ' backward')
+      end)
+   end
+   return out
+end
+
+-- every row of x [..., C] times its own factor: s has one element per row
+function M.row_scale(x, s)
+   local op = 'row_scale'
+   local N, Cc = rows_of(op, 'input', x)
+   want_f32(op, 'scale', s)
+   if s:numel() ~= N then fail(op, 'scale %s has %d elements for the %d rows of %s', shape_str(s.shape), s:numel(),
+                               N, shape_str(x.shape)) end
+   local out = out_like(x.shape)
+   check(C.fsdp_row_scale_forward_cpu(out:ptr(), x:ptr(), s:ptr(), N, Cc), op)
+   if result(out, x, s) then
+      record(function()
+         if not out.grad then return end
+         check(C.fsdp_row_scale_backward_cpu(gp(x), gp(s), out.grad:ptr(), x:ptr(), s:ptr(), N, Cc), op .. ' backward')
+      end)
+   end
+   return out
+end
+
+-- the k largest along the last dimension, descending: values (the gradient
+-- flows back to the chosen elements) and their positions (i32, 0-based; no
+-- gradient), both shaped [..., k]
+function M.topk(x, k)
+   local op = 'topk'
+   local N, Cc = rows_of(op, 'input', x)
+   if type(k) ~= 'number' or k < 1 or k > Cc or k ~= math.floor(k) then
+      fail(op, 'k = %s must be an integer in [1, %d]', tostring(k), Cc)
+   end
+   local shape = with_last(x.shape, k)
+   local values, indices = out_like(shape), T.empty(shape, 'i32', true)
+   check(C.fsdp_topk_forward_cpu(values:ptr(), indices:ptr(), x:ptr(), N, Cc, k), op)
+   if result(values, x) then
+      record(function()
+         if not values.grad then return end
+         check(C.fsdp_topk_backward_cpu(grad_of(x):ptr(), values.grad:ptr(), indices:ptr(), N, Cc, k), op .. ' backward')
+      end)
+   end
+   return values, indices
+end
+
+-- embedding lookup whose row padding_idx receives no gradient from this
+-- lookup (torch's nn.Embedding(padding_idx=...)); the row's other gradient
+-- contributions (a tied output head) are kept
+function M.embedding_padded(idx, table_, padding_idx)
+   if padding_idx == nil then return M.embedding(idx, table_) end
+   local op = 'embedding'
+   want_i32(op, 'indices', idx); want_f32(op, 'table', table_)
+   if #table_.shape ~= 2 then fail(op, 'table must be [vocab, dim], got %s', shape_str(table_.shape)) end
+   local V, D = table_.shape[1], table_.shape[2]
+   if padding_idx < 0 or padding_idx >= V then fail(op, 'padding_idx %d is outside [0, %d)', padding_idx, V) end
+   local shape = {unpack(idx.shape)}
+   shape[#shape + 1] = D
+   local out = out_like(shape)
+   local n = idx:numel()
+   check(C.fsdp_embedding_forward_cpu(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), op)
+   if result(out, table_) then
+      record(function()
+         if not out.grad then return end
+         local g = grad_of(table_):ptr()
+         local row = g + padding_idx * D
+         local saved = ffi.new('float[?]', D)
+         ffi.copy(saved, row, D * 4)
+         check(C.fsdp_embedding_backward_cpu(g, out.grad:ptr(), idx:ptr(), n, V, D), 'embedding backward')
+         ffi.copy(row, saved, D * 4)
+      end)
+   end
+   return out
+end
+
 return M

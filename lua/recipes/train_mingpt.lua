@@ -60,7 +60,7 @@ local opt = fsdp.options('recipes/train_mingpt.lua', {
    {'checkpoint_every', 0, 'steps between checkpoints (0: only at the end)'},
    {'keep_last', 0, 'checkpoints to keep (0: all)'},
    {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
-   {'metrics_jsonl', '', 'append one JSON line of metrics per step to this file (rank 0)'},
+   {'run_dir', 'runs/train_mingpt', 'metrics.jsonl and TensorBoard events (tb/) go here'},
    {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
    {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: this host\'s sgemm rate)'},
    {'sample_tokens', 200, 'tokens to sample at the end'},
@@ -152,10 +152,8 @@ local function evaluate()
    return dist.sum_number(total / n) / world
 end
 
-local metrics = (opt.metrics_jsonl ~= '' and rank == 0) and assert(io.open(opt.metrics_jsonl, 'a')) or nil
-local function record(t)
-   if metrics then metrics:write(fsdp.json.encode(t), '\n'); metrics:flush() end
-end
+local metrics = assert(require('fsdp.metrics').open(opt.run_dir, {rank = rank}))
+local function record(t) metrics:log(t.step, t) end
 
 -- training loop
 local last_step = opt.max_steps
@@ -247,7 +245,7 @@ if opt.checkpoint_dir ~= '' and (opt.checkpoint_every == 0 or opt.max_steps % op
    and start_step < opt.max_steps then
    save(opt.max_steps)
 end
-if metrics then metrics:close() end
+metrics:close()
 
 -- sample a few lines (every rank runs the model: its units are sharded)
 if opt.sample_tokens > 0 then

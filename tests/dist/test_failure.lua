@@ -27,7 +27,7 @@ local function background(name, extra)
    local marker = dir .. '/' .. name
    local cmd = string.format('OMP_NUM_THREADS=1 %s --nproc-per-node 3 recipes/train_mingpt.lua --max-steps 100000 ' ..
                              '--batch-size 6 --seq-len 32 --eval-every 0 --log-every 1 --sample-tokens 0 ' ..
-                             '--metrics-jsonl %s.jsonl %s > %s.log 2>&1; echo $? > %s.status',
+                             '--run-dir %s.run %s > %s.log 2>&1; echo $? > %s.status',
                              D.bin, marker, extra or '', marker, marker)
    os.execute('(' .. cmd .. ') &')
    return marker
@@ -50,7 +50,7 @@ local function rank_pids(marker)
    -- the ranks: processes named fsdp-lua (the launcher became mpiexec) whose
    -- command line carries this job's marker
    local p = io.popen("for p in $(pgrep -x fsdp-lua); do grep -q -a -- '" .. marker ..
-                      ".jsonl' /proc/$p/cmdline 2>/dev/null && echo $p; done | sort -n")
+                      ".run' /proc/$p/cmdline 2>/dev/null && echo $p; done | sort -n")
    local pids = {}
    for line in p:lines() do pids[#pids + 1] = line end
    p:close()
@@ -59,7 +59,7 @@ end
 
 do -- kill -9 one rank mid-run
    local m = background('killed')
-   t.check(wait_for(m .. '.jsonl', '"step":5}', 60), 'the job did not reach step 5')
+   t.check(wait_for(m .. '.run/metrics.jsonl', '"step":5,', 60), 'the job did not reach step 5')
    local pids = rank_pids(m)
    t.check(#pids == 3, 'found %d ranks of the job, want 3', #pids)
    os.execute('kill -9 ' .. pids[#pids])
@@ -74,7 +74,7 @@ end
 do -- killed while checkpointing every step
    local m = background('saving', '--checkpoint-every 1 --checkpoint-dir ' .. dir .. '/ck')
    os.execute('sleep 0.05')
-   t.check(wait_for(m .. '.jsonl', '"step":8}', 60), 'the saving job did not reach step 8')
+   t.check(wait_for(m .. '.run/metrics.jsonl', '"step":8,', 60), 'the saving job did not reach step 8')
    for _, pid in ipairs(rank_pids(m)) do os.execute('kill -9 ' .. pid .. ' 2>/dev/null') end
    wait_for(m .. '.status', '\n', 60)
    local latest = ckpt.latest(dir .. '/ck')

@@ -14,13 +14,13 @@ local args = 'recipes/train_mingpt.lua --max-steps 20 --batch-size 12 --grad-acc
 
 local function job(name, n, extra)
    local status, out = D.run(n, args .. (extra or '') .. ' --checkpoint-dir ' .. dir .. '/' .. name ..
-                                ' --metrics-jsonl ' .. dir .. '/' .. name .. '.jsonl')
+                                ' --run-dir ' .. dir .. '/' .. name .. '.run')
    t.check(status == 0, '%s: exit %d\n%s', name, status, out)
    return out
 end
 
 job('one', 1, '--strategy none')
-local ref_losses = D.losses(dir .. '/one.jsonl')
+local ref_losses = D.losses(dir .. '/one.run/metrics.jsonl')
 local ref_params = D.flat(dir .. '/one/step_00000020')
 t.check(ref_losses[20] ~= nil, 'the one-rank run logged 20 steps')
 
@@ -34,7 +34,7 @@ for _, c in ipairs(cases) do
    local n, strategy = c[1], c[2]
    local name = n .. '_' .. strategy
    job(name, n, '--strategy ' .. strategy .. ' ' .. (c[3] or ''))
-   local losses = D.losses(dir .. '/' .. name .. '.jsonl')
+   local losses = D.losses(dir .. '/' .. name .. '.run/metrics.jsonl')
    local worst = 0
    for step = 1, 20 do
       local a, b = losses[step], ref_losses[step]

@@ -15,9 +15,9 @@ local common = 'recipes/train_mingpt.lua --preset gpt-nano --max-steps 120 --bat
                '--eval-every 0 --log-every 1 --sample-tokens 0 --warmup-steps 5 '
 
 -- the reference: uninterrupted
-local st, out = D.run(2, common .. '--checkpoint-dir ' .. dir .. '/ref --metrics-jsonl ' .. dir .. '/ref.jsonl')
+local st, out = D.run(2, common .. '--checkpoint-dir ' .. dir .. '/ref --run-dir ' .. dir .. '/ref.run')
 t.check(st == 0, 'reference run failed:\n%s', out)
-local ref = D.losses(dir .. '/ref.jsonl')
+local ref = D.losses(dir .. '/ref.run/metrics.jsonl')
 
 local function pids(pattern)
    local p = io.popen("pgrep -f -- '" .. pattern .. "'")
@@ -38,15 +38,15 @@ end
 -- start a job in the background; returns the paths of its log and status
 local function background(name, launcher_flags)
    local m = dir .. '/' .. name
-   os.execute(string.format('(OMP_NUM_THREADS=1 %s %s %s --checkpoint-dir %s --metrics-jsonl %s.jsonl > %s.log 2>&1; ' ..
+   os.execute(string.format('(OMP_NUM_THREADS=1 %s %s %s --checkpoint-dir %s --run-dir %s.run > %s.log 2>&1; ' ..
                             'echo $? > %s.status) &', D.bin, launcher_flags, common, m, m, m, m))
    return m
 end
 
 do -- SIGTERM
    local m = background('term', '--nproc-per-node 2')
-   t.check(wait_for(m .. '.jsonl', '"step":30}', 120), 'the job did not reach step 30')
-   for _, pid in ipairs(pids('mpiexec.*' .. m .. '.jsonl')) do os.execute('kill -TERM ' .. pid) end
+   t.check(wait_for(m .. '.run/metrics.jsonl', '"step":30,', 120), 'the job did not reach step 30')
+   for _, pid in ipairs(pids('mpiexec.*' .. m .. '.run')) do os.execute('kill -TERM ' .. pid) end
    local status = wait_for(m .. '.status', '\n', 60)
    t.check(status and tonumber(status) == 0, 'a preempted job exits 0, got %s', tostring(status))
    local log = fs.read(m .. '.log') or ''
@@ -54,9 +54,9 @@ do -- SIGTERM
    t.check(stopped ~= nil, 'the job should say it stopped on SIGTERM:\n%s', log)
    t.check(stopped and fs.is_dir(string.format('%s/step_%08d', m, stopped)), 'a checkpoint of step %s exists', tostring(stopped))
    -- the same command resumes and finishes; losses equal the reference
-   local st2, out2 = D.run(2, common .. '--checkpoint-dir ' .. m .. ' --metrics-jsonl ' .. m .. '.jsonl')
+   local st2, out2 = D.run(2, common .. '--checkpoint-dir ' .. m .. ' --run-dir ' .. m .. '.run')
    t.check(st2 == 0 and out2:find(string.format('(step %d,', stopped or -1), 1, true), 'resuming failed:\n%s', out2)
-   local got = D.losses(m .. '.jsonl')
+   local got = D.losses(m .. '.run/metrics.jsonl')
    local same = true
    for s = 1, 120 do if got[s] ~= ref[s] then same = false; print('step', s, got[s], ref[s]) break end end
    t.check(same, 'losses after the preemption differ from the uninterrupted run')
@@ -66,9 +66,9 @@ do -- a killed rank with --max-restarts 1
    local m = background('restart', '--max-restarts 1 --nproc-per-node 2')
    -- checkpoints come from --checkpoint-every; kill a rank after the first one
    os.execute('sleep 0')
-   t.check(wait_for(m .. '.jsonl', '"step":45}', 120), 'the job did not reach step 45')
+   t.check(wait_for(m .. '.run/metrics.jsonl', '"step":45,', 120), 'the job did not reach step 45')
    local ranks = {}
-   for p in io.popen("for p in $(pgrep -x fsdp-lua); do grep -q -a -- '" .. m .. ".jsonl' /proc/$p/cmdline 2>/dev/null && echo $p; done"):lines() do
+   for p in io.popen("for p in $(pgrep -x fsdp-lua); do grep -q -a -- '" .. m .. ".run' /proc/$p/cmdline 2>/dev/null && echo $p; done"):lines() do
       ranks[#ranks + 1] = p
    end
    t.check(#ranks >= 2, 'found %d ranks', #ranks)

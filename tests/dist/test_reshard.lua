@@ -10,15 +10,15 @@ local args = 'recipes/train_mingpt.lua --max-steps 20 --batch-size 12 --seq-len 
              '--eval-every 0 --log-every 5 --sample-tokens 0 --preset gpt-nano --strategy full '
 
 local function job(n, name, extra)
-   local status, out = D.run(n, args .. '--checkpoint-dir ' .. dir .. '/' .. name .. ' --metrics-jsonl ' ..
-                                dir .. '/' .. name .. '.jsonl ' .. (extra or ''))
+   local status, out = D.run(n, args .. '--checkpoint-dir ' .. dir .. '/' .. name .. ' --run-dir ' ..
+                                dir .. '/' .. name .. '.run ' .. (extra or ''))
    t.check(status == 0, '%s on %d ranks: exit %d\n%s', name, n, status, out)
    return out
 end
 
 job(4, 'straight')
 job(4, 'saved', '--stop-after 10')
-local ref = D.losses(dir .. '/straight.jsonl')
+local ref = D.losses(dir .. '/straight.run/metrics.jsonl')
 local ref_params = D.flat(dir .. '/straight/step_00000020')
 local ref_m = D.flat(dir .. '/straight/step_00000020', 'exp_avg')
 
@@ -28,7 +28,7 @@ for _, n in ipairs({2, 3}) do
    local out = job(n, name)
    t.check(out:find('resumed from ' .. dir .. '/' .. name .. '/step_00000010 (step 10, saved by 4 rank(s))', 1, true),
            '%d ranks: should say it resumed from step 10 saved by 4 ranks:\n%s', n, out)
-   local losses = D.losses(dir .. '/' .. name .. '.jsonl')
+   local losses = D.losses(dir .. '/' .. name .. '.run/metrics.jsonl')
    local worst = 0
    for step = 11, 20 do
       if not losses[step] then worst = math.huge; break end

@@ -12,7 +12,7 @@ local common = fsdp.root .. '/build/fsdp-lua recipes/train_mingpt.lua --max-step
                '--warmup-steps 10 --eval-every 0 --log-every 10 --sample-tokens 0 --checkpoint-every 30 '
 
 local function run(dir, extra)
-   local status, out = t.sh(common .. '--checkpoint-dir ' .. dir .. ' --metrics-jsonl ' .. dir .. '.jsonl ' .. (extra or ''))
+   local status, out = t.sh(common .. '--checkpoint-dir ' .. dir .. ' --run-dir ' .. dir .. '.run ' .. (extra or ''))
    t.check(status == 0, 'run failed (%d): %s', status, out)
    return out
 end
@@ -33,7 +33,7 @@ local resumed = run(tmp .. '/split')
 t.check(resumed:find('resumed from ' .. tmp .. '/split/step_00000030 (step 30,', 1, true),
         'the resumed run should say which checkpoint and step: %s', resumed)
 
-local a, b = losses(tmp .. '/straight.jsonl'), losses(tmp .. '/split.jsonl')
+local a, b = losses(tmp .. '/straight.run/metrics.jsonl'), losses(tmp .. '/split.run/metrics.jsonl')
 local n = 0
 for step = 1, 60 do
    t.check(a[step] ~= nil and a[step] == b[step], 'step %d: loss %s straight vs %s resumed', step, tostring(a[step]), tostring(b[step]))

@@ -27,11 +27,13 @@ for _, c in pairs(counts) do
    unigram = unigram - p * math.log(p)
 end
 
-local metrics = os.tmpname()
+local run_dir = os.tmpname()
+os.remove(run_dir)
+local metrics = run_dir .. '/metrics.jsonl'
 local status, out = t.sh(string.format(
    '%s/build/fsdp-lua recipes/train_mingpt.lua --data %s --max-steps 300 --warmup-steps 20 --batch-size 16 ' ..
-   '--seq-len 64 --eval-every 100 --log-every 50 --sample-tokens 0 --metrics-jsonl %s',
-   fsdp.root, corpus, metrics))
+   '--seq-len 64 --eval-every 100 --log-every 50 --sample-tokens 0 --run-dir %s',
+   fsdp.root, corpus, run_dir))
 t.check(status == 0, 'training run failed (%d):\n%s', status, out)
 io.write(out)
 
@@ -41,7 +43,7 @@ for line in io.lines(metrics) do
    if m.loss and not first_loss then first_loss = m.loss end
    if m.val_loss then val_loss = m.val_loss end
 end
-os.remove(metrics)
+os.execute('rm -rf ' .. run_dir)
 print(string.format('unigram entropy %.3f nats, first loss %.3f, final val loss %.3f', unigram, first_loss or -1, val_loss or -1))
 t.check(first_loss and math.abs(first_loss - math.log(256)) < 0.3, 'the first loss should be near ln(256) = 5.55, got %s', tostring(first_loss))
 t.check(val_loss and val_loss < unigram - 0.6, 'val loss %s is not clearly below the unigram baseline %.3f', tostring(val_loss), unigram)

@@ -1,0 +1,329 @@
+-- Llama (1, 2, 3, 3.1) and CodeLlama: pre-RMSNorm decoder blocks with
+-- rotary grouped-query attention and a SwiGLU MLP. Parameter names are
+-- Hugging Face LlamaForCausalLM's, so a checkpoint maps one to one; the
+-- configuration uses config.json's field names. Single-device code: the
+-- sharding is applied from outside (fsdp.shard).
+--
+--   local llama = require 'models.llama'
+--   local model = llama.Llama {preset = '7B'}            -- from scratch
+--   local model = llama.from_hf(hf_config_table)          -- a config.json
+--
+-- Mistral (models/mistral.lua) and Mixtral (models/mixtral.lua) are built
+-- on this file.
+local ffi = require 'ffi'
+local nn = require 'fsdp.nn'
+local ops = require 'fsdp.ops'
+local T = require 'fsdp.tensor'
+local json = require 'fsdp.json'
+
+local M = {}
+
+-- Hugging Face LlamaConfig's defaults for the fields used here
+M.defaults = {
+   vocab_size = 32000, hidden_size = 4096, intermediate_size = 11008, num_hidden_layers = 32,
+   num_attention_heads = 32, num_key_value_heads = nil, head_dim = nil, max_position_embeddings = 2048,
+   rms_norm_eps = 1e-6, rope_theta = 10000.0, rope_scaling = nil, tie_word_embeddings = false,
+   attention_bias = false, mlp_bias = false, hidden_act = 'silu', pad_token_id = nil,
+   sliding_window = nil, initializer_range = 0.02,
+}
+
+-- FFN width of the Llama reference code: 2/3 of 4*dim, times a multiplier,
+-- rounded up to a multiple
+function M.ffn_size(dim, multiplier, multiple_of)
+   local h = math.floor(2 * 4 * dim / 3)
+   h = math.floor(h * (multiplier or 1))
+   return multiple_of * math.ceil(h / multiple_of)
+end
+
+-- From-scratch shapes (recipes' --size). Layers, width and heads are the
+-- size table the project was asked for; every size uses grouped-query
+-- attention (head_dim 64 or 128) and an FFN sized the Llama way: Llama 2's
+-- rule (x1.0, multiple of 256) up to 3B, Llama 3's (x1.3, multiple of 1024)
+-- from 7B on, so the counts land near the names. Vocabulary 32000 (Llama 2's
+-- tokenizer), RoPE theta 10000, context 4096. Parameter counts with the
+-- untied head:
+--   350M 0.34B  1B 1.21B  3B 3.01B  7B 7.24B  13B 13.5B  30B 34.0B  70B 69.0B
+M.presets = {
+   ['350M'] = {num_hidden_layers = 24, hidden_size = 1024, num_attention_heads = 16, num_key_value_heads = 4,
+               intermediate_size = 2816},
+   ['1B']   = {num_hidden_layers = 24, hidden_size = 2048, num_attention_heads = 16, num_key_value_heads = 4,
+               intermediate_size = 5632},
+   ['3B']   = {num_hidden_layers = 28, hidden_size = 3072, num_attention_heads = 24, num_key_value_heads = 8,
+               intermediate_size = 8192},
+   ['7B']   = {num_hidden_layers = 32, hidden_size = 4096, num_attention_heads = 32, num_key_value_heads = 8,
+               intermediate_size = 14336},
+   ['13B']  = {num_hidden_layers = 40, hidden_size = 5120, num_attention_heads = 40, num_key_value_heads = 8,
+               intermediate_size = 17408},
+   ['30B']  = {num_hidden_layers = 60, hidden_size = 6656, num_attention_heads = 52, num_key_value_heads = 4,
+               intermediate_size = 23552},
+   ['70B']  = {num_hidden_layers = 80, hidden_size = 8192, num_attention_heads = 64, num_key_value_heads = 8,
+               intermediate_size = 28672},
+}
+local preset_base = {vocab_size = 32000, max_position_embeddings = 4096, rms_norm_eps = 1e-5, rope_theta = 10000.0,
+                     tie_word_embeddings = false}
+
+local function preset_names()
+   local names = {}
+   for k in pairs(M.presets) do names[#names + 1] = k end
+   table.sort(names, function(a, b) return tonumber(a:match('[%d.]+')) * (a:find('B') and 1000 or 1)
+                                           < tonumber(b:match('[%d.]+')) * (b:find('B') and 1000 or 1) end)
+   return table.concat(names, ', ')
+end
+
+-- a full configuration: defaults, then the preset (cfg.preset or cfg.size),
+-- then every field of cfg; checked
+function M.config(cfg, defaults, who)
+   who = who or 'llama'
+   cfg = cfg or {}
+   local out = {}
+   for k, v in pairs(defaults or M.defaults) do out[k] = v end
+   local name = cfg.preset or cfg.size
+   if name then
+      local p = M.presets[name] or M.presets[tostring(name):upper()]
+      if not p then error(string.format("%s: unknown size '%s' (%s)", who, tostring(name), preset_names()), 3) end
+      for k, v in pairs(preset_base) do out[k] = v end
+      for k, v in pairs(p) do out[k] = v end
+   end
+   for k, v in pairs(cfg) do out[k] = v end
+   out.preset, out.size = nil, nil
+   out.num_key_value_heads = out.num_key_value_heads or out.num_attention_heads
+   out.head_dim = out.head_dim or out.hidden_size / out.num_attention_heads
+   local function need(ok, fmt, ...) if not ok then error(who .. ': ' .. string.format(fmt, ...), 3) end end
+   for _, k in ipairs({'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
+                       'num_key_value_heads', 'head_dim'}) do
+      local v = out[k]
+      need(type(v) == 'number' and v >= 1 and v == math.floor(v), '%s must be a positive integer, got %s', k, tostring(v))
+   end
+   need(out.num_attention_heads % out.num_key_value_heads == 0,
+        'num_attention_heads %d is not a multiple of num_key_value_heads %d', out.num_attention_heads,
+        out.num_key_value_heads)
+   need(out.head_dim % 2 == 0, 'head_dim %d must be even for rotary embeddings', out.head_dim)
+   need(out.hidden_act == 'silu', "hidden_act '%s' is not supported (silu)", tostring(out.hidden_act))
+   return out
+end
+
+---------------------------------------------------------------------------
+-- rotary embedding tables (transformers' LlamaRotaryEmbedding)
+
+local f32buf = ffi.new('float[1]')
+-- rounds a Lua number to the nearest f32, as a torch float32 op would
+local function f32(x)
+   f32buf[0] = x
+   return f32buf[0]
+end
+
+-- inv_freq[i], i < head_dim/2, computed the way transformers computes it:
+-- in float32 (exponent, power, reciprocal each rounded to f32), then the
+-- rope_scaling of the config ('linear' divides by factor; 'llama3' divides
+-- the long wavelengths by factor and blends the middle band smoothly)
+function M.inv_freq(cfg)
+   local dim = cfg.head_dim
+   local base = cfg.rope_theta or 10000.0
+   local inv = {}
+   for i = 0, dim / 2 - 1 do
+      local e = f32(f32(2 * i) / f32(dim))
+      inv[i + 1] = f32(1 / f32(f32(base) ^ e))
+   end
+   local rs = cfg.rope_scaling
+   if rs == nil then return inv end
+   local kind = rs.rope_type or rs.type
+   if kind == 'default' then return inv end
+   if kind == 'linear' then
+      for i = 1, #inv do inv[i] = f32(inv[i] / rs.factor) end
+      return inv
+   end
+   if kind == 'llama3' then
+      local factor, lo, hi = rs.factor, rs.low_freq_factor, rs.high_freq_factor
+      local old = rs.original_max_position_embeddings
+      local lo_wavelen, hi_wavelen = old / lo, old / hi
+      for i = 1, #inv do
+         local f = inv[i]
+         local wavelen = f32(f32(1 / f) * f32(2 * math.pi))
+         local g = wavelen > lo_wavelen and f32(f / factor) or f
+         if not (wavelen < hi_wavelen) and not (wavelen > lo_wavelen) then
+            local smooth = f32(f32(f32(f32(1 / wavelen) * old) - lo) / (hi - lo))
+            g = f32(f32(f32(f32(1 - smooth) * g) / factor) + f32(smooth * g))
+         end
+         inv[i] = g
+      end
+      return inv
+   end
+   error(string.format("llama: rope_scaling type '%s' is not supported (linear, llama3)", tostring(kind)), 0)
+end
+
+local Rope = {}
+Rope.__index = Rope
+M.Rope = Rope
+
+function M.rope(cfg)
+   return setmetatable({inv = M.inv_freq(cfg), half = cfg.head_dim / 2, n = 0}, Rope)
+end
+
+-- cos, sin [n, head_dim/2] with n >= T_: rows are positions 0 .. n-1; the
+-- angle pos * inv_freq is rounded to f32 before cos/sin, as transformers does
+function Rope:tables(T_)
+   if T_ > self.n then
+      if self.cos then self.cos:free(); self.sin:free() end
+      local half = self.half
+      self.cos, self.sin = T.empty({T_, half}, 'f32'), T.empty({T_, half}, 'f32')
+      local c, s = self.cos:ptr(), self.sin:ptr()
+      for pos = 0, T_ - 1 do
+         for i = 0, half - 1 do
+            local angle = f32(pos * self.inv[i + 1])
+            c[pos * half + i] = math.cos(angle)
+            s[pos * half + i] = math.sin(angle)
+         end
+      end
+      self.n = T_
+   end
+   return self.cos, self.sin
+end
+
+---------------------------------------------------------------------------
+-- modules
+
+-- the SwiGLU feed-forward: down_proj(silu(gate_proj(x)) * up_proj(x))
+function M.mlp(cfg)
+   return nn.MLP {n_embd = cfg.hidden_size, hidden = cfg.intermediate_size, activation = 'swiglu',
+                  bias = cfg.mlp_bias == true, proj_std = cfg.initializer_range}
+end
+
+-- pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); the
+-- feed-forward is given (a SwiGLU MLP, or Mixtral's experts) with its name
+local DecoderLayer = nn.class('LlamaDecoderLayer')
+M.DecoderLayer = DecoderLayer
+function DecoderLayer.new(cfg, rope, mlp, mlp_name)
+   local self = nn.Module.instance(DecoderLayer)
+   local C = cfg.hidden_size
+   self.mlp_name = mlp_name or 'mlp'
+   self:add('input_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
+   self:add('self_attn', nn.Attention {
+      n_embd = C, n_head = cfg.num_attention_heads, n_kv_head = cfg.num_key_value_heads, head_dim = cfg.head_dim,
+      style = 'llama', bias = cfg.attention_bias == true, o_bias = cfg.attention_bias == true, rope = rope,
+      window = cfg.sliding_window or 0, proj_std = cfg.initializer_range,
+   })
+   self:add('post_attention_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
+   self:add(self.mlp_name, mlp or M.mlp(cfg))
+   return self
+end
+function DecoderLayer:forward(x)
+   x = ops.add(x, self.self_attn(self.input_layernorm(x)))
+   return ops.add(x, self[self.mlp_name](self.post_attention_layernorm(x)))
+end
+
+-- torch's padding_idx: negative counts from the end of the vocabulary
+function M.padding_idx(pad, V)
+   if pad == nil then return nil end
+   if pad < 0 then pad = V + pad end
+   return pad
+end
+
+local Body = nn.class('LlamaModel')
+
+local Llama = nn.class('Llama')
+M.Llama = Llama
+
+-- builds the model into `self` (subclasses call it with their own instance);
+-- make_mlp(cfg, i) gives layer i's feed-forward and its name
+function M.build(self, cfg, make_mlp)
+   self.config = cfg
+   local C, V = cfg.hidden_size, cfg.vocab_size
+   self.rope = M.rope(cfg)
+   local body = self:add('model', nn.Module.instance(Body))
+   body:add('embed_tokens', nn.PaddedEmbedding(V, C, M.padding_idx(cfg.pad_token_id, V), {std = cfg.initializer_range}))
+   local layers = body:add('layers', nn.ModuleList())
+   for i = 1, cfg.num_hidden_layers do
+      local mlp, name = nil, 'mlp'
+      if make_mlp then mlp, name = make_mlp(cfg, i) end
+      layers:append(DecoderLayer(cfg, self.rope, mlp, name))
+   end
+   body:add('norm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
+   if not cfg.tie_word_embeddings then
+      self:add('lm_head', nn.Linear(C, V, {bias = false, std = cfg.initializer_range}))
+   end
+   return self
+end
+
+function Llama.new(cfg)
+   return M.build(nn.Module.instance(Llama), M.config(cfg))
+end
+
+function Llama:units()
+   local out, layers = {}, self.model.layers
+   for i = 1, layers.n do out[i] = layers[i] end
+   return out
+end
+
+local function check_input(self, idx)
+   if not (idx and idx.dtype == 'i32' and #idx.shape == 2) then
+      error(string.format('%s: input must be i32 token ids [batch, time], got %s %s', self.__name,
+                          idx and idx.dtype or type(idx), idx and idx.shape and T.shape_str(idx.shape) or ''), 0)
+   end
+end
+M.check_input = check_input
+
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]
+function Llama:forward(idx)
+   check_input(self, idx)
+   local body = self.model
+   local x = body.embed_tokens(idx)
+   for i = 1, body.layers.n do x = body.layers[i](x) end
+   x = body.norm(x)
+   if self.lm_head then return self.lm_head(x) end
+   return ops.linear(x, body.embed_tokens.weight) -- tied head
+end
+
+-- mean cross-entropy over targets that are not -100 (targets[b, t] is the
+-- token after idx[b, t])
+function Llama:loss(idx, targets)
+   return ops.cross_entropy(self(idx), targets, -100)
+end
+
+---------------------------------------------------------------------------
+-- Hugging Face config.json
+
+-- the fields of a LlamaConfig-like table this model reads
+M.hf_fields = {'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
+               'num_key_value_heads', 'head_dim', 'max_position_embeddings', 'rms_norm_eps', 'rope_theta',
+               'rope_scaling', 'tie_word_embeddings', 'attention_bias', 'mlp_bias', 'hidden_act', 'pad_token_id',
+               'initializer_range'}
+
+-- picks `fields` out of an HF config table over `defaults`: an absent field
+-- takes the default, a JSON null is Python's None (nil here)
+function M.pick(hf, fields, defaults)
+   local null = json.null
+   local cfg = {}
+   for k, v in pairs(defaults) do cfg[k] = v end
+   for _, k in ipairs(fields) do
+      if hf[k] == null then cfg[k] = nil
+      elseif hf[k] ~= nil then cfg[k] = hf[k] end
+   end
+   return cfg
+end
+
+-- checks a rope_scaling table (nil, linear or llama3)
+function M.check_rope_scaling(rs, who)
+   if rs == nil then return end
+   local kind = rs.rope_type or rs.type
+   if kind == 'default' then return end
+   local function need(k)
+      if type(rs[k]) ~= 'number' then
+         error(string.format("%s: rope_scaling '%s' needs a number '%s'", who, tostring(kind), k), 0)
+      end
+   end
+   if kind == 'linear' then need('factor')
+   elseif kind == 'llama3' then
+      for _, k in ipairs({'factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'}) do need(k) end
+   else
+      error(string.format("%s: rope_scaling type '%s' is not supported (linear, llama3)", who, tostring(kind)), 0)
+   end
+end
+
+-- a model from a config.json table (transformers' LlamaConfig fields)
+function M.from_hf(hf)
+   local cfg = M.pick(hf, M.hf_fields, M.defaults)
+   M.check_rope_scaling(cfg.rope_scaling, 'llama')
+   return Llama(cfg)
+end
+
+return M

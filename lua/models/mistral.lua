@@ -1,0 +1,42 @@
+-- Mistral: Llama (models/llama.lua) with sliding-window attention: query t
+-- attends to keys t - sliding_window + 1 .. t. Parameter names are Hugging
+-- Face MistralForCausalLM's (the same as Llama's). Single-device code.
+local nn = require 'fsdp.nn'
+local llama = require 'models.llama'
+
+local M = {}
+
+-- transformers' MistralConfig defaults for the fields used here
+M.defaults = {}
+for k, v in pairs(llama.defaults) do M.defaults[k] = v end
+M.defaults.intermediate_size = 14336
+M.defaults.num_key_value_heads = 8
+M.defaults.max_position_embeddings = 4096 * 32
+M.defaults.sliding_window = 4096
+
+local Mistral = nn.class('Mistral', llama.Llama)
+M.Mistral = Mistral
+
+-- cfg: Llama's fields plus sliding_window (0: full causal attention)
+function Mistral.new(cfg)
+   local c = llama.config(cfg, M.defaults, 'mistral')
+   local w = c.sliding_window
+   if w ~= nil and (type(w) ~= 'number' or w < 0 or w ~= math.floor(w)) then
+      error('mistral: sliding_window must be a non-negative integer, got ' .. tostring(w), 2)
+   end
+   return llama.build(nn.Module.instance(Mistral), c)
+end
+
+M.hf_fields = {'sliding_window'}
+for _, k in ipairs(llama.hf_fields) do M.hf_fields[#M.hf_fields + 1] = k end
+
+-- a model from a config.json table (transformers' MistralConfig fields); a
+-- null sliding_window means full attention
+function M.from_hf(hf)
+   local cfg = llama.pick(hf, M.hf_fields, M.defaults)
+   cfg.sliding_window = cfg.sliding_window or 0
+   llama.check_rope_scaling(cfg.rope_scaling, 'mistral')
+   return Mistral(cfg)
+end
+
+return M
