@@ -151,3 +151,41 @@ int fsdp_dir_commit(const char *tmp_path, const char *final_path) {
     }
     return fsync_parent(final_path);
 }
+
+/* reads a file whole through zlib's gz reader, which passes plain files
+ * through unchanged and inflates gzip ones */
+int fsdp_file_read_all(const char *path, char **out, int64_t *len) {
+    *out = NULL;
+    *len = 0;
+    gzFile gz = gzopen(path, "rb");
+    if (!gz) return fsdp_error(FSDP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int64_t cap = 1 << 20, n = 0;
+    char *buf = malloc((size_t)cap);
+    if (!buf) { gzclose(gz); return fsdp_error(FSDP_ERR_OOM, "%s: out of memory", path); }
+    for (;;) {
+        if (n == cap) {
+            char *bigger = realloc(buf, (size_t)(cap * 2));
+            if (!bigger) { free(buf); gzclose(gz); return fsdp_error(FSDP_ERR_OOM, "%s: out of memory at %lld bytes", path, (long long)n); }
+            buf = bigger;
+            cap *= 2;
+        }
+        int want = (int)((cap - n) < (1 << 30) ? (cap - n) : (1 << 30));
+        int got = gzread(gz, buf + n, (unsigned)want);
+        if (got < 0) {
+            int code;
+            const char *msg = gzerror(gz, &code);
+            int status = fsdp_error(FSDP_ERR_FORMAT, "%s: cannot decompress after %lld bytes: %s", path, (long long)n, msg);
+            free(buf);
+            gzclose(gz);
+            return status;
+        }
+        if (got == 0) break;
+        n += got;
+    }
+    gzclose(gz);
+    *out = buf;
+    *len = n;
+    return FSDP_OK;
+}
+
+void fsdp_free(void *p) { free(p); }

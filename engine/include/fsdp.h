@@ -380,6 +380,10 @@ int64_t fsdp_file_crc32(const char *path);
 uint32_t fsdp_crc32(uint32_t crc, const void *data, int64_t n);
 /* write bytes to path atomically (tmp file, fsync, rename, fsync dir) */
 int fsdp_file_write_atomic(const char *path, const void *data, int64_t n);
+/* the whole content of a file, gunzipped when it is gzip (zlib; plain files
+ * pass through); *out is malloc'd, release it with fsdp_free */
+int fsdp_file_read_all(const char *path, char **out, int64_t *len);
+void fsdp_free(void *p);
 /* rename a directory into place atomically and fsync its parent */
 int fsdp_dir_commit(const char *tmp_path, const char *final_path);
 

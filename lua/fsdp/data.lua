@@ -63,8 +63,47 @@ local function is_token_file(path)
    return b1 + b2 * 256 + b3 * 65536 + b4 * 16777216 == 20240520
 end
 
--- opens a token file, or reads a text file with the tokenizer
+-- several token files read as one sequence (a prepared directory's shards)
+local MultiSource = {}
+MultiSource.__index = MultiSource
+
+local function open_files(dir, names)
+   local self = setmetatable({path = dir, parts = {}, n = 0, vocab_size = 0}, MultiSource)
+   for _, name in ipairs(names) do
+      local part = M.open(dir .. '/' .. name)
+      self.parts[#self.parts + 1] = {source = part, first = self.n}
+      self.n = self.n + part.n
+      self.vocab_size = math.max(self.vocab_size, part.vocab_size or 0)
+   end
+   return self
+end
+
+function MultiSource:read(out, start, n)
+   for _, p in ipairs(self.parts) do
+      local lo, hi = p.first, p.first + p.source.n
+      local a, b = math.max(start, lo), math.min(start + n, hi)
+      if a < b then p.source:read(out + (a - start), a - lo, b - a) end
+   end
+end
+
+-- opens a token file, a text file (tokenized on the fly), or a directory
+-- made by `fsdp-lua prepare` (train_*.bin shards, and val_*.bin as the
+-- validation split)
 function M.open(path, tokenizer)
+   local fs = require 'fsdp.fs'
+   if fs.is_dir(path) then
+      local train, val = {}, {}
+      for _, name in ipairs(fs.list(path)) do
+         if name:match('^train_%d+%.bin$') then train[#train + 1] = name end
+         if name:match('^val_%d+%.bin$') then val[#val + 1] = name end
+      end
+      if #train == 0 then
+         error('data: ' .. path .. ' is a directory without train_*.bin shards (make them with fsdp-lua prepare)', 0)
+      end
+      local src = open_files(path, train)
+      if #val > 0 then src.val = open_files(path, val) end
+      return src
+   end
    local self = setmetatable({path = path}, Source)
    if is_token_file(path) then
       self.file = ffi.new('fsdp_token_file')
@@ -109,6 +148,10 @@ function M.loader(opts)
    local n_train = math.floor(src.n * (1 - vf))
    local lo, hi = 0, n_train
    if opts.split == 'val' then lo, hi = n_train, src.n end
+   if src.val then -- a prepared directory has its own validation shards
+      if opts.split == 'val' then src = src.val end
+      lo, hi, vf = 0, src.n, 0
+   end
    local chunks = math.floor((hi - lo - 1) / T_)
    if chunks < 1 then
       error(string.format('data: the %s split of %s has %d tokens, fewer than one sequence of %d+1 (%d tokens in all; val_fraction %g)',

@@ -26,6 +26,7 @@ local function usage()
       'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
       '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
+      '       fsdp-lua prepare --tokenizer DIR --input PATH --output DIR   text/JSON/JSONL/YAML -> token shards',
       '       fsdp-lua plot RUN_DIR [--out FILE]      draw RUN_DIR/metrics.jsonl as an SVG (default RUN_DIR/plot.svg)',
       '       fsdp-lua --nproc-per-node N RECIPE ...  run N local ranks (MPICH mpiexec underneath)',
       '       fsdp-lua [--nproc-per-node N] -i [RECIPE] an interactive prompt on rank 0; every rank runs each statement',
@@ -122,6 +123,10 @@ if cmd == '-i' then
       end
       return require('fsdp.repl').run(env)
    end)
+end
+
+if cmd == 'prepare' then
+   return run(function() return require('fsdp.prepare').main({unpack(args, 2)}) end)
 end
 
 if cmd == 'ckpt' then

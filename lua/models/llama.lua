@@ -213,7 +213,7 @@ end
 
 -- torch's padding_idx: negative counts from the end of the vocabulary
 function M.padding_idx(pad, V)
-   if pad == nil then return nil end
+   if not pad then return nil end
    if pad < 0 then pad = V + pad end
    return pad
 end

@@ -54,7 +54,8 @@ function GPT.new(cfg)
    local h = tr:add('h', nn.ModuleList())
    for _ = 1, cfg.n_layer do
       h:append(nn.Block {n_embd = C, n_head = cfg.n_head, norm = 'layernorm', norm_eps = cfg.layer_norm_eps,
-                         activation = 'gelu', bias = cfg.bias, proj_std = proj_std, style = 'gpt2'})
+                         activation = 'gelu', bias = cfg.bias, proj_std = proj_std, style = 'gpt2',
+                         hidden = cfg.n_inner})
    end
    tr:add('ln_f', nn.LayerNorm(C, {eps = cfg.layer_norm_eps}))
    self.positions = {} -- T -> i32 [B, T] position ids, cached
@@ -98,6 +99,47 @@ end
 -- mean cross-entropy of next-token prediction
 function GPT:loss(idx, targets)
    return ops.cross_entropy(self(idx), targets)
+end
+
+---------------------------------------------------------------------------
+-- Hugging Face GPT-2 (GPT2LMHeadModel)
+
+-- HF GPT-2 keeps these weights in Conv1D layout [in, out]; ours are [out, in]
+local conv1d = {['attn.c_attn.weight'] = true, ['attn.c_proj.weight'] = true,
+                ['mlp.c_fc.weight'] = true, ['mlp.c_proj.weight'] = true}
+
+-- checkpoint names for one of our parameters (GPT2LMHeadModel's, then
+-- GPT2Model's without 'transformer.') and whether it is stored transposed
+function GPT:hf_names(name)
+   local short = name:match('^transformer%.(.*)$')
+   local transposed = conv1d[name:match('([^.]+%.[^.]+%.[^.]+)$') or ''] or false
+   return {name, short}, transposed
+end
+
+-- a model from a GPT-2 config.json table (transformers' GPT2Config fields)
+function M.from_hf(hf)
+   local null = require('fsdp.json').null
+   local function get(k, default)
+      local v = hf[k]
+      if v == nil or v == null then return default end
+      return v
+   end
+   local act = get('activation_function', 'gelu_new')
+   if act ~= 'gelu_new' and act ~= 'gelu_pytorch_tanh' then
+      error("gpt2: activation_function '" .. tostring(act) .. "' is not supported (gelu_new: the tanh approximation)", 0)
+   end
+   if get('scale_attn_by_inverse_layer_idx', false) then
+      error('gpt2: scale_attn_by_inverse_layer_idx is not supported', 0)
+   end
+   if get('scale_attn_weights', true) ~= true then error('gpt2: scale_attn_weights = false is not supported', 0) end
+   if get('tie_word_embeddings', true) ~= true then error('gpt2: an untied lm_head is not supported', 0) end
+   return GPT {
+      vocab_size = get('vocab_size', 50257),
+      block_size = get('n_positions', get('n_ctx', 1024)),
+      n_embd = get('n_embd', 768), n_layer = get('n_layer', 12), n_head = get('n_head', 12),
+      n_inner = get('n_inner', nil),
+      layer_norm_eps = get('layer_norm_epsilon', 1e-5),
+   }
 end
 
 return M

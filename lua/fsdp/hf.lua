@@ -1,0 +1,248 @@
+-- fsdp.hf: Hugging Face model directories (config.json + safetensors) in.
+--
+--   local hf = require 'fsdp.hf'
+--   local model = hf.load('/models/Llama-2-7b-hf')   -- build + attach_weights
+--   fsdp.shard(model, {strategy = 'full'})           -- or model:materialize()
+--
+-- Nothing is read at build time but config.json and the safetensors
+-- headers. attach_weights gives every parameter a {'load', fn} initializer
+-- that fills an element range [first, first + n) of the parameter straight
+-- from the memory-mapped file, converting f32/bf16/f16 to f32, so under
+-- fsdp.shard each rank touches only the bytes of its own slices and no
+-- rank ever allocates a whole tensor it does not own.
+--
+-- Every problem is an error naming the directory or file and the tensor:
+-- an unsupported architecture (the message lists the supported ones), a
+-- missing weights file or shard, a missing tensor, a shape that disagrees
+-- with config.json, a dtype other than F32/BF16/F16. A tokenizer is not
+-- needed. PyTorch .bin checkpoints are not read (safetensors only).
+local bind = require 'fsdp.ffi'
+local json = require 'fsdp.json'
+local fs = require 'fsdp.fs'
+local st = require 'fsdp.safetensors'
+local T = require 'fsdp.tensor'
+local ffi, C = bind.ffi, bind.C
+
+local M = {}
+
+-- architecture (config.json "architectures"[0]) -> model module
+M.ARCHITECTURES = {
+   LlamaForCausalLM = 'models.llama',
+   MistralForCausalLM = 'models.mistral',
+   MixtralForCausalLM = 'models.mixtral',
+   OPTForCausalLM = 'models.opt',
+   GPT2LMHeadModel = 'models.mingpt',
+}
+-- config.json "model_type" -> architecture, when "architectures" is absent
+M.MODEL_TYPES = {llama = 'LlamaForCausalLM', mistral = 'MistralForCausalLM', mixtral = 'MixtralForCausalLM',
+                 opt = 'OPTForCausalLM', gpt2 = 'GPT2LMHeadModel'}
+
+local function supported_list()
+   local names = {}
+   for k in pairs(M.ARCHITECTURES) do names[#names + 1] = k end
+   table.sort(names)
+   return table.concat(names, ', ')
+end
+
+local function fail(fmt, ...) error('hf: ' .. string.format(fmt, ...), 0) end
+
+local function shape_str(s) return T.shape_str(s) end
+
+---------------------------------------------------------------------------
+-- config
+
+-- {arch = 'LlamaForCausalLM', module = 'models.llama', config = <config.json
+-- as a table; JSON nulls are fsdp.json.null>, dir = dir}
+function M.load_config(dir)
+   local path = dir .. '/config.json'
+   if not fs.exists(path) then fail('%s: no config.json (is this a Hugging Face model directory?)', dir) end
+   local cfg, err = json.read_file(path)
+   if not cfg then fail('%s: %s', path, tostring(err)) end
+   if type(cfg) ~= 'table' then fail('%s: not a JSON object', path) end
+   local arch
+   local archs = cfg.architectures
+   if type(archs) == 'table' and type(archs[1]) == 'string' then
+      arch = archs[1]
+   elseif type(cfg.model_type) == 'string' then
+      arch = M.MODEL_TYPES[cfg.model_type]
+      if not arch then
+         fail("%s: model_type '%s' is not supported (supported architectures: %s)", path, cfg.model_type,
+              supported_list())
+      end
+   else
+      fail('%s: neither "architectures" nor "model_type" says what model this is (supported: %s)', path,
+           supported_list())
+   end
+   if not M.ARCHITECTURES[arch] then
+      fail("%s: architecture '%s' is not supported (supported: %s)", path, arch, supported_list())
+   end
+   return {arch = arch, module = M.ARCHITECTURES[arch], config = cfg, dir = dir, path = path}
+end
+
+-- the model of a directory, built from its config.json, not materialized
+function M.build(dir)
+   local c = M.load_config(dir)
+   local ok, model = pcall(function() return require(c.module).from_hf(c.config) end)
+   if not ok then fail('%s: %s', c.path, tostring(model)) end
+   model.hf = {arch = c.arch, dir = dir, config = c.config}
+   return model
+end
+
+---------------------------------------------------------------------------
+-- weights
+
+local SUPPORTED_DTYPES = {f32 = true, bf16 = true, f16 = true}
+
+-- where a model's tensors are: a single model.safetensors or the shards an
+-- index names. Files open (mmap + header check) on first use and stay open.
+local Source = {}
+Source.__index = Source
+
+local function open_source(dir)
+   local self = setmetatable({dir = dir, files = {}}, Source)
+   local index_path = dir .. '/model.safetensors.index.json'
+   local single = dir .. '/model.safetensors'
+   if fs.exists(index_path) then
+      local idx, err = json.read_file(index_path)
+      if not idx then fail('%s: %s', index_path, tostring(err)) end
+      if type(idx) ~= 'table' or type(idx.weight_map) ~= 'table' then
+         fail('%s: no "weight_map" object', index_path)
+      end
+      self.index_path, self.weight_map = index_path, idx.weight_map
+   elseif fs.exists(single) then
+      self.single = 'model.safetensors'
+   else
+      local other = fs.exists(dir .. '/pytorch_model.bin') and ' (pytorch_model.bin is not read: convert it to safetensors)' or ''
+      fail('%s: no model.safetensors or model.safetensors.index.json%s', dir, other)
+   end
+   return self
+end
+
+-- the opened file that holds `name` (nil when no file lists it) and its path
+function Source:file_of(name)
+   local fname = self.single
+   if self.weight_map then
+      fname = self.weight_map[name]
+      if fname == nil then return nil end
+      if type(fname) ~= 'string' or fname:find('/', 1, true) or fname == '..' then
+         fail("%s: weight_map entry for '%s' is not a file name", self.index_path, name)
+      end
+   end
+   local f = self.files[fname]
+   if not f then
+      local path = self.dir .. '/' .. fname
+      if not fs.exists(path) then
+         fail("%s: shard file %s (holding tensor '%s') is missing", self.index_path or self.dir, path, name)
+      end
+      local ok, opened = pcall(st.open, path)
+      if not ok then fail('%s', tostring(opened)) end
+      f = opened
+      self.files[fname] = f
+   end
+   if not f:has(name) then
+      if self.weight_map then
+         fail("%s: the index puts tensor '%s' in %s, but that file has no such tensor", self.index_path, name, f.path)
+      end
+      return nil
+   end
+   return f
+end
+
+function Source:where()
+   return self.index_path or (self.dir .. '/' .. self.single)
+end
+
+function Source:close()
+   for k, f in pairs(self.files) do f:close(); self.files[k] = nil end
+end
+
+local elem_size = {f32 = 4, bf16 = 2, f16 = 2}
+
+-- the 'load' function of one tensor: fills out[0 .. n) with elements
+-- first .. first+n of our (row-major) layout, reading only those bytes
+local function loader(file, name, d, transposed, our_shape)
+   local base = ffi.cast('const uint8_t *', (file:data(name)))
+   local code = T.DTYPES[d.dtype]
+   local es = elem_size[d.dtype]
+   if not transposed then
+      return function(_, out, n, first)
+         if n <= 0 then return end
+         bind.check(C.fsdp_cast_cpu(out, 0, base + first * es, code, n), file.path .. ': ' .. name)
+      end
+   end
+   -- stored [in, out] (GPT-2's Conv1D); we want [out, in]. For each stored
+   -- row, convert just the columns our range needs, then scatter them.
+   local rows_out, cols_in = our_shape[1], our_shape[2]
+   return function(_, out, n, first)
+      if n <= 0 then return end
+      local o_lo, o_hi = math.floor(first / cols_in), math.floor((first + n - 1) / cols_in)
+      local width = o_hi - o_lo + 1
+      local tmp = ffi.new('float[?]', width)
+      local last = first + n
+      for i = 0, cols_in - 1 do
+         bind.check(C.fsdp_cast_cpu(tmp, 0, base + (i * rows_out + o_lo) * es, code, width), file.path .. ': ' .. name)
+         for o = o_lo, o_hi do
+            local e = o * cols_in + i
+            if e >= first and e < last then out[e - first] = tmp[o - o_lo] end
+         end
+      end
+   end
+end
+
+local function same_shape(a, b)
+   if #a ~= #b then return false end
+   for i = 1, #a do if a[i] ~= b[i] then return false end end
+   return true
+end
+
+-- Sets every parameter's initializer to read its values from the model
+-- directory's safetensors. Checks now (headers only) that every tensor is
+-- there with the shape config.json implies and a float dtype. Returns model.
+function M.attach_weights(model, dir)
+   dir = dir or (model.hf and model.hf.dir)
+   if not dir then fail('attach_weights: no directory given') end
+   local src = open_source(dir)
+   local config_path = dir .. '/config.json'
+   for _, spec in ipairs(model:parameter_specs()) do
+      local names, transposed = {spec.name}, false
+      if model.hf_names then names, transposed = model:hf_names(spec.name) end
+      local file, name
+      for _, cand in ipairs(names) do
+         file = src:file_of(cand)
+         if file then name = cand; break end
+      end
+      if not file then
+         fail("%s: tensor '%s' is missing (the %s model of %s needs it)", src:where(), spec.name,
+              model.__name or 'model', config_path)
+      end
+      local d = file:describe(name)
+      if not d.dtype or not SUPPORTED_DTYPES[d.dtype] then
+         fail("%s: tensor '%s' has dtype %s; F32, BF16 or F16 are read", file.path, name, d.dtype_string)
+      end
+      local want = spec.shape
+      if transposed then want = {spec.shape[2], spec.shape[1]} end
+      if not same_shape(d.shape, want) then
+         fail("%s: tensor '%s' has shape %s but %s makes it %s", file.path, name, shape_str(d.shape),
+              config_path, shape_str(want))
+      end
+      local fn = loader(file, name, d, transposed, spec.shape)
+      -- the initializer lives in the module's own parameter list
+      for _, p in ipairs(spec.module._params) do
+         if p.name == spec.key then p.init = {'load', fn} end
+      end
+   end
+   model.hf_source = src
+   return model
+end
+
+-- build + attach_weights: a model ready for fsdp.shard or :materialize()
+function M.load(dir)
+   return M.attach_weights(M.build(dir), dir)
+end
+
+-- closes the model's weight files (after materializing, to unmap them)
+function M.close(model)
+   if model.hf_source then model.hf_source:close() end
+end
+
+return M

@@ -1,0 +1,192 @@
+-- Mixtral: Mistral/Llama blocks whose feed-forward is a sparse mixture of
+-- experts. Per token: router logits = gate(x) over E experts; the top k
+-- (num_experts_per_tok) experts by softmax probability are chosen and their
+-- probabilities renormalized to sum to one; the output is the weighted sum
+-- of the chosen experts' SwiGLU MLPs (w2(silu(w1 x) * w3 x)). With
+-- output_router_logits on, the loss adds router_aux_loss_coef times the
+-- Switch-Transformer load-balancing loss over all layers (as transformers'
+-- load_balancing_loss_func computes it).
+--
+-- Parameter names are Hugging Face MixtralForCausalLM's:
+--   model.layers.N.block_sparse_moe.gate.weight            [E, C]
+--   model.layers.N.block_sparse_moe.experts.M.w1.weight    [F, C]  (gate)
+--   model.layers.N.block_sparse_moe.experts.M.w3.weight    [F, C]  (up)
+--   model.layers.N.block_sparse_moe.experts.M.w2.weight    [C, F]  (down)
+-- Single-device code: the sharding is applied from outside (fsdp.shard).
+local nn = require 'fsdp.nn'
+local ops = require 'fsdp.ops'
+local T = require 'fsdp.tensor'
+local AG = require 'fsdp.autograd'
+local llama = require 'models.llama'
+
+local M = {}
+
+-- transformers' MixtralConfig defaults for the fields used here
+M.defaults = {}
+for k, v in pairs(llama.defaults) do M.defaults[k] = v end
+M.defaults.intermediate_size = 14336
+M.defaults.num_key_value_heads = 8
+M.defaults.max_position_embeddings = 4096 * 32
+M.defaults.rope_theta = 1e6
+M.defaults.rms_norm_eps = 1e-5
+M.defaults.num_local_experts = 8
+M.defaults.num_experts_per_tok = 2
+M.defaults.output_router_logits = false
+M.defaults.router_aux_loss_coef = 0.001
+
+-- one expert: a SwiGLU MLP with Mixtral's names
+local Expert = nn.class('MixtralBlockSparseTop2MLP')
+M.Expert = Expert
+function Expert.new(C, F, std)
+   local self = nn.Module.instance(Expert)
+   self:add('w1', nn.Linear(C, F, {bias = false, std = std}))
+   self:add('w2', nn.Linear(F, C, {bias = false, std = std}))
+   self:add('w3', nn.Linear(C, F, {bias = false, std = std}))
+   return self
+end
+function Expert:forward(x) return self.w2(ops.swiglu(self.w1(x), self.w3(x))) end
+
+-- the sparse mixture of experts; `sink`, when given, collects each forward's
+-- router logits and chosen experts (the model's auxiliary loss reads them)
+local MoE = nn.class('MixtralSparseMoeBlock')
+M.MoE = MoE
+function MoE.new(cfg, sink)
+   local self = nn.Module.instance(MoE)
+   local C, E = cfg.hidden_size, cfg.num_local_experts
+   self.n_experts, self.top_k, self.sink = E, cfg.num_experts_per_tok, sink
+   self:add('gate', nn.Linear(C, E, {bias = false, std = cfg.initializer_range}))
+   local experts = self:add('experts', nn.ModuleList())
+   for _ = 1, E do experts:append(Expert(C, cfg.intermediate_size, cfg.initializer_range)) end
+   return self
+end
+
+-- x [B, T, C] -> [B, T, C]
+function MoE:forward(x)
+   local shape = x.shape
+   local C = shape[#shape]
+   local N = x:numel() / C
+   local E, K = self.n_experts, self.top_k
+   local x2 = ops.reshape(x, {N, C})
+   local logits = self.gate(x2) -- [N, E]
+   -- the top-k experts per token; softmax is monotonic, so the k largest
+   -- logits are the k most probable experts, and the softmax of the chosen
+   -- logits equals their probabilities renormalized to sum to one
+   local top, chosen = ops.topk(logits, K)
+   local weights = ops.reshape(ops.softmax(top), {N * K, 1})
+   -- routing lists: per expert, the tokens (in order) and their slots n*K+j
+   local cp = chosen:ptr()
+   local count = {}
+   for e = 0, E - 1 do count[e] = 0 end
+   for i = 0, N * K - 1 do count[cp[i]] = count[cp[i]] + 1 end
+   local tok, slot, fill = {}, {}, {}
+   for e = 0, E - 1 do
+      if count[e] > 0 then
+         tok[e], slot[e] = T.empty({count[e]}, 'i32', true), T.empty({count[e]}, 'i32', true)
+         fill[e] = 0
+      end
+   end
+   for i = 0, N * K - 1 do
+      local e = cp[i]
+      local f = fill[e]
+      tok[e]:ptr()[f] = math.floor(i / K)
+      slot[e]:ptr()[f] = i
+      fill[e] = f + 1
+   end
+   -- each expert on its tokens, weighted, added back in expert order
+   local out = T.zeros({N, C}, 'f32', true)
+   for e = 0, E - 1 do
+      if count[e] > 0 then
+         local h = self.experts[e + 1](ops.gather_rows(x2, tok[e]))
+         h = ops.row_scale(h, ops.gather_rows(weights, slot[e]))
+         out = ops.scatter_add_rows(out, tok[e], h)
+      end
+   end
+   if self.sink then self.sink[#self.sink + 1] = {logits = logits, chosen = chosen} end
+   return ops.reshape(out, shape)
+end
+
+local Mixtral = nn.class('Mixtral', llama.Llama)
+M.Mixtral = Mixtral
+
+-- cfg: Llama's fields plus sliding_window, num_local_experts,
+-- num_experts_per_tok, output_router_logits, router_aux_loss_coef
+function Mixtral.new(cfg)
+   local c = llama.config(cfg, M.defaults, 'mixtral')
+   local E, K = c.num_local_experts, c.num_experts_per_tok
+   if type(E) ~= 'number' or E < 1 or E ~= math.floor(E) then
+      error('mixtral: num_local_experts must be a positive integer, got ' .. tostring(E), 2)
+   end
+   if type(K) ~= 'number' or K < 1 or K > E or K ~= math.floor(K) then
+      error(string.format('mixtral: num_experts_per_tok %s must be an integer in [1, %d]', tostring(K), E), 2)
+   end
+   local self = nn.Module.instance(Mixtral)
+   self.router = {} -- {logits, chosen} of every layer in the last forward
+   local sink = self.router
+   return llama.build(self, c, function(cfg_) return MoE(cfg_, sink), 'block_sparse_moe' end)
+end
+
+function Mixtral:forward(idx)
+   for i = #self.router, 1, -1 do self.router[i] = nil end
+   return llama.Llama.forward(self, idx)
+end
+
+-- transformers' load_balancing_loss_func over the last forward's layers:
+-- E * sum_e f_e * P_e, where f_e is the share of (token, slot) choices that
+-- went to expert e and P_e the mean router probability of e, both over the
+-- tokens of every layer together. The choices carry no gradient.
+function Mixtral:router_aux_loss()
+   local E, K = self.config.num_local_experts, self.config.num_experts_per_tok
+   local layers = self.router
+   if #layers == 0 then error('Mixtral: no router logits: run a forward first', 2) end
+   local count, rows = {}, 0
+   for e = 0, E - 1 do count[e] = 0 end
+   for _, l in ipairs(layers) do
+      if l.logits:is_freed() or (AG.is_enabled() and not l.logits.requires_grad) then
+         error('Mixtral: the router auxiliary loss needs every layer\'s router logits, which activation ' ..
+               'checkpointing does not keep: turn output_router_logits or checkpointing off', 0)
+      end
+      local n = l.chosen:numel()
+      local p = l.chosen:ptr()
+      for i = 0, n - 1 do count[p[i]] = count[p[i]] + 1 end
+      rows = rows + n / K
+   end
+   -- d aux / d P[row, e] = E * f_e / rows, the same for every row
+   local coef = T.empty({1, E}, 'f32', true)
+   for e = 0, E - 1 do coef:ptr()[e] = E * (count[e] / rows) / rows end
+   local total
+   for _, l in ipairs(layers) do
+      local s = ops.sum(ops.linear(ops.softmax(l.logits), coef))
+      total = total and ops.add(total, s) or s
+   end
+   return total
+end
+
+-- mean cross-entropy over targets that are not -100, plus the router's
+-- auxiliary loss times router_aux_loss_coef when output_router_logits is on
+function Mixtral:loss(idx, targets)
+   local loss = ops.cross_entropy(self(idx), targets, -100)
+   if self.config.output_router_logits then
+      loss = ops.add(loss, ops.scale(self:router_aux_loss(), self.config.router_aux_loss_coef))
+   end
+   return loss
+end
+
+M.hf_fields = {'sliding_window', 'num_local_experts', 'num_experts_per_tok', 'output_router_logits',
+               'router_aux_loss_coef'}
+for _, k in ipairs(llama.hf_fields) do M.hf_fields[#M.hf_fields + 1] = k end
+
+-- a model from a config.json table (transformers' MixtralConfig fields).
+-- router_jitter_noise (training-time noise on the router input) is not
+-- implemented and must be 0.
+function M.from_hf(hf)
+   local cfg = llama.pick(hf, M.hf_fields, M.defaults)
+   cfg.sliding_window = cfg.sliding_window or 0
+   local jitter = hf.router_jitter_noise
+   if type(jitter) == 'number' and jitter ~= 0 then
+      error(string.format('mixtral: router_jitter_noise %g is not supported (0)', jitter), 0)
+   end
+   llama.check_rope_scaling(cfg.rope_scaling, 'mixtral')
+   return Mixtral(cfg)
+end
+
+return M
