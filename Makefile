@@ -11,7 +11,7 @@ WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wno-sign-compa
 CFLAGS   += $(OPT) $(ARCH) -g -std=gnu11 -fPIC -fopenmp $(WARN) -Iengine/include -Iengine -Ikernels \
             -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/luajit-2.1 \
             -I/usr/include/x86_64-linux-gnu/mpich
-LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lmpich -ljansson -lz -lm -lpthread
+LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lmpich -ljansson -lpcre2-8 -lz -lm -lpthread
 BUILD    := build
 
 LIB_SRC  := $(wildcard engine/*.c) $(wildcard kernels/*_cpu.c)

@@ -338,6 +338,48 @@ int fsdp_topk_forward_cpu(float *values, int32_t *indices, const float *inp, int
 int fsdp_topk_backward_cpu(float *dinp, const float *dvalues, const int32_t *indices, int N, int C,
                            int K);
 
+/* ---- tokenizer (engine/tokenizer.c) ------------------------------------- *
+ * A Hugging Face tokenizer.json of the BPE family (byte-level as GPT-2, OPT,
+ * Llama 3; SentencePiece-style with byte fallback as Llama 2, Mistral),
+ * encoding and decoding id for id as the `tokenizers` library does. Parts of
+ * the file it does not implement are refused at load with the JSON path and
+ * the supported types. Text is UTF-8; invalid UTF-8 is an error.
+ * After loading, encode and decode may run on several threads at once. */
+
+typedef struct fsdp_tokenizer fsdp_tokenizer;
+
+enum { FSDP_TOKEN_BOS = 0, FSDP_TOKEN_EOS = 1, FSDP_TOKEN_PAD = 2, FSDP_TOKEN_UNK = 3 };
+
+/* NULL on error (missing file, malformed JSON with line and column,
+ * unsupported parts) */
+fsdp_tokenizer *fsdp_tokenizer_load(const char *path);
+void fsdp_tokenizer_free(fsdp_tokenizer *tok);
+/* max id + 1 over the model vocab and the added tokens */
+int32_t fsdp_tokenizer_vocab_size(const fsdp_tokenizer *tok);
+/* text[0, len) -> ids. add_special puts the post-processor's ids around
+ * them (tokenizers' add_special_tokens=True: <s> first for Llama 2, nothing
+ * for GPT-2). *n_out gets the number of ids; when it exceeds cap the call
+ * fails with FSDP_ERR_INVALID, or succeeds without writing when out is NULL
+ * and cap 0 (a size query). */
+int fsdp_tokenizer_encode(fsdp_tokenizer *tok, const char *text, int64_t len, int add_special,
+                          int32_t *out, int64_t cap, int64_t *n_out);
+/* ids -> UTF-8 text, NUL-terminated (cap >= *len + 1), with the file's
+ * decoder; skip_special drops special tokens. Ids outside the vocabulary
+ * are an error. Same size protocol as encode. */
+int fsdp_tokenizer_decode(fsdp_tokenizer *tok, const int32_t *ids, int64_t n, int skip_special,
+                          char *out, int64_t cap, int64_t *len);
+/* -1 / NULL when unknown; added tokens first, then the model's vocab */
+int32_t fsdp_tokenizer_token_to_id(const fsdp_tokenizer *tok, const char *token);
+const char *fsdp_tokenizer_id_to_token(const fsdp_tokenizer *tok, int32_t id);
+/* FSDP_TOKEN_BOS / EOS / PAD / UNK id, -1 when the file has none. BOS and EOS
+ * come from the post-processor when it adds them, else from well-known
+ * names (<s>, </s>, <|begin_of_text|>, <|end_of_text|>, <|endoftext|>, ...) */
+int32_t fsdp_tokenizer_special_id(const fsdp_tokenizer *tok, int which);
+/* how many ids encode(add_special = 1) puts before (where 0) or after
+ * (where 1) the text */
+int fsdp_tokenizer_num_added(const fsdp_tokenizer *tok, int where);
+int fsdp_tokenizer_is_special(const fsdp_tokenizer *tok, int32_t id);
+
 /* ---- files: safetensors (engine/safetensors.c) -------------------------- */
 
 typedef struct fsdp_st_file fsdp_st_file;     /* opened (mmap) for reading */

@@ -57,7 +57,7 @@ function M.load_config(dir)
    local path = dir .. '/config.json'
    if not fs.exists(path) then fail('%s: no config.json (is this a Hugging Face model directory?)', dir) end
    local cfg, err = json.read_file(path)
-   if not cfg then fail('%s: %s', path, tostring(err)) end
+   if not cfg then fail('%s', tostring(err):find(path, 1, true) and err or (path .. ': ' .. tostring(err))) end
    if type(cfg) ~= 'table' then fail('%s: not a JSON object', path) end
    local arch
    local archs = cfg.architectures
@@ -104,7 +104,7 @@ local function open_source(dir)
    local single = dir .. '/model.safetensors'
    if fs.exists(index_path) then
       local idx, err = json.read_file(index_path)
-      if not idx then fail('%s: %s', index_path, tostring(err)) end
+      if not idx then fail('%s', tostring(err):find(index_path, 1, true) and err or (index_path .. ': ' .. tostring(err))) end
       if type(idx) ~= 'table' or type(idx.weight_map) ~= 'table' then
          fail('%s: no "weight_map" object', index_path)
       end

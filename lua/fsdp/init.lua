@@ -67,6 +67,7 @@ function M.options(name, specs, args)
       print(help)
       os.exit(0)
    end
+   M.last_options = opt
    return opt
 end
 

@@ -27,6 +27,7 @@ local function usage()
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
       '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
       '       fsdp-lua prepare --tokenizer DIR --input PATH --output DIR   text/JSON/JSONL/YAML -> token shards',
+      '       fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [options]   per-rank memory before launching',
       '       fsdp-lua plot RUN_DIR [--out FILE]      draw RUN_DIR/metrics.jsonl as an SVG (default RUN_DIR/plot.svg)',
       '       fsdp-lua --nproc-per-node N RECIPE ...  run N local ranks (MPICH mpiexec underneath)',
       '       fsdp-lua [--nproc-per-node N] -i [RECIPE] an interactive prompt on rank 0; every rank runs each statement',
@@ -122,6 +123,41 @@ if cmd == '-i' then
          chunk(unpack(args, 3))
       end
       return require('fsdp.repl').run(env)
+   end)
+end
+
+-- fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]
+if cmd == 'plan' then
+   return run(function()
+      local rest, world, limit = {}, 1, nil
+      local i = 2
+      while i <= #args do
+         if args[i] == '--world-size' then world = tonumber(args[i + 1]); i = i + 2
+         elseif args[i] == '--memory-per-rank' then limit = args[i + 1]; i = i + 2
+         else rest[#rest + 1] = args[i]; i = i + 1 end
+      end
+      if not world or world < 1 then error('plan: --world-size wants a positive integer', 0) end
+      local path = rest[1] and resolve(rest[1])
+      if not path then error('usage: fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]', 0) end
+      local plan, shard, fsdp = require 'fsdp.plan', require 'fsdp.shard', require 'fsdp'
+      local done = {}
+      shard.plan_hook = function(model, sopts)
+         local o = fsdp.last_options or {}
+         local cfg = model.config or {}
+         local r = plan.compute(model, {world_size = world, strategy = sopts.strategy, hybrid_group_size = sopts.hybrid_group_size,
+                                        batch = math.max(1, (o.batch_size or 1) / world), seq_len = o.seq_len or cfg.block_size or 1,
+                                        activation_checkpointing = o.activation_checkpointing,
+                                        vocab = cfg.vocab_size, width = cfg.n_embd or cfg.hidden_size})
+         print(plan.report(r, limit and plan.parse_bytes(limit)))
+         error(done, 0)
+      end
+      arg = {[0] = path, unpack(rest, 2)}
+      local chunk, err = loadfile(path)
+      if not chunk then error(err, 0) end
+      local ok, e = pcall(chunk, unpack(rest, 2))
+      if not ok and e ~= done then error(e, 0) end
+      if ok then error('plan: ' .. path .. ' finished without calling fsdp.shard: nothing to plan', 0) end
+      return 0
    end)
 end
 

@@ -282,6 +282,7 @@ function LayerNorm.new(dim, opts)
    opts = opts or {}
    local self = Module.instance(LayerNorm)
    self.eps = opts.eps or 1e-5
+   self.weight_dim = dim
    self:param('weight', {dim}, 'ones')
    if opts.bias ~= false then self:param('bias', {dim}, 'zeros') end
    return self
@@ -294,6 +295,7 @@ function RMSNorm.new(dim, opts)
    opts = opts or {}
    local self = Module.instance(RMSNorm)
    self.eps = opts.eps or 1e-6
+   self.weight_dim = dim
    self:param('weight', {dim}, 'ones')
    return self
 end
@@ -351,6 +353,7 @@ function MLP.new(cfg)
    local self = Module.instance(MLP)
    local C_, H = cfg.n_embd, cfg.hidden or 4 * cfg.n_embd
    self.activation = cfg.activation or 'gelu'
+   self.hidden = H
    local bias = cfg.bias ~= false
    if self.activation == 'swiglu' then
       self:add('gate_proj', Linear(C_, H, {bias = bias}))
@@ -382,6 +385,7 @@ function Block.new(cfg)
    local self = Module.instance(Block)
    local names = cfg.names or {norm1 = 'ln_1', attn = 'attn', norm2 = 'ln_2', mlp = 'mlp'}
    self.names = names
+   self.n_embd = cfg.n_embd
    local function norm()
       if (cfg.norm or 'layernorm') == 'rmsnorm' then return RMSNorm(cfg.n_embd, {eps = cfg.norm_eps}) end
       return LayerNorm(cfg.n_embd, {eps = cfg.norm_eps, bias = cfg.norm_bias})

@@ -277,6 +277,7 @@ function M.shard(model, opts)
          error(string.format("shard: %s must be f32, bf16 or f16, got '%s'", k, tostring(d)), 2)
       end
    end
+   if M.plan_hook then return M.plan_hook(model, opts) end -- fsdp-lua plan: report, allocate nothing
    local world = dist.world
    local self = setmetatable({
       model = model, strategy = strategy, units = {}, sync = true, pending = {}, comm_wait = 0,

@@ -1,0 +1,353 @@
+-- Hugging Face models end to end: every fixture of tests/golden/hf (made by
+-- tests/golden/make_hf_fixtures.py with transformers) is imported with
+-- fsdp.hf and must give transformers' logits, loss and every parameter
+-- gradient within 1e-4 relative (max |ours - theirs| / max |theirs|, per
+-- tensor), and, sharded with strategy 'none', the losses of 5 AdamW steps
+-- within 1e-5 relative. The sharded and bf16 copies of the llama fixture
+-- load the same values. Then malformed directories: each a clear error
+-- naming the file and the tensor or field, never a crash.
+local fsdp = require 'fsdp'
+local t = require 'tests.lua.harness'
+local hf = require 'fsdp.hf'
+local st = require 'fsdp.safetensors'
+local nn = require 'fsdp.nn'
+local fs = require 'fsdp.fs'
+local json = require 'fsdp.json'
+local AdamW = require 'optim.adamw'
+local ffi = fsdp.ffi
+
+local GOLDEN = fsdp.root .. '/tests/golden/hf/'
+
+-- case, the fixture whose expected.safetensors it uses
+local CASES = {
+   {'llama', 'llama'}, {'llama_sharded', 'llama'}, {'llama_bf16', 'llama'},
+   {'llama3', 'llama3'}, {'codellama', 'codellama'}, {'mistral', 'mistral'}, {'mixtral', 'mixtral'},
+   {'opt', 'opt'}, {'opt_postnorm', 'opt_postnorm'}, {'gpt2', 'gpt2'},
+}
+
+-- max |a - b| and max |b| over n floats (b read at b_index(i) when given)
+local function diff_scale(a, b, n, b_index)
+   local diff, scale = 0, 0
+   for i = 0, n - 1 do
+      local bi = b_index and b[b_index(i)] or b[i]
+      diff = math.max(diff, math.abs(a[i] - bi))
+      scale = math.max(scale, math.abs(bi))
+   end
+   return diff, scale
+end
+
+-- max |a - b| / max |b|
+local function rel_diff(a, b, n)
+   local diff, scale = diff_scale(a, b, n)
+   return scale == 0 and diff or diff / scale
+end
+
+local function tmpdir()
+   local d = os.tmpname()
+   os.remove(d)
+   fs.mkdirs(d)
+   return d
+end
+
+local function copy_dir(from, to)
+   os.execute('mkdir -p ' .. fs.quote(to) .. ' && cp ' .. fs.quote(from) .. '/* ' .. fs.quote(to) .. '/')
+end
+
+local summary = {}
+
+---------------------------------------------------------------------------
+-- parity with transformers
+
+local function check_case(name, ename)
+   local dir = GOLDEN .. name
+   t.check(not fs.exists(dir .. '/tokenizer.json') and not fs.exists(dir .. '/tokenizer.model'),
+           '%s: fixtures carry no tokenizer (import must not need one)', name)
+   local ex = st.open(GOLDEN .. ename .. '/expected.safetensors')
+   local ids, targets = ex:tensor('input_ids'), ex:tensor('targets')
+   local want_logits = ex:tensor('logits')
+   local want_loss = ex:tensor('loss'):item()
+
+   local model = hf.load(dir):materialize()
+   -- logits (no grad)
+   local logits = fsdp.no_grad(function() return model(ids) end)
+   local lrel = rel_diff(logits:ptr(), want_logits:ptr(), want_logits:numel())
+   t.check(#logits.shape == 3 and logits:numel() == want_logits:numel(), '%s: logits shape', name)
+   t.check(lrel <= 1e-4, '%s: logits differ from transformers by %.3g relative', name, lrel)
+   fsdp.autograd.reset()
+   -- loss and gradients
+   local loss = fsdp.backward(model:loss(ids, targets))
+   local loss_rel = math.abs(loss - want_loss) / math.abs(want_loss)
+   t.check(loss_rel <= 1e-4, '%s: loss %.7f vs transformers %.7f', name, loss, want_loss)
+   -- per tensor: max |ours - theirs| / max |theirs|, the denominator floored
+   -- at 1e-3 of the model's largest gradient: a gradient that is zero in
+   -- exact arithmetic (attention key biases without RoPE: softmax ignores a
+   -- per-query constant) is float noise in both, and is compared on that floor
+   local rows_ = {}
+   local global, matched = 0, 0
+   for _, np in ipairs(model:named_parameters()) do
+      local pname, p = np[1], np[2]
+      local names, transposed = {pname}, false
+      if model.hf_names then names, transposed = model:hf_names(pname) end
+      local gname
+      for _, n in ipairs(names) do if ex:has('grad.' .. n) then gname = 'grad.' .. n; break end end
+      t.check(gname ~= nil, '%s: the fixture has no gradient for %s', name, pname)
+      if gname then
+         matched = matched + 1
+         local want = ex:tensor(gname)
+         local g = p.grad and p.grad:ptr() or ffi.new('float[?]', p:numel())
+         local diff, scale
+         if transposed then -- ours [out, in], theirs [in, out]
+            local rows, cols = p.shape[1], p.shape[2]
+            diff, scale = diff_scale(g, want:ptr(), p:numel(), function(i) return (i % cols) * rows + math.floor(i / cols) end)
+         else
+            t.check(want:numel() == p:numel(), '%s: %s has %d gradient elements, the fixture %d', name, pname,
+                    p:numel(), want:numel())
+            diff, scale = diff_scale(g, want:ptr(), math.min(p:numel(), want:numel()))
+         end
+         rows_[#rows_ + 1] = {pname, diff, scale}
+         global = math.max(global, scale)
+         want:free()
+      end
+   end
+   local grad_worst, worst_name = 0, ''
+   for _, r in ipairs(rows_) do
+      local rel = r[2] / math.max(r[3], 1e-3 * global, 1e-30)
+      if rel > grad_worst then grad_worst, worst_name = rel, r[1] end
+   end
+   local n_grads = 0
+   for _, k in ipairs(ex:names()) do if k:sub(1, 5) == 'grad.' then n_grads = n_grads + 1 end end
+   t.check(matched == n_grads, '%s: %d parameters matched %d fixture gradients', name, matched, n_grads)
+   t.check(grad_worst <= 1e-4, '%s: gradient of %s differs by %.3g relative', name, worst_name, grad_worst)
+   -- Mixtral's router auxiliary loss on its own
+   if ex:has('aux_loss') then
+      local want_aux = ex:tensor('aux_loss'):item()
+      local aux = fsdp.no_grad(function() model(ids); return model:router_aux_loss():item() end)
+      fsdp.autograd.reset()
+      t.close(aux, want_aux, 1e-5, 0, '%s: router aux loss', name)
+   end
+   hf.close(model)
+
+   -- 5 AdamW steps through fsdp.shard (strategy none)
+   local m2 = hf.load(dir)
+   local sharded = fsdp.shard(m2, {strategy = 'none'})
+   local opt = AdamW.new(sharded, {lr = 1e-3, betas = {0.9, 0.95}, eps = 1e-8, weight_decay = 0.1})
+   local want_steps = ex:tensor('adamw_losses'):totable()
+   local step_worst = 0
+   for s = 1, #want_steps do
+      sharded:zero_grad()
+      local l = fsdp.backward(m2:loss(ids, targets))
+      opt:step()
+      step_worst = math.max(step_worst, math.abs(l - want_steps[s]) / math.abs(want_steps[s]))
+   end
+   t.check(step_worst <= 1e-5, '%s: AdamW losses differ from torch by %.3g relative', name, step_worst)
+   hf.close(m2)
+   ex:close()
+   summary[#summary + 1] = string.format('%-13s logits %.1e  loss %.1e  grads %.1e  adamw(5) %.1e', name, lrel,
+                                         loss_rel, grad_worst, step_worst)
+end
+
+for _, c in ipairs(CASES) do
+   local ok, err = pcall(check_case, c[1], c[2])
+   t.check(ok, '%s: %s', c[1], tostring(err))
+   fsdp.autograd.reset()
+end
+for _, line in ipairs(summary) do print(line) end
+
+---------------------------------------------------------------------------
+-- the 'load' initializer reads exactly the requested element range
+-- (a sharded rank asks for slices), transposed GPT-2 weights included
+
+do
+   local model = hf.load(GOLDEN .. 'gpt2')
+   local full = hf.load(GOLDEN .. 'gpt2'):materialize()
+   local values = {}
+   for _, np in ipairs(full:named_parameters()) do values[np[1]] = np[2] end
+   local bad = 0
+   for _, spec in ipairs(model:parameter_specs()) do
+      local n_all = values[spec.name]:numel()
+      for _, range in ipairs({{0, n_all}, {37, math.min(100, n_all - 37)}, {n_all - 5, 5}, {math.floor(n_all / 2) + 3, 1}}) do
+         local first, n = range[1], range[2]
+         if n > 0 and first >= 0 and first + n <= n_all then
+            local buf = ffi.new('float[?]', n)
+            nn.init_values(spec, buf, n, first, 0)
+            local p = values[spec.name]:ptr()
+            for i = 0, n - 1 do if buf[i] ~= p[first + i] then bad = bad + 1 end end
+         end
+      end
+   end
+   t.check(bad == 0, 'gpt2: %d elements of partial loads differ from the full load', bad)
+end
+
+---------------------------------------------------------------------------
+-- the checks can fail: a model without the sliding window, or without the
+-- llama3 rope scaling, does not match
+
+local function logits_rel(model, ename)
+   local ex = st.open(GOLDEN .. ename .. '/expected.safetensors')
+   local ids, want = ex:tensor('input_ids'), ex:tensor('logits')
+   local got = fsdp.no_grad(function() return model(ids) end)
+   local r = rel_diff(got:ptr(), want:ptr(), want:numel())
+   fsdp.autograd.reset()
+   ex:close()
+   return r
+end
+
+do
+   local dir = tmpdir()
+   copy_dir(GOLDEN .. 'mistral', dir .. '/m')
+   local cfg = json.read_file(dir .. '/m/config.json')
+   cfg.sliding_window = json.null
+   local f = io.open(dir .. '/m/config.json', 'w'); f:write(json.encode(cfg)); f:close()
+   local r = logits_rel(hf.load(dir .. '/m'):materialize(), 'mistral')
+   t.check(r > 1e-3, 'mistral without its sliding window should not match (rel %.3g)', r)
+   copy_dir(GOLDEN .. 'llama3', dir .. '/l')
+   cfg = json.read_file(dir .. '/l/config.json')
+   cfg.rope_scaling = json.null
+   f = io.open(dir .. '/l/config.json', 'w'); f:write(json.encode(cfg)); f:close()
+   r = logits_rel(hf.load(dir .. '/l'):materialize(), 'llama3')
+   t.check(r > 1e-3, 'llama3 without its rope scaling should not match (rel %.3g)', r)
+   fs.remove_tree(dir)
+end
+
+---------------------------------------------------------------------------
+-- bad input: clear errors naming the file and the tensor or field
+
+local function write(path, text)
+   local f = assert(io.open(path, 'wb'))
+   f:write(text)
+   f:close()
+end
+
+local function read(path)
+   local f = assert(io.open(path, 'rb'))
+   local s = f:read('*a')
+   f:close()
+   return s
+end
+
+local function edit_config(path, fn)
+   local cfg = json.read_file(path)
+   fn(cfg)
+   write(path, json.encode(cfg))
+end
+
+-- rewrites a safetensors file's header through fn(header table)
+local function edit_header(path, fn)
+   local bytes = read(path)
+   local n = 0
+   for i = 8, 1, -1 do n = n * 256 + bytes:byte(i) end
+   local header = json.decode(bytes:sub(9, 8 + n))
+   fn(header)
+   local text = json.encode(header)
+   text = text .. string.rep(' ', (8 - #text % 8) % 8)
+   local len = #text
+   local le = {}
+   for i = 1, 8 do le[i] = string.char(len % 256); len = math.floor(len / 256) end
+   write(path, table.concat(le) .. text .. bytes:sub(9 + n))
+end
+
+-- t.raises, printing the message when SHOW_ERRORS is set
+local function raises(fn, patterns, label)
+   local msg = t.raises(fn, patterns, label)
+   if os.getenv('SHOW_ERRORS') then print(string.format('  %-26s %s', label, tostring(msg))) end
+end
+
+local function load_all(dir) return hf.load(dir):materialize() end
+
+do
+   local root = tmpdir()
+   local function case(name, from)
+      local d = root .. '/' .. name
+      if from then copy_dir(GOLDEN .. from, d) else fs.mkdirs(d) end
+      return d
+   end
+
+   -- unsupported architecture: the message lists the supported ones
+   local d = case('bert')
+   write(d .. '/config.json', '{"architectures": ["BertForMaskedLM"], "model_type": "bert"}')
+   raises(function() hf.build(d) end, {d .. '/config.json', "'BertForMaskedLM' is not supported", 'GPT2LMHeadModel',
+            'LlamaForCausalLM', 'MistralForCausalLM', 'MixtralForCausalLM', 'OPTForCausalLM'}, 'unsupported architecture')
+   d = case('bert_type')
+   write(d .. '/config.json', '{"model_type": "bert"}')
+   raises(function() hf.build(d) end, {"model_type 'bert' is not supported", 'LlamaForCausalLM'}, 'unsupported model_type')
+   -- model_type alone is enough for a supported one
+   d = case('by_type', 'llama')
+   edit_config(d .. '/config.json', function(c) c.architectures = nil end)
+   t.check(hf.load_config(d).arch == 'LlamaForCausalLM', 'model_type llama -> LlamaForCausalLM')
+   -- no config, bad config
+   d = case('empty')
+   raises(function() hf.build(d) end, {d, 'no config.json'}, 'missing config.json')
+   write(d .. '/config.json', '{"architectures": ["LlamaForCausalLM"], ')
+   raises(function() hf.build(d) end, {d .. '/config.json', 'json'}, 'malformed config.json')
+   -- no weights at all
+   d = case('no_weights')
+   write(d .. '/config.json', read(GOLDEN .. 'llama/config.json'))
+   raises(function() load_all(d) end, {d, 'no model.safetensors'}, 'no weights')
+   -- unsupported config values
+   d = case('dynamic_rope', 'llama')
+   edit_config(d .. '/config.json', function(c) c.rope_scaling = {type = 'dynamic', factor = 2} end)
+   raises(function() hf.build(d) end, {d .. '/config.json', "rope_scaling type 'dynamic'", 'linear, llama3'},
+            'unsupported rope scaling')
+   d = case('gpt2_relu', 'gpt2')
+   edit_config(d .. '/config.json', function(c) c.activation_function = 'relu' end)
+   raises(function() hf.build(d) end, {d .. '/config.json', "activation_function 'relu'"}, 'gpt2 activation')
+
+   -- a missing shard file
+   d = case('missing_shard', 'llama_sharded')
+   os.remove(d .. '/model-00002-of-00004.safetensors')
+   raises(function() load_all(d) end, {d .. '/model.safetensors.index.json', 'model-00002-of-00004.safetensors',
+            'is missing', "tensor '"}, 'missing shard file')
+   -- an index that puts a tensor in the wrong shard
+   d = case('wrong_shard', 'llama_sharded')
+   edit_config(d .. '/model.safetensors.index.json', function(c)
+      local first = c.weight_map['model.norm.weight']
+      c.weight_map['model.norm.weight'] = first == 'model-00001-of-00004.safetensors' and
+         'model-00002-of-00004.safetensors' or 'model-00001-of-00004.safetensors'
+   end)
+   raises(function() load_all(d) end, {'model.safetensors.index.json', "'model.norm.weight'", 'no such tensor'},
+            'index names the wrong shard')
+   -- a tensor the config needs is not there (llama3 is tied: no lm_head)
+   d = case('untied', 'llama3')
+   edit_config(d .. '/config.json', function(c) c.tie_word_embeddings = false end)
+   raises(function() load_all(d) end, {d .. '/model.safetensors', "'lm_head.weight' is missing"}, 'missing tensor')
+   -- config and weights disagree on a shape
+   d = case('shape', 'llama')
+   edit_config(d .. '/config.json', function(c) c.intermediate_size = 128 end)
+   raises(function() load_all(d) end, {d .. '/model.safetensors', "'model.layers.0.mlp.gate_proj.weight'",
+            '[96, 64]', '[128, 64]', 'config.json'}, 'shape mismatch')
+   d = case('shape_gpt2', 'gpt2')
+   edit_config(d .. '/config.json', function(c) c.n_embd = 32 end)
+   raises(function() load_all(d) end, {d .. '/model.safetensors', 'transformer.', 'config.json'}, 'gpt2 shape mismatch')
+   -- a dtype we do not read (F64, same byte size as the F32 tensor it replaces)
+   d = case('f64', 'llama')
+   edit_header(d .. '/model.safetensors', function(h)
+      local e = h['model.norm.weight']
+      e.dtype, e.shape = 'F64', {e.shape[1] / 2}
+   end)
+   raises(function() load_all(d) end, {d .. '/model.safetensors', "'model.norm.weight'", 'dtype F64'}, 'unknown dtype')
+   -- truncated file: the header's byte ranges run past its end
+   d = case('truncated', 'llama')
+   local bytes = read(d .. '/model.safetensors')
+   write(d .. '/model.safetensors', bytes:sub(1, math.floor(#bytes / 2)))
+   raises(function() load_all(d) end, {d .. '/model.safetensors'}, 'truncated safetensors')
+   -- a header length that lies
+   d = case('lying_length', 'llama')
+   bytes = read(d .. '/model.safetensors')
+   write(d .. '/model.safetensors', '\255\255\255\0\0\0\0\0' .. bytes:sub(9))
+   raises(function() load_all(d) end, {d .. '/model.safetensors', 'header length'}, 'lying header length')
+   -- a header whose offsets lie (a tensor claims bytes beyond the file)
+   d = case('lying_offsets', 'llama')
+   edit_header(d .. '/model.safetensors', function(h)
+      local e = h['model.norm.weight']
+      e.data_offsets = {e.data_offsets[1] + 10 ^ 6, e.data_offsets[2] + 10 ^ 6}
+   end)
+   raises(function() load_all(d) end, {d .. '/model.safetensors', 'model.norm.weight'}, 'lying offsets')
+   -- not a safetensors file at all
+   d = case('garbage', 'llama')
+   write(d .. '/model.safetensors', 'not a safetensors file')
+   raises(function() load_all(d) end, {d .. '/model.safetensors'}, 'garbage file')
+
+   fs.remove_tree(root)
+end
+
+return t.done()
