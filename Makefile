@@ -11,7 +11,7 @@ WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wno-sign-compa
 CFLAGS   += $(OPT) $(ARCH) -g -std=gnu11 -fPIC -fopenmp $(WARN) -Iengine/include -Iengine -Ikernels \
             -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/luajit-2.1 \
             -I/usr/include/x86_64-linux-gnu/mpich
-LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lmpich -ljansson -lpcre2-8 -lz -lm -lpthread
+LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lmpich -ljansson -lpcre2-8 -lz -lm -lpthread
 BUILD    := build
 
 LIB_SRC  := $(wildcard engine/*.c) $(wildcard kernels/*_cpu.c)
@@ -50,7 +50,7 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(BUILD)/libfsdp.so
 # Debian packages for the build and the tests; idempotent, installs only what
 # is missing (root or sudo needed then).
 DEB_PKGS := gcc make luajit libluajit-5.1-dev libopenblas0-openmp libopenblas-openmp-dev \
-            mpich libmpich-dev libjansson-dev zlib1g-dev libreadline-dev libpcre2-dev fortunes
+            mpich libmpich-dev libjansson-dev zlib1g-dev libreadline-dev libpcre2-dev fortunes procps gzip
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
