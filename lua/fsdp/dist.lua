@@ -120,34 +120,36 @@ end
 
 function Group:bytes_sent() return tonumber(C.fsdp_comm_bytes_sent(self.c)) end
 
--- sum of one double per rank, added in rank order (exact and identical on
--- every rank, unlike a float all-reduce)
+-- one double from every rank, in rank order (through an all-gather of
+-- their bytes: exact, and identical on every rank)
 local dbl = ffi.new('double[1]')
-function Group:sum_number(x)
-   if self.size == 1 then return x end
+function Group:gather_numbers(x)
+   if self.size == 1 then return {x} end
    local send = T.empty({8}, 'u8')
    local recv = T.empty({8 * self.size}, 'u8')
    dbl[0] = x
    ffi.copy(send:cdata().data, dbl, 8)
    self:all_gather(recv, send)
    local vals = ffi.cast('double*', recv:cdata().data)
-   local s = 0
-   for r = 0, self.size - 1 do s = s + vals[r] end
+   local out = {}
+   for r = 0, self.size - 1 do out[r + 1] = vals[r] end
    send:free(); recv:free()
+   return out
+end
+
+-- the sum over ranks, added in rank order (unlike a float all-reduce, the
+-- same bits on every rank whatever the algorithm)
+function Group:sum_number(x)
+   local s = 0
+   for _, v in ipairs(self:gather_numbers(x)) do s = s + v end
    return s
 end
 
+-- the largest over ranks (NaN wins, so a NaN anywhere is seen everywhere)
 function Group:max_number(x)
-   if self.size == 1 then return x end
-   local send = T.empty({8}, 'u8')
-   local recv = T.empty({8 * self.size}, 'u8')
-   dbl[0] = x
-   ffi.copy(send:cdata().data, dbl, 8)
-   self:all_gather(recv, send)
-   local vals = ffi.cast('double*', recv:cdata().data)
-   local m = vals[0]
-   for r = 1, self.size - 1 do if vals[r] > m or vals[r] ~= vals[r] then m = vals[r] end end
-   send:free(); recv:free()
+   local vals = self:gather_numbers(x)
+   local m = vals[1]
+   for i = 2, #vals do if vals[i] > m or vals[i] ~= vals[i] then m = vals[i] end end
    return m
 end
 
