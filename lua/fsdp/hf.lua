@@ -118,7 +118,7 @@ local function open_source(dir)
    return self
 end
 
--- the opened file that holds `name` (nil when no file lists it) and its path
+-- the opened file that holds `name` (nil when no file lists it)
 function Source:file_of(name)
    local fname = self.single
    if self.weight_map then
@@ -161,13 +161,19 @@ local elem_size = {f32 = 4, bf16 = 2, f16 = 2}
 -- the 'load' function of one tensor: fills out[0 .. n) with elements
 -- first .. first+n of our (row-major) layout, reading only those bytes
 local function loader(file, name, d, transposed, our_shape)
-   local base = ffi.cast('const uint8_t *', (file:data(name)))
    local code = T.DTYPES[d.dtype]
    local es = elem_size[d.dtype]
+   -- the mapped bytes, looked up per call so a closed file is an error
+   local function bytes()
+      if not file.f then
+         fail("%s: the file was closed (hf.close) before tensor '%s' was loaded", file.path, name)
+      end
+      return ffi.cast('const uint8_t *', (file:data(name)))
+   end
    if not transposed then
       return function(_, out, n, first)
          if n <= 0 then return end
-         bind.check(C.fsdp_cast_cpu(out, 0, base + first * es, code, n), file.path .. ': ' .. name)
+         bind.check(C.fsdp_cast_cpu(out, 0, bytes() + first * es, code, n), file.path .. ': ' .. name)
       end
    end
    -- stored [in, out] (GPT-2's Conv1D); we want [out, in]. For each stored
@@ -175,6 +181,7 @@ local function loader(file, name, d, transposed, our_shape)
    local rows_out, cols_in = our_shape[1], our_shape[2]
    return function(_, out, n, first)
       if n <= 0 then return end
+      local base = bytes()
       local o_lo, o_hi = math.floor(first / cols_in), math.floor((first + n - 1) / cols_in)
       local width = o_hi - o_lo + 1
       local tmp = ffi.new('float[?]', width)

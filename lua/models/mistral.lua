@@ -22,7 +22,7 @@ function Mistral.new(cfg)
    local c = llama.config(cfg, M.defaults, 'mistral')
    local w = c.sliding_window
    if w ~= nil and (type(w) ~= 'number' or w < 0 or w ~= math.floor(w)) then
-      error('mistral: sliding_window must be a non-negative integer, got ' .. tostring(w), 2)
+      error('mistral: sliding_window must be a non-negative integer, got ' .. tostring(w), 0)
    end
    return llama.build(nn.Module.instance(Mistral), c)
 end

@@ -78,18 +78,18 @@ function MoE:forward(x)
    local count = {}
    for e = 0, E - 1 do count[e] = 0 end
    for i = 0, N * K - 1 do count[cp[i]] = count[cp[i]] + 1 end
-   local tok, slot, fill = {}, {}, {}
+   local tok, slot, tp, sp, fill = {}, {}, {}, {}, {}
    for e = 0, E - 1 do
       if count[e] > 0 then
          tok[e], slot[e] = T.empty({count[e]}, 'i32', true), T.empty({count[e]}, 'i32', true)
-         fill[e] = 0
+         tp[e], sp[e], fill[e] = tok[e]:ptr(), slot[e]:ptr(), 0
       end
    end
    for i = 0, N * K - 1 do
       local e = cp[i]
       local f = fill[e]
-      tok[e]:ptr()[f] = math.floor(i / K)
-      slot[e]:ptr()[f] = i
+      tp[e][f] = math.floor(i / K)
+      sp[e][f] = i
       fill[e] = f + 1
    end
    -- each expert on its tokens, weighted, added back in expert order
@@ -114,10 +114,10 @@ function Mixtral.new(cfg)
    local c = llama.config(cfg, M.defaults, 'mixtral')
    local E, K = c.num_local_experts, c.num_experts_per_tok
    if type(E) ~= 'number' or E < 1 or E ~= math.floor(E) then
-      error('mixtral: num_local_experts must be a positive integer, got ' .. tostring(E), 2)
+      error('mixtral: num_local_experts must be a positive integer, got ' .. tostring(E), 0)
    end
    if type(K) ~= 'number' or K < 1 or K > E or K ~= math.floor(K) then
-      error(string.format('mixtral: num_experts_per_tok %s must be an integer in [1, %d]', tostring(K), E), 2)
+      error(string.format('mixtral: num_experts_per_tok %s must be an integer in [1, %d]', tostring(K), E), 0)
    end
    local self = nn.Module.instance(Mixtral)
    self.router = {} -- {logits, chosen} of every layer in the last forward

@@ -31,7 +31,7 @@ function M.config(cfg)
    for k, v in pairs(M.defaults) do out[k] = v end
    for k, v in pairs(cfg or {}) do out[k] = v end
    out.word_embed_proj_dim = out.word_embed_proj_dim or out.hidden_size
-   local function need(ok, fmt, ...) if not ok then error('opt: ' .. string.format(fmt, ...), 3) end end
+   local function need(ok, fmt, ...) if not ok then error('opt: ' .. string.format(fmt, ...), 0) end end
    for _, k in ipairs({'vocab_size', 'hidden_size', 'num_hidden_layers', 'ffn_dim', 'max_position_embeddings',
                        'num_attention_heads', 'word_embed_proj_dim'}) do
       local v = out[k]

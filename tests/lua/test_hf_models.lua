@@ -210,6 +210,34 @@ do
 end
 
 ---------------------------------------------------------------------------
+-- Mixtral under activation checkpointing: without the auxiliary loss the
+-- same loss and gradients, bit for bit; with it, a clear error (the router
+-- logits of a checkpointed block are not kept)
+
+do
+   local ex = st.open(GOLDEN .. 'mixtral/expected.safetensors')
+   local ids, targets = ex:tensor('input_ids'), ex:tensor('targets')
+   local ckpt = nn.checkpoint_units(hf.load(GOLDEN .. 'mixtral'):materialize())
+   t.raises(function() fsdp.backward(ckpt:loss(ids, targets)) end, {'Mixtral', 'activation checkpointing'},
+            'mixtral aux loss under checkpointing')
+   fsdp.autograd.reset()
+   ckpt:zero_grad()
+   local plain = hf.load(GOLDEN .. 'mixtral'):materialize()
+   ckpt.config.output_router_logits, plain.config.output_router_logits = false, false
+   local a = fsdp.backward(ckpt:loss(ids, targets))
+   local b = fsdp.backward(plain:loss(ids, targets))
+   t.check(a == b, 'checkpointed mixtral: loss %.9g vs %.9g', a, b)
+   local pa, pb, same = ckpt:named_parameters(), plain:named_parameters(), true
+   for i = 1, #pa do
+      local x, y = pa[i][2].grad, pb[i][2].grad
+      t.check((x == nil) == (y == nil), 'checkpointed mixtral: %s grad presence differs', pa[i][1])
+      if x and y then for j = 0, x:numel() - 1 do same = same and x:ptr()[j] == y:ptr()[j] end end
+   end
+   t.check(same, 'checkpointed mixtral: gradients differ')
+   ex:close()
+end
+
+---------------------------------------------------------------------------
 -- bad input: clear errors naming the file and the tensor or field
 
 local function write(path, text)
@@ -291,6 +319,27 @@ do
    d = case('gpt2_relu', 'gpt2')
    edit_config(d .. '/config.json', function(c) c.activation_function = 'relu' end)
    raises(function() hf.build(d) end, {d .. '/config.json', "activation_function 'relu'"}, 'gpt2 activation')
+
+   -- checkpoints saved from the base classes (GPT2Model: no 'transformer.';
+   -- OPTModel: 'decoder.' without 'model.') load the same
+   for _, v in ipairs({{'gpt2', '^transformer%.'}, {'opt_postnorm', '^model%.'}}) do
+      d = case('base_names_' .. v[1], v[1])
+      edit_header(d .. '/model.safetensors', function(h)
+         local renamed = {}
+         for k, e in pairs(h) do renamed[(k:gsub(v[2], ''))] = e end
+         for k in pairs(h) do h[k] = nil end
+         for k, e in pairs(renamed) do h[k] = e end
+      end)
+      t.check(not read(d .. '/model.safetensors'):sub(1, 2000):find('"transformer.wte', 1, true),
+              '%s: the names were rewritten', v[1])
+      local r = logits_rel(load_all(d), v[1])
+      t.check(r <= 1e-4, '%s with base-class names: logits differ by %.3g', v[1], r)
+   end
+   -- loading after hf.close is an error, not a read of unmapped memory
+   d = case('closed', 'llama')
+   local m = hf.load(d)
+   hf.close(m)
+   raises(function() m:materialize() end, {d .. '/model.safetensors', 'closed'}, 'load after close')
 
    -- a missing shard file
    d = case('missing_shard', 'llama_sharded')
