@@ -40,7 +40,8 @@
  * Regex patterns come in the Oniguruma dialect the library compiles them
  * with; they run on PCRE2 (JIT) after rewriting the escapes whose meaning
  * differs: \s and \S (Oniguruma: the Unicode White_Space set, PCRE2 adds
- * U+180E) and \h, \H (hex digits in Oniguruma).
+ * U+180E), \w and \W (Oniguruma counts marks as word characters) and \h, \H
+ * (hex digits in Oniguruma).
  *
  * Threads: load once, then encode and decode may be called from several
  * threads on one tokenizer. Each encode borrows a work context (buffers, the
@@ -308,11 +309,14 @@ typedef struct pattern {
     pcre2_code *re;
 } pattern;
 
-/* Rewrites an Oniguruma pattern for PCRE2: \s \S \h \H take their Oniguruma
- * meaning; everything else is passed through (the dialects agree on what
- * tokenizer files use: \p{..}, (?i:..), lookahead, counted repeats). */
+/* Rewrites an Oniguruma pattern for PCRE2: \s \S \w \W \h \H take their
+ * Oniguruma meaning (White_Space; letters, marks, numbers and connector
+ * punctuation; hex digits); everything else is passed through (the dialects
+ * agree on what tokenizer files use: \p{..}, (?i:..), lookahead, counted
+ * repeats). Negated sets inside [...] keep PCRE2's meaning. */
 static char *onig_to_pcre2(const char *pat, size_t n, size_t *out_len) {
-    static const char SPACE[] = "\\t-\\r \\x{85}\\p{Z}", HEX[] = "0-9a-fA-F";
+    static const char SPACE[] = "\\t-\\r \\x{85}\\p{Z}", HEX[] = "0-9a-fA-F",
+                      WORD[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
     sbuf b = {0};
     int in_class = 0;
     for (size_t i = 0; i < n; i++) {
@@ -320,8 +324,9 @@ static char *onig_to_pcre2(const char *pat, size_t n, size_t *out_len) {
         int fail = 0;
         if (c == '\\' && i + 1 < n) {
             char e = pat[++i];
-            const char *set = (e == 's' || e == 'S') ? SPACE : (e == 'h' || e == 'H') ? HEX : NULL;
-            int negated = e == 'S' || e == 'H';
+            const char *set = (e == 's' || e == 'S') ? SPACE : (e == 'h' || e == 'H') ? HEX
+                              : (e == 'w' || e == 'W') ? WORD : NULL;
+            int negated = e == 'S' || e == 'H' || e == 'W';
             if (set && in_class && !negated) fail = sb_put(&b, set, strlen(set));
             else if (set && !in_class) {
                 fail = sb_put(&b, negated ? "[^" : "[", negated ? 2 : 1) || sb_put(&b, set, strlen(set)) ||
@@ -487,6 +492,7 @@ struct fsdp_tokenizer {
     /* BPE model */
     char **model_tok;            /* [n_ids], NULL where the model has no token */
     uint32_t *model_len;
+    char *model_text;            /* the vocab's strings, NUL-separated */
     smap vocab;
     merge_map merges;
     int32_t unk_id;              /* -1: no unk token (unknown characters are dropped) */
@@ -496,6 +502,8 @@ struct fsdp_tokenizer {
     size_t prefix_len, suffix_len;
     int32_t byte_id[256];        /* <0xXX> tokens, -1 when missing */
     int32_t *cp_id;              /* [0x10000]: one-character tokens of the BMP */
+    uint8_t *cut;                /* bitmap over the BMP: a word may be cut before
+                                    this character (see find_cut_chars); NULL: none */
     /* added tokens */
     added_token *added;
     size_t n_added;
@@ -781,13 +789,8 @@ static int bpe_merge_word(const fsdp_tokenizer *t, enc_ctx *c, const char *w, si
     return 0;
 }
 
-/* one word through the model: ignore_merges, the cache, then BPE */
-static int bpe_word(const fsdp_tokenizer *t, enc_ctx *c, const char *w, size_t n) {
-    if (n == 0) return 0;
-    if (t->ignore_merges) {
-        int32_t id = smap_get(&t->vocab, w, n);
-        if (id >= 0) return iv_push(&c->ids, id) ? OOM() : 0;
-    }
+/* a word (or an independent part of one) through the cache, then BPE */
+static int bpe_part(const fsdp_tokenizer *t, enc_ctx *c, const char *w, size_t n) {
     uint64_t h = 0;
     cache_slot *slot = NULL;
     if (n < CACHE_MAX_WORD) {
@@ -814,6 +817,28 @@ static int bpe_word(const fsdp_tokenizer *t, enc_ctx *c, const char *w, size_t n
         }
     }
     return 0;
+}
+
+/* one word through the model: ignore_merges, then BPE on the parts no merge
+ * can join (the whole word unless the vocab has cut characters) */
+static int bpe_word(const fsdp_tokenizer *t, enc_ctx *c, const char *w, size_t n) {
+    if (n == 0) return 0;
+    if (t->ignore_merges) {
+        int32_t id = smap_get(&t->vocab, w, n);
+        if (id >= 0) return iv_push(&c->ids, id) ? OOM() : 0;
+    }
+    if (!t->cut) return bpe_part(t, c, w, n);
+    const unsigned char *p = (const unsigned char *)w;
+    size_t start = 0;
+    for (size_t i = 0; i < n;) {
+        int len = u8_len(p[i]);
+        if (i > start && len <= 3) {
+            uint32_t cp = u8_decode(p + i, len);
+            if (t->cut[cp >> 3] & (1u << (cp & 7))) { TRY(bpe_part(t, c, w + start, i - start)); start = i; }
+        }
+        i += (size_t)len;
+    }
+    return bpe_part(t, c, w + start, n - start);
 }
 
 /* ---- normalizers ----------------------------------------------------------- */
@@ -1089,7 +1114,7 @@ int fsdp_tokenizer_encode(fsdp_tokenizer *t, const char *text, int64_t len, int 
     int rc = encode_text(t, c, text, (size_t)len, add_special);
     if (rc == 0) {
         *n_out = (int64_t)c->ids.n;
-        if ((int64_t)c->ids.n <= cap) memcpy(out, c->ids.p, c->ids.n * sizeof(int32_t));
+        if ((int64_t)c->ids.n <= cap) { if (c->ids.n) memcpy(out, c->ids.p, c->ids.n * sizeof(int32_t)); }
         else if (out)
             rc = fsdp_error(FSDP_ERR_INVALID, "tokenizer encode: the output holds %lld ids but the text needs %lld",
                             (long long)cap, (long long)c->ids.n);
@@ -1121,7 +1146,9 @@ static int byte_token(const char *s, size_t n) {
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char h = s[i];
-        int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+        int d = h >= '0' && h <= '9' ? h - '0'
+              : h >= 'a' && h <= 'f' ? h - 'a' + 10
+              : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
         if (d < 0) return -1;
         v = v * 16 + d;
     }
@@ -1230,7 +1257,8 @@ static const char *token_of(const fsdp_tokenizer *t, int32_t id, size_t *len) {
 }
 
 static int decode_ids(const fsdp_tokenizer *t, const int32_t *ids, int64_t n, int skip_special, sbuf *res) {
-    strlist l[2] = {{{0}}};
+    strlist l[2];
+    memset(l, 0, sizeof l);
     sbuf tmp = {0};
     pcre2_match_data *md = NULL;
     int rc = 0, cur = 0;
@@ -1271,7 +1299,8 @@ int fsdp_tokenizer_decode(fsdp_tokenizer *t, const int32_t *ids, int64_t n, int 
         *len = (int64_t)res.n;
         if ((int64_t)res.n < cap) { memcpy(out, res.p ? res.p : "", res.n); out[res.n] = 0; }
         else if (out)
-            rc = fsdp_error(FSDP_ERR_INVALID, "tokenizer decode: the output holds %lld bytes but the text needs %lld (+1 for the NUL)",
+            rc = fsdp_error(FSDP_ERR_INVALID,
+                            "tokenizer decode: the output holds %lld bytes but the text needs %lld (+1 for the NUL)",
                             (long long)cap, (long long)res.n);
     }
     free(res.p);
@@ -1423,19 +1452,6 @@ static int literal_pattern(pattern *p, const char *s, size_t n) {
 
 /* ---- model ------------------------------------------------------------------ */
 
-static int set_model_token(const loader *L, fsdp_tokenizer *t, const char *s, size_t n, int32_t id) {
-    if (t->model_tok[id]) {
-        free(t->model_tok[id]);   /* two tokens with one id: the later one names it */
-    }
-    t->model_tok[id] = malloc(n + 1);
-    if (!t->model_tok[id]) return OOM();
-    memcpy(t->model_tok[id], s, n + 1);
-    t->model_len[id] = (uint32_t)n;
-    smap_put(&t->vocab, t->model_tok[id], n, id);
-    (void)L;
-    return 0;
-}
-
 /* one merge -> its two tokens (pointing into the JSON) */
 static int merge_parts(const loader *L, const json_t *m, size_t i, const char **a, size_t *alen, const char **b,
                        size_t *blen) {
@@ -1458,6 +1474,38 @@ static int merge_parts(const loader *L, const json_t *m, size_t i, const char **
     return lerr(L, FSDP_ERR_FORMAT, where, "is neither \"a b\" nor [\"a\", \"b\"]");
 }
 
+/* Characters a word can be cut before without changing its BPE result:
+ * those that are a token by themselves and never appear in a token except at
+ * its start. A merge (a, b) whose b starts with such a character would make
+ * a token holding it further in, so no merge joins across the cut; unknown
+ * characters cannot span it either (it is known). SentencePiece vocabularies
+ * have ▁ as one: their words (whole texts, with no pre-tokenizer) fall apart
+ * into the cacheable pieces "▁the", "▁king", ... Off with ignore_merges and
+ * with prefixes or suffixes, which depend on where the word starts and ends. */
+static int find_cut_chars(fsdp_tokenizer *t) {
+    if (t->ignore_merges || t->prefix || t->suffix) return 0;
+    uint8_t *inner = calloc(0x10000 / 8, 1), *cut = calloc(0x10000 / 8, 1);
+    if (!inner || !cut) { free(inner); free(cut); return OOM(); }
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        const unsigned char *s = (const unsigned char *)t->model_tok[id];
+        size_t n = t->model_len[id];
+        for (size_t i = s && n ? (size_t)u8_len(s[0]) : n; i < n; i += (size_t)u8_len(s[i])) {
+            int len = u8_len(s[i]);
+            if (len <= 3) { uint32_t cp = u8_decode(s + i, len); inner[cp >> 3] |= (uint8_t)(1u << (cp & 7)); }
+        }
+    }
+    int any = 0;
+    for (uint32_t cp = 0; cp < 0x10000; cp++)
+        if (t->cp_id[cp] >= 0 && !(inner[cp >> 3] & (1u << (cp & 7)))) {
+            cut[cp >> 3] |= (uint8_t)(1u << (cp & 7));
+            any = 1;
+        }
+    free(inner);
+    if (any) t->cut = cut;
+    else free(cut);
+    return 0;
+}
+
 static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, int32_t max_added_id) {
     if (!json_is_object(model)) return lerr(L, FSDP_ERR_FORMAT, "model", "is %s", model ? "not a JSON object" : "missing");
     const json_t *type = json_object_get(model, "type");
@@ -1467,12 +1515,14 @@ static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, 
         return unknown_type(L, "model", ty, " WordPiece WordLevel Unigram ", "BPE");
 
     const json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
-    if (!json_is_object(vocab)) return lerr(L, FSDP_ERR_FORMAT, "model.vocab", "is %s", vocab ? "not a JSON object" : "missing");
+    if (!json_is_object(vocab))
+        return lerr(L, FSDP_ERR_FORMAT, "model.vocab", "is %s", vocab ? "not a JSON object" : "missing");
     if (merges && !json_is_array(merges)) return lerr(L, FSDP_ERR_FORMAT, "model.merges", "is not an array");
 
     const json_t *dropout = json_object_get(model, "dropout");
     if (dropout && !json_is_null(dropout) && !(json_is_number(dropout) && json_number_value(dropout) == 0))
-        return lerr(L, FSDP_ERR_UNSUPPORTED, "model.dropout", "BPE dropout (a training-time option) is not supported; set it to null");
+        return lerr(L, FSDP_ERR_UNSUPPORTED, "model.dropout",
+                    "BPE dropout (a training-time option) is not supported; set it to null");
     TRY(get_bool(L, model, "model", "fuse_unk", 0, &t->fuse_unk));
     TRY(get_bool(L, model, "model", "byte_fallback", 0, &t->byte_fallback));
     TRY(get_bool(L, model, "model", "ignore_merges", 0, &t->ignore_merges));
@@ -1482,21 +1532,34 @@ static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, 
 
     /* ids: the vocab's, then room for added tokens */
     int32_t max_id = max_added_id;
+    size_t text_bytes = 0;
     const char *key;
     const json_t *v;
     json_object_foreach((json_t *)vocab, key, v) {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > MAX_TOKEN_ID)
-            return lerr(L, FSDP_ERR_FORMAT, "model.vocab", "the id of \"%s\" is not an integer in [0, %d]", key, MAX_TOKEN_ID);
+            return lerr(L, FSDP_ERR_FORMAT, "model.vocab", "the id of \"%s\" is not an integer in [0, %d]", key,
+                        MAX_TOKEN_ID);
         if (json_integer_value(v) > max_id) max_id = (int32_t)json_integer_value(v);
+        text_bytes += strlen(key) + 1;
     }
     t->n_ids = max_id + 1;
     t->model_tok = calloc((size_t)t->n_ids, sizeof *t->model_tok);
     t->model_len = calloc((size_t)t->n_ids, sizeof *t->model_len);
+    t->model_text = malloc(text_bytes + 1);
     t->cp_id = malloc(0x10000 * sizeof *t->cp_id);
-    if (!t->model_tok || !t->model_len || !t->cp_id) return OOM();
+    if (!t->model_tok || !t->model_len || !t->model_text || !t->cp_id) return OOM();
     TRY(smap_init(&t->vocab, json_object_size(vocab)));
-    json_object_foreach((json_t *)vocab, key, v)
-        TRY(set_model_token(L, t, key, strlen(key), (int32_t)json_integer_value(v)));
+    char *text = t->model_text;
+    json_object_foreach((json_t *)vocab, key, v) {
+        /* two tokens with one id: both encode to it, the later one decodes */
+        size_t n = strlen(key);
+        int32_t id = (int32_t)json_integer_value(v);
+        memcpy(text, key, n + 1);
+        t->model_tok[id] = text;
+        t->model_len[id] = (uint32_t)n;
+        smap_put(&t->vocab, text, n, id);
+        text += n + 1;
+    }
 
     /* fast paths: one-character tokens of the BMP, the <0xXX> byte tokens */
     for (size_t i = 0; i < 0x10000; i++) t->cp_id[i] = -1;
@@ -1511,12 +1574,13 @@ static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, 
         t->byte_id[b] = smap_get(&t->vocab, name, 6);
     }
     t->unk_id = t->unk_token ? smap_get(&t->vocab, t->unk_token, strlen(t->unk_token)) : -1;
+    TRY(find_cut_chars(t));
 
     size_t nm = merges ? json_array_size(merges) : 0;
     TRY(merge_init(&t->merges, nm));
     for (size_t i = 0; i < nm; i++) {
-        const char *a, *b;
-        size_t alen, blen;
+        const char *a = NULL, *b = NULL;
+        size_t alen = 0, blen = 0;
         TRY(merge_parts(L, json_array_get(merges, i), i, &a, &alen, &b, &blen));
         char where[64];
         snprintf(where, sizeof where, "model.merges[%zu]", i);
@@ -1525,7 +1589,8 @@ static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, 
             return lerr(L, FSDP_ERR_FORMAT, where, "token \"%.*s\" is not in the vocabulary", (int)(ia < 0 ? alen : blen),
                         ia < 0 ? a : b);
         if (blen < t->prefix_len)
-            return lerr(L, FSDP_ERR_FORMAT, where, "token \"%.*s\" is shorter than the continuing_subword_prefix", (int)blen, b);
+            return lerr(L, FSDP_ERR_FORMAT, where, "token \"%.*s\" is shorter than the continuing_subword_prefix",
+                        (int)blen, b);
         /* the merged token: a followed by b without the continuing prefix */
         sbuf m = {0};
         if (sb_put(&m, a, alen) || sb_put(&m, b + t->prefix_len, blen - t->prefix_len)) { free(m.p); return OOM(); }
@@ -1631,7 +1696,7 @@ static const char NORM_KNOWN[] = " NFC NFD NFKC NFKD Lowercase BertNormalizer St
 
 static int parse_normalizer(const loader *L, fsdp_tokenizer *t, const json_t *o, const char *field) {
     if (!o || json_is_null(o)) return 0;
-    const char *type;
+    const char *type = NULL;
     TRY(get_type(L, o, field, &type));
     if (strcmp(type, "Sequence") == 0) {
         const json_t *list = json_object_get(o, "normalizers");
@@ -1664,7 +1729,8 @@ static int parse_normalizer(const loader *L, fsdp_tokenizer *t, const json_t *o,
 }
 
 static const char PRE_SUPPORTED[] = "ByteLevel, Split, Metaspace, Digits, Sequence";
-static const char PRE_KNOWN[] = " Whitespace WhitespaceSplit BertPreTokenizer Punctuation CharDelimiterSplit UnicodeScripts FixedLength ";
+static const char PRE_KNOWN[] =
+    " Whitespace WhitespaceSplit BertPreTokenizer Punctuation CharDelimiterSplit UnicodeScripts FixedLength ";
 
 static int parse_behavior(const loader *L, const json_t *o, const char *field, int *out) {
     static const char *names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
@@ -1672,7 +1738,8 @@ static int parse_behavior(const loader *L, const json_t *o, const char *field, i
     const char *s = json_string_value(v);
     for (int i = 0; s && i < 5; i++)
         if (strcmp(s, names[i]) == 0) { *out = i; return 0; }
-    return lerr(L, FSDP_ERR_FORMAT, field, "\"behavior\" is %s%s%s (supported: Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous)",
+    return lerr(L, FSDP_ERR_FORMAT, field,
+                "\"behavior\" is %s%s%s (supported: Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous)",
                 s ? "\"" : "", s ? s : "missing", s ? "\"" : "");
 }
 
@@ -1693,7 +1760,7 @@ static int parse_prepend_scheme(const loader *L, const json_t *o, const char *fi
 
 static int parse_pre(const loader *L, fsdp_tokenizer *t, const json_t *o, const char *field) {
     if (!o || json_is_null(o)) return 0;
-    const char *type;
+    const char *type = NULL;
     TRY(get_type(L, o, field, &type));
     if (strcmp(type, "Sequence") == 0) {
         const json_t *list = json_object_get(o, "pretokenizers");
@@ -1725,7 +1792,7 @@ static int parse_pre(const loader *L, fsdp_tokenizer *t, const json_t *o, const 
         TRY(get_bool(L, o, field, "split", 1, &st->split));
         TRY(literal_pattern(&st->pat, st->rep, (size_t)st->rep_len));
     } else if (strcmp(type, "Digits") == 0) {
-        int individual;
+        int individual = 0;
         char err[200];
         st->kind = PRE_DIGITS;
         TRY(get_bool(L, o, field, "individual_digits", 0, &individual));
@@ -1742,7 +1809,7 @@ static const char DEC_KNOWN[] = " WordPiece BPEDecoder CTC ";
 
 static int parse_decoder(const loader *L, fsdp_tokenizer *t, const json_t *o, const char *field) {
     if (!o || json_is_null(o)) return 0;
-    const char *type;
+    const char *type = NULL;
     TRY(get_type(L, o, field, &type));
     t->has_decoder = 1;
     if (strcmp(type, "Sequence") == 0) {
@@ -1811,7 +1878,7 @@ static const char POST_SUPPORTED[] = "TemplateProcessing, RobertaProcessing, Ber
 /* Only what add_special puts around one sequence: the ids before and after. */
 static int parse_post(const loader *L, fsdp_tokenizer *t, const json_t *o, const char *field) {
     if (!o || json_is_null(o)) return 0;
-    const char *type;
+    const char *type = NULL;
     TRY(get_type(L, o, field, &type));
     if (strcmp(type, "Sequence") == 0) {
         const json_t *list = json_object_get(o, "processors");
@@ -1846,13 +1913,15 @@ static int parse_post(const loader *L, fsdp_tokenizer *t, const json_t *o, const
         if (json_is_object(seq)) {
             const char *which = json_string_value(json_object_get(seq, "id"));
             if (!which || strcmp(which, "A") != 0 || n_pre >= 0)
-                rc = lerr(L, FSDP_ERR_UNSUPPORTED, where, "the single-sequence template may hold $A once and no other sequence");
+                rc = lerr(L, FSDP_ERR_UNSUPPORTED, where,
+                          "the single-sequence template may hold $A once and no other sequence");
             n_pre = n_ids;
         } else if (json_is_object(sp)) {
             const char *name = json_string_value(json_object_get(sp, "id"));
             const json_t *entry = json_object_get(specials, name ? name : ""), *list = json_object_get(entry, "ids");
             if (!name || !json_is_array(list)) {
-                rc = lerr(L, FSDP_ERR_FORMAT, where, "special token \"%s\" is not in %s.special_tokens", name ? name : "?", field);
+                rc = lerr(L, FSDP_ERR_FORMAT, where, "special token \"%s\" is not in %s.special_tokens",
+                          name ? name : "?", field);
                 break;
             }
             for (size_t k = 0; k < json_array_size(list) && !rc; k++) {
@@ -1920,9 +1989,8 @@ static int read_file(const char *path, char **data, size_t *len) {
 
 void fsdp_tokenizer_free(fsdp_tokenizer *t) {
     if (!t) return;
-    for (int32_t i = 0; t->model_tok && i < t->n_ids; i++) free(t->model_tok[i]);
-    free(t->model_tok); free(t->model_len); free(t->vocab.e); free(t->merges.e);
-    free(t->unk_token); free(t->prefix); free(t->suffix); free(t->cp_id);
+    free(t->model_tok); free(t->model_len); free(t->model_text); free(t->vocab.e); free(t->merges.e);
+    free(t->unk_token); free(t->prefix); free(t->suffix); free(t->cp_id); free(t->cut);
     for (size_t i = 0; i < t->n_added; i++) { free(t->added[i].content); free(t->added[i].norm); }
     free(t->added); free(t->added_map.e); free(t->added_of_id); free(t->special);
     free(t->raw_trie.node); free(t->norm_trie.node);
@@ -1956,10 +2024,10 @@ static int load(const loader *L, fsdp_tokenizer *t, const json_t *root) {
     TRY(parse_pre(L, t, json_object_get(root, "pre_tokenizer"), "pre_tokenizer"));
     TRY(parse_post(L, t, json_object_get(root, "post_processor"), "post_processor"));
     TRY(parse_decoder(L, t, json_object_get(root, "decoder"), "decoder"));
-    for (int i = 0; i < t->n_before; i++)
-        if (t->before[i] >= t->n_ids) return lerr(L, FSDP_ERR_FORMAT, "post_processor", "id %d is outside the vocabulary", t->before[i]);
-    for (int i = 0; i < t->n_after; i++)
-        if (t->after[i] >= t->n_ids) return lerr(L, FSDP_ERR_FORMAT, "post_processor", "id %d is outside the vocabulary", t->after[i]);
+    for (int i = 0; i < t->n_before + t->n_after; i++) {
+        int32_t id = i < t->n_before ? t->before[i] : t->after[i - t->n_before];
+        if (id >= t->n_ids) return lerr(L, FSDP_ERR_FORMAT, "post_processor", "id %d is outside the vocabulary", id);
+    }
     find_special_ids(t);
     return 0;
 }

@@ -38,7 +38,9 @@ end_of_word_suffix, ignore_merges on a vocab where it changes the result.
 
 Corpus chunks: the text cut after every blank line ("\\n\\n"), so that the
 chunks concatenate to the file; each chunk is encoded without special tokens
-and the ids are concatenated. The C test cuts the same way.
+and the ids are concatenated. The C test cuts the same way. expected.json
+also holds the count and FNV-1a-64 hash (over the ids as little-endian
+uint32) of the whole file encoded in one call.
 
 Needs `pip install tokenizers`; used only to make fixtures, never by tests.
 """
@@ -151,6 +153,13 @@ def write_tokens(path, ids, vocab_size):
         f.write(struct.pack("<%dH" % n, *ids))
 
 
+def fnv64(ids):
+    h = 0xcbf29ce484222325
+    for b in struct.pack("<%dI" % len(ids), *ids):
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
 def vocab_size_of(tok):
     """max id + 1 over the model vocab and the added tokens (the loader's definition)"""
     ids = list(tok.get_vocab(with_added_tokens=True).values())
@@ -197,6 +206,8 @@ def save(name, tok, strings, corpus=None, extra=None):
                                        for m in tok_json["model"]["merges"]]
     if extra and "model_patch" in extra:
         tok_json["model"].update(extra["model_patch"])
+    if extra and "patch" in extra:
+        extra["patch"](tok_json)
     text = json.dumps(tok_json, ensure_ascii=False, indent=2)
     tok = Tokenizer.from_str(text)   # what we test is what we saved
     with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
@@ -215,8 +226,10 @@ def save(name, tok, strings, corpus=None, extra=None):
         for enc in tok.encode_batch(chunks, add_special_tokens=False):
             ids.extend(enc.ids)
         write_tokens(os.path.join(d, "corpus.tok"), ids, exp["vocab_size"])
+        whole = tok.encode(corpus, add_special_tokens=False).ids
         exp["corpus"] = {"file": "corpus.tok", "chunks": len(chunks), "tokens": len(ids),
-                         "bytes": len(corpus.encode("utf-8"))}
+                         "bytes": len(corpus.encode("utf-8")),
+                         "whole_tokens": len(whole), "whole_fnv64": fnv64(whole)}
     with open(os.path.join(d, "expected.json"), "w", encoding="utf-8") as f:
         json.dump(exp, f, ensure_ascii=False, indent=1)
     print("%-40s vocab %5d  %6d bytes%s" % (
@@ -368,6 +381,20 @@ def variants(corpus, sp_vocab_small, sp_merges_small):
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
         save("variants/metaspace_%s%s" % (scheme, "_split" if split else ""), tok, SHORT + TORTURE)
+
+    # the older JSON form of Metaspace (add_prefix_space, no prepend_scheme / split)
+    def legacy_metaspace(j):
+        j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
+        j["decoder"] = {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
+    tok = sp_tokenizer(sp_vocab_small, sp_merges_small)
+    save("variants/metaspace_legacy", tok, SHORT + TORTURE, extra={"patch": legacy_metaspace})
+
+    # Strip normalizer before the SentencePiece-style ones
+    tok = sp_tokenizer(sp_vocab_small, sp_merges_small)
+    tok.normalizer = normalizers.Sequence([normalizers.Strip(left=True, right=True), normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.decoder = sp_decoder()
+    save("variants/strip_normalizer", tok, SHORT + TORTURE)
 
     # normalizer Replace with a regex; unk without byte fallback, fused or not
     for fuse in (False, True):
