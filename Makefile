@@ -23,7 +23,7 @@ DIST_SRC := $(wildcard tests/c/dist_*.c)
 DIST_BIN := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(DIST_SRC))
 HEADERS  := $(wildcard engine/include/*.h engine/*.h kernels/*.h)
 
-.PHONY: all deps test test-c test-lua demo bench clean check-deps
+.PHONY: all deps test test-c test-lua demo bench clean check-deps test-interop deps-interop
 
 all: $(BUILD)/libfsdp.so $(BUILD)/fsdp-lua $(BUILD)/fsdp_cdef.h $(TEST_BIN) $(DIST_BIN)
 
@@ -74,6 +74,18 @@ demo: deps
 bench: deps-bench
 	$(MAKE) all
 	bash bench/run.sh
+
+# transformers loads our exports and gives our logits (Python only here:
+# Debian's torch + transformers from PyPI; not part of `make test`)
+deps-interop: deps-bench
+	@/usr/bin/python3 -c 'import transformers' 2>/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq python3-pip >/dev/null; \
+	  $$SUDO /usr/bin/python3 -m pip install -q --break-system-packages 'transformers==4.49.0' safetensors; }
+
+test-interop: deps-interop
+	$(MAKE) all
+	rm -rf $(BUILD)/interop && FSDP_EXPORT_TEST_DIR=$(CURDIR)/$(BUILD)/interop $(BUILD)/fsdp-lua tests/lua/test_export.lua
+	FSDP_EXPORT_TEST_DIR=$(CURDIR)/$(BUILD)/interop /usr/bin/python3 tests/interop/check_export.py
 
 clean:
 	rm -rf $(BUILD)

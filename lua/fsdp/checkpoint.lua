@@ -101,7 +101,7 @@ function M.save(dir, state)
          format = M.FORMAT, version = M.VERSION, step = state.step, world_size = slices,
          ranks = comm and comm.world_size or 1,
          strategy = sh.strategy, model = {name = state.model_name, config = state.model_config},
-         units = sh:layout(), files = files,
+         units = sh:layout(), files = files, tokenizer_dir = state.tokenizer_dir,
          optimizer = state.optimizer and state.optimizer:state_dict().hyper or json.null,
       }
       write_text(tmp .. '/trainer_state.json', json.encode(trainer, ' '))

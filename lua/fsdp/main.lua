@@ -27,6 +27,7 @@ local function usage()
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
       '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
       '       fsdp-lua prepare --tokenizer DIR --input PATH --output DIR   text/JSON/JSONL/YAML -> token shards',
+      '       fsdp-lua export CKPT_DIR OUT_DIR [--dtype bf16]   a checkpoint -> a Hugging Face directory',
       '       fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [options]   per-rank memory before launching',
       '       fsdp-lua plot RUN_DIR [--out FILE]      draw RUN_DIR/metrics.jsonl as an SVG (default RUN_DIR/plot.svg)',
       '       fsdp-lua --nproc-per-node N RECIPE ...  run N local ranks (MPICH mpiexec underneath)',
@@ -159,6 +160,10 @@ if cmd == 'plan' then
       if ok then error('plan: ' .. path .. ' finished without calling fsdp.shard: nothing to plan', 0) end
       return 0
    end)
+end
+
+if cmd == 'export' then
+   return run(function() return require('fsdp.export').main({unpack(args, 2)}) end)
 end
 
 if cmd == 'prepare' then

@@ -1,0 +1,188 @@
+-- fsdp.export: a checkpoint (any world size) -> a consolidated Hugging Face
+-- directory that transformers loads with from_pretrained:
+--   config.json, model.safetensors (or model-0000K-of-0000N.safetensors and
+--   model.safetensors.index.json past --max-shard-size), and the tokenizer
+--   files of the model the run started from.
+--
+--   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]
+--
+-- CKPT_DIR is a checkpoint directory (its `latest` is followed) or a step
+-- directory. The values are read slice by slice from the rank files, so the
+-- export needs one copy of the model in memory, not one per old rank.
+local bind = require 'fsdp.ffi'
+local ckpt = require 'fsdp.checkpoint'
+local json = require 'fsdp.json'
+local fs = require 'fsdp.fs'
+local st = require 'fsdp.safetensors'
+local T = require 'fsdp.tensor'
+local cli = require 'fsdp.cli'
+local ffi, C = bind.ffi, bind.C
+
+local M = {}
+
+M.options = {
+   {'dtype', 'f32', 'dtype of the exported weights', choices = {'f32', 'bf16', 'f16'}},
+   {'max_shard_size', '5GB', 'split model.safetensors into shards of at most this size'},
+}
+
+local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
+                         'generation_config.json', 'vocab.json', 'merges.txt'}
+
+-- the model a checkpoint index describes: an HF architecture with its
+-- config.json table, or minGPT (exported as GPT2LMHeadModel)
+function M.model_of(index, where)
+   local m = index.model
+   if type(m) ~= 'table' or type(m.name) ~= 'string' or type(m.config) ~= 'table' then
+      error('export: ' .. where .. '/index.json does not say which model it holds (model.name / model.config)', 0)
+   end
+   if m.name == 'mingpt' then
+      local c = m.config
+      local hf_config = {architectures = json.array({'GPT2LMHeadModel'}), model_type = 'gpt2', vocab_size = c.vocab_size,
+                         n_positions = c.block_size, n_ctx = c.block_size, n_embd = c.n_embd, n_layer = c.n_layer,
+                         n_head = c.n_head, layer_norm_epsilon = c.layer_norm_eps, activation_function = 'gelu_new',
+                         tie_word_embeddings = true, resid_pdrop = 0, embd_pdrop = 0, attn_pdrop = 0}
+      return require('models.mingpt').GPT(c), hf_config
+   end
+   local hf = require 'fsdp.hf'
+   local module = hf.ARCHITECTURES[m.name]
+   if not module then
+      error(string.format("export: %s holds a '%s' model, which cannot be exported (supported: mingpt and %s)",
+                          where, m.name, 'LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, OPTForCausalLM, GPT2LMHeadModel'), 0)
+   end
+   local config = {}
+   for k, v in pairs(m.config) do config[k] = v end
+   config.architectures = json.array({m.name})
+   return require(module).from_hf(config), config
+end
+
+-- every unit's flat parameters from the rank files: {unit name -> float*}
+local function read_units(path, index)
+   local out, keep = {}, {}
+   for _, u in ipairs(index.units) do
+      local full = T.empty({math.max(u.numel, 1)}, 'f32')
+      local S = u.padded / index.world_size
+      for r = 0, index.world_size - 1 do
+         local lo, hi = r * S, math.min((r + 1) * S, u.numel)
+         if hi > lo then
+            local f = st.open(path .. '/' .. ckpt.rank_file(r))
+            local p = ffi.cast('const float*', (f:data(u.name .. '.param')))
+            ffi.copy(full:ptr() + lo, p, (hi - lo) * 4)
+            f:close()
+         end
+      end
+      out[u.name] = full
+      keep[#keep + 1] = full
+   end
+   return out, keep
+end
+
+local function parse_size(s)
+   local n, unit = tostring(s):match('^([%d%.]+)%s*(%a*)$')
+   local mult = {[''] = 1, B = 1, KB = 1e3, MB = 1e6, GB = 1e9, KiB = 1024, MiB = 2 ^ 20, GiB = 2 ^ 30}
+   if not n or not mult[unit] then error("export: cannot read a size from '" .. tostring(s) .. "'", 0) end
+   return tonumber(n) * mult[unit]
+end
+
+-- step_dir: a complete step directory; out: the directory to write
+function M.export(step_dir, out, opts)
+   opts = opts or {}
+   local index = ckpt.read_index(step_dir)
+   local model, hf_config = M.model_of(index, step_dir)
+   local units = read_units(step_dir, index)
+   -- our parameter name -> (unit, offset) from the saved layout
+   local where = {}
+   for _, u in ipairs(index.units) do
+      for _, p in ipairs(u.params) do where[p.name] = {unit = u.name, offset = p.offset, shape = p.shape} end
+   end
+   local tensors = {}
+   for _, spec in ipairs(model:parameter_specs()) do
+      local w = where[spec.name]
+      if not w then error(string.format("export: %s has no parameter '%s' for the %s model", step_dir, spec.name, index.model.name), 0) end
+      local n = 1
+      for _, d in ipairs(spec.shape) do n = n * d end
+      local src = units[w.unit]:view(spec.shape, nil, w.offset)
+      local hf_name, transposed = spec.name, false
+      if model.hf_names then
+         local names
+         names, transposed = model:hf_names(spec.name)
+         hf_name = names[1]
+      end
+      local t
+      if transposed then -- GPT-2 Conv1D: stored [in, out]
+         local rows, cols = spec.shape[1], spec.shape[2]
+         t = T.empty({cols, rows}, 'f32')
+         local a, b = src:ptr(), t:ptr()
+         for i = 0, rows - 1 do for j = 0, cols - 1 do b[j * rows + i] = a[i * cols + j] end end
+      else
+         t = src:clone()
+      end
+      src:free()
+      if opts.dtype and opts.dtype ~= 'f32' then
+         local c = t:clone(opts.dtype)
+         t:free()
+         t = c
+      end
+      tensors[#tensors + 1] = {hf_name, t}
+   end
+   for _, full in pairs(units) do full:free() end
+
+   fs.mkdirs(out)
+   -- shards of at most max_shard_size bytes, in parameter order
+   local limit = parse_size(opts.max_shard_size or '5GB')
+   local shards, cur, size, total = {}, {}, 0, 0
+   for _, nt in ipairs(tensors) do
+      local b = nt[2]:nbytes()
+      if #cur > 0 and size + b > limit then shards[#shards + 1] = cur; cur, size = {}, 0 end
+      cur[#cur + 1] = nt
+      size, total = size + b, total + b
+   end
+   if #cur > 0 then shards[#shards + 1] = cur end
+   local meta = {format = 'pt'}
+   if #shards == 1 then
+      st.write(out .. '/model.safetensors', shards[1], meta)
+   else
+      local weight_map = {}
+      for k, shard in ipairs(shards) do
+         local name = string.format('model-%05d-of-%05d.safetensors', k, #shards)
+         st.write(out .. '/' .. name, shard, meta)
+         for _, nt in ipairs(shard) do weight_map[nt[1]] = name end
+      end
+      local text = json.encode({metadata = {total_size = total}, weight_map = weight_map}, '  ')
+      bind.check(C.fsdp_file_write_atomic(out .. '/model.safetensors.index.json', text, #text), 'export')
+   end
+   for _, nt in ipairs(tensors) do nt[2]:free() end
+   hf_config.torch_dtype = ({f32 = 'float32', bf16 = 'bfloat16', f16 = 'float16'})[opts.dtype or 'f32']
+   local text = json.encode(hf_config, '  ')
+   bind.check(C.fsdp_file_write_atomic(out .. '/config.json', text, #text), 'export')
+   -- tokenizer files of the model the run started from
+   local tok_dir = index.tokenizer_dir
+   local copied = 0
+   if type(tok_dir) == 'string' and fs.is_dir(tok_dir) then
+      for _, name in ipairs(TOKENIZER_FILES) do
+         if fs.exists(tok_dir .. '/' .. name) then
+            os.execute('cp ' .. fs.quote(tok_dir .. '/' .. name) .. ' ' .. fs.quote(out .. '/' .. name))
+            copied = copied + 1
+         end
+      end
+   end
+   return {shards = #shards, tensors = #tensors, bytes = total, tokenizer_files = copied, step = index.step}
+end
+
+function M.main(args)
+   local positional, rest = {}, {}
+   for _, a in ipairs(args) do
+      if #rest == 0 and a:sub(1, 2) ~= '--' then positional[#positional + 1] = a else rest[#rest + 1] = a end
+   end
+   local opt, help = cli.parse('export', M.options, rest)
+   if not opt then print('usage: fsdp-lua export CKPT_DIR OUT_DIR [options]\n' .. help); return 0 end
+   if #positional ~= 2 then error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]', 0) end
+   local dir, out = positional[1], positional[2]
+   local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
+   if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end
+   local r = M.export(step_dir, out, opt)
+   print(string.format('exported step %d of %s to %s: %d tensors, %.1f MB in %d file(s), %d tokenizer file(s)',
+                       r.step, step_dir, out, r.tensors, r.bytes / 1e6, r.shards, r.tokenizer_files))
+   return 0
+end
+
+return M
