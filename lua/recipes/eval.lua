@@ -1,0 +1,68 @@
+-- Validation loss and perplexity of a model on a data set: a Hugging Face
+-- directory (--model) or an fsdp-lua checkpoint (--checkpoint), over the
+-- validation split of --data (a prepared directory's val shards, or the
+-- last --val-fraction of a text or token file). Every rank takes its share
+-- of the batches; rank 0 prints the mean.
+--
+--   fsdp-lua recipes/eval.lua --model out/llama2-ft --data prepared/ --batches 50
+local fsdp = require 'fsdp'
+local dist = require 'fsdp.dist'
+local hf = require 'fsdp.hf'
+local ckpt = require 'fsdp.checkpoint'
+local fs = require 'fsdp.fs'
+
+local opt = fsdp.options('recipes/eval.lua', {
+   {'model', '', 'a Hugging Face model directory'},
+   {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory'},
+   {'data', '', 'text file, token file or prepared directory'},
+   {'tokenizer', '', "tokenizer for text data, or 'bytes' (default: the model's or checkpoint's)"},
+   {'split', 'val', 'which split to evaluate', choices = {'val', 'train'}},
+   {'val_fraction', 0.1, 'held-out share of a single file'},
+   {'seq_len', 256, 'tokens per sequence'},
+   {'batch_size', 4, 'sequences per batch over all ranks'},
+   {'batches', 20, 'batches to evaluate (at most the split)'},
+   {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
+}, arg)
+
+dist.init()
+if (opt.model == '') == (opt.checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
+if opt.data == '' then error('give --data', 0) end
+local model, tokenizer_dir
+if opt.model ~= '' then
+   model = hf.load(opt.model)
+   tokenizer_dir = fs.exists(opt.model .. '/tokenizer.json') and opt.model or nil
+   fsdp.shard(model, {strategy = opt.strategy})
+   hf.close(model)
+else
+   local step = fs.exists(opt.checkpoint .. '/index.json') and opt.checkpoint or ckpt.latest(opt.checkpoint)
+   if not step then error(opt.checkpoint .. ' is not a checkpoint (no latest, no index.json)', 0) end
+   local index = ckpt.read_index(step)
+   model = require('fsdp.export').model_of(index, step)
+   tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
+   ckpt.load(step, fsdp.shard(model, {strategy = opt.strategy}))
+end
+if opt.tokenizer ~= '' then tokenizer_dir = opt.tokenizer ~= 'bytes' and opt.tokenizer or nil end
+local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
+if opt.batch_size % dist.world_size ~= 0 then
+   error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, dist.world_size), 0)
+end
+local source = fsdp.data.open(opt.data, tok)
+if (source.vocab_size or 0) > model.config.vocab_size then
+   error(string.format('the data uses %d token ids but the model has %d', source.vocab_size, model.config.vocab_size), 0)
+end
+local loader = fsdp.data.loader {source = source, batch_size = opt.batch_size / dist.world_size, seq_len = opt.seq_len,
+                                 split = opt.split, val_fraction = opt.val_fraction, shuffle = false,
+                                 rank = dist.rank, world = dist.world_size}
+local n = math.max(1, math.min(opt.batches, math.floor(loader:num_sequences() / opt.batch_size)))
+local total = 0
+for _ = 1, n do
+   local x, y = loader:next()
+   total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
+   fsdp.autograd.reset()
+end
+local loss = dist.sum_number(total / n) / dist.world_size
+if dist.rank == 0 then
+   print(string.format('%s split of %s: %d batches of %d x %d tokens: loss %.4f, perplexity %.3f',
+                       opt.split, opt.data, n, opt.batch_size, opt.seq_len, loss, math.exp(loss)))
+end
+return 0
