@@ -115,6 +115,7 @@ function M.run(env)
          outcome = 'E' .. tostring(err)
       else
          setfenv(f, env)
+         jit.off(f, true) -- interpreted, so the count hook below sees loops typed at the prompt
          C.fsdp_signal_pending(1)
          debug.sethook(function()
             if C.fsdp_signal_pending(0) == 2 then

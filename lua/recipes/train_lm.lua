@@ -287,7 +287,13 @@ for step = start_step, last_step - 1 do
 end
 console:finish()
 
+-- RUN_DIR/preempted tells a batch script to requeue (launch/slurm.sbatch)
+local preempted_marker = opt.run_dir .. '/preempted'
 if stopped_by then -- preempted: the checkpoint is written, leave cleanly
+   if rank == 0 then
+      local f = io.open(preempted_marker, 'w')
+      if f then f:write(string.format('%s at step %d\n', stopped_by, last_step)); f:close() end
+   end
    log.info('%s received: stopped after step %d%s; run the same command to resume', stopped_by, last_step,
             opt.checkpoint_dir ~= '' and (', checkpoint in ' .. opt.checkpoint_dir) or ' (no --checkpoint-dir: nothing saved)')
    return 0
@@ -300,6 +306,7 @@ if last_step < opt.max_steps then -- stopped early on request: save and leave
    return 0
 end
 
+if rank == 0 then os.remove(preempted_marker) end
 local val_loss = evaluate()
 record {step = opt.max_steps, val_loss = val_loss}
 log.info('final: step %d | train loss %s | val loss %.4f', opt.max_steps, tostring(last_loss), val_loss)

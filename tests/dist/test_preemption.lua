@@ -53,9 +53,11 @@ do -- SIGTERM
    local stopped = tonumber(log:match('SIGTERM received: stopped after step (%d+)'))
    t.check(stopped ~= nil, 'the job should say it stopped on SIGTERM:\n%s', log)
    t.check(stopped and fs.is_dir(string.format('%s/step_%08d', m, stopped)), 'a checkpoint of step %s exists', tostring(stopped))
+   t.check(fs.exists(m .. '.run/preempted'), 'the run directory says it was preempted (for the batch script to requeue)')
    -- the same command resumes and finishes; losses equal the reference
    local st2, out2 = D.run(2, common .. '--checkpoint-dir ' .. m .. ' --run-dir ' .. m .. '.run')
    t.check(st2 == 0 and out2:find(string.format('(step %d,', stopped or -1), 1, true), 'resuming failed:\n%s', out2)
+   t.check(not fs.exists(m .. '.run/preempted'), 'a finished run clears the preempted marker')
    local got = D.losses(m .. '.run/metrics.jsonl')
    local same = true
    for s = 1, 120 do if got[s] ~= ref[s] then same = false; print('step', s, got[s], ref[s]) break end end

@@ -75,6 +75,18 @@ step('x:get(1) * 10', '30', 'the next statement after the error')
 step('for i = 1,', '>> ', 'a statement over two lines')
 step('2 do print("line", i) end', 'line\t2', 'its second line')
 
+-- Ctrl-C interrupts a running statement on every rank; the session goes on
+do
+   local mark = #seen + 1
+   send('while true do end\n')
+   os.execute('sleep 1')
+   send('\3')
+   local ok = expect('interrupted', 30, mark)
+   t.check(ok, 'Ctrl-C should interrupt the loop; the terminal shows:\n%s', seen:sub(mark))
+   expect('fsdp> ', 30, ok or mark)
+   step('x:get(3) + 1', '4', 'a statement after the interrupt')
+end
+
 -- Ctrl-D ends every rank
 send('\4')
 local status = ffi.new('int[1]')
