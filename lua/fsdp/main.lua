@@ -121,7 +121,25 @@ if cmd == '-i' then
          if not chunk then error(err, 0) end
          arg = {[0] = path, unpack(args, 3)}
          setfenv(chunk, env)
-         chunk(unpack(args, 3))
+         -- when the recipe's main chunk (or a recipe it runs, like
+         -- train_lm.lua) returns, copy its locals into the prompt's
+         -- environment (interpreted, so the return hook fires)
+         jit.off(chunk)
+         jit.off()
+         debug.sethook(function()
+            local info = debug.getinfo(2, 'fS')
+            if info and (info.func == chunk or (info.what == 'main' and info.source:find('/lua/recipes/', 1, true))) then
+               for i = 1, 250 do
+                  local name, value = debug.getlocal(2, i)
+                  if not name then break end
+                  if name:sub(1, 1) ~= '(' then env[name] = value end
+               end
+            end
+         end, 'r')
+         local ok, err = pcall(chunk, unpack(args, 3))
+         debug.sethook()
+         jit.on()
+         if not ok then error(err, 0) end
       end
       return require('fsdp.repl').run(env)
    end)

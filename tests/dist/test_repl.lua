@@ -102,4 +102,14 @@ if ended then t.check(status[0] == 0, 'the job should exit 0 after Ctrl-D, statu
 if not ended then ffi.C.kill(pid, 9) end
 local _, left = t.sh("pgrep -x fsdp-lua -a | grep -c -- ' -i$' || true")
 t.check(tonumber(left) == 0, 'ranks left running after Ctrl-D: %s', left)
+-- fsdp-lua -i RECIPE: the recipe runs first and its variables are in scope
+do
+   local rd = os.tmpname()
+   local st, out = t.sh("printf 'opt.max_steps * 10\\nsharded:num_parameters() > 0\\n' | " .. fsdp.root ..
+                        '/build/fsdp-lua -i recipes/train_mingpt.lua --max-steps 2 --sample-tokens 0 --eval-every 0 ' ..
+                        '--preset gpt-nano --batch-size 2 --seq-len 16 --run-dir ' .. rd)
+   os.execute('rm -rf ' .. rd)
+   t.check(st == 0 and out:find('fsdp> 20', 1, true) and out:find('fsdp> true', 1, true),
+           'the recipe\'s locals should be in scope at the prompt:\n%s', out)
+end
 return t.done()
