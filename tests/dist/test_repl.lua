@@ -105,6 +105,7 @@ t.check(tonumber(left) == 0, 'ranks left running after Ctrl-D: %s', left)
 -- fsdp-lua -i RECIPE: the recipe runs first and its variables are in scope
 do
    local rd = os.tmpname()
+   os.remove(rd)
    local st, out = t.sh("printf 'opt.max_steps * 10\\nsharded:num_parameters() > 0\\n' | " .. fsdp.root ..
                         '/build/fsdp-lua -i recipes/train_mingpt.lua --max-steps 2 --sample-tokens 0 --eval-every 0 ' ..
                         '--preset gpt-nano --batch-size 2 --seq-len 16 --run-dir ' .. rd)
