@@ -60,7 +60,7 @@ function M.rng_restore(r, text)
 end
 
 -- recipe options: fsdp.options(name, specs, arg) -> table; prints help and
--- exits the recipe (by error 'help') when --help is given
+-- exits the process (status 0) when --help is given
 function M.options(name, specs, args)
    local opt, help = M.cli.parse(name, specs, args or {})
    if not opt then

@@ -132,8 +132,9 @@ end
 
 function M.report(r, limit)
    local lines = {
-      string.format('memory plan: %d rank(s), strategy %s (shard group %d), %.3fB parameters',
-                    r.world_size, r.strategy, r.shard_group, r.parameters / 1e9),
+      string.format('memory plan: %d rank(s), strategy %s (shard group %d), %s parameters',
+                    r.world_size, r.strategy, r.shard_group, r.parameters >= 1e9 and string.format('%.2fB', r.parameters / 1e9)
+                    or string.format('%.2fM', r.parameters / 1e6)),
       string.format('  parameters (fp32 slice)     %s', bytes(r.params)),
       string.format('  gradients (fp32 slice)      %s', bytes(r.grads)),
       string.format('  optimizer state (AdamW)     %s', bytes(r.optimizer)),

@@ -1,5 +1,5 @@
 -- Learning-rate schedules as pure functions of the step (0-based): linear
--- warmup from 0 to lr over `warmup` steps, then decay to min_lr by
+-- warmup to lr over `warmup` steps (step s < warmup gets lr * (s+1)/warmup), then decay to min_lr by
 -- `total` steps, holding min_lr after. decay: 'cosine' | 'linear' | 'constant'.
 local M = {}
 

@@ -1,6 +1,7 @@
 -- Fine-tune an OPT Hugging Face directory (125m ... 66b): full sharding,
 -- activation checkpointing and clipping at 1.0, as the OPT-1.3B FSDP
--- example runs it; fp16 gathers use the dynamic loss scaler.
+-- example runs it. That example gathers in fp16: --param-dtype f16 does
+-- so here too, with the dynamic loss scaler (f32 is the default).
 --
 --   fsdp-lua --nproc-per-node 2 recipes/finetune_opt.lua --model /models/opt-1.3b --data abstracts.jsonl.d/
 RECIPE_DEFAULTS = {name = 'recipes/finetune_opt.lua', lr = 2e-5, min_lr = 2e-6, warmup_steps = 50,

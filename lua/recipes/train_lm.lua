@@ -75,7 +75,7 @@ local specs = {
    {'checkpoint_every', 0, 'steps between checkpoints (0: only at the end)'},
    {'keep_last', 0, 'checkpoints to keep (0: all)'},
    {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
-   {'run_dir', 'runs/train_mingpt', 'metrics.jsonl and TensorBoard events (tb/) go here'},
+   {'run_dir', 'runs/train_lm', 'metrics.jsonl and TensorBoard events (tb/) go here'},
    {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
    {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: this host\'s sgemm rate)'},
    {'sample_tokens', 200, 'tokens to sample at the end'},
