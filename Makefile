@@ -89,3 +89,6 @@ test-interop: deps-interop
 
 clean:
 	rm -rf $(BUILD)
+
+# the CUDA backend and the emulation tests of its kernels
+include engine/cuda/cuda.mk

@@ -16,7 +16,7 @@
 -- nanoGPT convention, full T x T, not halved for the causal mask). With
 -- --peak (GFLOP/s, from bench/sgemm_peak.lua in the same run) it also
 -- prints the fraction of that peak. The last line is for bench/run.sh:
---   RESULT fsdp-lua B=4 T=64 tok_s=... gflops=... step_ms=...
+--   RESULT fsdp-lua B=4 T=64 tok_s=... gflops=... step_ms=... best_ms=...
 local fsdp = require 'fsdp'
 local mingpt = require 'models.mingpt'
 local AdamW = require 'optim.adamw'
@@ -101,5 +101,5 @@ local line = string.format('fsdp-lua B=%d T=%d: %.1f tokens/s, %.1f GFLOP/s (%.0
                            fsdp.log.bytes(mem.peak))
 if opt.peak > 0 then line = line .. string.format(', %.1f%% of the %.0f GFLOP/s sgemm peak', 100 * gflops / opt.peak, opt.peak) end
 print(line)
-print(string.format('RESULT fsdp-lua B=%d T=%d tok_s=%.2f gflops=%.2f step_ms=%.1f', B, T, tok_s, gflops,
-                    total / opt.steps * 1e3))
+print(string.format('RESULT fsdp-lua B=%d T=%d tok_s=%.2f gflops=%.2f step_ms=%.1f best_ms=%.1f', B, T, tok_s,
+                    gflops, total / opt.steps * 1e3, best * 1e3))

@@ -10,7 +10,9 @@
 #   THREADS=2 WARMUP=2 STEPS=5 SHAPES="4x64 4x256" bash bench/run.sh
 #
 # Each process gets THREADS threads (default: every core). The numbers mean
-# something only on an otherwise idle machine: the script says when it is not.
+# something only on an otherwise idle machine: before each run the script
+# waits (up to WAIT_IDLE seconds, default 120) for the cores to be idle, and
+# marks a run with '*' when they were not.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,7 @@ STEPS=${STEPS:-5}
 SHAPES=${SHAPES:-"4x64 4x256"}
 PYTHON=${PYTHON:-/usr/bin/python3}
 JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
+WAIT_IDLE=${WAIT_IDLE:-120}
 LOG=${LOG:-build/bench-logs}
 mkdir -p "$LOG"
 
@@ -36,11 +39,21 @@ idle_pct() {
     for j in 1 2 3 4 5 6 7 8; do tot=$((tot + ${b[$j]} - ${a[$j]})); done
     echo $(( (${b[4]} - ${a[4]}) * 100 / (tot > 0 ? tot : 1) ))
 }
-idle=$(idle_pct)
-if [ "$idle" -lt 90 ]; then
-    echo "bench: warning: the machine is busy (${idle}% idle before the run); timings will be low and noisy"
-    ps -eo pcpu,args --sort=-pcpu | head -4 | sed 's/^/bench:   /' | cut -c1-160
-fi
+# waits until the cores are at least 90% idle or WAIT_IDLE seconds passed;
+# returns 1 (and says who is busy) when they never were
+wait_idle() {
+    local waited=0 idle
+    while :; do
+        idle=$(idle_pct)
+        [ "$idle" -ge 90 ] && return 0
+        if [ "$waited" -ge "$WAIT_IDLE" ]; then
+            echo "bench: warning: the machine stays busy (${idle}% idle); timings of the next run will be low" >&2
+            ps -eo pcpu,args --sort=-pcpu | sed -n 2,4p | cut -c1-150 | sed 's/^/bench:   /' >&2
+            return 1
+        fi
+        sleep 4; waited=$((waited + 5))
+    done
+}
 
 echo "bench: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $THREADS threads," \
      "$WARMUP warmup + $STEPS timed steps per run"
@@ -48,16 +61,18 @@ for v in OPENBLAS_CORETYPE OPENBLAS_NUM_THREADS OMP_NUM_THREADS OMP_WAIT_POLICY 
     [ -n "${!v:-}" ] && echo "bench: environment $v=${!v}"
 done
 
-# runs one benchmark; its output goes to $LOG/<name>.log, its RESULT line to stdout
+# runs one benchmark; its output goes to $LOG/<name>.log, its RESULT line
+# (with busy=1 added when the machine was not idle) to stdout
 run() {
     local name="$1"; shift
-    local out="$LOG/$name.log"
+    local out="$LOG/$name.log" busy=0
+    wait_idle || busy=1
     if ! "$@" >"$out" 2>&1; then
         echo "bench: $name failed (log: $out):" >&2
         tail -n 15 "$out" | sed 's/^/bench:   /' >&2
         return 1
     fi
-    grep '^RESULT' "$out" | tail -1
+    echo "$(grep '^RESULT' "$out" | tail -1) busy=$busy"
 }
 
 # value of key=... in a RESULT line
@@ -94,6 +109,7 @@ for shape in $SHAPES; do
         [ "$s" = "$shape" ] || continue
         tok=$(field "$line" tok_s); gf=$(field "$line" gflops)
         if [ -z "$tok" ]; then printf '%-7s %-20s %10s\n' "$shape" "$name" failed; continue; fi
+        [ "$(field "$line" busy)" = 1 ] && name="$name *"
         [ "$name" = fsdp-lua ] && ours_tok=$tok
         pct=$(awk -v g="$gf" -v p="$PEAK" 'BEGIN { printf "%.1f", 100 * g / p }')
         ratio=""
@@ -104,4 +120,5 @@ for shape in $SHAPES; do
     done
 done
 echo
+grep -q ' busy=1' <<<"${rows[*]}" && echo "* the machine was busy when this run started: its numbers are low"
 echo "target (issue 2): fsdp-lua at least 1.10x the tuned PyTorch at every shape; logs in $LOG/"

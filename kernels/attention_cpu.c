@@ -13,15 +13,30 @@
  * Query head h reads kv head h / (NH / NKV). Which keys a query sees is
  * defined once in attention_math.h (causal, optional sliding window).
  *
+ * Blocked: a head's queries go in blocks of QBLOCK rows; a block sees the
+ * keys from the first key of its first row to its last row, so the score
+ * block S = scale Q K^T, its probabilities P and the products P V (forward)
+ * or P^T dO, dS K, dS^T Q (backward) are small GEMMs, each computed only for
+ * the keys the block can see (the causal triangle costs about half of the
+ * square plus the diagonal blocks). Entries a row must not see are set to 0
+ * in P and dS, so they add nothing.
+ *
  * Threads never share an output row, so results do not depend on the thread
  * count: forward splits the (b, h) pairs, backward the (b, kv head) pairs,
- * each walking the query heads of its group in order. */
+ * each walking the query heads of its group and their blocks in order. The
+ * GEMMs run inside the parallel region, where OpenBLAS's OpenMP build stays
+ * on the calling thread. */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 #include "attention_math.h"
+#include "exp_math.h"
+
+/* query rows per block */
+enum { QBLOCK = 64 };
 
 /* dot product of two contiguous vectors (the reduction order is fixed by the
  * build, so it is the same on every call) */
@@ -32,10 +47,19 @@ static inline float dot(const float *a, const float *b, int n) {
     return s;
 }
 
-/* y += alpha * x over n contiguous floats; y and x never overlap here */
-static inline void axpy(float *y, float alpha, const float *x, int n) {
-#pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+/* the columns of score row t (keys kfirst + c) that the query sees */
+static inline void visible_cols(int t, int kfirst, int window, int *lo, int *hi) {
+    *lo = fsdp_attention_first_key(t, window) - kfirst;
+    *hi = t - kfirst; /* inclusive */
+}
+
+/* per-thread scratch from the caching pool: `per` floats for each thread */
+static float *scratch_alloc(const char *fn, int nthreads, int64_t per, int64_t *nbytes) {
+    *nbytes = (int64_t)nthreads * per * (int64_t)sizeof(float);
+    float *p = fsdp_mem_alloc(FSDP_CPU, *nbytes);
+    if (!p) fsdp_error(FSDP_ERR_OOM, "%s: no memory for %lld bytes of score blocks", fn,
+                       (long long)*nbytes);
+    return p;
 }
 
 /* argument checks common to forward and backward */
@@ -65,49 +89,64 @@ int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const flo
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
     if (rc) return rc;
 
-    /* one score row of T floats per thread */
-    int nthreads = omp_get_max_threads();
-    float *rows = malloc((size_t)nthreads * T * sizeof(float));
-    if (!rows) return fsdp_error(FSDP_ERR_OOM, "%s: no memory for %d score rows of %d", fn, nthreads, T);
+    /* one [QBLOCK, T] score block per thread */
+    const int nthreads = omp_get_max_threads();
+    const int64_t per = (int64_t)QBLOCK * T;
+    int64_t nbytes;
+    float *scratch = scratch_alloc(fn, nthreads, per, &nbytes);
+    if (!scratch) return FSDP_ERR_OOM;
     const int group = NH / NKV;
+    const int ldo = NH * HD;
 
 #pragma omp parallel num_threads(nthreads)
     {
-        float *p = rows + (size_t)omp_get_thread_num() * T;
+        float *S = scratch + omp_get_thread_num() * per;
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++) {
                 const int64_t bT = (int64_t)b * T;
-                const float *kh = k + bT * ldk + (int64_t)(h / group) * HD; /* key j at kh + j*ldk */
+                const float *qh = q + bT * ldq + (int64_t)h * HD;   /* query t at qh + t*ldq */
+                const float *kh = k + bT * ldk + (int64_t)(h / group) * HD;
                 const float *vh = v + bT * ldv + (int64_t)(h / group) * HD;
+                float *oh = out + bT * ldo + (int64_t)h * HD;
                 float *lse_h = lse + ((int64_t)b * NH + h) * T;
-                for (int t = 0; t < T; t++) {
-                    const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
-                    float *ot = out + ((bT + t) * NH + h) * HD;
-                    const int first = fsdp_attention_first_key(t, window);
-
-                    /* 1. scaled scores against the visible keys, and their max */
-                    float maxs = -INFINITY;
-                    for (int j = first; j <= t; j++) {
-                        p[j] = scale * dot(qt, kh + (int64_t)j * ldk, HD);
-                        if (p[j] > maxs) maxs = p[j];
+                for (int t0 = 0; t0 < T; t0 += QBLOCK) {
+                    const int rows = T - t0 < QBLOCK ? T - t0 : QBLOCK;
+                    const int kfirst = fsdp_attention_first_key(t0, window);
+                    const int kn = t0 + rows - kfirst; /* keys kfirst .. t0+rows-1 */
+                    /* 1. scaled scores of the block's queries against its keys */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, scale,
+                                qh + (int64_t)t0 * ldq, ldq, kh + (int64_t)kfirst * ldk, ldk,
+                                0.0f, S, kn);
+                    /* 2. each row: softmax over its visible keys (relative to the
+                     * max, so exp never overflows), 0 elsewhere; keep the lse */
+                    for (int i = 0; i < rows; i++) {
+                        float *p = S + (int64_t)i * kn;
+                        int lo, hi;
+                        visible_cols(t0 + i, kfirst, window, &lo, &hi);
+                        float maxs = -INFINITY;
+                        for (int c = lo; c <= hi; c++) maxs = p[c] > maxs ? p[c] : maxs;
+                        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                        for (int c = lo; c <= hi; c++) {
+                            p[c] = fsdp_expf(p[c] - maxs);
+                            sum += p[c];
+                        }
+                        lse_h[t0 + i] = maxs + logf(sum);
+                        const float inv = 1.0f / sum;
+                        for (int c = 0; c < lo; c++) p[c] = 0.0f;
+                        for (int c = lo; c <= hi; c++) p[c] *= inv;
+                        for (int c = hi + 1; c < kn; c++) p[c] = 0.0f;
                     }
-                    /* 2. exponentiate relative to the max (no overflow) and sum */
-                    float sum = 0.0f;
-                    for (int j = first; j <= t; j++) {
-                        p[j] = expf(p[j] - maxs);
-                        sum += p[j];
-                    }
-                    lse_h[t] = maxs + logf(sum);
-                    /* 3. out = normalized probabilities @ V */
-                    const float inv = 1.0f / sum;
-                    memset(ot, 0, (size_t)HD * sizeof(float));
-                    for (int j = first; j <= t; j++) axpy(ot, p[j] * inv, vh + (int64_t)j * ldv, HD);
+                    /* 3. out = P @ V */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HD, kn, 1.0f, S,
+                                kn, vh + (int64_t)kfirst * ldv, ldv, 0.0f,
+                                oh + (int64_t)t0 * ldo, ldo);
                 }
             }
         }
     }
-    free(rows);
+    fsdp_mem_release(FSDP_CPU, scratch, nbytes);
     return FSDP_OK;
 }
 
@@ -127,15 +166,19 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
     if (rc) return rc;
     if (!dq && !dk && !dv) return FSDP_OK;
 
-    /* one dq accumulator of HD floats per thread */
-    int nthreads = omp_get_max_threads();
-    float *accs = malloc((size_t)nthreads * HD * sizeof(float));
-    if (!accs) return fsdp_error(FSDP_ERR_OOM, "%s: no memory for %d rows of %d", fn, nthreads, HD);
+    /* per thread: a probability block P and a score-gradient block dS */
+    const int nthreads = omp_get_max_threads();
+    const int64_t per = 2 * (int64_t)QBLOCK * T;
+    int64_t nbytes;
+    float *scratch = scratch_alloc(fn, nthreads, per, &nbytes);
+    if (!scratch) return FSDP_ERR_OOM;
     const int group = NH / NKV;
+    const int ldo = NH * HD;
 
 #pragma omp parallel num_threads(nthreads)
     {
-        float *dq_acc = accs + (size_t)omp_get_thread_num() * HD;
+        float *P = scratch + omp_get_thread_num() * per;
+        float *dS = P + (int64_t)QBLOCK * T;
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int g = 0; g < NKV; g++) {
@@ -146,34 +189,60 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
                 float *dkg = dk ? dk + bT * ldk + (int64_t)g * HD : NULL;
                 float *dvg = dv ? dv + bT * ldv + (int64_t)g * HD : NULL;
                 for (int h = g * group; h < (g + 1) * group; h++) {
+                    const float *qh = q + bT * ldq + (int64_t)h * HD;
+                    const float *oh = out + bT * ldo + (int64_t)h * HD;
+                    const float *doh = dout + bT * ldo + (int64_t)h * HD;
+                    float *dqh = dq ? dq + bT * ldq + (int64_t)h * HD : NULL;
                     const float *lse_h = lse + ((int64_t)b * NH + h) * T;
-                    for (int t = 0; t < T; t++) {
-                        const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
-                        const float *ot = out + ((bT + t) * NH + h) * HD;
-                        const float *dot_t = dout + ((bT + t) * NH + h) * HD;
-                        const int first = fsdp_attention_first_key(t, window);
-
-                        /* D = dout . out = sum_j P_j dP_j, the softmax backward's row term */
-                        const float D = dot(dot_t, ot, HD);
-                        memset(dq_acc, 0, (size_t)HD * sizeof(float));
-                        for (int j = first; j <= t; j++) {
-                            const float *kj = kg + (int64_t)j * ldk;
-                            const float *vj = vg + (int64_t)j * ldv;
-                            /* recompute the probability from the saved lse */
-                            const float p = expf(scale * dot(qt, kj, HD) - lse_h[t]);
-                            /* dP = dout . v_j; dS = P (dP - D) */
-                            const float ds = p * (dot(dot_t, vj, HD) - D);
-                            /* dv_j += P dout;  dk_j += scale dS q;  dq += scale dS k_j */
-                            if (dvg) axpy(dvg + (int64_t)j * ldv, p, dot_t, HD);
-                            if (dkg) axpy(dkg + (int64_t)j * ldk, scale * ds, qt, HD);
-                            if (dq) axpy(dq_acc, ds, kj, HD);
+                    for (int t0 = 0; t0 < T; t0 += QBLOCK) {
+                        const int rows = T - t0 < QBLOCK ? T - t0 : QBLOCK;
+                        const int kfirst = fsdp_attention_first_key(t0, window);
+                        const int kn = t0 + rows - kfirst;
+                        const float *kb = kg + (int64_t)kfirst * ldk;
+                        const float *vb = vg + (int64_t)kfirst * ldv;
+                        const float *qb = qh + (int64_t)t0 * ldq;
+                        const float *dob = doh + (int64_t)t0 * ldo;
+                        /* 1. the probabilities again, from the scores and the saved lse */
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, scale,
+                                    qb, ldq, kb, ldk, 0.0f, P, kn);
+                        for (int i = 0; i < rows; i++) {
+                            float *p = P + (int64_t)i * kn;
+                            const float l = lse_h[t0 + i];
+                            int lo, hi;
+                            visible_cols(t0 + i, kfirst, window, &lo, &hi);
+                            for (int c = 0; c < lo; c++) p[c] = 0.0f;
+#pragma omp simd
+                            for (int c = lo; c <= hi; c++) p[c] = fsdp_expf(p[c] - l);
+                            for (int c = hi + 1; c < kn; c++) p[c] = 0.0f;
                         }
-                        if (dq) axpy(dq + (bT + t) * ldq + (int64_t)h * HD, scale, dq_acc, HD);
+                        /* 2. dv += P^T dout */
+                        if (dvg)
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kn, HD, rows, 1.0f,
+                                        P, kn, dob, ldo, 1.0f, dvg + (int64_t)kfirst * ldv, ldv);
+                        if (!dqh && !dkg) continue;
+                        /* 3. dP = dout V^T; dS = P (dP - D), D = dout . out per row
+                         * (the softmax backward's row term sum_j P_j dP_j) */
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, 1.0f,
+                                    dob, ldo, vb, ldv, 0.0f, dS, kn);
+                        for (int i = 0; i < rows; i++) {
+                            const float D = dot(dob + (int64_t)i * ldo, oh + (int64_t)(t0 + i) * ldo, HD);
+                            const float *p = P + (int64_t)i * kn;
+                            float *ds = dS + (int64_t)i * kn;
+#pragma omp simd
+                            for (int c = 0; c < kn; c++) ds[c] = p[c] * (ds[c] - D);
+                        }
+                        /* 4. dq += scale dS K;  dk += scale dS^T Q */
+                        if (dqh)
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HD, kn, scale,
+                                        dS, kn, kb, ldk, 1.0f, dqh + (int64_t)t0 * ldq, ldq);
+                        if (dkg)
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kn, HD, rows, scale,
+                                        dS, kn, qb, ldq, 1.0f, dkg + (int64_t)kfirst * ldk, ldk);
                     }
                 }
             }
         }
     }
-    free(accs);
+    fsdp_mem_release(FSDP_CPU, scratch, nbytes);
     return FSDP_OK;
 }

@@ -31,8 +31,8 @@ FSDP_HD uint16_t fsdp_f32_to_f16(float f) {
         int s = 126 - (int)(a >> 23);                                    /* value = q * 2^-24 */
         uint32_t q = mant >> s;
         uint32_t rem = mant & ((1u << s) - 1u);
-        uint32_t half = 1u << (s - 1);
-        if (rem > half || (rem == half && (q & 1u))) q++;
+        uint32_t halfway = 1u << (s - 1);
+        if (rem > halfway || (rem == halfway && (q & 1u))) q++;
         return (uint16_t)(sign | q);
     }
     uint32_t e = (a >> 23) - 112;                                        /* rebias 127 -> 15 */

@@ -1,6 +1,7 @@
 /* layernorm_cpu.c - LayerNorm over the last dimension of [N, C] rows:
  * out = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps).
- * Forward saves mean[N] and rstd[N] for backward. */
+ * Forward saves mean[N] and rstd[N] for backward. Row sums run in vector
+ * lanes (omp simd): their order is fixed by the build, not the thread count. */
 #include "internal.h"
 #include "norm_math.h"
 
@@ -28,9 +29,11 @@ int fsdp_layernorm_forward_cpu(float *out, float *mean, float *rstd, const float
         float *y = out + (int64_t)n * C;
         /* mean, then variance around it (two passes: no cancellation) */
         float m = 0.0f;
+#pragma omp simd reduction(+ : m)
         for (int c = 0; c < C; c++) m += x[c];
         m /= C;
         float v = 0.0f;
+#pragma omp simd reduction(+ : v)
         for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
         v /= C;
         float s = fsdp_norm_rstd(v, eps);
@@ -65,6 +68,7 @@ int fsdp_layernorm_backward_cpu(float *dinp, float *dweight, float *dbias, const
             float m = mean[n], s = rstd[n];
             /* row means of dnorm and dnorm * norm */
             float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
+#pragma omp simd reduction(+ : sum_dnorm, sum_dnorm_norm)
             for (int c = 0; c < C; c++) {
                 float dnorm = dy[c] * weight[c];
                 sum_dnorm += dnorm;

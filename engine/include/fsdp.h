@@ -380,6 +380,158 @@ int32_t fsdp_tokenizer_special_id(const fsdp_tokenizer *tok, int which);
 int fsdp_tokenizer_num_added(const fsdp_tokenizer *tok, int where);
 int fsdp_tokenizer_is_special(const fsdp_tokenizer *tok, int32_t id);
 
+/* ---- CUDA backend (build/libfsdp_cuda.so: kernels/<op>_cuda.cu, engine/cuda/)
+ * A separate library, built by `make cuda`, that links libfsdp; libfsdp never
+ * needs CUDA. Lua loads it through lua/fsdp/device.lua when a GPU is wanted.
+ *
+ * Kernels mirror their CPU twins: the same name ending in _cuda, the same
+ * arguments (pointers are device memory) plus the stream as the LAST
+ * argument (NULL: the legacy default stream). A call only queues work: FSDP_OK
+ * means the launch was accepted; a fault on the device surfaces at the next
+ * synchronizing call (fsdp_cuda_stream_synchronize). Backward kernels
+ * accumulate into every gradient and skip NULL ones, as on the CPU.
+ * Differences from the CPU kernels, all because the data is on the device:
+ *   - embedding ids and cross-entropy targets are not checked up front (that
+ *     would need a copy to the host and a sync): an out-of-range id gives a
+ *     NaN output row and no gradient, an out-of-range target a NaN loss;
+ *   - fsdp_sumsq_cuda writes its double result to device memory.
+ * Reductions are deterministic: their order depends on the shapes only (no
+ * float atomics), so a call gives the same bits on every run. */
+
+typedef struct CUstream_st *fsdp_stream; /* the same type as cudaStream_t */
+
+enum { FSDP_ERR_DEVICE = 7 }; /* CUDA runtime, driver or library error */
+
+/* number of usable GPUs in *count; an FSDP_ERR_DEVICE naming the runtime's
+ * reason ("no CUDA-capable device", "driver too old", ...) when there is none */
+int fsdp_cuda_device_count(int *count);
+/* makes device current on the calling thread */
+int fsdp_cuda_set_device(int device);
+
+typedef struct fsdp_cuda_device_info {
+    char name[256];
+    int32_t major, minor;     /* compute capability */
+    int32_t sm_count;
+    int32_t clock_khz;        /* max SM clock */
+    int64_t total_mem;        /* bytes */
+    double peak_bf16_tflops;  /* dense bf16 tensor-core peak; 0 when unknown */
+} fsdp_cuda_device_info;
+int fsdp_cuda_get_device_info(int device, fsdp_cuda_device_info *out);
+/* sizeof a CUDA-section struct by name, -1 if unknown (ffi.sizeof check) */
+int64_t fsdp_cuda_struct_size(const char *name);
+int fsdp_cuda_synchronize(void);
+int fsdp_cuda_stream_create(fsdp_stream *out);
+int fsdp_cuda_stream_destroy(fsdp_stream s);
+int fsdp_cuda_stream_synchronize(fsdp_stream s);
+/* copies between any host/device pair (direction taken from the pointers),
+ * queued on stream; a pageable host buffer makes it synchronous */
+int fsdp_cuda_memcpy(void *dst, const void *src, int64_t nbytes, fsdp_stream stream);
+int fsdp_cuda_memset(void *dst, int byte, int64_t nbytes, fsdp_stream stream);
+
+/* Caching device allocator (engine/cuda/alloc_cuda.cu). Blocks are rounded
+ * to size classes and, once freed, kept per (device, stream) for the next
+ * request of that class on that stream: using a block on another stream
+ * needs the caller's synchronization. When cudaMalloc fails the cache of the
+ * device is released and the request retried; a final failure is
+ * FSDP_ERR_OOM with a message naming the rank, the request and the usage. */
+void *fsdp_cuda_alloc(int device, int64_t nbytes, fsdp_stream stream);
+void fsdp_cuda_free(void *ptr); /* NULL is allowed */
+int fsdp_cuda_mem_get_stats(int device, fsdp_mem_stats *out);
+void fsdp_cuda_mem_reset_peak(int device);
+int fsdp_cuda_mem_empty_cache(int device);
+/* the rank named in error messages (default: RANK, PMI_RANK, OMPI_COMM_WORLD_RANK
+ * or SLURM_PROCID from the environment, else 0) */
+void fsdp_cuda_set_rank(int rank);
+
+/* kernels of our own (kernels/<op>_cuda.cu); f32 unless a dtype is given */
+int fsdp_embedding_forward_cuda(float *out, const int32_t *idx, const float *table, int N, int V,
+                                int C, fsdp_stream stream);
+int fsdp_embedding_backward_cuda(float *dtable, const float *dout, const int32_t *idx, int N, int V,
+                                 int C, fsdp_stream stream);
+int fsdp_layernorm_forward_cuda(float *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, int N, int C, float eps,
+                                fsdp_stream stream);
+int fsdp_layernorm_backward_cuda(float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *inp, const float *weight, const float *mean,
+                                 const float *rstd, int N, int C, fsdp_stream stream);
+int fsdp_rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
+                              int N, int C, float eps, fsdp_stream stream);
+int fsdp_rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
+                               const float *weight, const float *rstd, int N, int C,
+                               fsdp_stream stream);
+int fsdp_gelu_forward_cuda(float *out, const float *inp, int64_t n, fsdp_stream stream);
+int fsdp_gelu_backward_cuda(float *dinp, const float *dout, const float *inp, int64_t n,
+                            fsdp_stream stream);
+int fsdp_relu_forward_cuda(float *out, const float *inp, int64_t n, fsdp_stream stream);
+int fsdp_relu_backward_cuda(float *dinp, const float *dout, const float *inp, int64_t n,
+                            fsdp_stream stream);
+int fsdp_silu_forward_cuda(float *out, const float *inp, int64_t n, fsdp_stream stream);
+int fsdp_silu_backward_cuda(float *dinp, const float *dout, const float *inp, int64_t n,
+                            fsdp_stream stream);
+int fsdp_swiglu_forward_cuda(float *out, const float *gate, const float *up, int64_t n,
+                             fsdp_stream stream);
+int fsdp_swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const float *gate,
+                              const float *up, int64_t n, fsdp_stream stream);
+int fsdp_add_cuda(float *out, const float *a, const float *b, int64_t n, fsdp_stream stream);
+int fsdp_axpy_cuda(float *y, float alpha, const float *x, int64_t n, fsdp_stream stream);
+int fsdp_scale_cuda(float *out, float alpha, const float *x, int64_t n, fsdp_stream stream);
+int fsdp_mul_cuda(float *out, const float *a, const float *b, int64_t n, fsdp_stream stream);
+int fsdp_cast_cuda(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n,
+                   fsdp_stream stream);
+int fsdp_rope_forward_cuda(float *out, const float *inp, const float *cos, const float *sin,
+                           int B, int T, int NH, int HD, int ld, fsdp_stream stream);
+int fsdp_rope_backward_cuda(float *dinp, const float *dout, const float *cos, const float *sin,
+                            int B, int T, int NH, int HD, int ld, fsdp_stream stream);
+int fsdp_crossentropy_forward_cuda(float *loss, float *lse, const float *logits,
+                                   const int32_t *targets, int N, int V, int ignore_index,
+                                   fsdp_stream stream);
+int fsdp_crossentropy_backward_cuda(float *dlogits, const float *dloss, const float *logits,
+                                    const float *lse, const int32_t *targets, int N, int V,
+                                    int ignore_index, fsdp_stream stream);
+int fsdp_adamw_cuda(float *param, float *m, float *v, const float *grad, int64_t n, float lr,
+                    float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                    int64_t t, fsdp_stream stream);
+/* *out (device memory) = sum of x[i]^2 in double */
+int fsdp_sumsq_cuda(double *out, const float *x, int64_t n, fsdp_stream stream);
+/* dbias[N] += column sums of dout[M, N] (dtype f32, bf16 or f16; sums in f32) */
+int fsdp_bias_backward_cuda(void *dbias, const void *dout, int M, int N, int dtype,
+                            fsdp_stream stream);
+/* plain causal GQA attention with sliding window: the fallback when cuDNN
+ * cannot run a shape; HD <= 256 */
+int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                int ldk, int ldv, int window, float scale, fsdp_stream stream);
+int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                 const float *q, const float *k, const float *v, const float *out,
+                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
+                                 int ldk, int ldv, int window, float scale, fsdp_stream stream);
+
+/* GEMM through cuBLASLt (kernels/matmul_cuda.cu), row-major like the CPU
+ * kernel; a, b, out, bias and pre_gelu share dtype (f32, bf16 or f16),
+ * accumulation is f32. gelu != 0 fuses out = gelu(op(a) op(b) + bias) and,
+ * when pre_gelu is not NULL, saves the pre-activation [M, N] there. */
+int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b,
+                             const void *bias, int M, int N, int K, int trans_a, int trans_b,
+                             int accumulate, int gelu, int dtype, fsdp_stream stream);
+int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
+                              const void *b, int M, int N, int K, int trans_a, int trans_b,
+                              int dtype, fsdp_stream stream);
+
+/* Flash attention through cuDNN's SDPA graph (kernels/attention_cudnn.cu):
+ * causal, GQA, no window; bf16 or f16 q/k/v/out/grads, f32 lse [B, NH, T].
+ * Layouts as fsdp_attention_*_cpu (ldq/ldk/ldv token strides, out contiguous).
+ * FSDP_ERR_UNSUPPORTED (with cuDNN's reason) when no engine takes the shape
+ * (HD and strides must be multiples of 8): use fsdp_attention_*_cuda then.
+ * Backward accumulates like every other kernel (cuDNN writes scratch that is
+ * added in); NULL gradients are skipped. */
+int fsdp_attention_forward_cudnn(void *out, float *lse, const void *q, const void *k,
+                                 const void *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                 int ldk, int ldv, float scale, int dtype, fsdp_stream stream);
+int fsdp_attention_backward_cudnn(void *dq, void *dk, void *dv, const void *dout, const void *q,
+                                  const void *k, const void *v, const void *out, const float *lse,
+                                  int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
+                                  float scale, int dtype, fsdp_stream stream);
+
 /* ---- files: safetensors (engine/safetensors.c) -------------------------- */
 
 typedef struct fsdp_st_file fsdp_st_file;     /* opened (mmap) for reading */

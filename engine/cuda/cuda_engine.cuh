@@ -1,0 +1,23 @@
+/* cuda_engine.cuh - what the engine's CUDA files share: the runtime, the
+ * public header and the error helpers of libfsdp (fsdp_error writes the
+ * message fsdp_last_error() returns; libfsdp_cuda links libfsdp). */
+#ifndef FSDP_CUDA_ENGINE_CUH
+#define FSDP_CUDA_ENGINE_CUH
+#include <cuda_runtime.h>
+#include "fsdp.h"
+extern "C" {
+#include "internal.h"
+}
+
+/* FSDP_OK, or FSDP_ERR_DEVICE (FSDP_ERR_OOM for allocation failures) with
+ * "<fn>: <what> failed: <runtime message>"; clears the runtime's error */
+static inline int fsdp_cuda_check(cudaError_t e, const char *fn, const char *what) {
+    if (e == cudaSuccess) return FSDP_OK;
+    cudaGetLastError();
+    return fsdp_error(e == cudaErrorMemoryAllocation ? (int)FSDP_ERR_OOM : (int)FSDP_ERR_DEVICE,
+                      "%s: %s failed: %s (%s)", fn, what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+/* this process's rank for messages (alloc_cuda.cu) */
+int fsdp_cuda_rank(void);
+#endif

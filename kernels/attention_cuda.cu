@@ -1,0 +1,255 @@
+/* attention_cuda.cu - plain causal self-attention with grouped-query heads
+ * and an optional sliding window, in f32: the fallback for shapes cuDNN's
+ * flash attention does not take. Layouts, masking and the saved lse are
+ * those of attention_cpu.c (attention_math.h decides which keys a query sees).
+ *
+ * One warp per query row (b, h, t), rows ordered with t fastest so the warps
+ * of a block read the same keys. Keys go by in chunks of 32: lane j scores
+ * key j0 + j, the warp takes the chunk's max and sum (an online softmax, no
+ * score row in memory), then every lane adds the chunk's values for its own
+ * head dims d = lane, lane + 32, ... (HD <= 256).
+ *
+ * Exponentials are exp_math.h's fsdp_expf, as on the CPU.
+ *
+ * Backward needs no atomics: D = dout . out per row first, then one warp per
+ * query row accumulates dq, and one warp per key row (b, kv head g, j) walks
+ * the queries of all heads of g that see key j and accumulates dk and dv. */
+#include "cuda_common.cuh"
+#include "attention_math.h"
+#include "exp_math.h"
+
+enum {
+    ATT_WARPS = 4,   /* warps (rows) per block */
+    ATT_DIMS = 8,    /* head dims per lane: HD <= 32 * ATT_DIMS */
+    ATT_MAX_HD = 32 * ATT_DIMS
+};
+
+/* ---- kernels ------------------------------------------------------------ */
+
+static __device__ __forceinline__ float dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* y[d] for this lane's dims += alpha * x[d] */
+static __device__ __forceinline__ void lane_axpy(float (&y)[ATT_DIMS], float alpha, const float *x,
+                                                 int lane, int HD) {
+    for (int i = 0; i < ATT_DIMS; i++)
+        if (lane + 32 * i < HD) y[i] += alpha * x[lane + 32 * i];
+}
+
+static __global__ void attention_forward_kernel(float *out, float *lse, const float *q,
+                                                const float *k, const float *v, int B, int T,
+                                                int NH, int NKV, int HD, int ldq, int ldk, int ldv,
+                                                int window, float scale) {
+    const int lane = threadIdx.x % 32;
+    const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, h, t) */
+    if (row >= (int64_t)B * NH * T) return;                                 /* whole warp */
+    const int t = (int)(row % T), h = (int)(row / T % NH), b = (int)(row / T / NH);
+    const int g = h / (NH / NKV);
+    const int64_t bT = (int64_t)b * T;
+    const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
+    const float *kg = k + bT * ldk + (int64_t)g * HD; /* key j at kg + j*ldk */
+    const float *vg = v + bT * ldv + (int64_t)g * HD;
+
+    float acc[ATT_DIMS] = {0.0f};
+    float m = -INFINITY, l = 0.0f; /* running max and sum of exp(score - m) */
+    for (int j0 = fsdp_attention_first_key(t, window); j0 <= t; j0 += 32) {
+        /* 1. scores of this chunk's keys, one per lane */
+        const int j = j0 + lane;
+        const float s = j <= t ? scale * dot(qt, kg + (int64_t)j * ldk, HD) : -INFINITY;
+        /* 2. online softmax: rescale what we have to the new max */
+        const float m_new = fmaxf(m, fsdp_warp_max(s));
+        const float corr = fsdp_expf(m - m_new);
+        const float p = j <= t ? fsdp_expf(s - m_new) : 0.0f;
+        l = l * corr + fsdp_warp_sum(p);
+        for (int i = 0; i < ATT_DIMS; i++) acc[i] *= corr;
+        /* 3. acc += p_j v_j over the chunk, p_j broadcast from lane j */
+        const int nk = t - j0 + 1 < 32 ? t - j0 + 1 : 32;
+        for (int jj = 0; jj < nk; jj++)
+            lane_axpy(acc, __shfl_sync(FSDP_FULL_MASK, p, jj), vg + (int64_t)(j0 + jj) * ldv, lane, HD);
+        m = m_new;
+    }
+    float *ot = out + ((bT + t) * NH + h) * HD;
+    const float inv = 1.0f / l;
+    for (int i = 0; i < ATT_DIMS; i++)
+        if (lane + 32 * i < HD) ot[lane + 32 * i] = acc[i] * inv;
+    if (lane == 0) lse[((int64_t)b * NH + h) * T + t] = m + logf(l);
+}
+
+/* D[b, h, t] = dout . out, the softmax backward's row term */
+static __global__ void attention_rowdot_kernel(float *D, const float *dout, const float *out, int B,
+                                               int T, int NH, int HD) {
+    const int lane = threadIdx.x % 32;
+    const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, h, t) */
+    if (row >= (int64_t)B * NH * T) return;
+    const int t = (int)(row % T), h = (int)(row / T % NH), b = (int)(row / T / NH);
+    const int64_t at = (((int64_t)b * T + t) * NH + h) * HD;
+    float s = 0.0f;
+    for (int d = lane; d < HD; d += 32) s += dout[at + d] * out[at + d];
+    s = fsdp_warp_sum(s);
+    if (lane == 0) D[row] = s;
+}
+
+/* dq[t] += scale * sum_j dS_j k_j, dS_j = P_j (dout . v_j - D); one warp per query row */
+static __global__ void attention_dq_kernel(float *dq, const float *dout, const float *q,
+                                           const float *k, const float *v, const float *lse,
+                                           const float *D, int B, int T, int NH, int NKV, int HD,
+                                           int ldq, int ldk, int ldv, int window, float scale) {
+    const int lane = threadIdx.x % 32;
+    const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32;
+    if (row >= (int64_t)B * NH * T) return;
+    const int t = (int)(row % T), h = (int)(row / T % NH), b = (int)(row / T / NH);
+    const int g = h / (NH / NKV);
+    const int64_t bT = (int64_t)b * T;
+    const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
+    const float *dot_t = dout + ((bT + t) * NH + h) * HD;
+    const float *kg = k + bT * ldk + (int64_t)g * HD;
+    const float *vg = v + bT * ldv + (int64_t)g * HD;
+    const float row_lse = lse[row], row_D = D[row];
+
+    float acc[ATT_DIMS] = {0.0f};
+    for (int j0 = fsdp_attention_first_key(t, window); j0 <= t; j0 += 32) {
+        const int j = j0 + lane;
+        float ds = 0.0f;
+        if (j <= t) {
+            const float p = fsdp_expf(scale * dot(qt, kg + (int64_t)j * ldk, HD) - row_lse);
+            ds = p * (dot(dot_t, vg + (int64_t)j * ldv, HD) - row_D);
+        }
+        const int nk = t - j0 + 1 < 32 ? t - j0 + 1 : 32;
+        for (int jj = 0; jj < nk; jj++)
+            lane_axpy(acc, __shfl_sync(FSDP_FULL_MASK, ds, jj), kg + (int64_t)(j0 + jj) * ldk, lane, HD);
+    }
+    float *dqt = dq + (bT + t) * ldq + (int64_t)h * HD;
+    for (int i = 0; i < ATT_DIMS; i++)
+        if (lane + 32 * i < HD) dqt[lane + 32 * i] += scale * acc[i];
+}
+
+/* dv[j] += sum P dout_t, dk[j] += scale * sum dS q_t over the queries (of
+ * every head of kv head g) that see key j; one warp per key row (b, g, j) */
+static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *dout,
+                                             const float *q, const float *k, const float *v,
+                                             const float *lse, const float *D, int B, int T,
+                                             int NH, int NKV, int HD, int ldq, int ldk, int ldv,
+                                             int window, float scale) {
+    const int lane = threadIdx.x % 32;
+    const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, g, j) */
+    if (row >= (int64_t)B * NKV * T) return;
+    const int j = (int)(row % T), g = (int)(row / T % NKV), b = (int)(row / T / NKV);
+    const int group = NH / NKV;
+    const int64_t bT = (int64_t)b * T;
+    const float *kj = k + (bT + j) * ldk + (int64_t)g * HD;
+    const float *vj = v + (bT + j) * ldv + (int64_t)g * HD;
+    /* the last query that sees key j */
+    const int last = window > 0 && j + window - 1 < T - 1 ? j + window - 1 : T - 1;
+
+    float dk_acc[ATT_DIMS] = {0.0f}, dv_acc[ATT_DIMS] = {0.0f};
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        const float *lse_h = lse + ((int64_t)b * NH + h) * T;
+        const float *D_h = D + ((int64_t)b * NH + h) * T;
+        for (int t0 = j; t0 <= last; t0 += 32) {
+            /* lane i scores query t0 + i against key j */
+            const int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t <= last && fsdp_attention_first_key(t, window) <= j) {
+                const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
+                const float *dot_t = dout + ((bT + t) * NH + h) * HD;
+                p = fsdp_expf(scale * dot(qt, kj, HD) - lse_h[t]);
+                ds = p * (dot(dot_t, vj, HD) - D_h[t]);
+            }
+            const int nq = last - t0 + 1 < 32 ? last - t0 + 1 : 32;
+            for (int i = 0; i < nq; i++) {
+                const float pi = __shfl_sync(FSDP_FULL_MASK, p, i);
+                const float dsi = __shfl_sync(FSDP_FULL_MASK, ds, i);
+                const int64_t ti = bT + t0 + i;
+                lane_axpy(dv_acc, pi, dout + (ti * NH + h) * HD, lane, HD);
+                lane_axpy(dk_acc, dsi, q + ti * ldq + (int64_t)h * HD, lane, HD);
+            }
+        }
+    }
+    float *dkj = dk ? dk + (bT + j) * ldk + (int64_t)g * HD : NULL;
+    float *dvj = dv ? dv + (bT + j) * ldv + (int64_t)g * HD : NULL;
+    for (int i = 0; i < ATT_DIMS; i++) {
+        const int d = lane + 32 * i;
+        if (d >= HD) continue;
+        if (dkj) dkj[d] += scale * dk_acc[i];
+        if (dvj) dvj[d] += dv_acc[i];
+    }
+}
+
+/* ---- launchers ---------------------------------------------------------- */
+
+static int check_dims(const char *fn, int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
+                      int ldv) {
+    FSDP_CHECK_ARG(B > 0 && T > 0, "%s: B (%d) and T (%d) must be positive", fn, B, T);
+    FSDP_CHECK_ARG(NH > 0 && NKV > 0 && HD > 0, "%s: NH (%d), NKV (%d) and HD (%d) must be positive",
+                   fn, NH, NKV, HD);
+    FSDP_CHECK_ARG(NH % NKV == 0, "%s: NH (%d) must be a multiple of NKV (%d)", fn, NH, NKV);
+    FSDP_CHECK_ARG(HD <= ATT_MAX_HD, "%s: HD (%d) is above this kernel's limit %d", fn, HD,
+                   (int)ATT_MAX_HD);
+    FSDP_CHECK_ARG(ldq >= NH * HD, "%s: ldq (%d) is less than NH*HD (%d)", fn, ldq, NH * HD);
+    FSDP_CHECK_ARG(ldk >= NKV * HD, "%s: ldk (%d) is less than NKV*HD (%d)", fn, ldk, NKV * HD);
+    FSDP_CHECK_ARG(ldv >= NKV * HD, "%s: ldv (%d) is less than NKV*HD (%d)", fn, ldv, NKV * HD);
+    const int64_t blocks = ((int64_t)B * NH * T + ATT_WARPS - 1) / ATT_WARPS;
+    FSDP_CUDA_CHECK_GRID(fn, blocks);
+    return FSDP_OK;
+}
+
+static unsigned row_blocks(int64_t rows) { return (unsigned)((rows + ATT_WARPS - 1) / ATT_WARPS); }
+
+#define CHECK_PTR(fn, p) FSDP_CHECK_ARG((p) != NULL, "%s: %s is NULL", fn, #p)
+
+int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+    const char *fn = "fsdp_attention_forward_cuda";
+    CHECK_PTR(fn, out);
+    CHECK_PTR(fn, lse);
+    CHECK_PTR(fn, q);
+    CHECK_PTR(fn, k);
+    CHECK_PTR(fn, v);
+    int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (rc) return rc;
+    FSDP_LAUNCH(attention_forward_kernel, row_blocks((int64_t)B * NH * T), 32 * ATT_WARPS, 0, stream,
+                out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+    return fsdp_cuda_launched(fn);
+}
+
+int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                 const float *q, const float *k, const float *v, const float *out,
+                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
+                                 int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+    const char *fn = "fsdp_attention_backward_cuda";
+    CHECK_PTR(fn, dout);
+    CHECK_PTR(fn, q);
+    CHECK_PTR(fn, k);
+    CHECK_PTR(fn, v);
+    CHECK_PTR(fn, out);
+    CHECK_PTR(fn, lse);
+    int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (rc) return rc;
+    if (!dq && !dk && !dv) return FSDP_OK;
+
+    const int64_t rows = (int64_t)B * NH * T;
+    float *D = NULL;
+    rc = fsdp_cuda_status(cudaMallocAsync((void **)&D, sizeof(float) * rows, stream), fn,
+                          "cudaMallocAsync of the row terms");
+    if (rc) return rc;
+    FSDP_LAUNCH(attention_rowdot_kernel, row_blocks(rows), 32 * ATT_WARPS, 0, stream, D, dout, out, B,
+                T, NH, HD);
+    rc = fsdp_cuda_launched(fn);
+    if (!rc && dq) {
+        FSDP_LAUNCH(attention_dq_kernel, row_blocks(rows), 32 * ATT_WARPS, 0, stream, dq, dout, q, k,
+                    v, lse, D, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+        rc = fsdp_cuda_launched(fn);
+    }
+    if (!rc && (dk || dv)) {
+        FSDP_LAUNCH(attention_dkdv_kernel, row_blocks((int64_t)B * NKV * T), 32 * ATT_WARPS, 0,
+                    stream, dk, dv, dout, q, k, v, lse, D, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
+                    scale);
+        rc = fsdp_cuda_launched(fn);
+    }
+    cudaFreeAsync(D, stream);
+    return rc;
+}

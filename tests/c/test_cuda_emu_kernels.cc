@@ -1,0 +1,452 @@
+/* test_cuda_emu_kernels.cc - every kernel of kernels/<op>_cuda.cu, forward
+ * and backward, against its CPU twin, run on the host through the fiber
+ * emulation of tests/cuda/emu/cuda_emu.h (the .cu files are compiled by g++
+ * with -DFSDP_EMULATE_CUDA and AddressSanitizer; "device" pointers are host
+ * memory). Random inputs, several shapes, ragged ones included (C = 13,
+ * N = 7, V = 1001, T = 37 > one warp of keys, HD = 40 > one lane per dim).
+ *
+ * Where the GPU kernel does the same float operations in the same order as
+ * the CPU one (pointwise ops, casts, AdamW, embedding, RoPE, the
+ * cross-entropy gradient) the results must be identical bits; reductions
+ * that are ordered differently (norms, softmax sums, attention) must agree
+ * within a relative tolerance. Backward kernels start from random gradients
+ * to check that they accumulate. The emulator must report no race and no
+ * deadlock anywhere. */
+#include <stdint.h>
+#include <string.h>
+#include <vector>
+#include "fsdp.h"
+#include "check.h"
+#include "cuda_emu.h"
+
+typedef std::vector<float> vec;
+static fsdp_rng rng;
+
+static vec uniform(long n, float lo = -1.0f, float hi = 1.0f) {
+    vec v(n > 0 ? n : 1);
+    fsdp_rng_fill_uniform(&rng, v.data(), n, lo, hi);
+    v.resize(n);
+    return v;
+}
+
+static std::vector<int32_t> ids(long n, int V) {
+    std::vector<int32_t> v(n);
+    for (auto &x : v) x = (int32_t)(fsdp_rng_next(&rng) % (uint64_t)V);
+    return v;
+}
+
+static int same_bits(const vec &a, const vec &b) {
+    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+#define CHECK_BITS(what, a, b) CHECK(same_bits(a, b), "%s: GPU and CPU bits differ", what)
+#define CHECK_OK(rc, what) CHECK((rc) == FSDP_OK, "%s failed: %s", what, fsdp_last_error())
+#define CLOSE(what, a, b, rtol, atol) CHECK_CLOSE(what, (a).data(), (b).data(), (long)(a).size(), rtol, atol)
+
+/* ---- pointwise ---------------------------------------------------------- */
+
+typedef int (*unary_cpu)(float *, const float *, int64_t);
+typedef int (*unary_gpu)(float *, const float *, int64_t, fsdp_stream);
+typedef int (*unary_bwd_cpu)(float *, const float *, const float *, int64_t);
+typedef int (*unary_bwd_gpu)(float *, const float *, const float *, int64_t, fsdp_stream);
+
+static void test_activation(const char *name, unary_cpu fc, unary_gpu fg, unary_bwd_cpu bc,
+                            unary_bwd_gpu bg) {
+    for (long n : {1L, 7L, 1000L, 4099L}) {
+        vec x = uniform(n, -6, 6), dout = uniform(n), init = uniform(n);
+        vec oc(n), og(n);
+        CHECK_OK(fc(oc.data(), x.data(), n), name);
+        CHECK_OK(fg(og.data(), x.data(), n, nullptr), name);
+        CHECK_BITS(name, og, oc);
+        vec dc = init, dg = init;
+        CHECK_OK(bc(dc.data(), dout.data(), x.data(), n), name);
+        CHECK_OK(bg(dg.data(), dout.data(), x.data(), n, nullptr), name);
+        CHECK_BITS(name, dg, dc);
+    }
+    CHECK(fg(nullptr, nullptr, 0, nullptr) == FSDP_OK, "%s: n = 0 must be a no-op", name);
+    CHECK(fg(nullptr, nullptr, -1, nullptr) == FSDP_ERR_INVALID, "%s: n < 0 accepted", name);
+}
+
+static void test_swiglu() {
+    for (long n : {5L, 1031L}) {
+        vec g = uniform(n, -5, 5), u = uniform(n), dout = uniform(n);
+        vec oc(n), og(n);
+        CHECK_OK(fsdp_swiglu_forward_cpu(oc.data(), g.data(), u.data(), n), "swiglu fwd cpu");
+        CHECK_OK(fsdp_swiglu_forward_cuda(og.data(), g.data(), u.data(), n, nullptr), "swiglu fwd");
+        CHECK_BITS("swiglu forward", og, oc);
+        vec dgc = uniform(n), duc = uniform(n), dgg = dgc, dug = duc;
+        CHECK_OK(fsdp_swiglu_backward_cpu(dgc.data(), duc.data(), dout.data(), g.data(), u.data(), n),
+                 "swiglu bwd cpu");
+        CHECK_OK(fsdp_swiglu_backward_cuda(dgg.data(), dug.data(), dout.data(), g.data(), u.data(), n,
+                                           nullptr), "swiglu bwd");
+        CHECK_BITS("swiglu dgate", dgg, dgc);
+        CHECK_BITS("swiglu dup", dug, duc);
+        /* one gradient only */
+        vec d1 = dgc;
+        CHECK_OK(fsdp_swiglu_backward_cpu(dgc.data(), nullptr, dout.data(), g.data(), u.data(), n),
+                 "swiglu bwd cpu");
+        CHECK_OK(fsdp_swiglu_backward_cuda(d1.data(), nullptr, dout.data(), g.data(), u.data(), n,
+                                           nullptr), "swiglu bwd NULL dup");
+        CHECK_BITS("swiglu dgate (dup NULL)", d1, dgc);
+    }
+}
+
+static void test_elementwise() {
+    for (long n : {1L, 13L, 5000L}) {
+        vec a = uniform(n), b = uniform(n), c(n), g(n);
+        fsdp_add_cpu(c.data(), a.data(), b.data(), n);
+        CHECK_OK(fsdp_add_cuda(g.data(), a.data(), b.data(), n, nullptr), "add");
+        CHECK_BITS("add", g, c);
+        fsdp_mul_cpu(c.data(), a.data(), b.data(), n);
+        CHECK_OK(fsdp_mul_cuda(g.data(), a.data(), b.data(), n, nullptr), "mul");
+        CHECK_BITS("mul", g, c);
+        fsdp_scale_cpu(c.data(), 0.37f, a.data(), n);
+        CHECK_OK(fsdp_scale_cuda(g.data(), 0.37f, a.data(), n, nullptr), "scale");
+        CHECK_BITS("scale", g, c);
+        vec yc = b, yg = b;
+        fsdp_axpy_cpu(yc.data(), -1.7f, a.data(), n);
+        CHECK_OK(fsdp_axpy_cuda(yg.data(), -1.7f, a.data(), n, nullptr), "axpy");
+        CHECK_BITS("axpy", yg, yc);
+        /* in place: out aliases an input */
+        vec ic = a, ig = a;
+        fsdp_add_cpu(ic.data(), ic.data(), b.data(), n);
+        CHECK_OK(fsdp_add_cuda(ig.data(), ig.data(), b.data(), n, nullptr), "add in place");
+        CHECK_BITS("add in place", ig, ic);
+    }
+}
+
+/* every pair of f32/bf16/f16, with specials: +-0, inf, NaN, subnormals,
+ * f16 overflow and underflow, ties */
+static void test_cast() {
+    vec x = uniform(3000, -70000, 70000);
+    const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e-40f, -3e-39f, 65504.0f,
+                              65520.0f, 1e-8f, 5.96e-8f, 2.98e-8f, 1.0f + 1.0f / 256, 3.14159f};
+    for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) x[i] = specials[i];
+    for (int i = 14; i < 1000; i++) x[i] = x[i] * 1e-9f; /* many subnormal f16 */
+    const long n = (long)x.size();
+    const int dts[] = {FSDP_F32, FSDP_BF16, FSDP_F16};
+    for (int s : dts) {
+        std::vector<uint8_t> src(n * 4);
+        CHECK_OK(fsdp_cast_cpu(src.data(), s, x.data(), FSDP_F32, n), "cast setup");
+        for (int d : dts) {
+            std::vector<uint8_t> c(n * 4, 0), g(n * 4, 0);
+            CHECK_OK(fsdp_cast_cpu(c.data(), d, src.data(), s, n), "cast cpu");
+            CHECK_OK(fsdp_cast_cuda(g.data(), d, src.data(), s, n, nullptr), "cast");
+            CHECK(memcmp(c.data(), g.data(), n * 4) == 0, "cast %s -> %s: bits differ",
+                  fsdp_dtype_name(s), fsdp_dtype_name(d));
+        }
+    }
+    CHECK(fsdp_cast_cuda(x.data(), FSDP_I32, x.data(), FSDP_F32, 4, nullptr) == FSDP_ERR_INVALID,
+          "cast to i32 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_cast_cuda"), "message lacks the kernel name: %s",
+          fsdp_last_error());
+}
+
+/* ---- embedding ------------------------------------------------------------ */
+
+static void test_embedding() {
+    struct { int N, V, C; } shapes[] = {{7, 1001, 13}, {64, 50, 300}, {1, 3, 1}};
+    for (auto s : shapes) {
+        vec table = uniform((long)s.V * s.C), oc((long)s.N * s.C), og(oc.size());
+        std::vector<int32_t> idx = ids(s.N, s.V);
+        if (s.N > 3) idx[3] = idx[1]; /* a repeated token */
+        CHECK_OK(fsdp_embedding_forward_cpu(oc.data(), idx.data(), table.data(), s.N, s.V, s.C), "emb cpu");
+        CHECK_OK(fsdp_embedding_forward_cuda(og.data(), idx.data(), table.data(), s.N, s.V, s.C, nullptr),
+                 "embedding forward");
+        CHECK_BITS("embedding forward", og, oc);
+        vec dout = uniform(oc.size()), dc = uniform(table.size()), dg = dc;
+        CHECK_OK(fsdp_embedding_backward_cpu(dc.data(), dout.data(), idx.data(), s.N, s.V, s.C), "emb cpu");
+        CHECK_OK(fsdp_embedding_backward_cuda(dg.data(), dout.data(), idx.data(), s.N, s.V, s.C, nullptr),
+                 "embedding backward");
+        CHECK_BITS("embedding backward", dg, dc);
+    }
+    /* an id out of range: NaN row, no gradient, the other rows intact */
+    const int N = 3, V = 5, C = 4;
+    vec table = uniform(V * C), out(N * C), dt(V * C, 0.0f), dout = uniform(N * C);
+    std::vector<int32_t> idx = {1, 7, 2};
+    CHECK_OK(fsdp_embedding_forward_cuda(out.data(), idx.data(), table.data(), N, V, C, nullptr), "emb");
+    CHECK(isnan(out[C]) && out[0] == table[C] && out[2 * C] == table[2 * C], "bad id: row not NaN");
+    CHECK_OK(fsdp_embedding_backward_cuda(dt.data(), dout.data(), idx.data(), N, V, C, nullptr), "emb");
+    float total = 0;
+    for (float g : dt) total += g != 0.0f;
+    CHECK(total == 2 * C, "bad id: %g gradient entries touched, want %d", total, 2 * C);
+}
+
+/* ---- norms ---------------------------------------------------------------- */
+
+static void test_layernorm() {
+    struct { int N, C; } shapes[] = {{7, 13}, {5, 64}, {3, 1000}, {2, 2049}, {33, 200}, {1, 1}};
+    for (auto s : shapes) {
+        const long nc = (long)s.N * s.C;
+        vec x = uniform(nc, -3, 5), w = uniform(s.C), b = uniform(s.C);
+        vec oc(nc), og(nc), mc(s.N), mg(s.N), rc(s.N), rg(s.N);
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            const float *bias = with_bias ? b.data() : nullptr;
+            fsdp_layernorm_forward_cpu(oc.data(), mc.data(), rc.data(), x.data(), w.data(), bias, s.N, s.C, 1e-5f);
+            CHECK_OK(fsdp_layernorm_forward_cuda(og.data(), mg.data(), rg.data(), x.data(), w.data(), bias,
+                                                 s.N, s.C, 1e-5f, nullptr), "layernorm forward");
+            CLOSE("layernorm out", og, oc, 1e-5, 1e-5);
+            CLOSE("layernorm mean", mg, mc, 1e-5, 1e-6);
+            CLOSE("layernorm rstd", rg, rc, 1e-5, 1e-6);
+        }
+        vec dout = uniform(nc), dxc = uniform(nc), dwc = uniform(s.C), dbc = uniform(s.C);
+        vec dxg = dxc, dwg = dwc, dbg = dbc;
+        fsdp_layernorm_backward_cpu(dxc.data(), dwc.data(), dbc.data(), dout.data(), x.data(), w.data(),
+                                    mc.data(), rc.data(), s.N, s.C);
+        CHECK_OK(fsdp_layernorm_backward_cuda(dxg.data(), dwg.data(), dbg.data(), dout.data(), x.data(),
+                                              w.data(), mc.data(), rc.data(), s.N, s.C, nullptr),
+                 "layernorm backward");
+        CLOSE("layernorm dinp", dxg, dxc, 1e-4, 1e-5);
+        CLOSE("layernorm dweight", dwg, dwc, 1e-4, 1e-5);
+        CLOSE("layernorm dbias", dbg, dbc, 1e-4, 1e-5);
+        /* parameter grads only; then deterministic: a second run, same bits */
+        vec dw1(s.C, 0.0f), dw2(s.C, 0.0f);
+        CHECK_OK(fsdp_layernorm_backward_cuda(nullptr, dw1.data(), nullptr, dout.data(), x.data(), w.data(),
+                                              mc.data(), rc.data(), s.N, s.C, nullptr), "ln bwd dw");
+        CHECK_OK(fsdp_layernorm_backward_cuda(nullptr, dw2.data(), nullptr, dout.data(), x.data(), w.data(),
+                                              mc.data(), rc.data(), s.N, s.C, nullptr), "ln bwd dw");
+        CHECK_BITS("layernorm dweight twice", dw1, dw2);
+    }
+    vec z(4);
+    CHECK(fsdp_layernorm_forward_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), nullptr, 0, 4,
+                                      1e-5f, nullptr) == FSDP_ERR_INVALID, "N = 0 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_layernorm_forward_cuda"), "message: %s", fsdp_last_error());
+}
+
+static void test_rmsnorm() {
+    struct { int N, C; } shapes[] = {{7, 13}, {4, 128}, {3, 1000}, {2, 4100}, {35, 300}};
+    for (auto s : shapes) {
+        const long nc = (long)s.N * s.C;
+        vec x = uniform(nc, -2, 3), w = uniform(s.C, 0.5f, 1.5f);
+        vec oc(nc), og(nc), rc(s.N), rg(s.N);
+        fsdp_rmsnorm_forward_cpu(oc.data(), rc.data(), x.data(), w.data(), s.N, s.C, 1e-6f);
+        CHECK_OK(fsdp_rmsnorm_forward_cuda(og.data(), rg.data(), x.data(), w.data(), s.N, s.C, 1e-6f,
+                                           nullptr), "rmsnorm forward");
+        CLOSE("rmsnorm out", og, oc, 1e-5, 1e-6);
+        CLOSE("rmsnorm rstd", rg, rc, 1e-5, 1e-6);
+        vec dout = uniform(nc), dxc = uniform(nc), dwc = uniform(s.C), dxg = dxc, dwg = dwc;
+        fsdp_rmsnorm_backward_cpu(dxc.data(), dwc.data(), dout.data(), x.data(), w.data(), rc.data(),
+                                  s.N, s.C);
+        CHECK_OK(fsdp_rmsnorm_backward_cuda(dxg.data(), dwg.data(), dout.data(), x.data(), w.data(),
+                                            rc.data(), s.N, s.C, nullptr), "rmsnorm backward");
+        CLOSE("rmsnorm dinp", dxg, dxc, 1e-4, 1e-5);
+        CLOSE("rmsnorm dweight", dwg, dwc, 1e-4, 1e-5);
+    }
+}
+
+/* ---- rope ----------------------------------------------------------------- */
+
+static void test_rope() {
+    struct { int B, T, NH, HD, pad; } shapes[] = {{2, 5, 3, 8, 4}, {1, 7, 1, 2, 0}, {3, 13, 4, 64, 0}};
+    for (auto s : shapes) {
+        const int ld = s.NH * s.HD + s.pad, half = s.HD / 2;
+        vec inv(half), cs((long)s.T * half), sn(cs.size());
+        for (int i = 0; i < half; i++) inv[i] = powf(10000.0f, -2.0f * i / s.HD);
+        fsdp_rope_table_cpu(cs.data(), sn.data(), inv.data(), 3, s.T, s.HD);
+        const long n = (long)s.B * s.T * ld;
+        vec x = uniform(n), oc = uniform(n), og = oc;
+        fsdp_rope_forward_cpu(oc.data(), x.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.HD, ld);
+        CHECK_OK(fsdp_rope_forward_cuda(og.data(), x.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.HD,
+                                        ld, nullptr), "rope forward");
+        CHECK_BITS("rope forward", og, oc);
+        vec ip = x; /* in place */
+        CHECK_OK(fsdp_rope_forward_cuda(ip.data(), ip.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.HD,
+                                        ld, nullptr), "rope forward in place");
+        vec ipc = x;
+        fsdp_rope_forward_cpu(ipc.data(), ipc.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.HD, ld);
+        CHECK_BITS("rope forward in place", ip, ipc);
+        vec dc = uniform(n), dg = dc;
+        fsdp_rope_backward_cpu(dc.data(), x.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.HD, ld);
+        CHECK_OK(fsdp_rope_backward_cuda(dg.data(), x.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.HD,
+                                         ld, nullptr), "rope backward");
+        CHECK_BITS("rope backward", dg, dc);
+    }
+    vec z(64);
+    CHECK(fsdp_rope_forward_cuda(z.data(), z.data(), z.data(), z.data(), 1, 1, 1, 3, 3, nullptr) ==
+          FSDP_ERR_INVALID, "odd HD accepted");
+}
+
+/* ---- cross-entropy -------------------------------------------------------- */
+
+static void test_crossentropy() {
+    struct { int N, V; } shapes[] = {{7, 1001}, {3, 13}, {4, 5000}, {2, 1}};
+    for (auto s : shapes) {
+        const long nv = (long)s.N * s.V;
+        vec logits = uniform(nv, -8, 8);
+        std::vector<int32_t> t = ids(s.N, s.V);
+        if (s.N > 2) t[1] = -100; /* ignored row */
+        if (s.V > 20) logits[5] = -INFINITY; /* a masked class */
+        vec lc(s.N), lg(s.N), sc(s.N), sg(s.N);
+        CHECK_OK(fsdp_crossentropy_forward_cpu(lc.data(), sc.data(), logits.data(), t.data(), s.N, s.V, -100),
+                 "ce cpu");
+        CHECK_OK(fsdp_crossentropy_forward_cuda(lg.data(), sg.data(), logits.data(), t.data(), s.N, s.V,
+                                                -100, nullptr), "crossentropy forward");
+        CLOSE("crossentropy loss", lg, lc, 1e-5, 1e-5);
+        CLOSE("crossentropy lse", sg, sc, 1e-6, 1e-6);
+        /* the gradient from the same lse: identical operations */
+        vec dloss = uniform(s.N), dc = uniform(nv), dg = dc;
+        CHECK_OK(fsdp_crossentropy_backward_cpu(dc.data(), dloss.data(), logits.data(), sc.data(), t.data(),
+                                                s.N, s.V, -100), "ce cpu");
+        CHECK_OK(fsdp_crossentropy_backward_cuda(dg.data(), dloss.data(), logits.data(), sc.data(), t.data(),
+                                                 s.N, s.V, -100, nullptr), "crossentropy backward");
+        CHECK_BITS("crossentropy backward", dg, dc);
+    }
+    /* a target out of range: NaN loss on the device, no gradient */
+    vec logits = uniform(2 * 10), loss(2), lse(2), d(20, 0.0f), dl(2, 1.0f);
+    std::vector<int32_t> t = {3, 10};
+    CHECK_OK(fsdp_crossentropy_forward_cuda(loss.data(), lse.data(), logits.data(), t.data(), 2, 10, -100,
+                                            nullptr), "ce bad target");
+    CHECK(!isnan(loss[0]) && isnan(loss[1]), "bad target: loss %g %g", loss[0], loss[1]);
+    CHECK_OK(fsdp_crossentropy_backward_cuda(d.data(), dl.data(), logits.data(), lse.data(), t.data(), 2,
+                                             10, -100, nullptr), "ce bad target bwd");
+    int touched = 0;
+    for (int j = 10; j < 20; j++) touched += d[j] != 0.0f;
+    CHECK(touched == 0, "bad target row got a gradient");
+}
+
+/* ---- optimizer and norms -------------------------------------------------- */
+
+static void test_adamw() {
+    for (long n : {1L, 1001L}) {
+        vec p = uniform(n), m = uniform(n, -0.1f, 0.1f), v = uniform(n, 0, 0.01f), g = uniform(n);
+        vec pc = p, mc = m, vc = v, pg = p, mg = m, vg = v;
+        for (int64_t t = 1; t <= 3; t++) {
+            fsdp_adamw_cpu(pc.data(), mc.data(), vc.data(), g.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                           0.5f, t);
+            CHECK_OK(fsdp_adamw_cuda(pg.data(), mg.data(), vg.data(), g.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f,
+                                     0.1f, 0.5f, t, nullptr), "adamw");
+        }
+        CHECK_BITS("adamw param", pg, pc);
+        CHECK_BITS("adamw m", mg, mc);
+        CHECK_BITS("adamw v", vg, vc);
+    }
+    vec z(4);
+    CHECK(fsdp_adamw_cuda(z.data(), z.data(), z.data(), z.data(), 4, 1e-3f, 0.9f, 0.95f, 1e-8f, 0, 1, 0,
+                          nullptr) == FSDP_ERR_INVALID, "t = 0 accepted");
+}
+
+static void test_sumsq() {
+    for (long n : {0L, 1L, 1001L, 300001L}) {
+        vec x = uniform(n, -2, 2);
+        double out = -1;
+        CHECK_OK(fsdp_sumsq_cuda(&out, x.data(), n, nullptr), "sumsq");
+        const double want = fsdp_sumsq_cpu(x.data(), n);
+        CHECK(fabs(out - want) <= 1e-12 * fabs(want), "sumsq n=%ld: %.17g vs %.17g", n, out, want);
+        double again = -1;
+        fsdp_sumsq_cuda(&again, x.data(), n, nullptr);
+        CHECK(again == out, "sumsq not deterministic");
+    }
+    vec x = uniform(5000);
+    x[4321] = NAN;
+    double out = 0;
+    CHECK_OK(fsdp_sumsq_cuda(&out, x.data(), 5000, nullptr), "sumsq NaN");
+    CHECK(isnan(out), "sumsq lost a NaN: %g", out);
+}
+
+/* dbias of a matmul: the CPU matmul backward's column sums, in f32; the 16-bit
+ * forms against the same sums rounded once */
+static void test_bias_backward() {
+    struct { int M, N; } shapes[] = {{7, 13}, {100, 70}, {1, 1}};
+    for (auto s : shapes) {
+        vec dout = uniform((long)s.M * s.N), a = uniform(s.M), b = uniform(s.N);
+        vec dc = uniform(s.N), dg = dc;
+        CHECK_OK(fsdp_matmul_backward_cpu(nullptr, nullptr, dc.data(), dout.data(), a.data(), b.data(), s.M,
+                                          s.N, 1, 0, 0), "matmul bwd cpu");
+        CHECK_OK(fsdp_bias_backward_cuda(dg.data(), dout.data(), s.M, s.N, FSDP_F32, nullptr), "bias bwd");
+        CLOSE("bias backward f32", dg, dc, 1e-5, 1e-5);
+        std::vector<uint16_t> d16(s.M * (long)s.N), b16(s.N, 0);
+        fsdp_cast_cpu(d16.data(), FSDP_BF16, dout.data(), FSDP_F32, d16.size());
+        CHECK_OK(fsdp_bias_backward_cuda(b16.data(), d16.data(), s.M, s.N, FSDP_BF16, nullptr), "bias bf16");
+        vec back(s.N), want(s.N, 0.0f), wide(d16.size());
+        fsdp_cast_cpu(wide.data(), FSDP_F32, d16.data(), FSDP_BF16, d16.size());
+        for (int m = 0; m < s.M; m++)
+            for (int c = 0; c < s.N; c++) want[c] += wide[(long)m * s.N + c];
+        fsdp_cast_cpu(back.data(), FSDP_F32, b16.data(), FSDP_BF16, s.N);
+        CLOSE("bias backward bf16", back, want, 8e-3, 1e-4);
+    }
+}
+
+/* ---- attention ------------------------------------------------------------ */
+
+static void test_attention() {
+    struct { int B, T, NH, NKV, HD, window, fused; } shapes[] = {
+        {2, 13, 4, 2, 16, 0, 0},  /* GQA */
+        {1, 37, 3, 1, 40, 0, 1},  /* MQA, T > 32 keys, HD > 32, q/k/v slices of one qkv buffer */
+        {2, 40, 2, 2, 8, 5, 0},   /* sliding window */
+        {1, 1, 1, 1, 3, 0, 0},
+    };
+    for (auto s : shapes) {
+        const int C = s.NH * s.HD, CKV = s.NKV * s.HD;
+        const long rows = (long)s.B * s.T;
+        int ldq = C, ldk = CKV, ldv = CKV;
+        vec qkv, qs, ks, vs;
+        const float *q, *k, *v;
+        if (s.fused) {  /* one [B, T, C + 2 CKV] buffer */
+            ldq = ldk = ldv = C + 2 * CKV;
+            qkv = uniform(rows * ldq, -2, 2);
+            q = qkv.data(); k = qkv.data() + C; v = qkv.data() + C + CKV;
+        } else {
+            qs = uniform(rows * C, -2, 2); ks = uniform(rows * CKV, -2, 2); vs = uniform(rows * CKV, -2, 2);
+            q = qs.data(); k = ks.data(); v = vs.data();
+        }
+        const float scale = 1.0f / sqrtf((float)s.HD);
+        vec oc(rows * C), og(rows * C), lc((long)s.B * s.NH * s.T), lg(lc.size());
+        CHECK_OK(fsdp_attention_forward_cpu(oc.data(), lc.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
+                                            ldk, ldv, s.window, scale), "attention cpu");
+        CHECK_OK(fsdp_attention_forward_cuda(og.data(), lg.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
+                                             ldk, ldv, s.window, scale, nullptr), "attention forward");
+        CLOSE("attention out", og, oc, 1e-5, 1e-5);
+        CLOSE("attention lse", lg, lc, 1e-5, 1e-5);
+
+        /* gradients into their own buffers with the q/k/v strides, from random starts */
+        vec dout = uniform(rows * C);
+        const long nq = rows * ldq, nk = rows * ldk, nv = rows * ldv;
+        vec dqc = uniform(nq), dkc = uniform(nk), dvc = uniform(nv), dqg = dqc, dkg = dkc, dvg = dvc;
+        CHECK_OK(fsdp_attention_backward_cpu(dqc.data(), dkc.data(), dvc.data(), dout.data(), q, k, v,
+                                             oc.data(), lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk,
+                                             ldv, s.window, scale), "attention bwd cpu");
+        CHECK_OK(fsdp_attention_backward_cuda(dqg.data(), dkg.data(), dvg.data(), dout.data(), q, k, v,
+                                              oc.data(), lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk,
+                                              ldv, s.window, scale, nullptr), "attention backward");
+        CLOSE("attention dq", dqg, dqc, 1e-4, 1e-5);
+        CLOSE("attention dk", dkg, dkc, 1e-4, 1e-5);
+        CLOSE("attention dv", dvg, dvc, 1e-4, 1e-5);
+        /* dk alone (dq, dv NULL) gives the same dk increment */
+        vec dk2 = uniform(nk), dk3 = dk2;
+        CHECK_OK(fsdp_attention_backward_cuda(nullptr, dk2.data(), nullptr, dout.data(), q, k, v, oc.data(),
+                                              lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk, ldv,
+                                              s.window, scale, nullptr), "attention dk only");
+        CHECK_OK(fsdp_attention_backward_cpu(nullptr, dk3.data(), nullptr, dout.data(), q, k, v, oc.data(),
+                                             lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk, ldv, s.window,
+                                             scale), "attention dk only cpu");
+        CLOSE("attention dk only", dk2, dk3, 1e-4, 1e-5);
+    }
+    vec z(1024);
+    CHECK(fsdp_attention_forward_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), 1, 1, 1, 1, 300, 300,
+                                      300, 300, 0, 1.0f, nullptr) == FSDP_ERR_INVALID, "HD 300 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_attention_forward_cuda"), "message: %s", fsdp_last_error());
+}
+
+int main() {
+    fsdp_rng_seed(&rng, 20240611);
+    test_activation("gelu", fsdp_gelu_forward_cpu, fsdp_gelu_forward_cuda, fsdp_gelu_backward_cpu,
+                    fsdp_gelu_backward_cuda);
+    test_activation("relu", fsdp_relu_forward_cpu, fsdp_relu_forward_cuda, fsdp_relu_backward_cpu,
+                    fsdp_relu_backward_cuda);
+    test_activation("silu", fsdp_silu_forward_cpu, fsdp_silu_forward_cuda, fsdp_silu_backward_cpu,
+                    fsdp_silu_backward_cuda);
+    test_swiglu();
+    test_elementwise();
+    test_cast();
+    test_embedding();
+    test_layernorm();
+    test_rmsnorm();
+    test_rope();
+    test_crossentropy();
+    test_adamw();
+    test_sumsq();
+    test_bias_backward();
+    test_attention();
+    CHECK(fsdp_emu::failures == 0, "the emulator reported %d races or deadlocks", fsdp_emu::failures);
+    return check_exit("test_cuda_emu_kernels");
+}
