@@ -332,15 +332,24 @@ function Attention.new(cfg)
 end
 function Attention:forward(x)
    local opts = {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window}
+   local kv = require 'fsdp.kv_cache'
    if self.style == 'gpt2' then
+      if kv.active() then
+         local q, k, v = kv.split_qkv(self.c_attn(x))
+         return self.c_proj(kv.attend(self, q, k, v, self.n_head, self.n_head, self.window))
+      end
       return self.c_proj(ops.attention_qkv(self.c_attn(x), opts))
    end
    local q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
    if self.rope then
-      local cos, sin = self.rope:tables(x.shape[2])
+      -- rows for positions offset .. offset+T (offset > 0 only while decoding)
+      local T_, off = x.shape[2], kv.offset()
+      local cos, sin = self.rope:tables(off + T_)
+      if off > 0 then cos, sin = cos:narrow_rows(off, T_), sin:narrow_rows(off, T_) end
       q = ops.rope(q, cos, sin, self.n_head)
       k = ops.rope(k, cos, sin, self.n_kv_head)
    end
+   if kv.active() then return self.o_proj(kv.attend(self, q, k, v, self.n_head, self.n_kv_head, self.window)) end
    return self.o_proj(ops.attention(q, k, v, opts))
 end
 

@@ -68,13 +68,15 @@ function GPT:units()
    return out
 end
 
+-- position ids off .. off+T-1 (off > 0 only while decoding with a KV cache)
 local function positions(self, B, T_)
-   local key = B .. 'x' .. T_
+   local off = require('fsdp.kv_cache').offset()
+   local key = B .. 'x' .. T_ .. '+' .. off
    local p = self.positions[key]
    if not p then
       p = T.empty({B, T_}, 'i32')
       local ptr = p:ptr()
-      for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = t end end
+      for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = off + t end end
       self.positions[key] = p
    end
    return p
@@ -87,8 +89,9 @@ function GPT:forward(idx)
       error('GPT: input must be i32 token ids [batch, time], got ' .. idx.dtype .. ' ' .. T.shape_str(idx.shape), 0)
    end
    local B, T_ = idx.shape[1], idx.shape[2]
-   if T_ > cfg.block_size then
-      error(string.format('GPT: sequence length %d exceeds block_size %d', T_, cfg.block_size), 0)
+   local off = require('fsdp.kv_cache').offset()
+   if off + T_ > cfg.block_size then
+      error(string.format('GPT: sequence length %d exceeds block_size %d', off + T_, cfg.block_size), 0)
    end
    local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_)))
    for i = 1, tr.h.n do x = tr.h[i](x) end

@@ -59,6 +59,10 @@ function Attention.new(cfg)
    return self
 end
 function Attention:forward(x)
+   local kv = require 'fsdp.kv_cache'
+   if kv.active() then
+      return self.out_proj(kv.attend(self, self.q_proj(x), self.k_proj(x), self.v_proj(x), self.n_head, self.n_head))
+   end
    local a = ops.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), {n_head = self.n_head})
    return self.out_proj(a)
 end
@@ -124,13 +128,16 @@ function OPT:units()
    return out
 end
 
+-- position rows for tokens at positions off .. off+T-1 (off > 0 only while
+-- decoding with a KV cache)
 local function positions(self, B, T_)
-   local key = B .. 'x' .. T_
+   local off = require('fsdp.kv_cache').offset()
+   local key = B .. 'x' .. T_ .. '+' .. off
    local p = self.positions[key]
    if not p then
       p = T.empty({B, T_}, 'i32')
       local ptr = p:ptr()
-      for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = t + OFFSET end end
+      for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = off + t + OFFSET end end
       self.positions[key] = p
    end
    return p

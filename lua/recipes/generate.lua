@@ -6,8 +6,9 @@
 --   fsdp-lua recipes/generate.lua --model /models/Llama-2-7b-hf --prompt "The meaning of life" --top-p 0.9
 --   fsdp-lua recipes/generate.lua --checkpoint ckpt/ --tokenizer /models/Llama-2-7b-hf
 --
--- Each new token re-runs the model over the context window (no KV cache
--- yet): fine for checking a fine-tune, slow for long outputs of big models.
+-- With the KV cache (the default) the prompt runs once and each new token
+-- costs one position; --no-kv-cache re-runs the whole context window per
+-- token (the reference the cache is tested against).
 local fsdp = require 'fsdp'
 local dist = require 'fsdp.dist'
 local hf = require 'fsdp.hf'
@@ -25,6 +26,7 @@ local opt = fsdp.options('recipes/generate.lua', {
    {'top_k', 50, 'sample among the k most likely tokens (0: all)'},
    {'top_p', 1.0, 'sample from the smallest set holding this probability mass'},
    {'context', 1024, 'longest context fed to the model'},
+   {'kv_cache', true, 'keep keys and values across steps (batch of one)'},
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
    {'seed', 1337, 'random seed'},
 }, arg)
@@ -59,8 +61,28 @@ end
 local V = model.config.vocab_size
 local rng = fsdp.rng(opt.seed)
 local n_prompt = #ids
+local kv = require 'fsdp.kv_cache'
+local limit = model.config.block_size or model.config.max_position_embeddings or opt.context
+if opt.kv_cache and n_prompt + opt.max_new_tokens <= math.min(limit, opt.context) then
+   -- the prompt once, then one position per token
+   kv.start(n_prompt + opt.max_new_tokens)
+   local feed = ids
+   for _ = 1, opt.max_new_tokens do
+      local x = fsdp.empty({1, #feed}, 'i32')
+      for i = 1, #feed do x:ptr()[i - 1] = feed[i] end
+      local logits = fsdp.no_grad(function() return model(x) end)
+      kv.advance(#feed)
+      ids[#ids + 1] = sample.pick(logits:ptr() + (#feed - 1) * V, V, opt.temperature, opt.top_k, rng, opt.top_p)
+      fsdp.autograd.reset()
+      x:free()
+      feed = {ids[#ids]}
+      if tok.eos_id and ids[#ids] == tok.eos_id then break end
+   end
+   kv.stop()
+   opt.max_new_tokens = 0
+end
 for _ = 1, opt.max_new_tokens do
-   local ctx = math.min(#ids, opt.context)
+   local ctx = math.min(#ids, opt.context, limit)
    local x = fsdp.empty({1, ctx}, 'i32')
    for i = 1, ctx do x:ptr()[i - 1] = ids[#ids - ctx + i] end
    local logits = fsdp.no_grad(function() return model(x) end)
