@@ -13,6 +13,9 @@
 #
 # The same thing through fsdp-lua's own launcher flags:
 #   build/fsdp-lua --nnodes 2 --hosts node1,node2 --nproc-per-node 8 RECIPE ...
+# Without ssh, run one command per node the torchrun way instead:
+#   build/fsdp-lua --nnodes 2 --node-rank K --master-addr NODE0 --master-port 29500 \
+#       --nproc-per-node 8 RECIPE ...
 #
 # Hybrid strategies shard inside a node and replicate across nodes; the
 # shard group size defaults to the ranks per node (LOCAL_WORLD_SIZE).

@@ -65,6 +65,18 @@ int fsdp_signal_watch(int signum);
 /* the last recorded signal (0 if none); clear != 0 resets it */
 int fsdp_signal_pending(int clear);
 
+/* ---- rendezvous (engine/rendezvous.c) ------------------------------------ *
+ * The torchrun-style launch (--nnodes N --node-rank K --master-addr A
+ * --master-port P): node 0 hands node k the line that starts its share of
+ * the job, over one TCP port. */
+
+/* node 0: listens on port, answers each of nodes 1..n_lines-1 (which send
+ * their node rank) with lines[k], until all have asked or timeout_s passes */
+int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, double timeout_s);
+/* node k: connects to addr:port (retrying until timeout_s), sends k, and
+ * receives its line into buf (NUL-terminated) */
+int fsdp_rendezvous_fetch(const char *addr, int port, int node_rank, char *buf, int64_t cap, double timeout_s);
+
 /* ---- dtypes and devices ------------------------------------------------- */
 
 typedef enum {
