@@ -25,6 +25,11 @@ function M.parse(args)
       i = i + 1
    end
    if not next(opts) then return nil end
+   -- torchrun's environment fills in what the flags leave out
+   for flag, env in pairs({nnodes = 'NNODES', node_rank = 'NODE_RANK', master_addr = 'MASTER_ADDR',
+                           master_port = 'MASTER_PORT'}) do
+      if opts[flag] == nil and os.getenv(env) then opts[flag] = os.getenv(env) end
+   end
    local rest = {}
    for j = i, #args do rest[#rest + 1] = args[j] end
    return opts, rest
