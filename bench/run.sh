@@ -9,6 +9,8 @@
 #   bash bench/run.sh                  (make bench builds first, then runs this)
 #   THREADS=2 WARMUP=2 STEPS=5 SHAPES="4x64 4x256" bash bench/run.sh
 #
+# (bench/gpt2_profile.lua B T breaks one of these steps down by kernel.)
+#
 # Each process gets THREADS threads (default: every core). The numbers mean
 # something only on an otherwise idle machine: before each run the script
 # waits (up to WAIT_IDLE seconds, default 120) for the cores to be idle, and
@@ -80,7 +82,7 @@ field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 peak_line=$(run sgemm build/fsdp-lua bench/sgemm_peak.lua --threads "$THREADS") || die "sgemm peak failed"
 PEAK=$(field "$peak_line" gflops)
-echo "bench: sgemm peak $PEAK GFLOP/s (2048^3, best of 5, $THREADS threads)"
+echo "bench: sgemm peak $PEAK GFLOP/s (2048^3, best of 10, $THREADS threads)"
 
 rows=()
 for shape in $SHAPES; do

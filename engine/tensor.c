@@ -263,6 +263,10 @@ int fsdp_tensor_fill(fsdp_tensor *t, double value) {
     if (t->flags & 1) return fsdp_error(FSDP_ERR_INVALID, "fill: tensor is read-only (memory-mapped)");
     int64_t n = t->numel;
     int c = fsdp_tensor_is_contiguous(t);
+    if (c && value == 0.0) { /* zeroing gradients every step: all-zero bits in every dtype */
+        memset(t->data, 0, (size_t)(n * dtype_sizes[t->dtype]));
+        return FSDP_OK;
+    }
     #pragma omp parallel for if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
         int64_t o = c ? i : strided_offset(t, i);
