@@ -168,6 +168,33 @@ function M.export(step_dir, out, opts)
    return {shards = #shards, tensors = #tensors, bytes = total, tokenizer_files = copied, step = index.step}
 end
 
+-- a trained model ready to run, sharded over the job's ranks, and its
+-- tokenizer: from a Hugging Face directory (model_dir) or an fsdp-lua
+-- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
+-- a tokenizer.json or its directory, 'bytes', or '' for the model's own.
+function M.load_trained(model_dir, checkpoint, tokenizer, strategy)
+   local fsdp = require 'fsdp'
+   if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
+   local model, tokenizer_dir
+   if model_dir ~= '' then
+      local hf = require 'fsdp.hf'
+      model = hf.load(model_dir)
+      tokenizer_dir = fs.exists(model_dir .. '/tokenizer.json') and model_dir or nil
+      fsdp.shard(model, {strategy = strategy})
+      hf.close(model)
+   else
+      local step = fs.exists(checkpoint .. '/index.json') and checkpoint or ckpt.latest(checkpoint)
+      if not step then error(checkpoint .. ' is not a checkpoint (no latest, no index.json)', 0) end
+      local index = ckpt.read_index(step)
+      model = M.model_of(index, step)
+      tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
+      ckpt.load(step, fsdp.shard(model, {strategy = strategy}))
+   end
+   if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
+   local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
+   return model, tok
+end
+
 function M.main(args)
    local positional, rest = {}, {}
    for _, a in ipairs(args) do

@@ -7,9 +7,6 @@
 --   fsdp-lua recipes/eval.lua --model out/llama2-ft --data prepared/ --batches 50
 local fsdp = require 'fsdp'
 local dist = require 'fsdp.dist'
-local hf = require 'fsdp.hf'
-local ckpt = require 'fsdp.checkpoint'
-local fs = require 'fsdp.fs'
 
 local opt = fsdp.options('recipes/eval.lua', {
    {'model', '', 'a Hugging Face model directory'},
@@ -25,24 +22,8 @@ local opt = fsdp.options('recipes/eval.lua', {
 }, arg)
 
 dist.init()
-if (opt.model == '') == (opt.checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
 if opt.data == '' then error('give --data', 0) end
-local model, tokenizer_dir
-if opt.model ~= '' then
-   model = hf.load(opt.model)
-   tokenizer_dir = fs.exists(opt.model .. '/tokenizer.json') and opt.model or nil
-   fsdp.shard(model, {strategy = opt.strategy})
-   hf.close(model)
-else
-   local step = fs.exists(opt.checkpoint .. '/index.json') and opt.checkpoint or ckpt.latest(opt.checkpoint)
-   if not step then error(opt.checkpoint .. ' is not a checkpoint (no latest, no index.json)', 0) end
-   local index = ckpt.read_index(step)
-   model = require('fsdp.export').model_of(index, step)
-   tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
-   ckpt.load(step, fsdp.shard(model, {strategy = opt.strategy}))
-end
-if opt.tokenizer ~= '' then tokenizer_dir = opt.tokenizer ~= 'bytes' and opt.tokenizer or nil end
-local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
+local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy)
 if opt.batch_size % dist.world_size ~= 0 then
    error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, dist.world_size), 0)
 end

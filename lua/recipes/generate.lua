@@ -11,10 +11,7 @@
 -- token (the reference the cache is tested against).
 local fsdp = require 'fsdp'
 local dist = require 'fsdp.dist'
-local hf = require 'fsdp.hf'
-local ckpt = require 'fsdp.checkpoint'
 local sample = require 'fsdp.sample'
-local fs = require 'fsdp.fs'
 
 local opt = fsdp.options('recipes/generate.lua', {
    {'model', '', 'a Hugging Face model directory'},
@@ -32,23 +29,7 @@ local opt = fsdp.options('recipes/generate.lua', {
 }, arg)
 
 dist.init()
-if (opt.model == '') == (opt.checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
-local model, tokenizer_dir
-if opt.model ~= '' then
-   model = hf.load(opt.model)
-   tokenizer_dir = fs.exists(opt.model .. '/tokenizer.json') and opt.model or nil
-   fsdp.shard(model, {strategy = opt.strategy})
-   hf.close(model)
-else
-   local step = fs.exists(opt.checkpoint .. '/index.json') and opt.checkpoint or ckpt.latest(opt.checkpoint)
-   if not step then error(opt.checkpoint .. ' is not a checkpoint (no latest, no index.json)', 0) end
-   local index = ckpt.read_index(step)
-   model = require('fsdp.export').model_of(index, step)
-   tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
-   ckpt.load(step, fsdp.shard(model, {strategy = opt.strategy}))
-end
-if opt.tokenizer ~= '' then tokenizer_dir = opt.tokenizer ~= 'bytes' and opt.tokenizer or nil end
-local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
+local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy)
 
 local ids = {}
 if opt.prompt ~= '' then
