@@ -5,10 +5,12 @@
  * Determinism: whenever several rows add into one destination row (the
  * scatter-add forward, the gather backward), each thread owns a block of
  * channels and adds the source rows in index order, so the sums are the same
- * for any thread count. Every index is checked before anything is written. */
+ * for any thread count. Every index is checked before anything is written.
+ * The per-element formulas are moe_math.h's, shared with moe_cuda.cu. */
 #include <math.h>
 #include <string.h>
 #include "internal.h"
+#include "moe_math.h"
 
 /* channels per thread block where rows of one destination are summed */
 enum { MOE_BLOCK = 64 };
@@ -127,11 +129,11 @@ int fsdp_softmax_forward_cpu(float *out, const float *inp, int N, int C) {
         float *y = out + (int64_t)n * C;
         /* 1. the row max, so exp never overflows */
         float maxv = -INFINITY;
-        for (int c = 0; c < C; c++) maxv = x[c] > maxv ? x[c] : maxv;
+        for (int c = 0; c < C; c++) maxv = fsdp_moe_max(maxv, x[c]);
         /* 2. exponentials and their sum (in double) */
         double sum = 0.0;
         for (int c = 0; c < C; c++) {
-            y[c] = expf(x[c] - maxv);
+            y[c] = fsdp_softmax_exp(x[c], maxv);
             sum += y[c];
         }
         /* 3. normalize */
@@ -157,7 +159,7 @@ int fsdp_softmax_backward_cpu(float *dinp, const float *dout, const float *out, 
         double dot = 0.0;
         for (int c = 0; c < C; c++) dot += (double)dy[c] * y[c];
         const float d = (float)dot;
-        for (int c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - d);
+        for (int c = 0; c < C; c++) dx[c] = fsdp_softmax_dinp(dx[c], y[c], dy[c], d);
     }
     return FSDP_OK;
 }
@@ -195,7 +197,7 @@ int fsdp_row_scale_backward_cpu(float *dinp, float *dscale, const float *dout, c
         if (dinp) {
             const float s = scale[n];
             float *dx = dinp + (int64_t)n * C;
-            for (int c = 0; c < C; c++) dx[c] += dy[c] * s;
+            for (int c = 0; c < C; c++) dx[c] = fsdp_row_scale_dinp(dx[c], dy[c], s);
         }
         if (dscale) {
             const float *x = inp + (int64_t)n * C;
@@ -208,12 +210,6 @@ int fsdp_row_scale_backward_cpu(float *dinp, float *dscale, const float *dout, c
 }
 
 /* ---- top-k ---------------------------------------------------------------- */
-
-/* a ranks before b: larger first, NaN above every number (as torch.topk) */
-static inline int ranks_before(float a, float b) {
-    if (isnan(a)) return !isnan(b);
-    return a > b;
-}
 
 int fsdp_topk_forward_cpu(float *values, int32_t *indices, const float *inp, int N, int C, int K) {
     const char *fn = "fsdp_topk_forward_cpu";
@@ -231,9 +227,9 @@ int fsdp_topk_forward_cpu(float *values, int32_t *indices, const float *inp, int
          * equal values keep the lower column first */
         int kept = 0;
         for (int c = 0; c < C; c++) {
-            if (kept == K && !ranks_before(x[c], v[K - 1])) continue;
+            if (kept == K && !fsdp_topk_ranks_before(x[c], v[K - 1])) continue;
             int j = kept < K ? kept++ : K - 1;
-            while (j > 0 && ranks_before(x[c], v[j - 1])) {
+            while (j > 0 && fsdp_topk_ranks_before(x[c], v[j - 1])) {
                 v[j] = v[j - 1];
                 ix[j] = ix[j - 1];
                 j--;

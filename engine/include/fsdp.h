@@ -505,6 +505,14 @@ int fsdp_adamw_cuda(float *param, float *m, float *v, const float *grad, int64_t
                     int64_t t, fsdp_stream stream);
 /* *out (device memory) = sum of x[i]^2 in double */
 int fsdp_sumsq_cuda(double *out, const float *x, int64_t n, fsdp_stream stream);
+/* *out (device memory, f32) = sum of x[i], accumulated in double in a fixed
+ * order (deterministic) and rounded once; 0 when n == 0 */
+int fsdp_sum_cuda(float *out, const float *x, int64_t n, fsdp_stream stream);
+/* n contiguous elements of dtype (any fsdp_dtype) at dst set to value,
+ * converted as fsdp_tensor_fill converts it on the CPU (the same bits);
+ * for the integer dtypes a value the type cannot hold after truncation
+ * toward zero is FSDP_ERR_INVALID (the CPU's C cast is undefined there) */
+int fsdp_fill_cuda(void *dst, int dtype, double value, int64_t n, fsdp_stream stream);
 /* dbias[N] += column sums of dout[M, N] (dtype f32, bf16 or f16; sums in f32) */
 int fsdp_bias_backward_cuda(void *dbias, const void *dout, int M, int N, int dtype,
                             fsdp_stream stream);
@@ -517,6 +525,33 @@ int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *d
                                  const float *q, const float *k, const float *v, const float *out,
                                  const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
                                  int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* mixture-of-experts routing (kernels/moe_cuda.cu), as fsdp_*_cpu of
+ * kernels/moe_cpu.c. Index vectors are NOT range-checked before the launch
+ * (they are on the device): the caller guarantees them. A bad index still
+ * stays inside the buffers: its gathered row is NaN and every add from or
+ * into it is skipped. Rows adding into one row add in index order (no
+ * atomics): the CPU's bits, as are top-k (NaN first, ties to the lower
+ * column) and the elementwise parts; softmax and dscale sum rows in double
+ * in a fixed order, agreeing with the CPU to rounding. */
+int fsdp_gather_rows_forward_cuda(float *out, const float *inp, const int32_t *idx, int M, int N,
+                                  int C, fsdp_stream stream);
+int fsdp_gather_rows_backward_cuda(float *dinp, const float *dout, const int32_t *idx, int M, int N,
+                                   int C, fsdp_stream stream);
+int fsdp_scatter_add_rows_forward_cuda(float *out, const float *src, const int32_t *idx, int M,
+                                       int N, int C, fsdp_stream stream);
+int fsdp_scatter_add_rows_backward_cuda(float *dsrc, const float *dout, const int32_t *idx, int M,
+                                        int N, int C, fsdp_stream stream);
+int fsdp_softmax_forward_cuda(float *out, const float *inp, int N, int C, fsdp_stream stream);
+int fsdp_softmax_backward_cuda(float *dinp, const float *dout, const float *out, int N, int C,
+                               fsdp_stream stream);
+int fsdp_row_scale_forward_cuda(float *out, const float *inp, const float *scale, int N, int C,
+                                fsdp_stream stream);
+int fsdp_row_scale_backward_cuda(float *dinp, float *dscale, const float *dout, const float *inp,
+                                 const float *scale, int N, int C, fsdp_stream stream);
+int fsdp_topk_forward_cuda(float *values, int32_t *indices, const float *inp, int N, int C, int K,
+                           fsdp_stream stream);
+int fsdp_topk_backward_cuda(float *dinp, const float *dvalues, const int32_t *indices, int N, int C,
+                            int K, fsdp_stream stream);
 
 /* GEMM through cuBLASLt (kernels/matmul_cuda.cu), row-major like the CPU
  * kernel; a, b, out, bias and pre_gelu share dtype (f32, bf16 or f16),
@@ -528,6 +563,19 @@ int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const voi
 int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
                               const void *b, int M, int N, int K, int trans_a, int trans_b,
                               int dtype, fsdp_stream stream);
+/* f32 GEMM on the CUDA cores, tiled through shared memory
+ * (kernels/gemm_cuda.cu): the fallback when cuBLASLt cannot be used, and the
+ * GEMM of the emulated backend. Exactly the semantics of fsdp_matmul_forward_cpu /
+ * fsdp_matmul_backward_cpu (row-major, op(a) [M,K], op(b) [K,N], bias [N];
+ * backward accumulates into da, db, dbias and skips NULL ones). Each output
+ * is summed by one thread over k = 0..K-1 in order with fmaf: the same bits
+ * on every run and every GPU, equal to OpenBLAS up to rounding. */
+int fsdp_matmul_forward_simt_cuda(float *out, const float *a, const float *b, const float *bias,
+                                  int M, int N, int K, int trans_a, int trans_b, int accumulate,
+                                  fsdp_stream stream);
+int fsdp_matmul_backward_simt_cuda(float *da, float *db, float *dbias, const float *dout,
+                                   const float *a, const float *b, int M, int N, int K, int trans_a,
+                                   int trans_b, fsdp_stream stream);
 
 /* Flash attention through cuDNN's SDPA graph (kernels/attention_cudnn.cu):
  * causal, GQA, no window; bf16 or f16 q/k/v/out/grads, f32 lse [B, NH, T].

@@ -427,6 +427,368 @@ static void test_attention() {
     CHECK(strstr(fsdp_last_error(), "fsdp_attention_forward_cuda"), "message: %s", fsdp_last_error());
 }
 
+/* ---- mixture-of-experts routing (moe_cuda.cu) ------------------------------ */
+
+/* the largest |a - b| seen per op (NaN in both at one place counts as equal),
+ * printed at the end so the log shows how close each op came */
+static struct { const char *op; double err; long n; } worst[32];
+static double note(const char *op, const vec &a, const vec &b) {
+    double e = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); i++)
+        if (!(isnan(a[i]) && isnan(b[i])) && a[i] != b[i]) { /* equal infinities: 0 */
+            double d = fabs((double)a[i] - (double)b[i]);
+            e = d > e || isnan(d) ? d : e;
+        }
+    int k = 0;
+    while (worst[k].op && strcmp(worst[k].op, op) != 0) k++;
+    worst[k].op = op;
+    worst[k].err = e > worst[k].err || isnan(e) ? e : worst[k].err;
+    worst[k].n += (long)a.size();
+    return e;
+}
+/* same NaN places, the rest within atol + rtol |b| */
+#define CLOSE_NAN(what, a, b, rtol, atol)                                                  \
+    do {                                                                                   \
+        vec a_ = (a), b_ = (b);                                                            \
+        note(what, a_, b_);                                                                \
+        int nan_ok = a_.size() == b_.size();                                               \
+        for (size_t i_ = 0; nan_ok && i_ < a_.size(); i_++) {                               \
+            nan_ok = isnan(a_[i_]) == isnan(b_[i_]);                                       \
+            if (isnan(a_[i_])) a_[i_] = b_[i_] = 0.0f;                                     \
+        }                                                                                  \
+        CHECK(nan_ok, "%s: NaN in different places", what);                                \
+        CLOSE(what, a_, b_, rtol, atol);                                                   \
+    } while (0)
+#define BITS(what, a, b) do { note(what, a, b); CHECK_BITS(what, a, b); } while (0)
+
+static void test_moe_rows() {
+    /* ragged C; M > 256 (two chunks of staged indices); several rows per
+     * owner slice (N = 5000) */
+    struct { int M, N, C; } shapes[] = {{7, 5, 13}, {300, 40, 70}, {64, 1001, 13}, {1, 1, 1}, {33, 3, 40},
+                                        {50, 5000, 3}};
+    for (auto s : shapes) {
+        const long mc = (long)s.M * s.C, nc = (long)s.N * s.C;
+        vec inp = uniform(nc), src = uniform(mc);
+        std::vector<int32_t> idx = ids(s.M, s.N); /* with repeats: M > N in most shapes */
+        if (s.M > 5) idx[5] = idx[2];
+        vec oc(mc), og(mc);
+        CHECK_OK(fsdp_gather_rows_forward_cpu(oc.data(), inp.data(), idx.data(), s.M, s.N, s.C), "gather cpu");
+        CHECK_OK(fsdp_gather_rows_forward_cuda(og.data(), inp.data(), idx.data(), s.M, s.N, s.C, nullptr),
+                 "gather forward");
+        BITS("gather_rows forward", og, oc);
+        vec dc = uniform(nc), dg = dc;
+        CHECK_OK(fsdp_gather_rows_backward_cpu(dc.data(), src.data(), idx.data(), s.M, s.N, s.C), "gather cpu");
+        CHECK_OK(fsdp_gather_rows_backward_cuda(dg.data(), src.data(), idx.data(), s.M, s.N, s.C, nullptr),
+                 "gather backward");
+        BITS("gather_rows backward", dg, dc);
+        vec sc = uniform(nc), sg = sc;
+        CHECK_OK(fsdp_scatter_add_rows_forward_cpu(sc.data(), src.data(), idx.data(), s.M, s.N, s.C),
+                 "scatter cpu");
+        CHECK_OK(fsdp_scatter_add_rows_forward_cuda(sg.data(), src.data(), idx.data(), s.M, s.N, s.C, nullptr),
+                 "scatter forward");
+        BITS("scatter_add_rows forward", sg, sc);
+        vec bc = uniform(mc), bg = bc;
+        CHECK_OK(fsdp_scatter_add_rows_backward_cpu(bc.data(), inp.data(), idx.data(), s.M, s.N, s.C),
+                 "scatter cpu");
+        CHECK_OK(fsdp_scatter_add_rows_backward_cuda(bg.data(), inp.data(), idx.data(), s.M, s.N, s.C,
+                                                     nullptr), "scatter backward");
+        BITS("scatter_add_rows backward", bg, bc);
+    }
+    /* M = 0 and NULL gradients are no-ops */
+    CHECK_OK(fsdp_gather_rows_forward_cuda(nullptr, nullptr, nullptr, 0, 3, 4, nullptr), "gather M = 0");
+    vec x = uniform(12);
+    std::vector<int32_t> one = {1};
+    CHECK_OK(fsdp_gather_rows_backward_cuda(nullptr, x.data(), one.data(), 1, 3, 4, nullptr), "NULL dinp");
+    CHECK_OK(fsdp_scatter_add_rows_backward_cuda(nullptr, x.data(), one.data(), 1, 3, 4, nullptr), "NULL dsrc");
+
+    /* indices out of range (the caller's to prevent): nothing outside the
+     * buffers is touched (ASan), the gathered row is NaN, adds are skipped */
+    const int M = 4, N = 3, C = 5;
+    std::vector<int32_t> bad = {2, -1, 3, 0};
+    vec table = uniform(N * C), rows(M * C), grad = uniform(M * C), acc(N * C, 0.0f);
+    CHECK_OK(fsdp_gather_rows_forward_cuda(rows.data(), table.data(), bad.data(), M, N, C, nullptr), "bad");
+    int nan_rows = 0;
+    for (int m = 0; m < M; m++) nan_rows += isnan(rows[m * C]) && isnan(rows[m * C + C - 1]);
+    CHECK(nan_rows == 2 && rows[0] == table[2 * C] && rows[3 * C] == table[0], "bad ids: %d NaN rows", nan_rows);
+    CHECK_OK(fsdp_gather_rows_backward_cuda(acc.data(), grad.data(), bad.data(), M, N, C, nullptr), "bad");
+    CHECK(acc[2 * C] == grad[0] && acc[0] == grad[3 * C] && acc[C] == 0.0f, "bad ids: gather backward");
+    vec base(N * C, 0.0f);
+    CHECK_OK(fsdp_scatter_add_rows_forward_cuda(base.data(), grad.data(), bad.data(), M, N, C, nullptr), "bad");
+    CHECK(base == acc, "bad ids: scatter forward differs from gather backward");
+    vec ds(M * C, 1.0f);
+    CHECK_OK(fsdp_scatter_add_rows_backward_cuda(ds.data(), table.data(), bad.data(), M, N, C, nullptr), "bad");
+    CHECK(ds[C] == 1.0f && ds[2 * C] == 1.0f && ds[0] == 1.0f + table[2 * C], "bad ids: scatter backward");
+
+    /* the CPU's argument errors, naming the kernel */
+    CHECK(fsdp_gather_rows_forward_cuda(rows.data(), table.data(), bad.data(), M, 0, C, nullptr) ==
+          FSDP_ERR_INVALID, "N = 0 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_gather_rows_forward_cuda"), "message: %s", fsdp_last_error());
+    CHECK(fsdp_scatter_add_rows_forward_cuda(rows.data(), rows.data(), one.data(), 1, 1, C, nullptr) ==
+          FSDP_ERR_INVALID, "out == src accepted");
+    CHECK(fsdp_gather_rows_forward_cuda(rows.data(), table.data(), nullptr, 2, N, C, nullptr) ==
+          FSDP_ERR_INVALID, "NULL idx accepted");
+}
+
+static void test_moe_softmax() {
+    struct { int N, C; } shapes[] = {{7, 13}, {33, 8}, {3, 1000}, {2, 1}, {9, 64}};
+    for (auto s : shapes) {
+        const long nc = (long)s.N * s.C;
+        vec x = uniform(nc, -8, 8);
+        x[0] = -INFINITY;                     /* a masked column */
+        if (s.C > 3) x[(long)s.C + 2] = NAN;  /* a NaN row (row 1): NaN everywhere, as on the CPU */
+        vec oc(nc), og(nc);
+        CHECK_OK(fsdp_softmax_forward_cpu(oc.data(), x.data(), s.N, s.C), "softmax cpu");
+        CHECK_OK(fsdp_softmax_forward_cuda(og.data(), x.data(), s.N, s.C, nullptr), "softmax forward");
+        CLOSE_NAN("softmax forward", og, oc, 1e-6, 1e-9);
+        vec ip = x, ipc = x; /* in place */
+        CHECK_OK(fsdp_softmax_forward_cuda(ip.data(), ip.data(), s.N, s.C, nullptr), "softmax in place");
+        fsdp_softmax_forward_cpu(ipc.data(), ipc.data(), s.N, s.C);
+        CLOSE_NAN("softmax forward", ip, ipc, 1e-6, 1e-9);
+        vec dout = uniform(nc), dc = uniform(nc), dg = dc;
+        CHECK_OK(fsdp_softmax_backward_cpu(dc.data(), dout.data(), oc.data(), s.N, s.C), "softmax cpu");
+        CHECK_OK(fsdp_softmax_backward_cuda(dg.data(), dout.data(), oc.data(), s.N, s.C, nullptr),
+                 "softmax backward");
+        CLOSE_NAN("softmax backward", dg, dc, 1e-6, 1e-7);
+        vec again = uniform(nc), again2 = again; /* deterministic */
+        fsdp_softmax_backward_cuda(again.data(), dout.data(), oc.data(), s.N, s.C, nullptr);
+        fsdp_softmax_backward_cuda(again2.data(), dout.data(), oc.data(), s.N, s.C, nullptr);
+        CHECK_BITS("softmax backward twice", again, again2);
+    }
+    vec z(8);
+    CHECK_OK(fsdp_softmax_backward_cuda(nullptr, z.data(), z.data(), 2, 4, nullptr), "NULL dinp");
+    CHECK(fsdp_softmax_backward_cuda(z.data(), z.data(), z.data(), 2, 4, nullptr) == FSDP_ERR_INVALID,
+          "dinp == dout accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_softmax_backward_cuda"), "message: %s", fsdp_last_error());
+}
+
+static void test_moe_row_scale() {
+    struct { int N, C; } shapes[] = {{7, 13}, {33, 70}, {1, 1}, {4, 1000}};
+    for (auto s : shapes) {
+        const long nc = (long)s.N * s.C;
+        vec x = uniform(nc), sc = uniform(s.N), oc(nc), og(nc);
+        CHECK_OK(fsdp_row_scale_forward_cpu(oc.data(), x.data(), sc.data(), s.N, s.C), "row_scale cpu");
+        CHECK_OK(fsdp_row_scale_forward_cuda(og.data(), x.data(), sc.data(), s.N, s.C, nullptr), "row_scale");
+        BITS("row_scale forward", og, oc);
+        vec dout = uniform(nc), dxc = uniform(nc), dsc = uniform(s.N), dxg = dxc, dsg = dsc;
+        CHECK_OK(fsdp_row_scale_backward_cpu(dxc.data(), dsc.data(), dout.data(), x.data(), sc.data(), s.N,
+                                             s.C), "row_scale cpu");
+        CHECK_OK(fsdp_row_scale_backward_cuda(dxg.data(), dsg.data(), dout.data(), x.data(), sc.data(), s.N,
+                                              s.C, nullptr), "row_scale backward");
+        BITS("row_scale backward dinp", dxg, dxc);
+        CLOSE_NAN("row_scale backward dscale", dsg, dsc, 1e-6, 1e-7);
+        /* one gradient at a time */
+        vec dx1 = dxc, ds1 = dsc, dx2 = dxc, ds2 = dsc;
+        CHECK_OK(fsdp_row_scale_backward_cuda(dx1.data(), nullptr, dout.data(), nullptr, sc.data(), s.N, s.C,
+                                              nullptr), "row_scale dinp only");
+        CHECK_OK(fsdp_row_scale_backward_cpu(dx2.data(), nullptr, dout.data(), nullptr, sc.data(), s.N, s.C),
+                 "row_scale cpu");
+        BITS("row_scale backward dinp", dx1, dx2);
+        CHECK_OK(fsdp_row_scale_backward_cuda(nullptr, ds1.data(), dout.data(), x.data(), nullptr, s.N, s.C,
+                                              nullptr), "row_scale dscale only");
+        CHECK_OK(fsdp_row_scale_backward_cpu(nullptr, ds2.data(), dout.data(), x.data(), nullptr, s.N, s.C),
+                 "row_scale cpu");
+        CLOSE_NAN("row_scale backward dscale", ds1, ds2, 1e-6, 1e-7);
+    }
+    vec z(8);
+    CHECK(fsdp_row_scale_backward_cuda(z.data(), nullptr, z.data(), nullptr, nullptr, 2, 4, nullptr) ==
+          FSDP_ERR_INVALID, "NULL scale accepted");
+}
+
+static void test_moe_topk() {
+    struct { int N, C, K; } shapes[] = {{7, 13, 3}, {40, 8, 2}, {5, 100, 100}, {3, 70, 5}, {2, 1, 1}, {9, 33, 32}};
+    for (auto s : shapes) {
+        const long nc = (long)s.N * s.C, nk = (long)s.N * s.K;
+        vec x = uniform(nc, -3, 3);
+        for (auto &v : x) v = floorf(v * 2.0f) / 2.0f; /* many ties */
+        for (long i = 0; i < nc; i += 7) x[i] = NAN;
+        for (long i = 3; i < nc; i += 11) x[i] = (i / 11) % 2 ? -0.0f : 0.0f;
+        for (long i = 5; i < nc; i += 13) x[i] = (i / 13) % 2 ? INFINITY : -INFINITY;
+        vec vc(nk), vg(nk);
+        std::vector<int32_t> ic(nk), ig(nk, -7);
+        CHECK_OK(fsdp_topk_forward_cpu(vc.data(), ic.data(), x.data(), s.N, s.C, s.K), "topk cpu");
+        CHECK_OK(fsdp_topk_forward_cuda(vg.data(), ig.data(), x.data(), s.N, s.C, s.K, nullptr), "topk forward");
+        BITS("topk forward values", vg, vc);
+        CHECK(ig == ic, "topk N%d C%d K%d: indices differ", s.N, s.C, s.K);
+        /* gradient through the chosen columns, and through repeated ones */
+        vec dv = uniform(nk), dc = uniform(nc), dg = dc;
+        std::vector<int32_t> rep = ic;
+        if (s.K > 1) rep[1] = rep[0];
+        CHECK_OK(fsdp_topk_backward_cpu(dc.data(), dv.data(), rep.data(), s.N, s.C, s.K), "topk cpu");
+        CHECK_OK(fsdp_topk_backward_cuda(dg.data(), dv.data(), rep.data(), s.N, s.C, s.K, nullptr),
+                 "topk backward");
+        BITS("topk backward", dg, dc);
+    }
+    /* the CPU's ordering rules, spelled out: NaN first, ties to the lower column */
+    vec row = {1.0f, 5.0f, NAN, 5.0f, -0.0f, 0.0f};
+    vec v(6);
+    std::vector<int32_t> ix(6);
+    CHECK_OK(fsdp_topk_forward_cuda(v.data(), ix.data(), row.data(), 1, 6, 6, nullptr), "topk rules");
+    CHECK(ix == std::vector<int32_t>({2, 1, 3, 0, 4, 5}), "topk order %d %d %d %d %d %d", ix[0], ix[1], ix[2],
+          ix[3], ix[4], ix[5]);
+    vec z(8);
+    std::vector<int32_t> zi(8);
+    CHECK(fsdp_topk_forward_cuda(z.data(), zi.data(), z.data(), 2, 4, 5, nullptr) == FSDP_ERR_INVALID,
+          "K > C accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_topk_forward_cuda"), "message: %s", fsdp_last_error());
+    /* an index out of range is skipped (caller's to prevent) */
+    vec d(8, 0.0f), g = {1, 2, 3, 4};
+    std::vector<int32_t> badi = {0, 9, -1, 3};
+    CHECK_OK(fsdp_topk_backward_cuda(d.data(), g.data(), badi.data(), 2, 4, 2, nullptr), "topk bad index");
+    CHECK(d[0] == 1 && d[7] == 4 && d[1] + d[2] + d[3] + d[4] + d[5] + d[6] == 0, "topk bad index added");
+}
+
+/* ---- SIMT GEMM (gemm_cuda.cu) ---------------------------------------------- */
+
+/* stored [rows, cols] -> [cols, rows] */
+static vec transposed(const vec &x, int rows, int cols) {
+    vec t(x.size());
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) t[(long)c * rows + r] = x[(long)r * cols + c];
+    return t;
+}
+
+static void test_gemm_simt() {
+    struct { int M, N, K; } shapes[] = {{70, 50, 40}, {1, 1, 1}, {17, 130, 3}, {130, 7, 33}, {5, 9, 200}};
+    for (auto s : shapes) {
+        const long na = (long)s.M * s.K, nb = (long)s.K * s.N, no = (long)s.M * s.N;
+        const double tol = 2e-6 * sqrt((double)s.K); /* vs OpenBLAS: another summation order */
+        vec a = uniform(na), b = uniform(nb), bias = uniform(s.N), dout = uniform(no);
+        for (int t = 0; t < 4; t++) {
+            const int ta = t & 1, tb = t >> 1;
+            char what[80];
+            snprintf(what, sizeof what, "simt gemm M%d N%d K%d ta%d tb%d", s.M, s.N, s.K, ta, tb);
+            for (int mode = 0; mode < 3; mode++) { /* plain, + bias, accumulate + bias */
+                const float *bp = mode ? bias.data() : nullptr;
+                vec oc = uniform(no), og = oc;
+                CHECK_OK(fsdp_matmul_forward_cpu(oc.data(), a.data(), b.data(), bp, s.M, s.N, s.K, ta, tb,
+                                                 mode == 2), "matmul cpu");
+                CHECK_OK(fsdp_matmul_forward_simt_cuda(og.data(), a.data(), b.data(), bp, s.M, s.N, s.K, ta, tb,
+                                                       mode == 2, nullptr), what);
+                note("matmul_forward_simt", og, oc);
+                CLOSE(what, og, oc, tol, tol);
+            }
+            /* backward, accumulating into random gradients */
+            vec dac = uniform(na), dbc = uniform(nb), dbiasc = uniform(s.N);
+            vec dag = dac, dbg = dbc, dbiasg = dbiasc;
+            CHECK_OK(fsdp_matmul_backward_cpu(dac.data(), dbc.data(), dbiasc.data(), dout.data(), a.data(),
+                                              b.data(), s.M, s.N, s.K, ta, tb), "matmul bwd cpu");
+            CHECK_OK(fsdp_matmul_backward_simt_cuda(dag.data(), dbg.data(), dbiasg.data(), dout.data(), a.data(),
+                                                    b.data(), s.M, s.N, s.K, ta, tb, nullptr), what);
+            const double tol_m = 2e-6 * sqrt((double)s.M), tol_n = 2e-6 * sqrt((double)s.N);
+            note("matmul_backward_simt", dag, dac);
+            note("matmul_backward_simt", dbg, dbc);
+            note("matmul_backward_simt", dbiasg, dbiasc);
+            CLOSE("simt gemm da", dag, dac, tol_n, tol_n);
+            CLOSE("simt gemm db", dbg, dbc, tol_m, tol_m);
+            CLOSE("simt gemm dbias", dbiasg, dbiasc, tol_m, tol_m);
+            /* NULL gradients skipped: db alone gives the same db */
+            vec db1 = uniform(nb), db2 = db1;
+            CHECK_OK(fsdp_matmul_backward_simt_cuda(nullptr, db1.data(), nullptr, dout.data(), a.data(), nullptr,
+                                                    s.M, s.N, s.K, ta, tb, nullptr), "db only");
+            CHECK_OK(fsdp_matmul_backward_cpu(nullptr, db2.data(), nullptr, dout.data(), a.data(), nullptr, s.M,
+                                              s.N, s.K, ta, tb), "db only cpu");
+            CLOSE("simt gemm db only", db1, db2, tol_m, tol_m);
+        }
+        /* fixed order: a transposed operand or output changes no bit */
+        vec o0(no), o1(no), o2(no);
+        const vec at = transposed(a, s.M, s.K), bt = transposed(b, s.K, s.N);
+        CHECK_OK(fsdp_matmul_forward_simt_cuda(o0.data(), a.data(), b.data(), bias.data(), s.M, s.N, s.K, 0, 0, 0,
+                                               nullptr), "simt");
+        CHECK_OK(fsdp_matmul_forward_simt_cuda(o1.data(), at.data(), bt.data(), bias.data(), s.M, s.N, s.K, 1, 1,
+                                               0, nullptr), "simt");
+        CHECK_OK(fsdp_matmul_forward_simt_cuda(o2.data(), a.data(), b.data(), bias.data(), s.M, s.N, s.K, 0, 0, 0,
+                                               nullptr), "simt");
+        CHECK_BITS("simt gemm, transposed operands", o1, o0);
+        CHECK_BITS("simt gemm, run twice", o2, o0);
+        vec da0(na, 0.0f), da1(na, 0.0f);
+        CHECK_OK(fsdp_matmul_backward_simt_cuda(da0.data(), nullptr, nullptr, dout.data(), nullptr, b.data(), s.M,
+                                                s.N, s.K, 0, 0, nullptr), "simt");
+        CHECK_OK(fsdp_matmul_backward_simt_cuda(da1.data(), nullptr, nullptr, dout.data(), nullptr, b.data(), s.M,
+                                                s.N, s.K, 1, 0, nullptr), "simt");
+        CHECK_BITS("simt gemm, da stored transposed", transposed(da1, s.K, s.M), da0);
+    }
+    vec z(4);
+    CHECK(fsdp_matmul_forward_simt_cuda(z.data(), z.data(), z.data(), nullptr, 2, 0, 2, 0, 0, 0, nullptr) ==
+          FSDP_ERR_INVALID, "N = 0 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_matmul_forward_simt_cuda"), "message: %s", fsdp_last_error());
+    CHECK(fsdp_matmul_backward_simt_cuda(z.data(), nullptr, nullptr, z.data(), z.data(), nullptr, 2, 2, 1, 0, 0,
+                                         nullptr) == FSDP_ERR_INVALID, "da without b accepted");
+}
+
+/* ---- fill and sum ------------------------------------------------------------ */
+
+static void test_fill() {
+    const double values[] = {1.5, -3.0, 0.0, -0.0, 1e-9, 65504.0, 7.0, 3.3e38, 1e300, -200.7};
+    const int dts[] = {FSDP_F32, FSDP_BF16, FSDP_F16, FSDP_I32, FSDP_I64, FSDP_U16, FSDP_U8};
+    for (long n : {1L, 1000L, 4099L}) {
+        const int64_t shape[1] = {n};
+        for (int dt : dts) {
+            const int es = fsdp_dtype_size(dt);
+            fsdp_tensor *t = fsdp_tensor_new(dt, FSDP_CPU, 1, shape);
+            CHECK(t != nullptr, "tensor: %s", fsdp_last_error());
+            if (!t) continue;
+            std::vector<uint8_t> g(n * es);
+            for (double v : values) {
+                const double lo = dt == FSDP_U16 || dt == FSDP_U8 ? -1.0 : -2147483649.0;
+                const double hi = dt == FSDP_U8 ? 256.0 : dt == FSDP_U16 ? 65536.0 : 2147483648.0;
+                if (dt >= FSDP_I32 && !(v > lo && v < hi)) continue; /* refused: see below */
+                memset(g.data(), 0xa5, g.size());
+                CHECK_OK(fsdp_tensor_fill(t, v), "cpu fill");
+                CHECK_OK(fsdp_fill_cuda(g.data(), dt, v, n, nullptr), "fill");
+                CHECK(memcmp(g.data(), t->data, n * es) == 0, "fill %s n=%ld with %g: bytes differ",
+                      fsdp_dtype_name(dt), n, v);
+            }
+            fsdp_tensor_free(t);
+        }
+    }
+    /* past the 1024-block grid: the block-stride loop */
+    const long big = 1024L * 256 + 1000;
+    vec f(big, 0.0f);
+    CHECK_OK(fsdp_fill_cuda(f.data(), FSDP_F32, 0.25, big, nullptr), "fill big");
+    long wrong = 0;
+    for (float v : f) wrong += v != 0.25f;
+    CHECK(wrong == 0, "fill big: %ld elements not set", wrong);
+    int32_t i4[2] = {5, 5};
+    CHECK_OK(fsdp_fill_cuda(i4, FSDP_I32, 1, 0, nullptr), "fill n = 0");
+    CHECK(i4[0] == 5, "n = 0 wrote");
+    CHECK(fsdp_fill_cuda(i4, FSDP_I32, 3e9, 2, nullptr) == FSDP_ERR_INVALID, "i32 3e9 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_fill_cuda"), "message: %s", fsdp_last_error());
+    CHECK(fsdp_fill_cuda(i4, FSDP_U8, -1.0, 2, nullptr) == FSDP_ERR_INVALID, "u8 -1 accepted");
+    CHECK(fsdp_fill_cuda(i4, FSDP_I32, NAN, 2, nullptr) == FSDP_ERR_INVALID, "i32 NaN accepted");
+    CHECK(fsdp_fill_cuda(i4, 42, 1.0, 2, nullptr) == FSDP_ERR_INVALID, "dtype 42 accepted");
+    CHECK(fsdp_fill_cuda(i4, FSDP_I32, 1.0, -1, nullptr) == FSDP_ERR_INVALID, "n < 0 accepted");
+    CHECK(i4[0] == 5 && i4[1] == 5, "a refused fill wrote");
+}
+
+static void test_sum() {
+    for (long n : {0L, 1L, 1001L, 300001L}) {
+        vec x = uniform(n, -2, 3);
+        double want = 0, mag = 0;
+        for (float v : x) { want += v; mag += fabs(v); }
+        float out = -1, again = -2;
+        CHECK_OK(fsdp_sum_cuda(&out, x.data(), n, nullptr), "sum");
+        if (n < 300000) { /* (the large case takes seconds under the emulation) */
+            CHECK_OK(fsdp_sum_cuda(&again, x.data(), n, nullptr), "sum");
+            CHECK(again == out, "sum not deterministic");
+        }
+        /* both sums in double: they round to the same float but for ties */
+        CHECK(fabs(out - want) <= 0.5 * fabs(want) * 1.2e-7 + 1e-13 * mag, "sum n=%ld: %.9g vs %.17g", n,
+              out, want);
+        vec a = {out}, b = {(float)want};
+        note("sum", a, b);
+    }
+    vec x = uniform(5000);
+    x[4321] = INFINITY;
+    float out = 0;
+    CHECK_OK(fsdp_sum_cuda(&out, x.data(), 5000, nullptr), "sum inf");
+    CHECK(isinf(out), "sum lost an inf: %g", out);
+    x[17] = NAN;
+    CHECK_OK(fsdp_sum_cuda(&out, x.data(), 5000, nullptr), "sum NaN");
+    CHECK(isnan(out), "sum lost a NaN: %g", out);
+    CHECK(fsdp_sum_cuda(nullptr, x.data(), 5, nullptr) == FSDP_ERR_INVALID, "NULL out accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_sum_cuda"), "message: %s", fsdp_last_error());
+}
+
 int main() {
     fsdp_rng_seed(&rng, 20240611);
     test_activation("gelu", fsdp_gelu_forward_cpu, fsdp_gelu_forward_cuda, fsdp_gelu_backward_cpu,
@@ -447,6 +809,15 @@ int main() {
     test_sumsq();
     test_bias_backward();
     test_attention();
+    test_moe_rows();
+    test_moe_softmax();
+    test_moe_row_scale();
+    test_moe_topk();
+    test_gemm_simt();
+    test_fill();
+    test_sum();
+    for (int k = 0; worst[k].op; k++)
+        printf("%-28s max |gpu - cpu| = %.3g over %ld values\n", worst[k].op, worst[k].err, worst[k].n);
     CHECK(fsdp_emu::failures == 0, "the emulator reported %d races or deadlocks", fsdp_emu::failures);
     return check_exit("test_cuda_emu_kernels");
 }

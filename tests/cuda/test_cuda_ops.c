@@ -362,6 +362,180 @@ static void test_matmul(void) {
     matmul_case(64, 128, 256, 0, 1, FSDP_F32, 1);
 }
 
+/* ---- mixture-of-experts routing ------------------------------------------------ */
+
+/* random ids in [0, n) (with repeats when count > n) */
+static int32_t *random_ids(long count, int n) {
+    int32_t *p = malloc(sizeof(int32_t) * (count ? count : 1));
+    for (long i = 0; i < count; i++) p[i] = (int32_t)(fsdp_rng_next(&rng) % (uint64_t)n);
+    return p;
+}
+
+/* the row gathers and scatters and top-k are the CPU's bits; softmax and
+ * dscale sum in double in another order */
+static void test_moe(void) {
+    const int M = 4099, N = 1500, C = 515; /* routed rows, tokens, channels */
+    const long mc = (long)M * C, nc = (long)N * C;
+    float *inp = uniform(nc, -1, 1), *src = uniform(mc, -1, 1), *base = uniform(nc, -1, 1);
+    float *dsrc = uniform(mc, -1, 1), *out = malloc(4 * mc);
+    int32_t *idx = random_ids(M, N);
+    float *d_inp = UPF(inp, nc), *d_src = UPF(src, mc), *d_base = UPF(base, nc), *d_dsrc = UPF(dsrc, mc);
+    float *d_out = UPF(NULL, mc);
+    int32_t *d_idx = up(idx, 4 * M);
+    fsdp_gather_rows_forward_cpu(out, inp, idx, M, N, C);
+    OK(fsdp_gather_rows_forward_cuda(d_out, d_inp, d_idx, M, N, C, NULL));
+    float *h = downf(d_out, mc);
+    CHECK(memcmp(h, out, 4 * mc) == 0, "gather_rows forward differs");
+    free(h);
+    fsdp_scatter_add_rows_forward_cpu(base, src, idx, M, N, C); /* = gather backward */
+    OK(fsdp_scatter_add_rows_forward_cuda(d_base, d_src, d_idx, M, N, C, NULL));
+    h = downf(d_base, nc);
+    CHECK(memcmp(h, base, 4 * nc) == 0, "scatter_add_rows forward differs");
+    free(h);
+    OK(fsdp_cuda_memcpy(d_base, inp, 4 * nc, NULL));
+    memcpy(base, inp, 4 * nc);
+    fsdp_gather_rows_backward_cpu(base, src, idx, M, N, C);
+    OK(fsdp_gather_rows_backward_cuda(d_base, d_src, d_idx, M, N, C, NULL));
+    h = downf(d_base, nc);
+    CHECK(memcmp(h, base, 4 * nc) == 0, "gather_rows backward differs");
+    free(h);
+    fsdp_scatter_add_rows_backward_cpu(dsrc, inp, idx, M, N, C);
+    OK(fsdp_scatter_add_rows_backward_cuda(d_dsrc, d_inp, d_idx, M, N, C, NULL));
+    h = downf(d_dsrc, mc);
+    CHECK(memcmp(h, dsrc, 4 * mc) == 0, "scatter_add_rows backward differs");
+    free(h);
+    free(inp); free(src); free(base); free(dsrc); free(out); free(idx);
+    fsdp_cuda_free(d_inp); fsdp_cuda_free(d_src); fsdp_cuda_free(d_base); fsdp_cuda_free(d_dsrc);
+    fsdp_cuda_free(d_out); fsdp_cuda_free(d_idx);
+
+    /* router: softmax over experts, top-k, row scale */
+    const int T = 3001, E[2] = {64, 1000}, K = 8;
+    for (int e = 0; e < 2; e++) {
+        const long te = (long)T * E[e], tk = (long)T * K;
+        float *x = uniform(te, -4, 4), *y = malloc(4 * te), *dy = uniform(te, -1, 1), *dx = uniform(te, -1, 1);
+        for (long i = 0; i < te; i++) x[i] = floorf(x[i] * 8.0f) / 8.0f; /* ties for top-k */
+        for (long i = 0; i < te; i += 97) x[i] = NAN;
+        float *d_x = UPF(x, te), *d_y = UPF(NULL, te), *d_dy = UPF(dy, te), *d_dx = UPF(dx, te);
+        float *v = malloc(4 * tk), *d_v = UPF(NULL, tk);
+        int32_t *ix = malloc(4 * tk), *d_ix = up(NULL, 4 * tk);
+        fsdp_topk_forward_cpu(v, ix, x, T, E[e], K);
+        OK(fsdp_topk_forward_cuda(d_v, d_ix, d_x, T, E[e], K, NULL));
+        float *hv = downf(d_v, tk);
+        int32_t *hix = malloc(4 * tk);
+        down(hix, d_ix, 4 * tk);
+        CHECK(memcmp(hv, v, 4 * tk) == 0 && memcmp(hix, ix, 4 * tk) == 0, "topk forward E=%d differs", E[e]);
+        float *dv = uniform(tk, -1, 1), *d_dv = UPF(dv, tk);
+        fsdp_topk_backward_cpu(dx, dv, ix, T, E[e], K);
+        OK(fsdp_topk_backward_cuda(d_dx, d_dv, d_ix, T, E[e], K, NULL));
+        h = downf(d_dx, te);
+        CHECK(memcmp(h, dx, 4 * te) == 0, "topk backward E=%d differs", E[e]);
+        free(h);
+        for (long i = 0; i < te; i += 97) x[i] = 0.5f; /* softmax of finite rows */
+        OK(fsdp_cuda_memcpy(d_x, x, 4 * te, NULL));
+        fsdp_softmax_forward_cpu(y, x, T, E[e]);
+        fsdp_softmax_backward_cpu(dx, dy, y, T, E[e]);
+        OK(fsdp_softmax_forward_cuda(d_y, d_x, T, E[e], NULL));
+        OK(fsdp_softmax_backward_cuda(d_dx, d_dy, d_y, T, E[e], NULL));
+        h = downf(d_y, te);
+        CLOSE("softmax forward", h, y, te, 1e-6, 1e-9);
+        free(h); h = downf(d_dx, te);
+        CLOSE("softmax backward", h, dx, te, 1e-5, 1e-7);
+        free(h);
+        /* row scale by the first top-k weight of each row */
+        float *s = uniform(T, 0, 1), *ds = uniform(T, -1, 1), *d_s = UPF(s, T), *d_ds = UPF(ds, T);
+        fsdp_row_scale_forward_cpu(y, x, s, T, E[e]);
+        fsdp_row_scale_backward_cpu(dx, ds, dy, x, s, T, E[e]);
+        OK(fsdp_row_scale_forward_cuda(d_y, d_x, d_s, T, E[e], NULL));
+        OK(fsdp_row_scale_backward_cuda(d_dx, d_ds, d_dy, d_x, d_s, T, E[e], NULL));
+        h = downf(d_y, te);
+        CHECK(memcmp(h, y, 4 * te) == 0, "row_scale forward differs");
+        free(h); h = downf(d_dx, te);
+        CHECK(memcmp(h, dx, 4 * te) == 0, "row_scale backward dinp differs");
+        free(h); h = downf(d_ds, T);
+        CLOSE("row_scale backward dscale", h, ds, T, 1e-6, 1e-6);
+        free(h);
+        free(x); free(y); free(dy); free(dx); free(v); free(ix); free(hv); free(hix); free(dv); free(s); free(ds);
+        void *all[] = {d_x, d_y, d_dy, d_dx, d_v, d_ix, d_dv, d_s, d_ds};
+        for (int i = 0; i < 9; i++) fsdp_cuda_free(all[i]);
+    }
+}
+
+/* ---- SIMT GEMM, fill, sum --------------------------------------------------------- */
+
+static void gemm_simt_case(int M, int N, int K, int ta, int tb) {
+    const long na = (long)M * K, nb = (long)K * N, no = (long)M * N;
+    float *a = uniform(na, -1, 1), *b = uniform(nb, -1, 1), *bias = uniform(N, -1, 1);
+    float *dout = uniform(no, -1, 1), *out = uniform(no, -1, 1);
+    float *da = uniform(na, -1, 1), *db = uniform(nb, -1, 1), *dbias = uniform(N, -1, 1);
+    float *d_a = UPF(a, na), *d_b = UPF(b, nb), *d_bias = UPF(bias, N), *d_dout = UPF(dout, no);
+    float *d_out = UPF(out, no), *d_da = UPF(da, na), *d_db = UPF(db, nb), *d_dbias = UPF(dbias, N);
+    char what[80];
+    snprintf(what, sizeof what, "simt gemm M%d N%d K%d ta%d tb%d", M, N, K, ta, tb);
+    fsdp_matmul_forward_cpu(out, a, b, bias, M, N, K, ta, tb, 1);
+    OK(fsdp_matmul_forward_simt_cuda(d_out, d_a, d_b, d_bias, M, N, K, ta, tb, 1, NULL));
+    float *h = downf(d_out, no);
+    CLOSE(what, h, out, no, 1e-4, 1e-4);
+    /* twice: the same bits */
+    float *again = UPF(NULL, no);
+    OK(fsdp_matmul_forward_simt_cuda(d_out, d_a, d_b, NULL, M, N, K, ta, tb, 0, NULL));
+    OK(fsdp_matmul_forward_simt_cuda(again, d_a, d_b, NULL, M, N, K, ta, tb, 0, NULL));
+    float *h1 = downf(d_out, no), *h2 = downf(again, no);
+    CHECK(memcmp(h1, h2, 4 * no) == 0, "%s: not deterministic", what);
+    fsdp_matmul_backward_cpu(da, db, dbias, dout, a, b, M, N, K, ta, tb);
+    OK(fsdp_matmul_backward_simt_cuda(d_da, d_db, d_dbias, d_dout, d_a, d_b, M, N, K, ta, tb, NULL));
+    float *hda = downf(d_da, na), *hdb = downf(d_db, nb), *hdbias = downf(d_dbias, N);
+    CLOSE(what, hda, da, na, 1e-4, 1e-3);
+    CLOSE(what, hdb, db, nb, 1e-4, 1e-3);
+    CLOSE(what, hdbias, dbias, N, 1e-4, 1e-3);
+    free(a); free(b); free(bias); free(dout); free(out); free(da); free(db); free(dbias);
+    free(h); free(h1); free(h2); free(hda); free(hdb); free(hdbias);
+    void *all[] = {d_a, d_b, d_bias, d_dout, d_out, d_da, d_db, d_dbias, again};
+    for (int i = 0; i < 9; i++) fsdp_cuda_free(all[i]);
+}
+
+static void test_gemm_simt(void) {
+    for (int t = 0; t < 4; t++) gemm_simt_case(67, 96, 130, t & 1, t >> 1);
+    gemm_simt_case(513, 257, 1000, 0, 1);
+    gemm_simt_case(1, 3000, 7, 1, 0);
+}
+
+static void test_fill_sum(void) {
+    const long n = 100003;
+    const double values[] = {1.5, -3.0, 0.0, -0.0, 65504.0, 7.0, 3.3e38};
+    const int dts[] = {FSDP_F32, FSDP_BF16, FSDP_F16, FSDP_I32, FSDP_I64, FSDP_U16, FSDP_U8};
+    const int64_t shape[1] = {n};
+    void *d = up(NULL, 8 * n);
+    void *h = malloc(8 * n);
+    for (int i = 0; i < 7; i++) {
+        fsdp_tensor *t = fsdp_tensor_new(dts[i], FSDP_CPU, 1, shape);
+        const int es = fsdp_dtype_size(dts[i]);
+        for (int j = 0; j < 7; j++) {
+            double v = values[j];
+            if (dts[i] >= FSDP_I32 && (v < 0 || v > 255)) continue; /* outside u8: refused */
+            OK(fsdp_tensor_fill(t, v));
+            OK(fsdp_fill_cuda(d, dts[i], v, n, NULL));
+            down(h, d, es * n);
+            CHECK(memcmp(h, t->data, es * n) == 0, "fill %s with %g differs", fsdp_dtype_name(dts[i]), v);
+        }
+        fsdp_tensor_free(t);
+    }
+    free(h);
+    fsdp_cuda_free(d);
+    const long m = 3000017;
+    float *x = uniform(m, -1, 2), *d_x = UPF(x, m), *d_s = UPF(NULL, 1);
+    float got = 0, got2 = 0;
+    double want = 0;
+    for (long i = 0; i < m; i++) want += x[i];
+    OK(fsdp_sum_cuda(d_s, d_x, m, NULL));
+    down(&got, d_s, 4);
+    OK(fsdp_sum_cuda(d_s, d_x, m, NULL));
+    down(&got2, d_s, 4);
+    CHECK(fabs(got - want) <= 1e-7 * fabs(want), "sum %.9g vs %.17g", got, want);
+    CHECK(got == got2, "sum not deterministic");
+    free(x);
+    fsdp_cuda_free(d_x); fsdp_cuda_free(d_s);
+}
+
 /* ---- attention: the fallback kernel and cuDNN --------------------------------- */
 
 static void test_attention(void) {
@@ -489,6 +663,9 @@ int main(void) {
     test_crossentropy();
     test_adamw_sumsq();
     test_matmul();
+    test_gemm_simt();
+    test_moe();
+    test_fill_sum();
     test_attention();
     test_allocator();
     OK(fsdp_cuda_synchronize());
