@@ -1,4 +1,5 @@
-/* comm.c - collectives over host memory: an MPI backend and a `self` backend.
+/* comm.c - the collective interface: an MPI backend and a `self` backend
+ * over host memory, and the dispatch to backends of other libraries.
  *
  * The world is MPI when the process was started by an MPI launcher (mpiexec,
  * srun with PMI, fsdp-lua --nproc-per-node); otherwise it is a world of one
@@ -30,6 +31,21 @@
  *   broadcast:                  B on the root, 0 elsewhere (0 when n == 1)
  * It is added when the collective starts successfully.
  *
+ * Backends of other libraries (comm_ops.h): a library linking libfsdp fills
+ * an fsdp_comm_ops table and wraps its state with fsdp_comm_ext_new; the
+ * NCCL backend of libfsdp_cuda (engine/cuda/comm_nccl.cu, device memory) is
+ * the one we ship, and fsdp_comm_backend names it "nccl". For such a comm
+ * the public calls run the same argument checks (MPI's int count limit
+ * aside), then start the collective through the table and keep the same
+ * bytes_sent accounting and request objects: the backend's handle of a
+ * started collective lives inside the fsdp_comm_request, and wait / test ask
+ * the table. The backend may end a collective when a wait times out (NCCL
+ * aborts its communicator then, since a hung collective cannot be cancelled):
+ * that request is freed like a completed one and the error says so. AVG
+ * division and buffer aliasing are the backend's business. A blocking call is
+ * still start + wait. Split is refused (split the host comm and make the
+ * backend's comm from the sub-group).
+ *
  * Thread safety: one thread drives communication (MPI_THREAD_FUNNELED). */
 #include <limits.h>
 #include <stdio.h>
@@ -39,15 +55,20 @@
 #include <sched.h>
 #include <mpi.h>
 #include "internal.h"
+#include "comm_ops.h"
 #include "dtype_math.h"
 
-enum { BACKEND_SELF = 0, BACKEND_MPI = 1 };
+enum { BACKEND_SELF = 0, BACKEND_MPI = 1, BACKEND_EXT = 2 };
 
 struct fsdp_comm {
     int backend;
     int rank, size;
     int is_world;          /* the world lives until finalize; free ignores it */
+    int job_rank;          /* this process's rank in the job, for messages */
+    int sub_group;         /* messages add "(r of n in a sub-group)" */
     MPI_Comm mpi;          /* BACKEND_MPI only */
+    const fsdp_comm_ops *ops; /* BACKEND_EXT only: the other library's table */
+    void *ext_ctx;         /* BACKEND_EXT only: its state */
     int64_t bytes_sent;
 };
 
@@ -63,6 +84,7 @@ struct fsdp_comm_request {
     void *tmp;             /* temporary buffer, freed at completion */
     void *copy_dst;        /* when set: copy copy_bytes from tmp to here */
     int64_t copy_bytes;
+    void *ext;             /* BACKEND_EXT: the backend's handle, NULL once complete */
 };
 
 /* process-wide state: one world per process */
@@ -85,10 +107,13 @@ static double now_s(void) {
  * per-thread buffer, valid until the next call */
 static const char *who(const fsdp_comm *c) {
     static __thread char buf[96];
-    if (!c || c->is_world) snprintf(buf, sizeof buf, "rank %d", world_rank);
-    else snprintf(buf, sizeof buf, "rank %d (%d of %d in a sub-group)", world_rank, c->rank, c->size);
+    if (!c) snprintf(buf, sizeof buf, "rank %d", world_rank);
+    else if (!c->sub_group) snprintf(buf, sizeof buf, "rank %d", c->job_rank);
+    else snprintf(buf, sizeof buf, "rank %d (%d of %d in a sub-group)", c->job_rank, c->rank, c->size);
     return buf;
 }
+
+const char *fsdp_comm_who(const fsdp_comm *c) { return who(c); }
 
 /* an MPI error code as an FSDP_ERR_COMM message naming this rank */
 static int mpi_fail(const fsdp_comm *c, const char *what, int code) {
@@ -114,7 +139,7 @@ static int env_set(const char *name) {
 }
 
 /* default timeout: FSDP_COMM_TIMEOUT seconds, else 600 */
-static double default_timeout(void) {
+double fsdp_comm_default_timeout(void) {
     const char *s = getenv("FSDP_COMM_TIMEOUT");
     if (s && *s) {
         char *end;
@@ -279,9 +304,23 @@ static int poll_mpi(MPI_Request *mr, int64_t nbytes, double timeout_s, int *mpi_
     }
 }
 
+/* frees a request of an ext backend, its handle first */
+static void ext_request_free(fsdp_comm_request *r) {
+    if (r->ext) r->comm->ops->request_free(r->comm, r->ext);
+    r->ext = NULL;
+    request_free(r);
+}
+
 int fsdp_comm_wait(fsdp_comm_request *r, double timeout_s) {
     if (!r) return fsdp_error(FSDP_ERR_INVALID, "fsdp_comm_wait: request is NULL");
-    if (timeout_s <= 0) timeout_s = default_timeout();
+    if (timeout_s <= 0) timeout_s = fsdp_comm_default_timeout();
+    if (r->comm->backend == BACKEND_EXT) {
+        int status = FSDP_OK, pending = 0;
+        if (r->ext) status = r->comm->ops->wait(r->comm, r->ext, r->name, r->nbytes, timeout_s, &pending);
+        if (pending && status) return status; /* still running: the handle stays valid */
+        ext_request_free(r);
+        return status;
+    }
     /* self requests are complete from the start */
     if (r->mpi != MPI_REQUEST_NULL) {
         int mpi_rc = MPI_SUCCESS;
@@ -304,6 +343,14 @@ int fsdp_comm_wait(fsdp_comm_request *r, double timeout_s) {
 int fsdp_comm_test(fsdp_comm_request *r, int *done) {
     if (!r || !done) return fsdp_error(FSDP_ERR_INVALID, "fsdp_comm_test: request or done is NULL");
     int flag = 1;
+    if (r->comm->backend == BACKEND_EXT) {
+        int status = FSDP_OK;
+        if (r->ext) status = r->comm->ops->test(r->comm, r->ext, r->name, r->nbytes, &flag);
+        if (status) flag = 1; /* an error ends the collective */
+        *done = flag;
+        if (flag) ext_request_free(r);
+        return status;
+    }
     if (r->mpi != MPI_REQUEST_NULL) {
         int rc = MPI_Test(&r->mpi, &flag, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS) {
@@ -341,6 +388,8 @@ static fsdp_comm *comm_alloc(int backend, int rank, int size, int is_world) {
     c->rank = rank;
     c->size = size;
     c->is_world = is_world;
+    c->job_rank = world_rank;
+    c->sub_group = !is_world;
     c->mpi = MPI_COMM_NULL;
     return c;
 }
@@ -411,6 +460,10 @@ fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key) {
     if (!parent) return fsdp_error_null(FSDP_ERR_INVALID, "fsdp_comm_split: parent comm is NULL");
     if (color < 0)
         return fsdp_error_null(FSDP_ERR_INVALID, "fsdp_comm_split: %s: color %d is negative", who(parent), color);
+    if (parent->backend == BACKEND_EXT)
+        return fsdp_error_null(FSDP_ERR_UNSUPPORTED, "fsdp_comm_split: %s: cannot split a %s comm; split the"
+                               " host comm it was made from and make a %s comm of the sub-group",
+                               who(parent), parent->ops->name, parent->ops->name);
     if (parent->backend == BACKEND_SELF) return comm_alloc(BACKEND_SELF, 0, 1, 0);
     if (mpi_done) return fsdp_error_null(FSDP_ERR_COMM, "fsdp_comm_split: %s: MPI was already finalized", who(parent));
     /* collective over the parent: ranks with the same color form a group */
@@ -429,6 +482,7 @@ fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key) {
 
 void fsdp_comm_free(fsdp_comm *c) {
     if (!c || c->is_world) return;
+    if (c->backend == BACKEND_EXT) c->ops->comm_free(c);
     if (c->backend == BACKEND_MPI && !mpi_done) MPI_Comm_free(&c->mpi);
     free(c);
 }
@@ -452,6 +506,7 @@ int fsdp_comm_size(const fsdp_comm *c) {
 
 const char *fsdp_comm_backend(const fsdp_comm *c) {
     if (!c) return fsdp_error_null(FSDP_ERR_INVALID, "fsdp_comm_backend: comm is NULL");
+    if (c->backend == BACKEND_EXT) return c->ops->name;
     return c->backend == BACKEND_MPI ? "mpi" : "self";
 }
 
@@ -462,6 +517,63 @@ int64_t fsdp_comm_bytes_sent(const fsdp_comm *c) {
         return -1;
     }
     return c->bytes_sent;
+}
+
+/* ---- backends of other libraries (comm_ops.h) --------------------------- */
+
+fsdp_comm *fsdp_comm_ext_new(const fsdp_comm_ops *ops, void *ctx, int rank, int size,
+                             const fsdp_comm *same_group_as) {
+    static const char fn[] = "fsdp_comm_ext_new";
+    if (!ops || !ops->name || !ops->wait || !ops->test || !ops->request_free || !ops->comm_free)
+        return fsdp_error_null(FSDP_ERR_INVALID, "%s: ops table lacks its name, wait, test, request_free"
+                               " or comm_free", fn);
+    if (size < 1 || rank < 0 || rank >= size)
+        return fsdp_error_null(FSDP_ERR_INVALID, "%s: %s backend: rank %d of %d", fn, ops->name, rank, size);
+    if (same_group_as && (same_group_as->rank != rank || same_group_as->size != size))
+        return fsdp_error_null(FSDP_ERR_INVALID, "%s: %s backend: rank %d of %d, but the host comm is %s of %d",
+                               fn, ops->name, rank, size, who(same_group_as), same_group_as->size);
+    fsdp_comm *c = comm_alloc(BACKEND_EXT, rank, size, 0);
+    if (!c) return NULL;
+    c->ops = ops;
+    c->ext_ctx = ctx;
+    c->job_rank = same_group_as ? same_group_as->job_rank : rank;
+    c->sub_group = same_group_as ? same_group_as->sub_group : 0;
+    return c;
+}
+
+const fsdp_comm_ops *fsdp_comm_ext_ops(const fsdp_comm *c) {
+    return c && c->backend == BACKEND_EXT ? c->ops : NULL;
+}
+
+void *fsdp_comm_ext_ctx(const fsdp_comm *c) {
+    return c && c->backend == BACKEND_EXT ? c->ext_ctx : NULL;
+}
+
+int fsdp_comm_request_ext(const fsdp_comm_request *r, const fsdp_comm_ops *ops, void **handle) {
+    if (!r || !ops || r->comm->backend != BACKEND_EXT || r->comm->ops != ops) return -1;
+    if (handle) *handle = r->ext;
+    return 0;
+}
+
+/* "fn: rank R: the <name> backend has no <collective>" */
+static int ext_missing(const char *fn, const fsdp_comm *c, const char *what) {
+    return fsdp_error(FSDP_ERR_UNSUPPORTED, "%s: %s: the %s backend has no %s", fn, who(c), c->ops->name, what);
+}
+
+/* After a start through the ops table (status): counts bytes and hands the
+ * request out, or waits for it when req is NULL; drops it on error. */
+static int ext_submit(fsdp_comm_request *r, int status, int64_t bytes, fsdp_comm_request **req) {
+    if (status) {
+        r->ext = NULL; /* a failed start owns no handle */
+        request_free(r);
+        return status;
+    }
+    r->comm->bytes_sent += bytes;
+    if (req) {
+        *req = r;
+        return FSDP_OK;
+    }
+    return fsdp_comm_wait(r, 0);
 }
 
 /* ---- collectives -------------------------------------------------------- */
@@ -476,6 +588,10 @@ int fsdp_comm_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t cou
         return fsdp_error(FSDP_ERR_INVALID, "%s: %s: NULL buffer with count %lld", fn, who(c), (long long)count);
     fsdp_comm_request *r = request_new(c, "all_gather", total, dtype);
     if (!r) return FSDP_ERR_OOM;
+    if (c->backend == BACKEND_EXT)
+        return ext_submit(r, c->ops->all_gather ? c->ops->all_gather(c, recv, send, count, dtype, &r->ext)
+                                                : ext_missing(fn, c, "all_gather"),
+                          (int64_t)(c->size - 1) * slice, req);
 
     /* self: the one slice is the whole result */
     if (c->backend == BACKEND_SELF) {
@@ -511,6 +627,10 @@ int fsdp_comm_reduce_scatter(fsdp_comm *c, void *recv, const void *send, int64_t
         return fsdp_error(FSDP_ERR_INVALID, "%s: %s: NULL buffer with count %lld", fn, who(c), (long long)count);
     fsdp_comm_request *r = request_new(c, "reduce_scatter", total, dtype);
     if (!r) return FSDP_ERR_OOM;
+    if (c->backend == BACKEND_EXT)
+        return ext_submit(r, c->ops->reduce_scatter ? c->ops->reduce_scatter(c, recv, send, count, dtype, op, &r->ext)
+                                                    : ext_missing(fn, c, "reduce_scatter"),
+                          (int64_t)(c->size - 1) * slice, req);
     if (op == FSDP_REDUCE_AVG) { r->avg_buf = recv; r->avg_count = count; }
 
     /* self: the reduction over one rank is its own slice (AVG is identity) */
@@ -545,6 +665,10 @@ int fsdp_comm_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int 
         return fsdp_error(FSDP_ERR_INVALID, "%s: %s: NULL buffer with count %lld", fn, who(c), (long long)count);
     fsdp_comm_request *r = request_new(c, "all_reduce", nbytes, dtype);
     if (!r) return FSDP_ERR_OOM;
+    if (c->backend == BACKEND_EXT)
+        return ext_submit(r, c->ops->all_reduce ? c->ops->all_reduce(c, buf, count, dtype, op, &r->ext)
+                                                : ext_missing(fn, c, "all_reduce"),
+                          2 * (int64_t)(c->size - 1) * nbytes / c->size, req);
     if (op == FSDP_REDUCE_AVG) { r->avg_buf = buf; r->avg_count = count; }
 
     /* self: nothing to combine */
@@ -567,6 +691,10 @@ int fsdp_comm_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int r
         return fsdp_error(FSDP_ERR_INVALID, "%s: %s: NULL buffer with count %lld", fn, who(c), (long long)count);
     fsdp_comm_request *r = request_new(c, "broadcast", nbytes, dtype);
     if (!r) return FSDP_ERR_OOM;
+    if (c->backend == BACKEND_EXT)
+        return ext_submit(r, c->ops->broadcast ? c->ops->broadcast(c, buf, count, dtype, root, &r->ext)
+                                               : ext_missing(fn, c, "broadcast"),
+                          c->rank == root && c->size > 1 ? nbytes : 0, req);
 
     /* self: the root already holds the data */
     if (c->backend == BACKEND_SELF) return request_submit(r, MPI_SUCCESS, req);
@@ -581,6 +709,7 @@ int fsdp_comm_barrier(fsdp_comm *c) {
     int status = check_args(fn, c, 0, FSDP_U8, 0, 0);
     if (status) return status;
     if (c->backend == BACKEND_SELF) return FSDP_OK;
+    if (c->backend == BACKEND_EXT) return c->ops->barrier ? c->ops->barrier(c) : ext_missing(fn, c, "barrier");
     fsdp_comm_request *r = request_new(c, "barrier", 0, FSDP_U8);
     if (!r) return FSDP_ERR_OOM;
     int rc = MPI_Ibarrier(c->mpi, &r->mpi);

@@ -273,7 +273,9 @@ double fsdp_sumsq_cpu(const float *x, int64_t n);
 
 /* ---- collectives (engine/comm.c) ---------------------------------------- *
  * One interface over several engines: MPI for host tensors (and bootstrap),
- * a `self` backend for a world of one, NCCL for CUDA tensors (libfsdp_cuda).
+ * a `self` backend for a world of one, NCCL for CUDA tensors (libfsdp_cuda:
+ * fsdp_comm_nccl_new in the CUDA section; the calls below then take device
+ * pointers and their requests complete when the device is done).
  * Counts are in elements of dtype. A NULL request pointer means blocking;
  * otherwise *req receives a handle to fsdp_comm_wait / fsdp_comm_test, which
  * frees it on completion. Errors name this rank and, when known, the peer. */
@@ -292,7 +294,7 @@ fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key);
 void fsdp_comm_free(fsdp_comm *c);     /* sub-groups only; the world lives on */
 int fsdp_comm_rank(const fsdp_comm *c);
 int fsdp_comm_size(const fsdp_comm *c);
-const char *fsdp_comm_backend(const fsdp_comm *c); /* "mpi" or "self" */
+const char *fsdp_comm_backend(const fsdp_comm *c); /* "mpi", "self" or "nccl" */
 /* recv[size * count] gathers every rank's send[count], in rank order */
 int fsdp_comm_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype,
                          fsdp_comm_request **req);
@@ -439,6 +441,30 @@ int fsdp_cuda_stream_synchronize(fsdp_stream s);
  * queued on stream; a pageable host buffer makes it synchronous */
 int fsdp_cuda_memcpy(void *dst, const void *src, int64_t nbytes, fsdp_stream stream);
 int fsdp_cuda_memset(void *dst, int byte, int64_t nbytes, fsdp_stream stream);
+
+/* Events and pinned host memory (engine/cuda/stream_cuda.cu). An event
+ * orders streams without blocking the host: record it on one stream, make
+ * another wait for it. timing != 0 lets it be used for elapsed times (an
+ * event without timing is cheaper to record and wait on). */
+typedef struct CUevent_st *fsdp_event; /* the same type as cudaEvent_t */
+int fsdp_cuda_event_create(fsdp_event *out, int timing);
+int fsdp_cuda_event_destroy(fsdp_event e); /* NULL is allowed */
+/* captures the work queued on stream so far */
+int fsdp_cuda_event_record(fsdp_event e, fsdp_stream stream);
+/* work queued on stream after this call starts once e's work is done */
+int fsdp_cuda_stream_wait_event(fsdp_stream stream, fsdp_event e);
+int fsdp_cuda_event_synchronize(fsdp_event e); /* blocks the host */
+/* *done = 1 when the captured work has finished, 0 while it is pending */
+int fsdp_cuda_event_query(fsdp_event e, int *done);
+/* milliseconds between two completed timing events */
+int fsdp_cuda_event_elapsed_ms(fsdp_event start, fsdp_event end, double *ms);
+/* Page-locked ("pinned") host memory, portable to every device: copies
+ * between it and the device (fsdp_cuda_memcpy) are asynchronous on their
+ * stream, so CPU-offloaded shards and optimizer state live here. NULL and
+ * FSDP_ERR_OOM naming the rank and the request when the host cannot lock
+ * that much; free with fsdp_cuda_host_free (NULL allowed). */
+void *fsdp_cuda_host_alloc(int64_t nbytes);
+void fsdp_cuda_host_free(void *ptr);
 
 /* Caching device allocator (engine/cuda/alloc_cuda.cu). Blocks are rounded
  * to size classes and, once freed, kept per (device, stream) for the next
@@ -591,6 +617,45 @@ int fsdp_attention_backward_cudnn(void *dq, void *dk, void *dv, const void *dout
                                   const void *k, const void *v, const void *out, const float *lse,
                                   int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
                                   float scale, int dtype, fsdp_stream stream);
+
+/* NCCL collectives (engine/cuda/comm_nccl.cu). An NCCL comm is an fsdp_comm:
+ * fsdp_comm_all_gather / reduce_scatter / all_reduce / broadcast / barrier /
+ * wait / test / free / bytes_sent work on it as documented in the
+ * collectives section, with pointers to device memory of the comm's device;
+ * fsdp_comm_backend says "nccl". All dtypes can be gathered and broadcast;
+ * reductions (SUM, AVG, MAX) take f32, bf16, f16, i32, i64 and u8 (NCCL
+ * reduces 16-bit floats in their own precision, not widened like MPI).
+ * Streams: each comm owns a collective stream. A collective first makes it
+ * wait for the work queued so far on the compute stream (set with
+ * fsdp_comm_nccl_set_stream; NULL, the default, is the legacy default
+ * stream), then runs there; its request completes when the device has
+ * finished it. fsdp_comm_wait polls the device with the timeout: on timeout
+ * or an asynchronous NCCL error it aborts the communicator (a hung
+ * collective cannot be cancelled) and fails naming the rank, the
+ * collective, its bytes and the time spent; the request is freed then, and
+ * later calls on that comm fail: make a new one. A blocking call (NULL
+ * request) waits the same way. Buffers must stay allocated and unchanged
+ * until the request completes or a stream that uses them has waited for it.
+ * Not supported: fsdp_comm_split of an NCCL comm. */
+
+/* Collective over bootstrap (an mpi or self comm: every rank of it calls
+ * this): rank 0 creates the NCCL id, a broadcast over bootstrap hands it to
+ * the others, and every rank joins on device. NULL on error (the others'
+ * waits time out rather than hang). */
+fsdp_comm *fsdp_comm_nccl_new(fsdp_comm *bootstrap, int device);
+/* The same without MPI (jobs started by torchrun: RANK, WORLD_SIZE,
+ * MASTER_ADDR, MASTER_PORT): rank 0 listens on port and hands the id, as
+ * hex text, to ranks 1..world-1, which fetch it from master_addr:port
+ * (engine/rendezvous.c). Bounded by FSDP_COMM_TIMEOUT (default 600 s). */
+fsdp_comm *fsdp_comm_nccl_new_tcp(int rank, int world, const char *master_addr, int port, int device);
+/* the stream whose queued work every later collective of c follows */
+int fsdp_comm_nccl_set_stream(fsdp_comm *c, fsdp_stream compute);
+/* Work queued on stream after this call starts once the collective of req
+ * is done, without blocking the host (prefetch: gather the next unit while
+ * this one computes). req stays valid: fsdp_comm_wait or fsdp_comm_test it
+ * later to free it (cheap once the stream has passed it). A request
+ * complete at its start (count 0) needs no wait. */
+int fsdp_cuda_stream_wait_request(fsdp_stream stream, fsdp_comm_request *req);
 
 /* ---- files: safetensors (engine/safetensors.c) -------------------------- */
 
