@@ -25,6 +25,18 @@ static fsdp_mem_stats host_stats; /* current/peak: bytes requested by live stora
 static int64_t host_blocks;        /* bytes of the size-class blocks behind them */
 static int64_t host_cached;        /* bytes of free blocks kept in the pool */
 
+static const fsdp_device_ops *device_ops; /* libfsdp_cuda's, once installed */
+
+void fsdp_set_device_ops(const fsdp_device_ops *ops) { device_ops = ops; }
+
+const fsdp_device_ops *fsdp_device_ops_for(int device) {
+    if (!device_ops)
+        return fsdp_error_null(FSDP_ERR_UNSUPPORTED,
+                               "device cuda:%d: no CUDA backend is loaded in this process (--device cuda "
+                               "loads build/libfsdp_cuda.so)", device);
+    return device_ops;
+}
+
 static int64_t size_class(int64_t n) {
     if (n <= 0) n = 1;
     if (n <= 65536) return (n + 63) & ~(int64_t)63;
@@ -47,9 +59,10 @@ static bucket *find_bucket(int64_t size, int create) {
 }
 
 void *fsdp_mem_alloc(int device, int64_t nbytes) {
-    if (device != FSDP_CPU)
-        return fsdp_error_null(FSDP_ERR_UNSUPPORTED,
-                               "device cuda:%d: no CUDA backend is loaded in this process", device);
+    if (device != FSDP_CPU) {
+        const fsdp_device_ops *ops = fsdp_device_ops_for(device);
+        return ops ? ops->alloc(device, nbytes) : NULL;
+    }
     if (nbytes < 0) return fsdp_error_null(FSDP_ERR_INVALID, "negative allocation size %lld", (long long)nbytes);
     int64_t size = size_class(nbytes);
     void *p = NULL;
@@ -85,7 +98,11 @@ void *fsdp_mem_alloc(int device, int64_t nbytes) {
 }
 
 void fsdp_mem_release(int device, void *ptr, int64_t nbytes) {
-    if (!ptr || device != FSDP_CPU) return;
+    if (!ptr) return;
+    if (device != FSDP_CPU) {
+        if (device_ops) device_ops->release(ptr);
+        return;
+    }
     int64_t size = size_class(nbytes);
     pthread_mutex_lock(&lock);
     host_stats.current -= nbytes;
@@ -103,8 +120,10 @@ void fsdp_mem_release(int device, void *ptr, int64_t nbytes) {
 }
 
 int fsdp_mem_get_stats(int device, fsdp_mem_stats *out) {
-    if (device != FSDP_CPU)
-        return fsdp_error(FSDP_ERR_UNSUPPORTED, "device cuda:%d: no CUDA backend is loaded", device);
+    if (device != FSDP_CPU) {
+        const fsdp_device_ops *ops = fsdp_device_ops_for(device);
+        return ops ? ops->get_stats(device, out) : FSDP_ERR_UNSUPPORTED;
+    }
     pthread_mutex_lock(&lock);
     *out = host_stats;
     out->reserved = host_blocks + host_cached;
@@ -113,14 +132,20 @@ int fsdp_mem_get_stats(int device, fsdp_mem_stats *out) {
 }
 
 void fsdp_mem_reset_peak(int device) {
-    if (device != FSDP_CPU) return;
+    if (device != FSDP_CPU) {
+        if (device_ops) device_ops->reset_peak(device);
+        return;
+    }
     pthread_mutex_lock(&lock);
     host_stats.peak = host_stats.current;
     pthread_mutex_unlock(&lock);
 }
 
 void fsdp_mem_empty_cache(int device) {
-    if (device != FSDP_CPU) return;
+    if (device != FSDP_CPU) {
+        if (device_ops) device_ops->empty_cache(device);
+        return;
+    }
     pthread_mutex_lock(&lock);
     for (bucket *b = buckets; b; b = b->next) {
         while (b->head) {

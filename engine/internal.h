@@ -14,6 +14,28 @@ void *fsdp_error_null(int code, const char *fmt, ...) __attribute__((format(prin
 void *fsdp_mem_alloc(int device, int64_t nbytes);
 void fsdp_mem_release(int device, void *ptr, int64_t nbytes);
 
+/* What a device backend (libfsdp_cuda) plugs into the tensor layer so that
+ * tensors with device >= 0 can be made, freed, copied and filled by libfsdp's
+ * own functions. Installed by fsdp_cuda_install() through C, never by Lua.
+ * copy moves nbytes between any host/device pair; when dst or src is on the
+ * host it returns only once the host side may be used. */
+typedef struct fsdp_device_ops {
+    void *(*alloc)(int device, int64_t nbytes); /* NULL + fsdp_error on failure */
+    void (*release)(void *ptr);
+    int (*copy)(void *dst, int dst_device, const void *src, int src_device, int64_t nbytes);
+    int (*fill)(void *dst, int device, int dtype, double value, int64_t n);
+    int (*cast)(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n, int device);
+    int (*get_stats)(int device, fsdp_mem_stats *out);
+    void (*reset_peak)(int device);
+    int (*empty_cache)(int device);
+    void *(*host_alloc)(int64_t nbytes); /* page-locked host memory */
+    void (*host_free)(void *ptr);
+} fsdp_device_ops;
+/* installs ops (NULL uninstalls); the struct must outlive its use */
+void fsdp_set_device_ops(const fsdp_device_ops *ops);
+/* the installed ops, or NULL with an error naming the device */
+const fsdp_device_ops *fsdp_device_ops_for(int device);
+
 /* writes the parts one after another as one file, atomically (fileio.c) */
 int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
                           const int64_t *sizes);

@@ -5,6 +5,7 @@
  * its storage; a view is another header on the same storage, so a base stays
  * alive while any view of it does. fsdp_tensor_free drops one reference. */
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +15,7 @@
 #include "internal.h"
 #include "dtype_math.h"
 
-enum { STORAGE_POOL = 0, STORAGE_MMAP = 1 };
+enum { STORAGE_POOL = 0, STORAGE_MMAP = 1, STORAGE_PINNED = 2 };
 
 struct fsdp_storage {
     void *base;
@@ -41,6 +42,7 @@ static void storage_decref(fsdp_storage *s) {
     if (!s) return;
     if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
     if (s->kind == STORAGE_MMAP) munmap(s->map_base, s->map_len);
+    else if (s->kind == STORAGE_PINNED) fsdp_device_ops_for(0)->host_free(s->base);
     else fsdp_mem_release(s->device, s->base, s->nbytes);
     free(s);
 }
@@ -97,9 +99,41 @@ fsdp_tensor *fsdp_tensor_new(int dtype, int device, int ndim, const int64_t *sha
     return t;
 }
 
+fsdp_tensor *fsdp_tensor_new_pinned(int dtype, int ndim, const int64_t *shape) {
+    int64_t numel;
+    if (check_shape(dtype, ndim, shape, &numel)) return NULL;
+    const fsdp_device_ops *ops = fsdp_device_ops_for(0);
+    if (!ops) return NULL;
+    fsdp_tensor *t = calloc(1, sizeof *t);
+    fsdp_storage *s = calloc(1, sizeof *s);
+    if (!t || !s) {
+        free(t); free(s);
+        return fsdp_error_null(FSDP_ERR_OOM, "tensor: out of host memory for a header");
+    }
+    s->nbytes = numel * dtype_sizes[dtype];
+    s->base = ops->host_alloc(s->nbytes);
+    if (!s->base) { free(t); free(s); return NULL; }
+    memset(s->base, 0, (size_t)s->nbytes);
+    s->refcount = 1;
+    s->device = FSDP_CPU;
+    s->kind = STORAGE_PINNED;
+    t->data = s->base;
+    t->storage = s;
+    t->numel = numel;
+    t->dtype = dtype;
+    t->device = FSDP_CPU;
+    t->flags = 2; /* pinned */
+    set_contiguous(t, ndim, shape);
+    return t;
+}
+
 fsdp_tensor *fsdp_tensor_zeros(int dtype, int device, int ndim, const int64_t *shape) {
     fsdp_tensor *t = fsdp_tensor_new(dtype, device, ndim, shape);
     if (t && device == FSDP_CPU) memset(t->data, 0, (size_t)t->storage->nbytes);
+    if (t && device != FSDP_CPU && fsdp_tensor_fill(t, 0.0)) {
+        fsdp_tensor_free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -223,11 +257,32 @@ static int64_t strided_offset(const fsdp_tensor *t, int64_t i) {
 
 static int is_float_dtype(int d) { return d == FSDP_F32 || d == FSDP_BF16 || d == FSDP_F16; }
 
+static int device_name(char *buf, int device) {
+    return device == FSDP_CPU ? snprintf(buf, 16, "cpu") : snprintf(buf, 16, "cuda:%d", device);
+}
+
+/* copies where one side is on a device: contiguous tensors only; a dtype
+ * change happens on the device (both on one device) */
+static int device_copy(fsdp_tensor *dst, const fsdp_tensor *src, int same) {
+    char dn[16], sn[16];
+    device_name(dn, dst->device);
+    device_name(sn, src->device);
+    if (!fsdp_tensor_is_contiguous(dst) || !fsdp_tensor_is_contiguous(src))
+        return fsdp_error(FSDP_ERR_UNSUPPORTED, "copy %s -> %s: device copies need contiguous tensors", sn, dn);
+    const fsdp_device_ops *ops = fsdp_device_ops_for(dst->device != FSDP_CPU ? dst->device : src->device);
+    if (!ops) return FSDP_ERR_UNSUPPORTED;
+    if (same)
+        return ops->copy(dst->data, dst->device, src->data, src->device,
+                         dst->numel * dtype_sizes[dst->dtype]);
+    if (dst->device != src->device)
+        return fsdp_error(FSDP_ERR_UNSUPPORTED, "copy %s (%s) -> %s (%s): a dtype change needs both tensors "
+                          "on one device", sn, dtype_names[src->dtype], dn, dtype_names[dst->dtype]);
+    return ops->cast(dst->data, dst->dtype, src->data, src->dtype, dst->numel, dst->device);
+}
+
 int fsdp_tensor_copy(fsdp_tensor *dst, const fsdp_tensor *src) {
     if (!dst || !src || !dst->storage || !src->storage)
         return fsdp_error(FSDP_ERR_INVALID, "copy: NULL or freed tensor");
-    if (dst->device != FSDP_CPU || src->device != FSDP_CPU)
-        return fsdp_error(FSDP_ERR_UNSUPPORTED, "copy: only host tensors here (CUDA backend not loaded)");
     if (dst->flags & 1) return fsdp_error(FSDP_ERR_INVALID, "copy: destination is read-only (memory-mapped)");
     if (dst->numel != src->numel) return fsdp_error(FSDP_ERR_INVALID, "copy: %lld elements into %lld",
                                                     (long long)src->numel, (long long)dst->numel);
@@ -242,6 +297,7 @@ int fsdp_tensor_copy(fsdp_tensor *dst, const fsdp_tensor *src) {
                           dtype_names[dst->dtype]);
     int64_t n = dst->numel;
     int es = dtype_sizes[dst->dtype];
+    if (dst->device != FSDP_CPU || src->device != FSDP_CPU) return device_copy(dst, src, same);
     if (same && fsdp_tensor_is_contiguous(dst) && fsdp_tensor_is_contiguous(src)) {
         memmove(dst->data, src->data, (size_t)(n * es));
         return FSDP_OK;
@@ -259,7 +315,12 @@ int fsdp_tensor_copy(fsdp_tensor *dst, const fsdp_tensor *src) {
 
 int fsdp_tensor_fill(fsdp_tensor *t, double value) {
     if (!t || !t->storage) return fsdp_error(FSDP_ERR_INVALID, "fill: NULL or freed tensor");
-    if (t->device != FSDP_CPU) return fsdp_error(FSDP_ERR_UNSUPPORTED, "fill: only host tensors here");
+    if (t->device != FSDP_CPU) {
+        if (!fsdp_tensor_is_contiguous(t))
+            return fsdp_error(FSDP_ERR_UNSUPPORTED, "fill: cuda:%d tensor is not contiguous", t->device);
+        const fsdp_device_ops *ops = fsdp_device_ops_for(t->device);
+        return ops ? ops->fill(t->data, t->device, t->dtype, value, t->numel) : FSDP_ERR_UNSUPPORTED;
+    }
     if (t->flags & 1) return fsdp_error(FSDP_ERR_INVALID, "fill: tensor is read-only (memory-mapped)");
     int64_t n = t->numel;
     int c = fsdp_tensor_is_contiguous(t);

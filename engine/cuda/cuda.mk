@@ -4,7 +4,13 @@
 #    (kernels/*_cuda.cu) compiled as C++ by g++ against the fiber emulation of
 #    CUDA in tests/cuda/emu/cuda_emu.h, with AddressSanitizer, and linked into
 #    build/tests/test_cuda_emu_* with the CPU library as the reference.
-# 2. build/libfsdp_cuda.so (`make cuda`): every kernels/*.cu (ours, cuBLASLt
+# 2. build/libfsdp_cuda_emu.so (part of `make all`): the CUDA backend as
+#    Lua loads it (engine/cuda/*.cu but NCCL, our kernels, and
+#    tests/cuda/emu/emu_backend.cc in place of cuBLASLt, cuDNN and NCCL),
+#    compiled by g++ against the same emulation, with device memory in a
+#    guarded arena. FSDP_CUDA_LIB=build/libfsdp_cuda_emu.so makes
+#    `--device cuda` run on the CPU: the tests of the Lua CUDA path use it.
+# 3. build/libfsdp_cuda.so (`make cuda`): every kernels/*.cu (ours, cuBLASLt
 #    GEMM, cuDNN attention) and engine/cuda/*.cu, by nvcc with warnings as
 #    errors for sm_80 and sm_90a, linked against libfsdp and the CUDA
 #    libraries. libfsdp itself never needs CUDA. `make test` builds it when
@@ -19,6 +25,12 @@ EMU_CXXFLAGS  := $(OPT) $(ARCH) -g -std=gnu++17 $(WARN) -fsanitize=address -fno-
                  -DFSDP_EMULATE_CUDA -Itests/cuda/emu -Iengine/include -Iengine -Ikernels -Itests/c
 CUDA_HEADERS  := $(HEADERS) $(wildcard kernels/*.cuh engine/cuda/*.cuh) tests/cuda/emu/cuda_emu.h \
                  tests/c/check.h
+
+EMU_LIB_SRC   := $(CUDA_EMU_SRC) $(filter-out %nccl.cu %nccl_cuda.cu,$(wildcard engine/cuda/*.cu)) \
+                 tests/cuda/emu/emu_backend.cc
+EMU_LIB_OBJ   := $(patsubst %,$(BUILD)/emu-lib/%.o,$(basename $(EMU_LIB_SRC)))
+EMU_LIB_FLAGS := -O2 -g -fPIC -std=gnu++17 $(WARN) -DFSDP_EMULATE_CUDA -DFSDP_EMU_DEVICE_ARENA \
+                 -Itests/cuda/emu -Iengine/include -Iengine -Ikernels
 
 CUDA_HOME     ?= /usr/local/cuda
 NVCC          ?= $(CUDA_HOME)/bin/nvcc
@@ -39,7 +51,7 @@ CUDA_BENCH    := $(patsubst bench/%.c,$(BUILD)/%,$(wildcard bench/gpu_*.c))
 
 DEB_PKGS += g++
 
-all: $(EMU_TEST_BIN)
+all: $(EMU_TEST_BIN) $(BUILD)/libfsdp_cuda_emu.so
 test: cuda-if-nvcc
 
 $(BUILD)/emu/%.o: %.cu $(CUDA_HEADERS)
@@ -49,6 +61,17 @@ $(BUILD)/emu/%.o: %.cu $(CUDA_HEADERS)
 $(BUILD)/tests/test_cuda_emu_%: tests/c/test_cuda_emu_%.cc $(CUDA_EMU_OBJ) $(CUDA_HEADERS) $(BUILD)/libfsdp.so
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) $< $(CUDA_EMU_OBJ) -o $@ -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -lfsdp
+
+$(BUILD)/emu-lib/%.o: %.cu $(CUDA_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_LIB_FLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/emu-lib/%.o: %.cc $(CUDA_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_LIB_FLAGS) -c $< -o $@
+
+$(BUILD)/libfsdp_cuda_emu.so: $(EMU_LIB_OBJ) $(BUILD)/libfsdp.so
+	$(CXX) -shared -o $@ $(EMU_LIB_OBJ) -L$(BUILD) -Wl,-rpath,'$$ORIGIN' -lfsdp $(LDLIBS)
 
 $(BUILD)/cuda/%.o: %.cu $(CUDA_HEADERS)
 	@mkdir -p $(dir $@)
@@ -76,4 +99,4 @@ cuda-if-nvcc:
 	else echo "cuda: $(NVCC) not found: the CUDA backend is not built"; fi
 
 # keep the objects between builds (make would delete them as intermediates)
-.SECONDARY: $(CUDA_EMU_OBJ) $(CUDA_OBJ)
+.SECONDARY: $(CUDA_EMU_OBJ) $(CUDA_OBJ) $(EMU_LIB_OBJ)

@@ -3,7 +3,11 @@
  * message fsdp_last_error() returns; libfsdp_cuda links libfsdp). */
 #ifndef FSDP_CUDA_ENGINE_CUH
 #define FSDP_CUDA_ENGINE_CUH
+#ifdef FSDP_EMULATE_CUDA
+#include "cuda_emu.h" /* the emulated backend library (tests/cuda/emu) */
+#else
 #include <cuda_runtime.h>
+#endif
 #include "fsdp.h"
 extern "C" {
 #include "internal.h"

@@ -134,6 +134,10 @@ typedef struct fsdp_tensor {
 fsdp_tensor *fsdp_tensor_new(int dtype, int device, int ndim, const int64_t *shape);
 /* same, zero-filled */
 fsdp_tensor *fsdp_tensor_zeros(int dtype, int device, int ndim, const int64_t *shape);
+/* a zero-filled host tensor in page-locked memory (flags bit 1), which GPU
+ * copies read and write at full speed and asynchronously: CPU offload of
+ * shards and optimizer state. Needs the CUDA backend (fsdp_cuda_install). */
+fsdp_tensor *fsdp_tensor_new_pinned(int dtype, int ndim, const int64_t *shape);
 /* a view of base's storage: strides may be NULL for contiguous; offset in
  * elements relative to base->data. Checks the view stays inside the storage. */
 fsdp_tensor *fsdp_tensor_view(const fsdp_tensor *base, int ndim, const int64_t *shape,
@@ -480,6 +484,19 @@ int fsdp_cuda_mem_empty_cache(int device);
 /* the rank named in error messages (default: RANK, PMI_RANK, OMPI_COMM_WORLD_RANK
  * or SLURM_PROCID from the environment, else 0) */
 void fsdp_cuda_set_rank(int rank);
+
+/* Tensors on the GPU (engine/cuda/backend_cuda.cu): after fsdp_cuda_install,
+ * libfsdp's fsdp_tensor_new/zeros/copy/fill/free and fsdp_mem_* accept
+ * device >= 0 (caching allocator; copies and fills on the current stream;
+ * a copy touching the host returns when the host side may be used; device
+ * copies need contiguous tensors, a dtype change both on one device). */
+int fsdp_cuda_install(void);
+/* the stream those copies, fills and allocations use (NULL: default stream) */
+int fsdp_cuda_set_stream(fsdp_stream stream);
+fsdp_stream fsdp_cuda_get_stream(void);
+/* 1 in build/libfsdp_cuda_emu.so, the test build that runs our kernels on the
+ * CPU under tests/cuda/emu (no cuBLASLt, cuDNN or NCCL), 0 in the real one */
+int fsdp_cuda_is_emulated(void);
 
 /* kernels of our own (kernels/<op>_cuda.cu); f32 unless a dtype is given */
 int fsdp_embedding_forward_cuda(float *out, const int32_t *idx, const float *table, int N, int V,

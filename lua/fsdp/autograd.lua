@@ -48,7 +48,7 @@ function M.tape_length() return n end
 function M.grad_of(t)
    local g = t.grad
    if not g then
-      g = T.zeros(t.shape, 'f32', t._temp ~= nil)
+      g = T.zeros(t.shape, 'f32', t._temp ~= nil, t.device)
       t.grad = g
    end
    return g

@@ -55,13 +55,20 @@ local function write_rank_file(path, tensors, meta)
    if w == nil then error('checkpoint: ' .. bind.last_error(), 0) end
    w = ffi.gc(w, C.fsdp_st_writer_free)
    local shape = ffi.new('int64_t[8]')
+   local staged = {} -- host copies of device tensors, alive until the file is saved
    for _, nt in ipairs(tensors) do
       local t = nt[2]
+      if t.device >= 0 then
+         t = t:cpu()
+         staged[#staged + 1] = t
+      end
       for i, d in ipairs(t.shape) do shape[i - 1] = d end
       check(C.fsdp_st_writer_add(w, nt[1], T.DTYPES[t.dtype], #t.shape, shape, t:cdata().data), 'checkpoint')
    end
    for k, v in pairs(meta or {}) do check(C.fsdp_st_writer_set_metadata(w, k, tostring(v)), 'checkpoint') end
-   check(C.fsdp_st_writer_save(w, path), 'checkpoint')
+   local ok, err = pcall(check, C.fsdp_st_writer_save(w, path), 'checkpoint')
+   for _, t in ipairs(staged) do t:free() end
+   if not ok then error(err, 0) end
 end
 
 -- state: {step, sharded, optimizer, trainer = table (json), model_config,
@@ -251,18 +258,19 @@ function M.load(path, sharded, optimizer)
    check_layout(path, index.units, sharded:layout())
    local get_file = opener(path)
    local opt_sd = optimizer and optimizer:state_dict()
+   -- reads the saved range into dst (through a host buffer when dst is on a GPU)
+   local function load_into(dst, old, key, lo, hi)
+      local h = dst.device >= 0 and T.zeros(dst.shape, dst.dtype) or dst:zero()
+      if hi > lo then gather_range(get_file, path, index.world_size, old, key, lo, hi, h:ptr()) end
+      if h ~= dst then dst:copy(h); h:free() end
+   end
    for i, u in ipairs(sharded.units) do
       local old = index.units[i]
       local lo = u.shard_offset
       local hi = math.min(u.shard_offset + u.shard_size, u.numel)
-      u.shard:zero()
-      if hi > lo then gather_range(get_file, path, index.world_size, old, 'param', lo, hi, u.shard:ptr()) end
+      load_into(u.shard, old, 'param', lo, hi)
       if opt_sd then
-         for _, k in ipairs({'exp_avg', 'exp_avg_sq'}) do
-            local dst = opt_sd.tensors[u.name .. '.' .. k]
-            dst:zero()
-            if hi > lo then gather_range(get_file, path, index.world_size, old, k, lo, hi, dst:ptr()) end
-         end
+         for _, k in ipairs({'exp_avg', 'exp_avg_sq'}) do load_into(opt_sd.tensors[u.name .. '.' .. k], old, k, lo, hi) end
       end
    end
    local trainer = fs.read(path .. '/trainer_state.json')

@@ -166,6 +166,11 @@ function M.loader(opts)
    self.x = T.empty({self.B, T_}, 'i32')
    self.y = T.empty({self.B, T_}, 'i32')
    self.row = ffi.new('int32_t[?]', T_ + 1)
+   self.device = opts.device or -1 -- batches are copied to cuda:N when >= 0
+   if self.device >= 0 then
+      self.dx = T.empty({self.B, T_}, 'i32', nil, self.device)
+      self.dy = T.empty({self.B, T_}, 'i32', nil, self.device)
+   end
    return self
 end
 
@@ -207,6 +212,7 @@ function Loader:next()
       ffi.copy(yp + r * T_, row + 1, T_ * 4)
    end
    self.cursor = self.cursor + B * self.world
+   if self.dx then return self.dx:copy(self.x), self.dy:copy(self.y) end
    return self.x, self.y
 end
 

@@ -52,21 +52,68 @@ function Group:split(color, key, name)
    return wrap_group(ffi.gc(c, C.fsdp_comm_free), name)
 end
 
+-- The group's twin for tensors on cuda:device: the same ranks over NCCL
+-- (fsdp_comm_nccl_new, bootstrapped over this group), so all_gather /
+-- reduce_scatter / all_reduce / broadcast take device tensors. Numbers and
+-- strings (sum_number, broadcast_string, ...) still travel over this host
+-- group. Made once per device and kept.
+function Group:on_device(device)
+   if device < 0 then return self end
+   self.device_groups = self.device_groups or {}
+   local g = self.device_groups[device]
+   if g then return g end
+   local cuda = require('fsdp.kernels').cuda()
+   if not cuda then error(string.format('rank %d: cuda:%d group, but no CUDA backend is loaded', M.rank, device), 0) end
+   local c = cuda.lib.fsdp_comm_nccl_new(self.c, device)
+   if c == nil then error(bind.last_error(), 0) end
+   g = wrap_group(ffi.gc(c, C.fsdp_comm_free), (self.name or 'group') .. '@cuda:' .. device)
+   g.host, g.device, g.outstanding = self, device, {}
+   for _, k in ipairs({'gather_numbers', 'sum_number', 'max_number', 'broadcast_string', 'barrier', 'split'}) do
+      g[k] = function(_, ...) return self[k](self, ...) end
+   end
+   self.device_groups[device] = g
+   return g
+end
+
 -- the C core's comm errors already name the rank
 local function fail()
    error(bind.last_error(), 0)
 end
 
--- a pending collective; :wait() finishes it (and runs its completion)
+-- a pending collective; :wait() finishes it (and runs its completion).
+-- On a device group the host does not block: the compute stream is made to
+-- wait for the collective (fsdp_cuda_stream_wait_request), so kernels queued
+-- from here on, the completion's included, run after it while the host goes
+-- on queueing; the request is kept and freed by Group:drain (end of
+-- backward), which also catches timeouts and NCCL errors.
 local Pending = {}
 Pending.__index = Pending
 function Pending:wait()
    if self.req ~= nil then
       local req = self.req
       self.req = nil
-      if C.fsdp_comm_wait(req, 0) ~= 0 then fail() end
+      local g = self.group
+      if g and g.device then
+         local lib = require('fsdp.kernels').cuda().lib
+         if lib.fsdp_cuda_stream_wait_request(nil, req) ~= 0 then fail() end
+         g.outstanding[#g.outstanding + 1] = req
+      elseif C.fsdp_comm_wait(req, 0) ~= 0 then fail() end
    end
    if self.done then local f = self.done; self.done = nil; f() end
+end
+
+-- frees the requests whose completion the compute stream already waits for
+-- (blocking until the device has finished them); errors name the rank
+function Group:drain()
+   local out = self.outstanding
+   if not out or #out == 0 then return end
+   self.outstanding = {}
+   for i, req in ipairs(out) do
+      if C.fsdp_comm_wait(req, 0) ~= 0 then
+         for j = i + 1, #out do C.fsdp_comm_wait(out[j], 0) end
+         fail()
+      end
+   end
 end
 
 local reqp = ffi.new('fsdp_comm_request*[1]')
@@ -76,9 +123,9 @@ local function start(async)
    return async and reqp or nil
 end
 
-local function pending(async, done)
+local function pending(async, done, group)
    if not async then if done then done() end return nil end
-   return setmetatable({req = reqp[0], done = done}, Pending)
+   return setmetatable({req = reqp[0], done = done, group = group}, Pending)
 end
 
 -- recv [size * count] <- every rank's send [count]
@@ -88,7 +135,7 @@ function Group:all_gather(recv, send, async, done)
       error(string.format('all_gather: recv has %d %s elements, want %d %s', recv:numel(), recv.dtype, n * self.size, send.dtype), 2)
    end
    if C.fsdp_comm_all_gather(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype], start(async)) ~= 0 then fail() end
-   return pending(async, done)
+   return pending(async, done, self)
 end
 
 -- recv [count] <- reduction of every rank's send [rank*count .. +count]
@@ -99,13 +146,13 @@ function Group:reduce_scatter(recv, send, op, async, done)
    end
    if C.fsdp_comm_reduce_scatter(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype],
                                  OPS[op or 'sum'], start(async)) ~= 0 then fail() end
-   return pending(async, done)
+   return pending(async, done, self)
 end
 
 function Group:all_reduce(buf, op, async, done)
    if C.fsdp_comm_all_reduce(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], OPS[op or 'sum'],
                              start(async)) ~= 0 then fail() end
-   return pending(async, done)
+   return pending(async, done, self)
 end
 
 function Group:broadcast(buf, root, async)

@@ -344,7 +344,7 @@ function Attention:forward(x)
    if self.rope then
       -- rows for positions offset .. offset+T (offset > 0 only while decoding)
       local T_, off = x.shape[2], kv.offset()
-      local cos, sin = self.rope:tables(off + T_)
+      local cos, sin = self.rope:tables(off + T_, x.device)
       if off > 0 then cos, sin = cos:narrow_rows(off, T_), sin:narrow_rows(off, T_) end
       q = ops.rope(q, cos, sin, self.n_head)
       k = ops.rope(k, cos, sin, self.n_kv_head)

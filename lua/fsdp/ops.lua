@@ -6,7 +6,8 @@
 local bind = require 'fsdp.ffi'
 local T = require 'fsdp.tensor'
 local AG = require 'fsdp.autograd'
-local ffi, C, check = bind.ffi, bind.C, bind.check
+local kernels = require 'fsdp.kernels'
+local ffi, check = bind.ffi, bind.check
 
 local M = {}
 local needs, record, grad_of, gp = AG.needs_grad, AG.record, AG.grad_of, AG.grad_ptr
@@ -35,8 +36,21 @@ local function with_last(shape, n)
    return s
 end
 
-local function out_like(shape)
-   return T.empty(shape, 'f32', true)
+local function out_like(shape, dev)
+   return T.empty(shape, 'f32', true, dev)
+end
+
+-- the backend and device of an op's tensors (nil entries are skipped);
+-- tensors on two devices are an error naming both
+local function kern(op, first, ...)
+   local dev = first.device
+   for i = 1, select('#', ...) do
+      local t = select(i, ...)
+      if t and t.device ~= dev then
+         fail(op, 'its tensors are on different devices (%s and %s)', T.device_name(dev), T.device_name(t.device))
+      end
+   end
+   return kernels.for_device(dev), dev
 end
 
 local function result(out, ...)
@@ -61,13 +75,14 @@ function M.linear(x, w, b)
       if b:numel() ~= N then fail('linear', 'bias has %d elements, the weight has %d outputs', b:numel(), N) end
    end
    local rows = x:numel() / K
-   local out = out_like(with_last(x.shape, N))
-   check(C.fsdp_matmul_forward_cpu(out:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL, rows, N, K, 0, 1, 0), 'linear')
+   local Kn, dev = kern('linear', x, w, b)
+   local out = out_like(with_last(x.shape, N), dev)
+   check(Kn.matmul_forward(out:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL, rows, N, K, 0, 1, 0), 'linear')
    if result(out, x, w, b) then
       record(function()
          local g = out.grad
          if not g then return end
-         check(C.fsdp_matmul_backward_cpu(gp(x), gp(w), gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
+         check(Kn.matmul_backward(gp(x), gp(w), gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
                'linear backward')
       end)
    end
@@ -84,12 +99,13 @@ function M.matmul(a, b, trans_a, trans_b)
    if trans_b then k2, n = n, k2 end
    if k ~= k2 then fail('matmul', 'inner sizes differ: %s and %s', shape_str(a.shape), shape_str(b.shape)) end
    local ta, tb = trans_a and 1 or 0, trans_b and 1 or 0
-   local out = out_like({m, n})
-   check(C.fsdp_matmul_forward_cpu(out:ptr(), a:ptr(), b:ptr(), NULL, m, n, k, ta, tb, 0), 'matmul')
+   local K, dev = kern('matmul', a, b)
+   local out = out_like({m, n}, dev)
+   check(K.matmul_forward(out:ptr(), a:ptr(), b:ptr(), NULL, m, n, k, ta, tb, 0), 'matmul')
    if result(out, a, b) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_matmul_backward_cpu(gp(a), gp(b), NULL, out.grad:ptr(), a:ptr(), b:ptr(), m, n, k, ta, tb),
+         check(K.matmul_backward(gp(a), gp(b), NULL, out.grad:ptr(), a:ptr(), b:ptr(), m, n, k, ta, tb),
                'matmul backward')
       end)
    end
@@ -105,13 +121,14 @@ function M.embedding(idx, table_)
    local V, D = table_.shape[1], table_.shape[2]
    local shape = {unpack(idx.shape)}
    shape[#shape + 1] = D
-   local out = out_like(shape)
+   local K, dev = kern('embedding', table_, idx)
+   local out = out_like(shape, dev)
    local n = idx:numel()
-   check(C.fsdp_embedding_forward_cpu(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), 'embedding')
+   check(K.embedding_forward(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), 'embedding')
    if result(out, table_) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_embedding_backward_cpu(grad_of(table_):ptr(), out.grad:ptr(), idx:ptr(), n, V, D),
+         check(K.embedding_backward(grad_of(table_):ptr(), out.grad:ptr(), idx:ptr(), n, V, D),
                'embedding backward')
       end)
    end
@@ -131,14 +148,15 @@ end
 
 function M.layernorm(x, w, b, eps)
    local D, rows = check_norm_params('layernorm', x, w, b)
-   local out = out_like(x.shape)
-   local mean, rstd = T.empty({rows}, 'f32', true), T.empty({rows}, 'f32', true)
-   check(C.fsdp_layernorm_forward_cpu(out:ptr(), mean:ptr(), rstd:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL,
+   local K, dev = kern('layernorm', x, w, b)
+   local out = out_like(x.shape, dev)
+   local mean, rstd = out_like({rows}, dev), out_like({rows}, dev)
+   check(K.layernorm_forward(out:ptr(), mean:ptr(), rstd:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL,
                                       rows, D, eps or 1e-5), 'layernorm')
    if result(out, x, w, b) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_layernorm_backward_cpu(gp(x), gp(w), gp(b), out.grad:ptr(), x:ptr(), w:ptr(),
+         check(K.layernorm_backward(gp(x), gp(w), gp(b), out.grad:ptr(), x:ptr(), w:ptr(),
                                              mean:ptr(), rstd:ptr(), rows, D), 'layernorm backward')
       end)
    end
@@ -147,13 +165,14 @@ end
 
 function M.rmsnorm(x, w, eps)
    local D, rows = check_norm_params('rmsnorm', x, w)
-   local out = out_like(x.shape)
-   local rstd = T.empty({rows}, 'f32', true)
-   check(C.fsdp_rmsnorm_forward_cpu(out:ptr(), rstd:ptr(), x:ptr(), w:ptr(), rows, D, eps or 1e-6), 'rmsnorm')
+   local K, dev = kern('rmsnorm', x, w)
+   local out = out_like(x.shape, dev)
+   local rstd = out_like({rows}, dev)
+   check(K.rmsnorm_forward(out:ptr(), rstd:ptr(), x:ptr(), w:ptr(), rows, D, eps or 1e-6), 'rmsnorm')
    if result(out, x, w) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_rmsnorm_backward_cpu(gp(x), gp(w), out.grad:ptr(), x:ptr(), w:ptr(), rstd:ptr(), rows, D),
+         check(K.rmsnorm_backward(gp(x), gp(w), out.grad:ptr(), x:ptr(), w:ptr(), rstd:ptr(), rows, D),
                'rmsnorm backward')
       end)
    end
@@ -166,21 +185,22 @@ end
 local function pointwise(name, fwd, bwd)
    M[name] = function(x)
       want_f32(name, 'input', x)
-      local out = out_like(x.shape)
+      local K, dev = kern(name, x)
+      local out = out_like(x.shape, dev)
       local n = x:numel()
-      check(fwd(out:ptr(), x:ptr(), n), name)
+      check(K[fwd](out:ptr(), x:ptr(), n), name)
       if result(out, x) then
          record(function()
             if not out.grad then return end
-            check(bwd(grad_of(x):ptr(), out.grad:ptr(), x:ptr(), n), name .. ' backward')
+            check(K[bwd](grad_of(x):ptr(), out.grad:ptr(), x:ptr(), n), name .. ' backward')
          end)
       end
       return out
    end
 end
-pointwise('gelu', C.fsdp_gelu_forward_cpu, C.fsdp_gelu_backward_cpu)
-pointwise('relu', C.fsdp_relu_forward_cpu, C.fsdp_relu_backward_cpu)
-pointwise('silu', C.fsdp_silu_forward_cpu, C.fsdp_silu_backward_cpu)
+pointwise('gelu', 'gelu_forward', 'gelu_backward')
+pointwise('relu', 'relu_forward', 'relu_backward')
+pointwise('silu', 'silu_forward', 'silu_backward')
 
 local function same_shape(op, a, b)
    want_f32(op, 'a', a); want_f32(op, 'b', b)
@@ -195,13 +215,14 @@ end
 -- silu(gate) * up
 function M.swiglu(gate, up)
    same_shape('swiglu', gate, up)
-   local out = out_like(gate.shape)
+   local K, dev = kern('swiglu', gate, up)
+   local out = out_like(gate.shape, dev)
    local n = gate:numel()
-   check(C.fsdp_swiglu_forward_cpu(out:ptr(), gate:ptr(), up:ptr(), n), 'swiglu')
+   check(K.swiglu_forward(out:ptr(), gate:ptr(), up:ptr(), n), 'swiglu')
    if result(out, gate, up) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_swiglu_backward_cpu(gp(gate), gp(up), out.grad:ptr(), gate:ptr(), up:ptr(), n), 'swiglu backward')
+         check(K.swiglu_backward(gp(gate), gp(up), out.grad:ptr(), gate:ptr(), up:ptr(), n), 'swiglu backward')
       end)
    end
    return out
@@ -209,15 +230,16 @@ end
 
 function M.add(a, b)
    same_shape('add', a, b)
-   local out = out_like(a.shape)
+   local K, dev = kern('add', a, b)
+   local out = out_like(a.shape, dev)
    local n = a:numel()
-   check(C.fsdp_add_cpu(out:ptr(), a:ptr(), b:ptr(), n), 'add')
+   check(K.add(out:ptr(), a:ptr(), b:ptr(), n), 'add')
    if result(out, a, b) then
       record(function()
          local g = out.grad
          if not g then return end
-         if a.requires_grad then check(C.fsdp_axpy_cpu(grad_of(a):ptr(), 1, g:ptr(), n), 'add backward') end
-         if b.requires_grad then check(C.fsdp_axpy_cpu(grad_of(b):ptr(), 1, g:ptr(), n), 'add backward') end
+         if a.requires_grad then check(K.axpy(grad_of(a):ptr(), 1, g:ptr(), n), 'add backward') end
+         if b.requires_grad then check(K.axpy(grad_of(b):ptr(), 1, g:ptr(), n), 'add backward') end
       end)
    end
    return out
@@ -225,21 +247,22 @@ end
 
 function M.mul(a, b)
    same_shape('mul', a, b)
-   local out = out_like(a.shape)
+   local K, dev = kern('mul', a, b)
+   local out = out_like(a.shape, dev)
    local n = a:numel()
-   check(C.fsdp_mul_cpu(out:ptr(), a:ptr(), b:ptr(), n), 'mul')
+   check(K.mul(out:ptr(), a:ptr(), b:ptr(), n), 'mul')
    if result(out, a, b) then
       record(function()
          local g = out.grad
          if not g then return end
-         local tmp = T.empty(a.shape, 'f32', true)
+         local tmp = out_like(a.shape, dev)
          if a.requires_grad then
-            C.fsdp_mul_cpu(tmp:ptr(), g:ptr(), b:ptr(), n)
-            C.fsdp_axpy_cpu(grad_of(a):ptr(), 1, tmp:ptr(), n)
+            K.mul(tmp:ptr(), g:ptr(), b:ptr(), n)
+            K.axpy(grad_of(a):ptr(), 1, tmp:ptr(), n)
          end
          if b.requires_grad then
-            C.fsdp_mul_cpu(tmp:ptr(), g:ptr(), a:ptr(), n)
-            C.fsdp_axpy_cpu(grad_of(b):ptr(), 1, tmp:ptr(), n)
+            K.mul(tmp:ptr(), g:ptr(), a:ptr(), n)
+            K.axpy(grad_of(b):ptr(), 1, tmp:ptr(), n)
          end
       end)
    end
@@ -248,13 +271,14 @@ end
 
 function M.scale(x, s)
    want_f32('scale', 'input', x)
-   local out = out_like(x.shape)
+   local K, dev = kern('scale', x)
+   local out = out_like(x.shape, dev)
    local n = x:numel()
-   check(C.fsdp_scale_cpu(out:ptr(), s, x:ptr(), n), 'scale')
+   check(K.scale(out:ptr(), s, x:ptr(), n), 'scale')
    if result(out, x) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_axpy_cpu(grad_of(x):ptr(), s, out.grad:ptr(), n), 'scale backward')
+         check(K.axpy(grad_of(x):ptr(), s, out.grad:ptr(), n), 'scale backward')
       end)
    end
    return out
@@ -263,15 +287,21 @@ end
 -- sum of all elements -> a one-element tensor
 function M.sum(x)
    want_f32('sum', 'input', x)
-   local out = out_like({1})
-   local p, n, s = x:ptr(), x:numel(), 0
-   for i = 0, n - 1 do s = s + p[i] end
-   out:ptr()[0] = s
+   local K, dev = kern('sum', x)
+   local out = out_like({1}, dev)
+   local n = x:numel()
+   if dev >= 0 then
+      check(K.sum(out:ptr(), x:ptr(), n), 'sum')
+   else
+      local p, s = x:ptr(), 0
+      for i = 0, n - 1 do s = s + p[i] end
+      out:ptr()[0] = s
+   end
    if result(out, x) then
       record(function()
          if not out.grad then return end
-         local ones = T.full(x.shape, out.grad:ptr()[0], 'f32')
-         C.fsdp_axpy_cpu(grad_of(x):ptr(), 1, ones:ptr(), n)
+         local ones = T.full(x.shape, out.grad:item(), 'f32', dev)
+         check(K.axpy(grad_of(x):ptr(), 1, ones:ptr(), n), 'sum backward')
          ones:free()
       end)
    end
@@ -286,7 +316,7 @@ function M.reshape(x, shape)
    if result(out, x) then
       record(function()
          if not out.grad then return end
-         C.fsdp_axpy_cpu(grad_of(x):ptr(), 1, out.grad:ptr(), x:numel())
+         check(kernels.of(x).axpy(grad_of(x):ptr(), 1, out.grad:ptr(), x:numel()), 'reshape backward')
       end)
    end
    return out
@@ -303,14 +333,15 @@ end
 local function run_attention(op, q, k, v, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
    local window = opts.window or 0
    local scale = opts.scale or 1 / math.sqrt(HD)
-   local out = out_like({B, T_, NH * HD})
-   local lse = T.empty({B, NH, T_}, 'f32', true)
-   check(C.fsdp_attention_forward_cpu(out:ptr(), lse:ptr(), qp(), kp(), vp(), B, T_, NH, NKV, HD,
+   local K, dev = kern(op, inputs[1], inputs[2], inputs[3])
+   local out = out_like({B, T_, NH * HD}, dev)
+   local lse = out_like({B, NH, T_}, dev)
+   check(K.attention_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), B, T_, NH, NKV, HD,
                                       ldq, ldk, ldv, window, scale), op)
    if result(out, inputs[1], inputs[2], inputs[3]) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_attention_backward_cpu(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
+         check(K.attention_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
                                              lse:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window, scale),
                op .. ' backward')
       end)
@@ -368,12 +399,13 @@ function M.rope(x, cos, sin, n_head)
    if cos.shape[1] < T_ or cos:numel() < T_ * HD / 2 then
       fail(op, 'cos/sin tables %s are too short for %d positions of head_dim %d', shape_str(cos.shape), T_, HD)
    end
-   local out = out_like(x.shape)
-   check(C.fsdp_rope_forward_cpu(out:ptr(), x:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc), op)
+   local K, dev = kern(op, x, cos, sin)
+   local out = out_like(x.shape, dev)
+   check(K.rope_forward(out:ptr(), x:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc), op)
    if result(out, x) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_rope_backward_cpu(grad_of(x):ptr(), out.grad:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc),
+         check(K.rope_backward(grad_of(x):ptr(), out.grad:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc),
                'rope backward')
       end)
    end
@@ -393,20 +425,25 @@ function M.cross_entropy(logits, targets, ignore_index)
       fail(op, 'logits %s have %d rows but targets %s have %d', shape_str(logits.shape), N, shape_str(targets.shape), targets:numel())
    end
    ignore_index = ignore_index or -100
-   local losses, lse = T.empty({N}, 'f32', true), T.empty({N}, 'f32', true)
-   check(C.fsdp_crossentropy_forward_cpu(losses:ptr(), lse:ptr(), logits:ptr(), targets:ptr(), N, V, ignore_index), op)
-   local tp, lp = targets:ptr(), losses:ptr()
+   local K, dev = kern(op, logits, targets)
+   local losses, lse = out_like({N}, dev), out_like({N}, dev)
+   check(K.crossentropy_forward(losses:ptr(), lse:ptr(), logits:ptr(), targets:ptr(), N, V, ignore_index), op)
+   -- the mean over the counted rows, on the host (N numbers)
+   local ht, hl = targets:cpu(), losses:cpu()
+   local tp, lp = ht:ptr(), hl:ptr()
    local count, total = 0, 0
    for i = 0, N - 1 do
       if tp[i] ~= ignore_index then count = count + 1; total = total + lp[i] end
    end
-   local out = out_like({1})
-   out:ptr()[0] = count > 0 and total / count or 0
+   if ht ~= targets then ht:free() end
+   if hl ~= losses then hl:free() end
+   local out = out_like({1}, dev)
+   out:fill(count > 0 and total / count or 0)
    if result(out, logits) then
       record(function()
          if not out.grad or count == 0 then return end
-         local dloss = T.full({N}, out.grad:ptr()[0] / count, 'f32')
-         local ok, err = pcall(check, C.fsdp_crossentropy_backward_cpu(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(),
+         local dloss = T.full({N}, out.grad:item() / count, 'f32', dev)
+         local ok, err = pcall(check, K.crossentropy_backward(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(),
                                                                         lse:ptr(), targets:ptr(), N, V, ignore_index),
                                'cross_entropy backward')
          dloss:free()
@@ -431,10 +468,17 @@ local function want_index(op, what, idx, limit)
    want_i32(op, what, idx)
    if not idx:is_contiguous() then fail(op, '%s must be contiguous', what) end
    if idx:numel() == 0 then fail(op, '%s is empty', what) end
-   local p = idx:ptr()
+   -- checked on the host before any kernel runs (a device copy comes back)
+   local h = idx:cpu()
+   local p = h:ptr()
    for i = 0, idx:numel() - 1 do
-      if p[i] < 0 or p[i] >= limit then fail(op, '%s[%d] = %d is outside [0, %d)', what, i, p[i], limit) end
+      if p[i] < 0 or p[i] >= limit then
+         local v = p[i]
+         if h ~= idx then h:free() end
+         fail(op, '%s[%d] = %d is outside [0, %d)', what, i, v, limit)
+      end
    end
+   if h ~= idx then h:free() end
    return idx:numel()
 end
 
@@ -443,12 +487,13 @@ function M.gather_rows(x, idx)
    local op = 'gather_rows'
    local N, Cc = rows_of(op, 'input', x)
    local Mr = want_index(op, 'indices', idx, N)
-   local out = out_like({Mr, Cc})
-   check(C.fsdp_gather_rows_forward_cpu(out:ptr(), x:ptr(), idx:ptr(), Mr, N, Cc), op)
+   local K, dev = kern(op, x, idx)
+   local out = out_like({Mr, Cc}, dev)
+   check(K.gather_rows_forward(out:ptr(), x:ptr(), idx:ptr(), Mr, N, Cc), op)
    if result(out, x) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_gather_rows_backward_cpu(grad_of(x):ptr(), out.grad:ptr(), idx:ptr(), Mr, N, Cc),
+         check(K.gather_rows_backward(grad_of(x):ptr(), out.grad:ptr(), idx:ptr(), Mr, N, Cc),
                op .. ' backward')
       end)
    end
@@ -465,16 +510,17 @@ function M.scatter_add_rows(base, idx, src)
                          shape_str(base.shape), Cc) end
    local Mr = want_index(op, 'indices', idx, N)
    if Mr ~= Ms then fail(op, '%d indices for %d rows of src %s', Mr, Ms, shape_str(src.shape)) end
-   local out = out_like(base.shape)
-   ffi.copy(out:ptr(), base:ptr(), base:numel() * 4)
-   check(C.fsdp_scatter_add_rows_forward_cpu(out:ptr(), src:ptr(), idx:ptr(), Mr, N, Cc), op)
+   local K, dev = kern(op, base, idx, src)
+   local out = out_like(base.shape, dev)
+   out:copy(base)
+   check(K.scatter_add_rows_forward(out:ptr(), src:ptr(), idx:ptr(), Mr, N, Cc), op)
    if result(out, base, src) then
       record(function()
          local g = out.grad
          if not g then return end
-         if base.requires_grad then check(C.fsdp_axpy_cpu(grad_of(base):ptr(), 1, g:ptr(), g:numel()), op .. ' backward') end
+         if base.requires_grad then check(K.axpy(grad_of(base):ptr(), 1, g:ptr(), g:numel()), op .. ' backward') end
          if src.requires_grad then
-            check(C.fsdp_scatter_add_rows_backward_cpu(grad_of(src):ptr(), g:ptr(), idx:ptr(), Mr, N, Cc),
+            check(K.scatter_add_rows_backward(grad_of(src):ptr(), g:ptr(), idx:ptr(), Mr, N, Cc),
                   op .. ' backward')
          end
       end)
@@ -486,12 +532,13 @@ end
 function M.softmax(x)
    local op = 'softmax'
    local N, Cc = rows_of(op, 'input', x)
-   local out = out_like(x.shape)
-   check(C.fsdp_softmax_forward_cpu(out:ptr(), x:ptr(), N, Cc), op)
+   local K, dev = kern(op, x)
+   local out = out_like(x.shape, dev)
+   check(K.softmax_forward(out:ptr(), x:ptr(), N, Cc), op)
    if result(out, x) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_softmax_backward_cpu(grad_of(x):ptr(), out.grad:ptr(), out:ptr(), N, Cc), op .. ' backward')
+         check(K.softmax_backward(grad_of(x):ptr(), out.grad:ptr(), out:ptr(), N, Cc), op .. ' backward')
       end)
    end
    return out
@@ -504,12 +551,13 @@ function M.row_scale(x, s)
    want_f32(op, 'scale', s)
    if s:numel() ~= N then fail(op, 'scale %s has %d elements for the %d rows of %s', shape_str(s.shape), s:numel(),
                                N, shape_str(x.shape)) end
-   local out = out_like(x.shape)
-   check(C.fsdp_row_scale_forward_cpu(out:ptr(), x:ptr(), s:ptr(), N, Cc), op)
+   local K, dev = kern(op, x, s)
+   local out = out_like(x.shape, dev)
+   check(K.row_scale_forward(out:ptr(), x:ptr(), s:ptr(), N, Cc), op)
    if result(out, x, s) then
       record(function()
          if not out.grad then return end
-         check(C.fsdp_row_scale_backward_cpu(gp(x), gp(s), out.grad:ptr(), x:ptr(), s:ptr(), N, Cc), op .. ' backward')
+         check(K.row_scale_backward(gp(x), gp(s), out.grad:ptr(), x:ptr(), s:ptr(), N, Cc), op .. ' backward')
       end)
    end
    return out
@@ -525,12 +573,13 @@ function M.topk(x, k)
       fail(op, 'k = %s must be an integer in [1, %d]', tostring(k), Cc)
    end
    local shape = with_last(x.shape, k)
-   local values, indices = out_like(shape), T.empty(shape, 'i32', true)
-   check(C.fsdp_topk_forward_cpu(values:ptr(), indices:ptr(), x:ptr(), N, Cc, k), op)
+   local K, dev = kern(op, x)
+   local values, indices = out_like(shape, dev), T.empty(shape, 'i32', true, dev)
+   check(K.topk_forward(values:ptr(), indices:ptr(), x:ptr(), N, Cc, k), op)
    if result(values, x) then
       record(function()
          if not values.grad then return end
-         check(C.fsdp_topk_backward_cpu(grad_of(x):ptr(), values.grad:ptr(), indices:ptr(), N, Cc, k), op .. ' backward')
+         check(K.topk_backward(grad_of(x):ptr(), values.grad:ptr(), indices:ptr(), N, Cc, k), op .. ' backward')
       end)
    end
    return values, indices
@@ -548,18 +597,19 @@ function M.embedding_padded(idx, table_, padding_idx)
    if padding_idx < 0 or padding_idx >= V then fail(op, 'padding_idx %d is outside [0, %d)', padding_idx, V) end
    local shape = {unpack(idx.shape)}
    shape[#shape + 1] = D
-   local out = out_like(shape)
+   local K, dev = kern(op, table_, idx)
+   local out = out_like(shape, dev)
    local n = idx:numel()
-   check(C.fsdp_embedding_forward_cpu(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), op)
+   check(K.embedding_forward(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), op)
    if result(out, table_) then
       record(function()
          if not out.grad then return end
-         local g = grad_of(table_):ptr()
-         local row = g + padding_idx * D
-         local saved = ffi.new('float[?]', D)
-         ffi.copy(saved, row, D * 4)
-         check(C.fsdp_embedding_backward_cpu(g, out.grad:ptr(), idx:ptr(), n, V, D), 'embedding backward')
-         ffi.copy(row, saved, D * 4)
+         local g = grad_of(table_)
+         local row = g:view({D}, {1}, padding_idx * D)
+         local saved = row:clone()
+         check(K.embedding_backward(g:ptr(), out.grad:ptr(), idx:ptr(), n, V, D), 'embedding backward')
+         row:copy(saved)
+         saved:free(); row:free()
       end)
    end
    return out

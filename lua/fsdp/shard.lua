@@ -31,6 +31,8 @@ local T = require 'fsdp.tensor'
 local nn = require 'fsdp.nn'
 local AG = require 'fsdp.autograd'
 local dist = require 'fsdp.dist'
+local kernels = require 'fsdp.kernels'
+local check = require('fsdp.ffi').check
 
 local M = {}
 
@@ -67,15 +69,27 @@ end
 
 -- allocate and initialize this rank's slice (and nothing else)
 function FlatParam:materialize(seed)
-   self.shard = T.zeros({self.shard_size}, 'f32')
-   self.grad_shard = T.zeros({self.shard_size}, 'f32')
+   local o = self.owner
+   local dev = o.device
+   -- initialized on the host, then moved (the init functions are host code);
+   -- offloaded shards stay on the host, in page-locked memory
+   local host = o.offload and T.pinned({self.shard_size}, 'f32') or T.zeros({self.shard_size}, 'f32')
    local lo, hi = self.shard_offset, self.shard_offset + self.shard_size
-   local p = self.shard:ptr()
+   local p = host:ptr()
    for _, s in ipairs(self.specs) do
       local a, b = math.max(lo, s.offset), math.min(hi, s.offset + s.numel)
       if a < b then nn.init_values(s, p + (a - lo), b - a, a - s.offset, seed) end
    end
-   if self.group_size == 1 then
+   if o.offload then
+      self.shard, self.grad_shard = host, T.pinned({self.shard_size}, 'f32')
+   else
+      self.shard = host:to_device(dev)
+      if self.shard ~= host then host:free() end
+      self.grad_shard = T.zeros({self.shard_size}, 'f32', nil, dev)
+   end
+   -- resident: one shard holds the whole unit where it computes
+   self.resident = self.group_size == 1 and not o.offload
+   if self.resident then
       -- unsharded: the parameters live in the shard itself, for good
       self:bind_params(self.shard)
       self:bind_grads(self.grad_shard)
@@ -128,18 +142,25 @@ end
 function FlatParam:gather(async)
    if self.gathered or self.pending_gather then return end
    local o = self.owner
-   local full = T.empty({self.padded}, 'f32')
+   local dev = o.device
+   local full = T.empty({self.padded}, 'f32', nil, dev)
+   -- an offloaded shard is copied up first
+   local src = o.offload and self.shard:to_device(dev) or self.shard
    local function done()
+      if src ~= self.shard then src:free() end
       self.full = full
       self:bind_params(full)
       self.gathered = true
       self.pending_gather = nil
    end
-   if o.param_dtype == 'f32' then
-      self.pending_gather = o.shard_group:all_gather(full, self.shard, async, done)
+   if not o.shard_group then -- offloaded and unsharded: the copy was the gather
+      full:copy(src)
+      done()
+   elseif o.param_dtype == 'f32' then
+      self.pending_gather = o.shard_group:all_gather(full, src, async, done)
    else
-      local send = T.empty({self.shard_size}, o.param_dtype):copy(self.shard)
-      local recv = T.empty({self.padded}, o.param_dtype)
+      local send = T.empty({self.shard_size}, o.param_dtype, nil, dev):copy(src)
+      local recv = T.empty({self.padded}, o.param_dtype, nil, dev)
       self.pending_gather = o.shard_group:all_gather(recv, send, async, function()
          full:copy(recv)
          send:free(); recv:free()
@@ -163,9 +184,9 @@ function FlatParam:wait_gather()
    if not self.gathered then self:gather(false) end
 end
 
--- frees the gathered parameters (sharded strategies only)
+-- frees the gathered parameters (sharded or offloaded units only)
 function FlatParam:free_full()
-   if self.group_size == 1 or not self.gathered then return end
+   if self.resident or not self.gathered then return end
    unbind(self, 'param')
    self.full:free()
    self.full = nil
@@ -175,8 +196,8 @@ end
 -- before the unit's backward: parameters gathered, gradient views bound
 function FlatParam:pre_backward()
    self:wait_gather()
-   if self.group_size > 1 and not self.full_grad then
-      self.full_grad = T.zeros({self.padded}, 'f32')
+   if not self.resident and not self.full_grad then
+      self.full_grad = T.zeros({self.padded}, 'f32', nil, self.owner.device)
       self:bind_grads(self.full_grad)
    end
 end
@@ -186,6 +207,15 @@ function FlatParam:post_backward()
    local o = self.owner
    self:free_full()
    if not o.sync then return end -- accumulating: keep full_grad for the next micro-batch
+   if self.group_size == 1 and o.offload then
+      -- unsharded and offloaded: the gradient comes down and is added on the host
+      local full_grad = self.full_grad
+      self.full_grad = nil
+      unbind(self, 'grad')
+      local h = full_grad:cpu()
+      check(kernels.cpu.axpy(self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'offload')
+      h:free(); full_grad:free()
+   end
    if self.group_size == 1 then
       if o.replicate_group then
          o.pending[#o.pending + 1] = o.replicate_group:all_reduce(self.grad_shard, 'avg', o.async_reduce)
@@ -197,19 +227,19 @@ function FlatParam:post_backward()
    unbind(self, 'grad')
    local rd = o.reduce_dtype
    local send = full_grad
-   if rd ~= 'f32' then send = T.empty({self.padded}, rd):copy(full_grad); full_grad:free() end
-   local recv = T.empty({self.shard_size}, rd)
+   local dev = o.device
+   if rd ~= 'f32' then send = T.empty({self.padded}, rd, nil, dev):copy(full_grad); full_grad:free() end
+   local recv = T.empty({self.shard_size}, rd, nil, dev)
    -- at most two reductions in flight: their gathered gradients are freed
    -- as they complete, so memory holds two units' gradients, not all
    while #o.pending >= 2 do timed_wait(o, table.remove(o.pending, 1)) end
    o.pending[#o.pending + 1] = o.shard_group:reduce_scatter(recv, send, 'avg', o.async_reduce, function()
-      if rd == 'f32' then
-         require('fsdp.ffi').C.fsdp_axpy_cpu(self.grad_shard:ptr(), 1, recv:ptr(), self.shard_size)
-      else
-         local r32 = recv:clone('f32')
-         require('fsdp.ffi').C.fsdp_axpy_cpu(self.grad_shard:ptr(), 1, r32:ptr(), self.shard_size)
-         r32:free()
-      end
+      local K = kernels.for_device(self.grad_shard.device)
+      local r = rd == 'f32' and recv or recv:clone('f32')
+      local h = r:to_device(self.grad_shard.device) -- offloaded: the slice comes down
+      check(K.axpy(self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'reduce-scatter')
+      if h ~= r then h:free() end
+      if r ~= recv then r:free() end
       send:free(); recv:free()
       if o.replicate_group then o.replicate_group:all_reduce(self.grad_shard, 'avg') end
    end)
@@ -261,6 +291,7 @@ local function wrap_forward(self, module, fp, is_root)
 end
 
 -- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
+-- device (-1: the host, N: cuda:N, whose backend fsdp.device loaded),
 -- prefetch (default true), async_reduce (default true), cpu_offload (keep
 -- shards and optimizer state in host memory: what the CPU backend always
 -- does; the CUDA backend honours it)
@@ -284,8 +315,11 @@ function M.shard(model, opts)
       param_dtype = opts.param_dtype or 'f32', reduce_dtype = opts.reduce_dtype or 'f32',
       prefetch = opts.prefetch ~= false, async_reduce = opts.async_reduce ~= false,
       reshard_after_forward = strategy == 'full' or strategy == 'hybrid_full',
-      cpu_offload = opts.cpu_offload or false,
+      cpu_offload = opts.cpu_offload or false, device = opts.device or -1,
    }, Sharded)
+   -- on a GPU, cpu_offload keeps shards, gradients and optimizer state in
+   -- host memory: gathers copy up, reductions come down, AdamW runs on the CPU
+   self.offload = self.cpu_offload and self.device >= 0
    -- groups
    if strategy == 'full' or strategy == 'grad_op' then
       self.shard_group = world
@@ -302,6 +336,13 @@ function M.shard(model, opts)
       self.replicate_group = rep.size > 1 and rep or nil
    end
    if self.shard_group and self.shard_group.size == 1 then self.shard_group = nil end
+   -- on a GPU the tensors travel over NCCL twins of the groups
+   if self.device >= 0 then
+      if self.shard_group then self.shard_group = self.shard_group:on_device(self.device) end
+      if self.replicate_group and not self.offload then
+         self.replicate_group = self.replicate_group:on_device(self.device)
+      end
+   end
    self.shard_rank = self.shard_group and self.shard_group.rank or 0
    self.shard_count = self.shard_group and self.shard_group.size or 1
    -- the ranks whose slices a checkpoint needs: one replica of each slice
@@ -342,6 +383,14 @@ function Sharded:finish_backward()
    local pending = self.pending
    self.pending = {}
    for _, p in ipairs(pending) do if p then timed_wait(self, p) end end
+   -- on a GPU: free the collectives the compute stream waited for
+   for _, g in ipairs({self.shard_group, self.replicate_group}) do
+      if g and g.drain then
+         local t0 = clock()
+         g:drain()
+         self.comm_wait = self.comm_wait + clock() - t0
+      end
+   end
 end
 
 -- gradient accumulation: while sync is false, backward accumulates into the
@@ -387,14 +436,16 @@ function Sharded:layout()
 end
 
 -- gathers every parameter's full value onto this rank (for export and
--- tests): {name -> f32 tensor}; collective, every rank must call it
+-- tests): {name -> f32 host tensor}; collective, every rank must call it
 function Sharded:full_state_dict()
    local out = {}
    for _, u in ipairs(self.units) do
-      local full = T.empty({u.padded}, 'f32')
+      local full = T.empty({u.padded}, 'f32', nil, self.device)
       if self.shard_group then self.shard_group:all_gather(full, u.shard) else full:copy(u.shard) end
       for _, s in ipairs(u.specs) do
-         out[s.name] = full:view(s.shape, nil, s.offset):clone()
+         local v = full:view(s.shape, nil, s.offset)
+         out[s.name] = v:clone(nil, -1)
+         v:free()
       end
       full:free()
    end

@@ -7,6 +7,12 @@
 -- back to the caching pool every step instead of waiting for the GC. Call
 -- t:keep() to take a temporary out of the step. Touching a freed tensor is an
 -- error that says so, never a crash.
+--
+-- Devices. t.device is -1 for host memory and N for cuda:N (once the CUDA
+-- backend is loaded, fsdp.device). empty/zeros/full take the device last;
+-- op results live where their inputs do. t:ptr() of a cuda tensor is a
+-- device address: host code must not read it; get/set/item/totable/sumsq
+-- go through a copy, t:to_device(d) / t:cpu() move data.
 local bind = require 'fsdp.ffi'
 local ffi, C, check = bind.ffi, bind.C, bind.check
 
@@ -57,7 +63,8 @@ local function wrap(cptr, temporary)
    local nd = cptr.ndim
    local shape = {}
    for i = 1, nd do shape[i] = tonumber(cptr.shape[i - 1]) end
-   local t = setmetatable({_c = c, shape = shape, dtype = DTYPE_NAMES[cptr.dtype]}, Tensor)
+   local t = setmetatable({_c = c, shape = shape, dtype = DTYPE_NAMES[cptr.dtype], device = cptr.device},
+                          Tensor)
    if temporary then
       n_temporaries = n_temporaries + 1
       temporaries[n_temporaries] = t
@@ -67,20 +74,33 @@ local function wrap(cptr, temporary)
 end
 M.wrap = wrap
 
-function M.empty(shape, dtype, temporary)
+-- device: -1 (default) for the host, N for cuda:N
+function M.empty(shape, dtype, temporary, device)
    local nd = fill_shape(shape)
-   return wrap(C.fsdp_tensor_new(dtype_code(dtype), -1, nd, shape_buf), temporary)
+   return wrap(C.fsdp_tensor_new(dtype_code(dtype), device or -1, nd, shape_buf), temporary)
 end
 
-function M.zeros(shape, dtype, temporary)
+function M.zeros(shape, dtype, temporary, device)
    local nd = fill_shape(shape)
-   return wrap(C.fsdp_tensor_zeros(dtype_code(dtype), -1, nd, shape_buf), temporary)
+   return wrap(C.fsdp_tensor_zeros(dtype_code(dtype), device or -1, nd, shape_buf), temporary)
 end
 
-function M.full(shape, value, dtype)
-   local t = M.empty(shape, dtype)
+function M.full(shape, value, dtype, device)
+   local t = M.empty(shape, dtype, nil, device)
    t:fill(value)
    return t
+end
+
+-- a zero-filled host tensor in page-locked memory (CPU offload on a GPU:
+-- copies to and from the device run at full speed); needs the CUDA backend
+function M.pinned(shape, dtype)
+   local nd = fill_shape(shape)
+   return wrap(C.fsdp_tensor_new_pinned(dtype_code(dtype), nd, shape_buf))
+end
+
+-- 'cpu' or 'cuda:N'
+function M.device_name(device)
+   return (device or -1) < 0 and 'cpu' or ('cuda:' .. device)
 end
 
 -- a tensor from a (nested or flat) Lua table of numbers
@@ -104,6 +124,16 @@ end
 function M.mmap(path, byte_offset, dtype, shape)
    local nd = fill_shape(shape)
    return wrap(C.fsdp_tensor_mmap(path, byte_offset, dtype_code(dtype), nd, shape_buf))
+end
+
+-- makes t a temporary of the step (freed at its end); returns t
+function M.adopt(t)
+   if not t._temp then
+      n_temporaries = n_temporaries + 1
+      temporaries[n_temporaries] = t
+      t._temp = n_temporaries
+   end
+   return t
 end
 
 -- frees every temporary of the step (except those :keep() took out)
@@ -259,10 +289,27 @@ end
 
 function Tensor:zero() return self:fill(0) end
 
-function Tensor:clone(dtype)
-   local t = M.empty(self.shape, dtype or self.dtype)
+-- a copy on the same device (or on `device`)
+function Tensor:clone(dtype, device)
+   local t = M.empty(self.shape, dtype or self.dtype, nil, device or self.device)
    return t:copy(self)
 end
+
+function Tensor:is_cuda() return self.device >= 0 end
+function Tensor:is_pinned() return bit.band(live(self).flags, 2) ~= 0 end
+
+-- a copy on device (-1: the host); self when it is there already
+function Tensor:to_device(device)
+   if device == self.device then return self end
+   local src = self:is_contiguous() and self or self:clone()
+   local t = M.empty(self.shape, self.dtype, nil, device)
+   t:copy(src)
+   if src ~= self then src:free() end
+   return t
+end
+
+-- the host copy (self for a host tensor)
+function Tensor:cpu() return self:to_device(-1) end
 
 function Tensor:to(dtype)
    if dtype == self.dtype then return self end
@@ -287,6 +334,13 @@ function Tensor:get_flat(i)
       error(string.format('index %d out of range for %d elements', i, self:numel()), 2)
    end
    local off = self:is_contiguous() and i or element_offset(self, i)
+   if self.device >= 0 then
+      local one = self:view({1}, {1}, off)
+      local h = one:cpu()
+      local v = h:get_flat(0)
+      h:free(); one:free()
+      return v
+   end
    local p = ffi.cast(PTR_TYPES[self.dtype], c.data)
    if self.dtype == 'bf16' or self.dtype == 'f16' then
       -- half types: convert through the C core's rounding-exact copy
@@ -305,6 +359,13 @@ function Tensor:set_flat(i, v)
       error(string.format('index %d out of range for %d elements', i, self:numel()), 2)
    end
    local off = self:is_contiguous() and i or element_offset(self, i)
+   if self.device >= 0 then
+      local h = M.full({1}, v, self.dtype)
+      local one = self:view({1}, {1}, off)
+      one:copy(h)
+      h:free(); one:free()
+      return
+   end
    if self.dtype == 'bf16' or self.dtype == 'f16' then
       local one = M.full({1}, v, 'f32')
       local dst = self:view({1}, {1}, off)
@@ -340,6 +401,12 @@ end
 
 -- flat Lua table of the values (small tensors)
 function Tensor:totable()
+   if self.device >= 0 then
+      local h = self:cpu()
+      local out = h:totable()
+      h:free()
+      return out
+   end
    local out = {}
    for i = 0, self:numel() - 1 do out[i + 1] = self:get_flat(i) end
    return out
@@ -348,7 +415,7 @@ end
 -- sum of squares over all elements (f32), in double
 function Tensor:sumsq()
    local x = self:is_contiguous() and self or self:clone()
-   local r = tonumber(C.fsdp_sumsq_cpu(x:ptr(), x:numel()))
+   local r = require('fsdp.kernels').sumsq(x)
    if x ~= self then x:free() end
    return r
 end
@@ -356,6 +423,7 @@ end
 function Tensor:__tostring()
    if self._c == nil then return 'Tensor(freed)' end
    local s = string.format('Tensor(%s, %s', shape_str(self.shape), self.dtype)
+   if self.device >= 0 then s = s .. ', ' .. M.device_name(self.device) end
    if self:numel() <= 16 then
       local vals = {}
       for i, v in ipairs(self:totable()) do vals[i] = string.format('%.6g', v) end
@@ -366,15 +434,15 @@ end
 
 function M.is_tensor(x) return getmetatable(x) == Tensor end
 
--- memory statistics of the host allocator (bytes)
+-- memory statistics of the host allocator (bytes), or of cuda:device's
 local stats = ffi.new('fsdp_mem_stats')
-function M.memory_stats()
-   check(C.fsdp_mem_get_stats(-1, stats), 'memory_stats')
+function M.memory_stats(device)
+   check(C.fsdp_mem_get_stats(device or -1, stats), 'memory_stats')
    return {current = tonumber(stats.current), peak = tonumber(stats.peak),
            reserved = tonumber(stats.reserved), n_allocs = tonumber(stats.n_allocs),
            n_misses = tonumber(stats.n_misses)}
 end
-function M.reset_peak_memory() C.fsdp_mem_reset_peak(-1) end
-function M.empty_cache() C.fsdp_mem_empty_cache(-1) end
+function M.reset_peak_memory(device) C.fsdp_mem_reset_peak(device or -1) end
+function M.empty_cache(device) C.fsdp_mem_empty_cache(device or -1) end
 
 return M

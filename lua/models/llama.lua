@@ -153,8 +153,19 @@ function M.rope(cfg)
 end
 
 -- cos, sin [n, head_dim/2] with n >= T_: rows are positions 0 .. n-1; the
--- angle pos * inv_freq is rounded to f32 before cos/sin, as transformers does
-function Rope:tables(T_)
+-- angle pos * inv_freq is rounded to f32 before cos/sin, as transformers does.
+-- dev: where they are wanted (-1, the host, by default; copies are cached)
+function Rope:tables(T_, dev)
+   if dev and dev >= 0 then
+      local host_cos, host_sin = self:tables(T_)
+      local d = self.on_device
+      if not d or d.dev ~= dev or d.cos.shape[1] ~= host_cos.shape[1] then
+         if d then d.cos:free(); d.sin:free() end
+         d = {dev = dev, cos = host_cos:to_device(dev), sin = host_sin:to_device(dev)}
+         self.on_device = d
+      end
+      return d.cos, d.sin
+   end
    if T_ > self.n then
       if self.cos then self.cos:free(); self.sin:free() end
       local half = self.half

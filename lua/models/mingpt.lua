@@ -69,14 +69,15 @@ function GPT:units()
 end
 
 -- position ids off .. off+T-1 (off > 0 only while decoding with a KV cache)
-local function positions(self, B, T_)
+local function positions(self, B, T_, dev)
    local off = require('fsdp.kv_cache').offset()
-   local key = B .. 'x' .. T_ .. '+' .. off
+   local key = B .. 'x' .. T_ .. '+' .. off .. '@' .. dev
    local p = self.positions[key]
    if not p then
       p = T.empty({B, T_}, 'i32')
       local ptr = p:ptr()
       for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = off + t end end
+      if dev >= 0 then local d = p:to_device(dev); p:free(); p = d end
       self.positions[key] = p
    end
    return p
@@ -93,7 +94,7 @@ function GPT:forward(idx)
    if off + T_ > cfg.block_size then
       error(string.format('GPT: sequence length %d exceeds block_size %d', off + T_, cfg.block_size), 0)
    end
-   local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_)))
+   local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_, idx.device)))
    for i = 1, tr.h.n do x = tr.h[i](x) end
    x = tr.ln_f(x)
    return ops.linear(x, tr.wte.weight) -- tied head

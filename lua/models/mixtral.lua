@@ -73,8 +73,11 @@ function MoE:forward(x)
    -- logits equals their probabilities renormalized to sum to one
    local top, chosen = ops.topk(logits, K)
    local weights = ops.reshape(ops.softmax(top), {N * K, 1})
-   -- routing lists: per expert, the tokens (in order) and their slots n*K+j
-   local cp = chosen:ptr()
+   -- routing lists: per expert, the tokens (in order) and their slots n*K+j,
+   -- made on the host (from a copy of the choices when x is on a GPU)
+   local dev = x.device
+   local chosen_h = chosen:cpu()
+   local cp = chosen_h:ptr()
    local count = {}
    for e = 0, E - 1 do count[e] = 0 end
    for i = 0, N * K - 1 do count[cp[i]] = count[cp[i]] + 1 end
@@ -92,8 +95,19 @@ function MoE:forward(x)
       sp[e][f] = i
       fill[e] = f + 1
    end
+   if chosen_h ~= chosen then chosen_h:free() end
+   if dev >= 0 then
+      for e = 0, E - 1 do
+         if count[e] > 0 then
+            local t, s_ = tok[e]:to_device(dev), slot[e]:to_device(dev)
+            tok[e]:free(); slot[e]:free()
+            tok[e], slot[e] = t, s_
+            T.adopt(t); T.adopt(s_)
+         end
+      end
+   end
    -- each expert on its tokens, weighted, added back in expert order
-   local out = T.zeros({N, C}, 'f32', true)
+   local out = T.zeros({N, C}, 'f32', true, dev)
    for e = 0, E - 1 do
       if count[e] > 0 then
          local h = self.experts[e + 1](ops.gather_rows(x2, tok[e]))
@@ -146,13 +160,21 @@ function Mixtral:router_aux_loss()
                'checkpointing does not keep: turn output_router_logits or checkpointing off', 0)
       end
       local n = l.chosen:numel()
-      local p = l.chosen:ptr()
+      local h = l.chosen:cpu()
+      local p = h:ptr()
       for i = 0, n - 1 do count[p[i]] = count[p[i]] + 1 end
+      if h ~= l.chosen then h:free() end
       rows = rows + n / K
    end
    -- d aux / d P[row, e] = E * f_e / rows, the same for every row
    local coef = T.empty({1, E}, 'f32', true)
    for e = 0, E - 1 do coef:ptr()[e] = E * (count[e] / rows) / rows end
+   local dev = layers[1].logits.device
+   if dev >= 0 then
+      local d = coef:to_device(dev)
+      coef:free()
+      coef = T.adopt(d)
+   end
    local total
    for _, l in ipairs(layers) do
       local s = ops.sum(ops.linear(ops.softmax(l.logits), coef))

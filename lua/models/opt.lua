@@ -130,14 +130,15 @@ end
 
 -- position rows for tokens at positions off .. off+T-1 (off > 0 only while
 -- decoding with a KV cache)
-local function positions(self, B, T_)
+local function positions(self, B, T_, dev)
    local off = require('fsdp.kv_cache').offset()
-   local key = B .. 'x' .. T_ .. '+' .. off
+   local key = B .. 'x' .. T_ .. '+' .. off .. '@' .. dev
    local p = self.positions[key]
    if not p then
       p = T.empty({B, T_}, 'i32')
       local ptr = p:ptr()
       for b = 0, B - 1 do for t = 0, T_ - 1 do ptr[b * T_ + t] = off + t + OFFSET end end
+      if dev >= 0 then local d = p:to_device(dev); p:free(); p = d end
       self.positions[key] = p
    end
    return p
@@ -154,7 +155,7 @@ function OPT:forward(idx)
    end
    local x = dec.embed_tokens(idx)
    if dec.project_in then x = dec.project_in(x) end
-   x = ops.add(x, dec.embed_positions(positions(self, B, T_)))
+   x = ops.add(x, dec.embed_positions(positions(self, B, T_, idx.device)))
    for i = 1, dec.layers.n do x = dec.layers[i](x) end
    if dec.final_layer_norm then x = dec.final_layer_norm(x) end
    if dec.project_out then x = dec.project_out(x) end

@@ -3,6 +3,7 @@
 -- State: exp_avg / exp_avg_sq shards, allocated once; the step count.
 local bind = require 'fsdp.ffi'
 local T = require 'fsdp.tensor'
+local kernels = require 'fsdp.kernels'
 local C, check = bind.C, bind.check
 
 local AdamW = {}
@@ -33,8 +34,8 @@ function AdamW.new(sharded, opts)
       end
       self.groups[#self.groups + 1] = {
          unit = u, runs = runs,
-         exp_avg = T.zeros({u.shard_size}, 'f32'),
-         exp_avg_sq = T.zeros({u.shard_size}, 'f32'),
+         exp_avg = T.zeros({u.shard_size}, 'f32', nil, u.shard.device),
+         exp_avg_sq = T.zeros({u.shard_size}, 'f32', nil, u.shard.device),
       }
    end
    return self
@@ -48,9 +49,10 @@ function AdamW:step(lr, grad_scale)
    for _, g in ipairs(self.groups) do
       local p, gr = g.unit.shard:ptr(), g.unit.grad_shard:ptr()
       local m, v = g.exp_avg:ptr(), g.exp_avg_sq:ptr()
+      local K = kernels.of(g.unit.shard)
       for _, r in ipairs(g.runs) do
          local o = r.offset
-         check(C.fsdp_adamw_cpu(p + o, m + o, v + o, gr + o, r.numel, lr, self.beta1, self.beta2, self.eps,
+         check(K.adamw(p + o, m + o, v + o, gr + o, r.numel, lr, self.beta1, self.beta2, self.eps,
                                 r.decay and self.weight_decay or 0, grad_scale or 1, self.t), 'adamw')
       end
    end

@@ -77,13 +77,15 @@ local specs = {
    {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
    {'run_dir', 'runs/train_lm', 'metrics.jsonl and TensorBoard events (tb/) go here'},
    {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
-   {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: this host\'s sgemm rate)'},
+   {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: the GPU\'s bf16 peak, or this host\'s sgemm rate)'},
    {'sample_tokens', 200, 'tokens to sample at the end'},
    {'temperature', 0.8, 'sampling temperature'},
    {'top_k', 40, 'sample among the k most likely tokens'},
    {'export_dir', '', 'write a Hugging Face directory of the final model here'},
    {'seed', 1337, 'random seed (init, data order, sampling)'},
    {'threads', 0, 'threads per rank (0: cores / ranks on this node)'},
+   {'cpu_offload', false, 'on a GPU: keep parameter shards, gradients and optimizer state in pinned host memory (AdamW on the CPU)'},
+   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto (cuda when a GPU is usable)'},
 }
 -- a recipe built on this one sets RECIPE_DEFAULTS before running it
 local defaults = rawget(_G, 'RECIPE_DEFAULTS') or {}
@@ -103,6 +105,8 @@ if opt.threads > 0 then fsdp.set_num_threads(opt.threads)
 elseif not os.getenv('OMP_NUM_THREADS') then
    fsdp.set_num_threads(math.max(1, math.floor(fsdp.get_num_threads() / dist.local_world_size)))
 end
+local dev = require('fsdp.device').get(opt.device, dist.local_rank, rank)
+local device = dev.index -- -1: the host
 if opt.data == '' then error('no corpus found: pass --data FILE', 0) end
 if opt.batch_size % world ~= 0 then
    error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, world), 0)
@@ -120,10 +124,12 @@ else tokenizer = data.ByteTokenizer.new() end
 -- data: rank r reads rows [r*B, (r+1)*B) of every global batch
 local source = data.open(opt.data, tokenizer)
 local train = data.loader {source = source, batch_size = local_batch, seq_len = opt.seq_len, seed = opt.seed,
-                           split = 'train', val_fraction = opt.val_fraction, rank = rank, world = world}
+                           split = 'train', val_fraction = opt.val_fraction, rank = rank, world = world,
+                           device = device}
 local function val_loader()
    return data.loader {source = source, batch_size = local_batch, seq_len = opt.seq_len, seed = opt.seed,
-                       split = 'val', val_fraction = opt.val_fraction, rank = rank, world = world}
+                       split = 'val', val_fraction = opt.val_fraction, rank = rank, world = world,
+                       device = device}
 end
 val_loader() -- fail now, not at the first evaluation, if the split is too small
 
@@ -160,7 +166,8 @@ if data_vocab > V then
 end
 if opt.activation_checkpointing then fsdp.nn.checkpoint_units(model) end
 local sharded = fsdp.shard(model, {strategy = opt.strategy, seed = opt.seed, param_dtype = opt.param_dtype,
-                                   reduce_dtype = opt.reduce_dtype,
+                                   reduce_dtype = opt.reduce_dtype, device = device,
+                                   cpu_offload = opt.cpu_offload,
                                    hybrid_group_size = opt.hybrid_group_size > 0 and opt.hybrid_group_size or nil})
 if model.hf_source then hf.close(model) end
 local optimizer = AdamW.new(sharded, {lr = opt.lr, betas = {opt.beta1, opt.beta2}, weight_decay = opt.weight_decay})
@@ -172,6 +179,7 @@ local sample_rng = fsdp.rng(opt.seed)
 log.info('model: %s%s, %d units, vocab %d, %.2fM parameters; %d rank(s), strategy %s, %d thread(s) each',
          model_name, opt.model ~= '' and (' from ' .. opt.model) or (opt.size ~= '' and (' ' .. opt.size) or ''),
          #sharded.units, V, sharded:num_parameters() / 1e6, world, opt.strategy, fsdp.get_num_threads())
+log.info('device: %s', require('fsdp.device').describe(dev))
 log.info('data: %s, %d tokens, %d training sequences of %d', opt.data, source.n, train:num_sequences(), opt.seq_len)
 
 -- resume
@@ -223,7 +231,10 @@ local tokens_per_step = opt.batch_size * opt.seq_len * opt.grad_accum_steps
 local n_layer = #model:units()
 local width = model.config.n_embd or model.config.hidden_size or 0
 local flops_per_token = run.flops_per_token(sharded:num_parameters(), n_layer, width, opt.seq_len)
-local peak = opt.peak_flops > 0 and opt.peak_flops or run.cpu_peak_flops() * world
+-- MFU against the device's dense bf16 peak on a GPU, the sgemm rate on the CPU
+local peak = opt.peak_flops > 0 and opt.peak_flops
+   or (dev.kind == 'cuda' and dev.info.peak_bf16_tflops > 0 and dev.info.peak_bf16_tflops * 1e12 * world)
+   or run.cpu_peak_flops() * world
 local preempt = run.preemption()
 local timer = run.timer()
 local console = run.console {total = opt.max_steps, start = start_step}
@@ -265,7 +276,7 @@ for step = start_step, last_step - 1 do
    local done = step + 1
    if done % opt.log_every == 0 or done == last_step then
       local now = fsdp.clock()
-      local mem = fsdp.memory_stats()
+      local mem = fsdp.memory_stats(device)
       local tps = steps_since * tokens_per_step / (now - t_last)
       local times = timer:take()
       for k, v in pairs(times) do times[k] = v / steps_since end
@@ -338,12 +349,15 @@ if opt.sample_tokens > 0 then
    local first = #ids
    for _ = 1, opt.sample_tokens do
       local ctx_len = math.min(#ids, opt.seq_len)
-      local x = fsdp.empty({1, ctx_len}, 'i32')
-      for i = 1, ctx_len do x:ptr()[i - 1] = ids[#ids - ctx_len + i] end
-      local logits = fsdp.no_grad(function() return model(x) end)
+      local hx = fsdp.empty({1, ctx_len}, 'i32')
+      for i = 1, ctx_len do hx:ptr()[i - 1] = ids[#ids - ctx_len + i] end
+      local x = hx:to_device(device)
+      local logits = fsdp.no_grad(function() return model(x) end):cpu()
       ids[#ids + 1] = sample.pick(logits:ptr() + (ctx_len - 1) * V, V, opt.temperature, opt.top_k, sample_rng)
       fsdp.autograd.reset()
-      x:free()
+      if logits.device ~= device then logits:free() end
+      if x ~= hx then x:free() end
+      hx:free()
       if tokenizer.eos_id and ids[#ids] == tokenizer.eos_id then break end
    end
    log.info('sample:\n%s', tokenizer:decode(ids))

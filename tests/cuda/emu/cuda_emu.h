@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <ucontext.h>
 #include <vector>
 #if defined(__SANITIZE_ADDRESS__)
@@ -425,23 +426,208 @@ inline const char *cudaGetErrorString(cudaError_t e) {
     default: return "invalid argument (emulated)";
     }
 }
+/* ---- device memory -------------------------------------------------------
+ * In the kernel tests device memory is plain malloc. In the emulated backend
+ * library (build/libfsdp_cuda_emu.so, -DFSDP_EMU_DEVICE_ARENA) it comes from
+ * one reserved arena that is PROT_NONE except while a kernel, a copy or a
+ * memset runs: host code that touches device memory directly (a Lua
+ * ptr()[i] on a cuda tensor, a memcpy that should have been a cudaMemcpy)
+ * faults at once, as it would on a GPU, instead of passing silently. */
+namespace fsdp_emu {
+#ifdef FSDP_EMU_DEVICE_ARENA
+struct arena_state {
+    uint8_t *base = nullptr;
+    size_t top = 0, cap = 0, in_use = 0;
+    int open_depth = 0;
+    std::vector<std::pair<size_t, std::vector<size_t>>> free_lists; /* (bytes, offsets) */
+    std::vector<std::pair<size_t, size_t>> live;                    /* (offset, bytes) */
+};
+inline arena_state arena;
+inline size_t arena_capacity() {
+    const char *e = getenv("FSDP_EMU_DEVICE_MEMORY"); /* bytes, default 8 GiB */
+    return e && *e ? (size_t)strtoull(e, nullptr, 10) : ((size_t)8 << 30);
+}
+inline bool arena_reserve() {
+    if (arena.base) return true;
+    arena.cap = arena_capacity();
+    void *p = mmap(nullptr, arena.cap, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return false;
+    arena.base = (uint8_t *)p;
+    return true;
+}
+/* device memory becomes accessible to the host thread for a kernel or copy */
+inline void device_open() {
+    if (arena.open_depth++ == 0 && arena.top) mprotect(arena.base, arena.top, PROT_READ | PROT_WRITE);
+}
+inline void device_close() {
+    if (--arena.open_depth == 0 && arena.top) mprotect(arena.base, arena.top, PROT_NONE);
+}
+inline void *dev_alloc(size_t n) {
+    if (!arena_reserve()) return nullptr;
+    n = n ? (n + 4095) & ~(size_t)4095 : 4096;
+    size_t off = (size_t)-1;
+    for (auto &fl : arena.free_lists)
+        if (fl.first == n && !fl.second.empty()) { off = fl.second.back(); fl.second.pop_back(); break; }
+    if (off == (size_t)-1) {
+        if (arena.top + n > arena.cap) return nullptr;
+        off = arena.top;
+        arena.top += n;
+        if (arena.open_depth) mprotect(arena.base + off, n, PROT_READ | PROT_WRITE);
+    }
+    arena.live.push_back({off, n});
+    arena.in_use += n;
+    return arena.base + off;
+}
+inline bool dev_free(void *p) {
+    size_t off = (size_t)((uint8_t *)p - arena.base);
+    for (size_t i = 0; i < arena.live.size(); i++)
+        if (arena.live[i].first == off) {
+            size_t n = arena.live[i].second;
+            arena.live[i] = arena.live.back();
+            arena.live.pop_back();
+            arena.in_use -= n;
+            for (auto &fl : arena.free_lists)
+                if (fl.first == n) { fl.second.push_back(off); return true; }
+            arena.free_lists.push_back({n, std::vector<size_t>{off}});
+            return true;
+        }
+    return false;
+}
+#else
+inline void device_open() {}
+inline void device_close() {}
+inline void *dev_alloc(size_t n) { return malloc(n ? n : 1); }
+inline bool dev_free(void *p) { free(p); return true; }
+#endif
+struct device_scope {
+    device_scope() { device_open(); }
+    ~device_scope() { device_close(); }
+};
+}  // namespace fsdp_emu
+
 inline cudaError_t cudaMallocAsync(void **p, size_t n, cudaStream_t) {
-    *p = malloc(n ? n : 1);
+    *p = fsdp_emu::dev_alloc(n);
     return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
-inline cudaError_t cudaFreeAsync(void *p, cudaStream_t) { free(p); return cudaSuccess; }
+inline cudaError_t cudaFreeAsync(void *p, cudaStream_t) {
+    if (p && !fsdp_emu::dev_free(p)) return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+inline cudaError_t cudaMalloc(void **p, size_t n) { return cudaMallocAsync(p, n, nullptr); }
+inline cudaError_t cudaFree(void *p) { return cudaFreeAsync(p, nullptr); }
 inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t = nullptr) {
+    fsdp_emu::device_scope open;
     memset(p, v, n);
     return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind,
                                    cudaStream_t = nullptr) {
+    fsdp_emu::device_scope open;
     memmove(d, s, n);
     return cudaSuccess;
 }
 
-#define FSDP_LAUNCH(kernel, grid, block, shmem, stream, ...)                       \
-    ((void)(stream), fsdp_emu::launch_kernel(#kernel, dim3(grid), dim3(block), (size_t)(shmem), \
-                                             [=] { kernel(__VA_ARGS__); }))
+/* ---- the rest of the runtime the engine's CUDA files use (devices, streams,
+ * events, pinned memory). One emulated device; streams and events exist but
+ * everything runs synchronously, so an event is complete once recorded. */
+struct CUevent_st { double t_ms; };
+typedef struct CUevent_st *cudaEvent_t;
+enum { cudaStreamNonBlocking = 1, cudaEventDefault = 0, cudaEventDisableTiming = 2,
+       cudaHostAllocPortable = 1, cudaHostAllocDefault = 0 };
+enum cudaDeviceAttr { cudaDevAttrClockRate = 13 };
+struct cudaDeviceProp {
+    char name[256];
+    int major, minor, multiProcessorCount;
+    size_t totalGlobalMem;
+};
+namespace fsdp_emu {
+inline int current_device = 0;
+inline double now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+}  // namespace fsdp_emu
+inline const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    default: return "cudaErrorInvalidValue";
+    }
+}
+inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) {
+    if (d != 0) return cudaErrorInvalidValue;
+    fsdp_emu::current_device = d;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGetDevice(int *d) { *d = fsdp_emu::current_device; return cudaSuccess; }
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
+    if (d != 0) return cudaErrorInvalidValue;
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "emulated CUDA device (tests/cuda/emu, runs on the CPU)");
+    p->major = 8; p->minor = 0; p->multiProcessorCount = 1;
+#ifdef FSDP_EMU_DEVICE_ARENA
+    p->totalGlobalMem = fsdp_emu::arena_capacity();
+#else
+    p->totalGlobalMem = (size_t)1 << 30;
+#endif
+    return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int d) {
+    *v = 1000; /* kHz: a nominal clock, the emulation has no peak to speak of */
+    return d == 0 ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+#ifdef FSDP_EMU_DEVICE_ARENA
+    *total_b = fsdp_emu::arena_capacity();
+    *free_b = *total_b - fsdp_emu::arena.in_use;
+#else
+    *total_b = *free_b = (size_t)1 << 30;
+#endif
+    return cudaSuccess;
+}
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
+    static char streams[64];  /* distinct non-NULL handles; nothing behind them */
+    static unsigned next;
+    *s = (cudaStream_t)(streams + (next++ % 64));
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+    *e = new CUevent_st{0};
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
+    e->t_ms = fsdp_emu::now_ms();
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    *ms = (float)(b->t_ms - a->t_ms);
+    return cudaSuccess;
+}
+inline cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
+    *p = malloc(n ? n : 1);  /* host memory: never protected */
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaHostAlloc(p, n, 0); }
+inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+
+/* the scope object lives to the end of the full expression: device memory
+ * is open for the whole launch */
+#define FSDP_LAUNCH(kernel, grid, block, shmem, stream, ...)                                 \
+    ((void)(stream), fsdp_emu::device_scope(),                                                \
+     fsdp_emu::launch_kernel(#kernel, dim3(grid), dim3(block), (size_t)(shmem),               \
+                             [=] { kernel(__VA_ARGS__); }))
 #define FSDP_DYN_SHARED(type, name) type *name = (type *)fsdp_emu::L->dyn.data()
 #endif

@@ -1,0 +1,139 @@
+/* emu_backend.cc - what build/libfsdp_cuda_emu.so has in place of the three
+ * NVIDIA libraries our kernels do not replace. Test-only.
+ *
+ * The emulated backend is the real CUDA backend (engine/cuda/<file>.cu and our
+ * kernels/<op>_cuda.cu, unchanged) compiled against tests/cuda/emu/cuda_emu.h,
+ * so that the Lua side of `--device cuda` (tensors on the device, kernel
+ * dispatch, copies, the allocator, collectives over device buffers) runs in
+ * CI on the CPU. Here:
+ *   - GEMM (cuBLASLt on a GPU) is our SIMT fallback kernel, f32 only;
+ *   - cuDNN attention says FSDP_ERR_UNSUPPORTED, as cuDNN does for a shape
+ *     it has no engine for, so callers take the fallback attention kernel;
+ *   - NCCL is an ext backend of the comm interface (engine/comm_ops.h) that
+ *     runs each collective, blocking, over the bootstrap comm (MPI or self)
+ *     with device memory opened for the call: the emulated device is host
+ *     memory, so the MPI ranks of a test exchange it directly. Requests are
+ *     complete at their start, which is one legal schedule of the real one.
+ * Nothing here is linked into libfsdp_cuda.so. */
+#include "cuda_common.cuh"
+#include "comm_ops.h"
+
+namespace {
+const char *const WHY = "not in the emulated CUDA backend (tests/cuda/emu); on a GPU cuBLASLt runs it";
+const char *const NO_CUDNN = "cuDNN is not in the emulated CUDA backend (tests/cuda/emu): use the "
+                             "fallback kernel";
+}
+
+int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b, const void *bias,
+                             int M, int N, int K, int trans_a, int trans_b, int accumulate, int gelu,
+                             int dtype, fsdp_stream stream) {
+    if (dtype != FSDP_F32 || gelu)
+        return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_forward_cuda: %s %s: %s",
+                          fsdp_dtype_name(dtype) ? fsdp_dtype_name(dtype) : "?",
+                          gelu ? "with the GELU epilogue" : "GEMM", WHY);
+    return fsdp_matmul_forward_simt_cuda((float *)out, (const float *)a, (const float *)b,
+                                         (const float *)bias, M, N, K, trans_a, trans_b, accumulate,
+                                         stream);
+}
+
+int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
+                              const void *b, int M, int N, int K, int trans_a, int trans_b, int dtype,
+                              fsdp_stream stream) {
+    if (dtype != FSDP_F32)
+        return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_backward_cuda: %s GEMM: %s",
+                          fsdp_dtype_name(dtype) ? fsdp_dtype_name(dtype) : "?", WHY);
+    return fsdp_matmul_backward_simt_cuda((float *)da, (float *)db, (float *)dbias, (const float *)dout,
+                                          (const float *)a, (const float *)b, M, N, K, trans_a, trans_b,
+                                          stream);
+}
+
+int fsdp_attention_forward_cudnn(void *out, float *lse, const void *q, const void *k, const void *v,
+                                 int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
+                                 float scale, int dtype, fsdp_stream stream) {
+    return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_attention_forward_cudnn: %s", NO_CUDNN);
+}
+
+int fsdp_attention_backward_cudnn(void *dq, void *dk, void *dv, const void *dout, const void *q,
+                                  const void *k, const void *v, const void *out, const float *lse, int B,
+                                  int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv, float scale,
+                                  int dtype, fsdp_stream stream) {
+    return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_attention_backward_cudnn: %s", NO_CUDNN);
+}
+
+/* ---- NCCL, emulated over the bootstrap comm -------------------------------- */
+namespace {
+
+struct emu_nccl {
+    fsdp_comm *boot;
+    int device;
+};
+
+fsdp_comm *boot_of(fsdp_comm *c) { return ((emu_nccl *)fsdp_comm_ext_ctx(c))->boot; }
+
+int emu_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype, void **handle) {
+    fsdp_emu::device_scope open;
+    *handle = nullptr;
+    return fsdp_comm_all_gather(boot_of(c), recv, send, count, dtype, nullptr);
+}
+int emu_reduce_scatter(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype, int op,
+                       void **handle) {
+    fsdp_emu::device_scope open;
+    *handle = nullptr;
+    return fsdp_comm_reduce_scatter(boot_of(c), recv, send, count, dtype, op, nullptr);
+}
+int emu_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int op, void **handle) {
+    fsdp_emu::device_scope open;
+    *handle = nullptr;
+    return fsdp_comm_all_reduce(boot_of(c), buf, count, dtype, op, nullptr);
+}
+int emu_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int root, void **handle) {
+    fsdp_emu::device_scope open;
+    *handle = nullptr;
+    return fsdp_comm_broadcast(boot_of(c), buf, count, dtype, root, nullptr);
+}
+int emu_barrier(fsdp_comm *c) { return fsdp_comm_barrier(boot_of(c)); }
+int emu_wait(fsdp_comm *, void *, const char *, int64_t, double, int *pending) {
+    *pending = 0; /* every collective finished at its start */
+    return FSDP_OK;
+}
+int emu_test(fsdp_comm *, void *, const char *, int64_t, int *done) {
+    *done = 1;
+    return FSDP_OK;
+}
+void emu_request_free(fsdp_comm *, void *) {}
+void emu_comm_free(fsdp_comm *c) { delete (emu_nccl *)fsdp_comm_ext_ctx(c); }
+
+const fsdp_comm_ops emu_ops = {"nccl",   emu_all_gather, emu_reduce_scatter, emu_all_reduce,
+                               emu_broadcast, emu_barrier, emu_wait, emu_test, emu_request_free,
+                               emu_comm_free};
+
+}  // namespace
+
+fsdp_comm *fsdp_comm_nccl_new(fsdp_comm *bootstrap, int device) {
+    if (!bootstrap)
+        return (fsdp_comm *)fsdp_error_null(FSDP_ERR_INVALID, "fsdp_comm_nccl_new: bootstrap comm is NULL");
+    if (device != 0)
+        return (fsdp_comm *)fsdp_error_null(FSDP_ERR_INVALID,
+                                            "fsdp_comm_nccl_new: the emulated backend has only cuda:0, not cuda:%d",
+                                            device);
+    emu_nccl *st = new emu_nccl{bootstrap, device};
+    fsdp_comm *c = fsdp_comm_ext_new(&emu_ops, st, fsdp_comm_rank(bootstrap), fsdp_comm_size(bootstrap),
+                                     bootstrap);
+    if (!c) delete st;
+    return c;
+}
+
+fsdp_comm *fsdp_comm_nccl_new_tcp(int rank, int world, const char *master_addr, int port, int device) {
+    return (fsdp_comm *)fsdp_error_null(FSDP_ERR_UNSUPPORTED,
+                                        "fsdp_comm_nccl_new_tcp: the emulated backend bootstraps over "
+                                        "MPI only (fsdp_comm_nccl_new)");
+}
+
+int fsdp_comm_nccl_set_stream(fsdp_comm *c, fsdp_stream compute) {
+    FSDP_CHECK_ARG(c && fsdp_comm_ext_ops(c) == &emu_ops, "fsdp_comm_nccl_set_stream: not an NCCL comm");
+    return FSDP_OK;
+}
+
+int fsdp_cuda_stream_wait_request(fsdp_stream stream, fsdp_comm_request *req) {
+    return FSDP_OK; /* emulated collectives are complete when they return */
+}

@@ -1,0 +1,352 @@
+-- The Lua side of `--device cuda`, run in CI on the emulated CUDA backend
+-- (build/libfsdp_cuda_emu.so: engine/cuda and our kernels/*_cuda.cu compiled
+-- against tests/cuda/emu, device memory in a guarded arena that the host
+-- cannot touch outside kernels and copies). On a GPU, tests/cuda/
+-- test_train_cuda.lua runs the same comparisons against libfsdp_cuda.so.
+--
+-- What must hold:
+--   * every op, forward and backward through the tape, on cuda:0 equals
+--     the CPU backend on the same inputs (within f32 reordering);
+--   * ops refuse tensors on two devices, naming both;
+--   * minGPT, Llama (RoPE, GQA, RMSNorm, SwiGLU) and Mixtral training steps
+--     (shard, AdamW, clipping) on the device track the CPU run step by step;
+--   * a checkpoint saved from the device loads on the CPU, bit for bit;
+--   * device memory stats count live tensors and return to the start;
+--   * host code that reads device memory directly dies (the guard works);
+--   * the recipe with --device cuda gives the CPU run's losses.
+local fsdp = require 'fsdp'
+local t = require 'tests.lua.harness'
+local T = require 'fsdp.tensor'
+local ops, AG = fsdp.ops, fsdp.autograd
+local device = require 'fsdp.device'
+local G = require 'tests.lua.gradcheck'
+local randn = G.randn
+fsdp.set_num_threads(1)
+
+-- tests/cuda/test_lua_cuda.lua runs this file on a GPU with REAL_GPU set
+local real = rawget(_G, 'REAL_GPU') == true
+if not real then device.set_library(device.emulated_library_path()) end
+local dev = device.get('cuda')
+t.check(dev.kind == 'cuda' and dev.emulated == not real, 'the %s backend did not load: %s',
+        real and 'real' or 'emulated', device.describe(dev))
+print('device: ' .. device.describe(dev))
+local D = dev.index
+-- cuBLASLt and the fused GPU reductions add in another order than OpenBLAS
+local TOL = real and 10 or 1
+
+-- largest |a - b| over two tensors (any devices), relative to max |b|
+local function max_rel_diff(a, b)
+   local x, y = a:totable(), b:totable()
+   if #x ~= #y then return math.huge end
+   local diff, scale = 0, 1e-6
+   for i = 1, #x do
+      diff = math.max(diff, math.abs(x[i] - y[i]))
+      scale = math.max(scale, math.abs(y[i]))
+   end
+   return diff / scale
+end
+
+-- runs f on host inputs and on their device copies; compares outputs and
+-- the gradients of sum(out .* R) for every input that wants one
+local function compare(name, f, inputs, tol)
+   tol = (tol or 2e-5) * TOL
+   local runs, R = {}, nil
+   for _, where in ipairs({-1, D}) do
+      local xs = {}
+      for i, x in ipairs(inputs) do
+         xs[i] = x:to_device(where)
+         if where >= 0 then xs[i] = xs[i] ~= x and xs[i] or x:clone() end
+         xs[i].requires_grad = x.dtype == 'f32' and x.requires_grad ~= false
+      end
+      local out = f(unpack(xs))
+      R = R or G.randn(out.shape)
+      local r = R:to_device(where)
+      local loss = ops.sum(ops.mul(out, r))
+      local out_h = out:cpu():keep()
+      if out_h == out then out_h = out:clone() end
+      AG.backward(loss)
+      local grads = {}
+      for i, x in ipairs(xs) do
+         if x.grad then grads[i] = x.grad:cpu():keep(); if grads[i] == x.grad then grads[i] = x.grad:clone() end end
+      end
+      runs[#runs + 1] = {out = out_h, grads = grads}
+      if r ~= R then r:free() end
+   end
+   R:free()
+   local cpu, gpu = runs[1], runs[2]
+   local d = max_rel_diff(gpu.out, cpu.out)
+   t.check(d <= tol, '%s: forward differs from the CPU by %.3g (relative)', name, d)
+   for i, g in pairs(cpu.grads) do
+      local gg = gpu.grads[i]
+      if t.check(gg ~= nil, '%s: no gradient for input %d on the device', name, i) then
+         local dg = max_rel_diff(gg, g)
+         t.check(dg <= tol, '%s: gradient of input %d differs from the CPU by %.3g', name, i, dg)
+      end
+   end
+end
+
+---------------------------------------------------------------------------
+-- every op
+
+compare('linear', function(x, w, b) return ops.linear(x, w, b) end, {randn({2, 5, 12}), randn({7, 12}), randn({7})})
+compare('linear ragged', function(x, w) return ops.linear(x, w) end, {randn({37, 19}), randn({23, 19})})
+for _, ta in ipairs({false, true}) do
+   for _, tb in ipairs({false, true}) do
+      local a = ta and randn({9, 6}) or randn({6, 9})
+      local b = tb and randn({11, 9}) or randn({9, 11})
+      compare(string.format('matmul ta=%s tb=%s', ta, tb), function(x, y) return ops.matmul(x, y, ta, tb) end, {a, b})
+   end
+end
+do
+   local idx = fsdp.from_table({1, 3, 3, 0, 6, 2, 5, 1}, {2, 4}, 'i32')
+   idx.requires_grad = false
+   compare('embedding', function(i, w) return ops.embedding(i, w) end, {idx, randn({7, 10})})
+   compare('embedding padded', function(i, w) return ops.embedding_padded(i, w, 3) end, {idx, randn({7, 10})})
+end
+compare('layernorm', function(x, w, b) return ops.layernorm(x, w, b, 1e-5) end, {randn({5, 33}), randn({33}), randn({33})})
+compare('rmsnorm', function(x, w) return ops.rmsnorm(x, w, 1e-6) end, {randn({5, 33}), randn({33})})
+for _, name in ipairs({'gelu', 'relu', 'silu'}) do
+   compare(name, function(x) return ops[name](x) end, {randn({3, 41})})
+end
+compare('swiglu', function(g, u) return ops.swiglu(g, u) end, {randn({3, 41}), randn({3, 41})})
+compare('add', function(a, b) return ops.add(a, b) end, {randn({4, 9}), randn({4, 9})})
+compare('mul', function(a, b) return ops.mul(a, b) end, {randn({4, 9}), randn({4, 9})})
+compare('scale', function(a) return ops.scale(a, -0.37) end, {randn({4, 9})})
+compare('sum', function(a) return ops.sum(a) end, {randn({4, 9})})
+compare('mean', function(a) return ops.mean(a) end, {randn({4, 9})})
+compare('reshape', function(a) return ops.reshape(a, {9, 4}) end, {randn({4, 9})})
+compare('attention gpt2 qkv', function(x) return ops.attention_qkv(x, {n_head = 2}) end, {randn({2, 7, 3 * 16})}, 1e-4)
+compare('attention gqa window', function(q, k, v)
+   return ops.attention(q, k, v, {n_head = 4, n_kv_head = 2, window = 3})
+end, {randn({2, 9, 4 * 8}), randn({2, 9, 2 * 8}), randn({2, 9, 2 * 8})}, 1e-4)
+do
+   local cos, sin = randn({6, 4}), randn({6, 4})
+   cos.requires_grad, sin.requires_grad = false, false
+   compare('rope', function(x, c, s) return ops.rope(x, c, s, 2) end, {randn({2, 6, 16}), cos, sin})
+end
+do
+   local tg = fsdp.from_table({0, 3, -100, 9, 2, 2}, {2, 3}, 'i32')
+   tg.requires_grad = false
+   compare('cross_entropy', function(l, y) return ops.cross_entropy(l, y) end, {randn({2, 3, 10}), tg})
+end
+-- mixture-of-experts routing ops
+do
+   local idx = fsdp.from_table({4, 0, 2, 2, 1}, {5}, 'i32')
+   idx.requires_grad = false
+   compare('gather_rows', function(x, i) return ops.gather_rows(x, i) end, {randn({6, 7}), idx})
+   compare('scatter_add_rows', function(b, i, s) return ops.scatter_add_rows(b, i, s) end,
+           {randn({6, 7}), idx, randn({5, 7})})
+end
+compare('softmax', function(x) return ops.softmax(x) end, {randn({5, 13})})
+compare('row_scale', function(x, s) return ops.row_scale(x, s) end, {randn({5, 13}), randn({5})})
+compare('topk', function(x) return (ops.topk(x, 3)) end, {randn({5, 13})})
+
+-- tensors on two devices
+do
+   local a, b = randn({3, 4}), randn({3, 4}):to_device(D)
+   t.raises(function() ops.add(a, b) end, {'add', 'different devices', 'cpu', 'cuda:' .. D}, 'mixed devices')
+   a:free(); b:free()
+end
+
+---------------------------------------------------------------------------
+-- memory: live tensors counted on the device, back to the start when freed
+do
+   T.end_step()
+   local warm = fsdp.zeros({1}, 'f32', nil, D)
+   warm:sumsq() -- its 8-byte result buffer stays allocated for later calls
+   warm:free()
+   local before = fsdp.memory_stats(D).current
+   local x = fsdp.zeros({1000}, 'f32', nil, D)
+   local y = fsdp.full({10, 10}, 2.5, 'f32', D)
+   t.check(fsdp.memory_stats(D).current == before + 4400, 'device bytes in use: %d, want %d',
+           fsdp.memory_stats(D).current, before + 4400)
+   t.close(y:get(3, 4), 2.5, 0, 0, 'fill on the device')
+   t.close(x:sumsq(), 0, 0, 0, 'zeros on the device')
+   y:set_flat(23, -1) -- through a one-element copy
+   t.close(y:cpu():sumsq(), 99 * 6.25 + 1, 0, 1e-9, 'set on the device')
+   x:free(); y:free()
+   t.check(fsdp.memory_stats(D).current == before, 'device bytes after free: %d, want %d',
+           fsdp.memory_stats(D).current, before)
+end
+
+---------------------------------------------------------------------------
+-- training steps: the same model on the CPU and on the device
+
+local AdamW = require 'optim.adamw'
+local clip = require 'optim.clip'
+
+local function train_steps(make_model, where, steps, batch, offload)
+   local model = make_model()
+   local sharded = fsdp.shard(model, {seed = 5, device = where, cpu_offload = offload})
+   local opt = AdamW.new(sharded, {lr = 3e-3, weight_decay = 0.1})
+   local losses, grads = {}, {}
+   for s = 1, steps do
+      local x, y = batch(s)
+      local dx, dy = x:to_device(where), y:to_device(where)
+      sharded:zero_grad()
+      local loss = model:loss(dx, dy)
+      losses[s] = AG.backward(loss)
+      if s == 1 then
+         for i, u in ipairs(sharded.units) do grads[i] = u.grad_shard:clone(nil, -1) end
+      end
+      local norm = clip.global_norm(sharded)
+      opt:step(nil, clip.clip_factor(norm, 1.0))
+      if dx ~= x then dx:free(); dy:free() end
+   end
+   local params = sharded:full_state_dict()
+   return losses, params, sharded, opt, grads
+end
+
+local function token_batch(V, B, T_)
+   return function(s)
+      local x, y = T.empty({B, T_}, 'i32'), T.empty({B, T_}, 'i32')
+      for i = 0, B * T_ - 1 do
+         x:ptr()[i] = (i * 7 + s * 3) % V
+         y:ptr()[i] = (i * 5 + s) % V
+      end
+      return x, y
+   end
+end
+
+local function compare_training(name, make_model, V, steps, tol, offload)
+   tol = tol * TOL
+   local batch = token_batch(V, 2, 8)
+   local l_cpu, p_cpu, _, _, g_cpu = train_steps(make_model, -1, steps, batch)
+   local l_gpu, p_gpu, sh, opt, g_gpu = train_steps(make_model, D, steps, batch, offload)
+   if offload then
+      local u = sh.units[2]
+      t.check(u.shard.device == -1 and u.shard:is_pinned() and u.grad_shard:is_pinned(),
+              '%s: offloaded shards must be pinned host tensors', name)
+      t.check(opt.groups[2].exp_avg.device == -1, '%s: offloaded optimizer state must be on the host', name)
+      t.check(u.full == nil, '%s: an offloaded unit keeps no device copy between steps', name)
+   end
+   for s = 1, steps do
+      t.close(l_gpu[s], l_cpu[s], tol, 0, '%s: loss at step %d on the device', name, s)
+   end
+   -- the first backward's gradients, unit by unit, tightly
+   local gworst = 0
+   for i, g in ipairs(g_cpu) do
+      local d = max_rel_diff(g_gpu[i], g)
+      gworst = math.max(gworst, d)
+      t.check(d <= tol * 5, '%s: gradient of unit %d differs from the CPU by %.3g', name, i, d)
+   end
+   -- parameters after the steps (absolute: AdamW's first updates are about
+   -- lr * sign(g), so rounding in a gradient near zero moves its weight by
+   -- more than its relative size; seen here: at most 2.4e-5 with lr 3e-3)
+   local worst, worst_name = 0, ''
+   for k, v in pairs(p_cpu) do
+      t.check(p_gpu[k] and p_gpu[k].device == -1, '%s: parameter %s missing from the device state', name, k)
+      if p_gpu[k] then
+         local a, b = p_gpu[k]:totable(), v:totable()
+         for i = 1, #b do
+            local d = math.abs(a[i] - b[i])
+            if d > worst then worst, worst_name = d, k end
+         end
+      end
+   end
+   t.check(worst <= 5e-4 * TOL, '%s: parameter %s differs from the CPU by %.3g after %d steps', name,
+           worst_name, worst, steps)
+   print(string.format('%s: %d steps, losses %s (cpu %s), first gradients within %.3g, parameters within %.3g (%s)',
+                       name, steps, table.concat(l_gpu, ' '), table.concat(l_cpu, ' '), gworst, worst, worst_name))
+end
+
+local mingpt = require 'models.mingpt'
+compare_training('minGPT', function()
+   return mingpt.GPT {n_layer = 2, n_head = 2, n_embd = 32, vocab_size = 50, block_size = 8}
+end, 50, 3, 1e-5)
+
+compare_training('minGPT, CPU offload', function()
+   return mingpt.GPT {n_layer = 2, n_head = 2, n_embd = 32, vocab_size = 50, block_size = 8}
+end, 50, 3, 1e-5, true)
+
+local llama = require 'models.llama'
+compare_training('Llama (GQA, RoPE)', function()
+   return llama.Llama {hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2, num_attention_heads = 4,
+                       num_key_value_heads = 2, vocab_size = 40, max_position_embeddings = 16}
+end, 40, 2, 1e-5)
+
+local mixtral = require 'models.mixtral'
+compare_training('Mixtral (top-2 of 4 experts)', function()
+   return mixtral.Mixtral {hidden_size = 24, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2,
+                           num_key_value_heads = 1, vocab_size = 30, max_position_embeddings = 16,
+                           num_local_experts = 4, num_experts_per_tok = 2}
+end, 30, 2, 1e-5)
+
+---------------------------------------------------------------------------
+-- a checkpoint saved from the device loads on the CPU, bit for bit
+do
+   local make = function() return mingpt.GPT {n_layer = 1, n_head = 2, n_embd = 16, vocab_size = 20, block_size = 8} end
+   local _, params, sharded, opt = train_steps(make, D, 2, token_batch(20, 2, 8))
+   local dir = os.tmpname()
+   os.remove(dir)
+   local ckpt = fsdp.checkpoint
+   local path = ckpt.save(dir, {step = 2, sharded = sharded, optimizer = opt, trainer = {step = 2},
+                                model_config = {}, model_name = 'mingpt'})
+   local model2 = make()
+   local sh2 = fsdp.shard(model2, {seed = 99})
+   local opt2 = AdamW.new(sh2, {lr = 1e-3})
+   ckpt.load(path, sh2, opt2)
+   local p2 = sh2:full_state_dict()
+   local same = true
+   for k, v in pairs(params) do
+      if max_rel_diff(p2[k], v) ~= 0 then same = false; print('differs: ' .. k) end
+   end
+   t.check(same, 'parameters saved from the device and loaded on the CPU differ')
+   t.check(max_rel_diff(opt2.groups[1].exp_avg, opt.groups[1].exp_avg) == 0, 'optimizer state across devices differs')
+   os.execute('rm -rf ' .. dir)
+end
+
+---------------------------------------------------------------------------
+-- the guard: reading device memory from the host is a fault, not a value
+if not real then
+   local script = os.tmpname() .. '.lua'
+   local f = assert(io.open(script, 'w'))
+   f:write("local d = require('fsdp.device'); d.set_library(d.emulated_library_path()); d.get('cuda')\n",
+           "local x = require('fsdp.tensor').full({4}, 1, 'f32', 0)\n",
+           "print('read from the host: ' .. x:ptr()[0])\n")
+   f:close()
+   local status, out = t.sh(string.format('%s/build/fsdp-lua %s', fsdp.root, script))
+   os.remove(script)
+   -- 139: the shell's code for a process killed by SIGSEGV
+   t.check(status == 139 and not out:find('read from the host', 1, true),
+           'a host read of device memory went unnoticed (status %d): %s', status, out)
+end
+
+---------------------------------------------------------------------------
+-- the recipe: --device cuda trains like --device cpu
+do
+   local lib = real and device.cuda_library_path() or device.emulated_library_path()
+   local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+   if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
+   local function run(devname, ranks)
+      local status, out = t.sh(string.format(
+         'FSDP_CUDA_LIB=%s %s/build/fsdp-lua --nproc-per-node %d recipes/train_mingpt.lua --data %s --preset gpt-nano --n-layer 1 ' ..
+         '--n-embd 16 --n-head 2 --max-steps 3 --warmup-steps 1 --batch-size 2 --seq-len 8 --eval-every 0 ' ..
+         '--eval-batches 1 --log-every 1 --sample-tokens 4 --threads 1 --run-dir %s --device %s',
+         lib, fsdp.root, ranks or 1, corpus, os.tmpname() .. '.d', devname))
+      t.check(status == 0, 'recipe with --device %s on %d rank(s) failed (%d):\n%s', devname, ranks or 1, status, out)
+      local losses = {}
+      for l in out:gmatch('step%s+%d+/%d+[^\n]-loss%s+([%d.]+)') do losses[#losses + 1] = tonumber(l) end
+      return losses, out
+   end
+   local lc = run('cpu')
+   local lg, out = run('cuda')
+   t.check(out:find('device: cuda:0 (' .. (real and '' or 'emulated'), 1, true),
+           'the recipe did not say it runs on the device:\n%s', out)
+   t.check(#lc == 3 and #lg == 3, 'expected 3 logged losses each, got %d and %d', #lc, #lg)
+   for i = 1, math.min(#lc, #lg) do t.close(lg[i], lc[i], 1e-3 * TOL, 0, 'recipe loss at step %d', i) end
+   -- two ranks, each with its device, sharded over (emulated) NCCL; then
+   -- with the shards and optimizer state offloaded to pinned host memory
+   if not real then
+      local l2 = run('cuda', 2)
+      local lo = run('cuda --cpu-offload', 2)
+      for _, r in ipairs({{'2-rank cuda', l2}, {'2-rank cuda offload', lo}}) do
+         t.check(#r[2] == 3, 'expected 3 logged losses from the %s run, got %d', r[1], #r[2])
+         for i = 1, math.min(#lc, #r[2]) do t.close(r[2][i], lc[i], 1e-3, 0, '%s recipe loss at step %d', r[1], i) end
+      end
+      print('recipe losses: cpu ' .. table.concat(lc, ' ') .. ' | cuda ' .. table.concat(lg, ' ') ..
+            ' | 2 ranks cuda ' .. table.concat(l2, ' ') .. ' | 2 ranks cuda offload ' .. table.concat(lo, ' '))
+   end
+end
+
+return t.done()
