@@ -2,7 +2,9 @@
  * with the CPU kernel's row-major conventions: out[M,N] = op(a)[M,K] @
  * op(b)[K,N] (+ bias[N]), a stored [K,M] when trans_a, b stored [N,K] when
  * trans_b. Data f32, bf16 or f16 (all operands one dtype), accumulation and
- * scaling in f32 (CUBLAS_COMPUTE_32F: no TF32 shortcut for f32 data).
+ * scaling in f32 (CUBLAS_COMPUTE_32F: no TF32 shortcut for f32 data,
+ * unless fsdp_cuda_set_tf32(1) asked for it, as torch's allow_tf32 does:
+ * f32 GEMMs then run on the tensor cores with 10-bit mantissa inputs).
  *
  * cuBLASLt is column-major. A row-major [M,N] matrix is the column-major
  * [N,M] matrix with the same bytes, so out^T = op(b)^T op(a)^T is computed:
@@ -37,6 +39,7 @@ typedef std::tuple<int, int, int, int, int, int, int, int, int, int> algo_key;
 std::mutex lock;
 std::map<int, device_state> devices;
 std::map<algo_key, cublasLtMatmulAlgo_t> algos;
+int allow_tf32; /* fsdp_cuda_set_tf32 */
 
 int lt_check(cublasStatus_t s, const char *fn, const char *what) {
     if (s == CUBLAS_STATUS_SUCCESS) return FSDP_OK;
@@ -101,7 +104,9 @@ int lt_matmul(const char *fn, void *out, void *aux, const void *a, const void *b
     lt_call c;
 
     /* 1. the operation: transposes and epilogue */
-    if ((rc = lt_check(cublasLtMatmulDescCreate(&c.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), fn,
+    const cublasComputeType_t compute =
+        dtype == FSDP_F32 && allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    if ((rc = lt_check(cublasLtMatmulDescCreate(&c.op, compute, CUDA_R_32F), fn,
                        "cublasLtMatmulDescCreate")))
         return rc;
     const cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt's A is b */
@@ -138,7 +143,8 @@ int lt_matmul(const char *fn, void *out, void *aux, const void *a, const void *b
 
     /* 3. an algorithm: cached, else cuBLASLt's first heuristic pick */
     const int al_a = alignment(b), al_b = alignment(a), al_c = alignment(out);
-    const algo_key key(device, M, N, K, trans_a * 2 + trans_b, dtype, (int)epilogue, beta != 0.0f,
+    const algo_key key(device, M, N, K, trans_a * 2 + trans_b, dtype * 2 + (compute != CUBLAS_COMPUTE_32F),
+                       (int)epilogue, beta != 0.0f,
                        al_a * 1000 + al_b, al_c);
     cublasLtMatmulAlgo_t algo;
     bool cached;
@@ -240,5 +246,10 @@ int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout,
     }
     /* dbias += column sums of dout (our deterministic kernel, bias_cuda.cu) */
     if (dbias) return fsdp_bias_backward_cuda(dbias, dout, M, N, dtype, stream);
+    return FSDP_OK;
+}
+
+int fsdp_cuda_set_tf32(int allow) {
+    allow_tf32 = allow != 0;
     return FSDP_OK;
 }

@@ -606,6 +606,10 @@ int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const voi
 int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
                               const void *b, int M, int N, int K, int trans_a, int trans_b,
                               int dtype, fsdp_stream stream);
+/* 1: f32 GEMMs may use TF32 tensor cores (inputs rounded to 10 mantissa
+ * bits, f32 accumulation), like torch.backends.cuda.matmul.allow_tf32;
+ * 0 (the default): full f32 */
+int fsdp_cuda_set_tf32(int allow);
 /* f32 GEMM on the CUDA cores, tiled through shared memory
  * (kernels/gemm_cuda.cu): the fallback when cuBLASLt cannot be used, and the
  * GEMM of the emulated backend. Exactly the semantics of fsdp_matmul_forward_cpu /

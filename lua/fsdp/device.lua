@@ -118,7 +118,7 @@ function M.select(want, local_rank, rank)
    end
    if rank then lib.fsdp_cuda_set_rank(rank) end
    lib.fsdp_cuda_install()
-   require('fsdp.kernels').install_cuda(lib)
+   require('fsdp.kernels').install_cuda(lib, index)
    return {kind = 'cuda', index = index, name = ffi.string(info.name), cuda = lib, info = info,
            emulated = lib.fsdp_cuda_is_emulated() == 1}
 end

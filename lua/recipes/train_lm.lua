@@ -62,7 +62,7 @@ local specs = {
    {'max_grad_norm', 1.0, 'clip the global gradient norm (0: off)'},
    {'strategy', 'full', 'sharding', choices = {'full', 'grad_op', 'none', 'hybrid_full', 'hybrid_grad_op'}},
    {'hybrid_group_size', 0, 'ranks per shard group for hybrid strategies (0: ranks per node)'},
-   {'param_dtype', 'f32', 'dtype parameters are gathered in', choices = {'f32', 'bf16', 'f16'}},
+   {'param_dtype', 'f32', 'dtype parameters are gathered in (on a GPU also the dtype of GEMMs and attention)', choices = {'f32', 'bf16', 'f16'}},
    {'mixed_precision', false, 'gather parameters in bf16 (same as --param-dtype bf16)'},
    {'from_scratch', false, 'accepted for the FSDP scripts\' habit: --size already means from scratch'},
    {'reduce_dtype', 'f32', 'dtype gradients are reduced in', choices = {'f32', 'bf16', 'f16'}},
@@ -85,6 +85,7 @@ local specs = {
    {'seed', 1337, 'random seed (init, data order, sampling)'},
    {'threads', 0, 'threads per rank (0: cores / ranks on this node)'},
    {'cpu_offload', false, 'on a GPU: keep parameter shards, gradients and optimizer state in pinned host memory (AdamW on the CPU)'},
+   {'tf32', false, 'on a GPU: f32 matmuls on TF32 tensor cores (torch\'s allow_tf32)'},
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto (cuda when a GPU is usable)'},
 }
 -- a recipe built on this one sets RECIPE_DEFAULTS before running it
@@ -107,6 +108,13 @@ elseif not os.getenv('OMP_NUM_THREADS') then
 end
 local dev = require('fsdp.device').get(opt.device, dist.local_rank, rank)
 local device = dev.index -- -1: the host
+-- PyTorch FSDP's MixedPrecision(param_dtype=bf16) computes in bf16: so do the
+-- GPU's GEMMs and attention here (the CPU computes in f32 whatever it gathers)
+if dev.cuda and opt.param_dtype ~= 'f32' then require('fsdp.kernels').set_compute_dtype(opt.param_dtype) end
+if opt.tf32 then
+   if not dev.cuda then error('--tf32 needs --device cuda', 0) end
+   dev.cuda.fsdp_cuda_set_tf32(1)
+end
 if opt.data == '' then error('no corpus found: pass --data FILE', 0) end
 if opt.batch_size % world ~= 0 then
    error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, world), 0)

@@ -141,6 +141,24 @@ compare('softmax', function(x) return ops.softmax(x) end, {randn({5, 13})})
 compare('row_scale', function(x, s) return ops.row_scale(x, s) end, {randn({5, 13}), randn({5})})
 compare('topk', function(x) return (ops.topk(x, 3)) end, {randn({5, 13})})
 
+-- GEMMs and attention in bf16 (set_compute_dtype: PyTorch FSDP's
+-- MixedPrecision(param_dtype=bf16) math). Against the f32 CPU the results
+-- differ by bf16 rounding of the operands (8 bits: ~0.4% per element, less
+-- on sums); a wrong cast, layout or accumulation is off by far more.
+do
+   local kernels = require 'fsdp.kernels'
+   kernels.set_compute_dtype('bf16')
+   compare('linear bf16', function(x, w, b) return ops.linear(x, w, b) end,
+           {randn({2, 5, 12}), randn({7, 12}), randn({7})}, 2e-2 / TOL)
+   compare('matmul bf16 ta tb', function(x, y) return ops.matmul(x, y, true, true) end,
+           {randn({9, 6}), randn({11, 9})}, 2e-2 / TOL)
+   -- cuDNN (real GPU) or the f32 kernel (the emulation, where cuDNN declines)
+   compare('attention bf16', function(q, k, v) return ops.attention(q, k, v, {n_head = 4, n_kv_head = 2}) end,
+           {randn({2, 16, 4 * 16}), randn({2, 16, 2 * 16}), randn({2, 16, 2 * 16})}, 3e-2 / TOL)
+   kernels.set_compute_dtype(nil)
+   t.raises(function() kernels.set_compute_dtype('i32') end, {'compute dtype', 'i32'}, 'bad compute dtype')
+end
+
 -- tensors on two devices
 do
    local a, b = randn({3, 4}), randn({3, 4}):to_device(D)
@@ -258,6 +276,20 @@ end, 50, 3, 1e-5)
 compare_training('minGPT, CPU offload', function()
    return mingpt.GPT {n_layer = 2, n_head = 2, n_embd = 32, vocab_size = 50, block_size = 8}
 end, 50, 3, 1e-5, true)
+
+-- bf16 math on the device vs f32 on the CPU: close, not equal
+do
+   local kernels = require 'fsdp.kernels'
+   local make = function() return mingpt.GPT {n_layer = 2, n_head = 2, n_embd = 32, vocab_size = 50, block_size = 8} end
+   local batch = token_batch(50, 2, 8)
+   local l_cpu = train_steps(make, -1, 3, batch)
+   kernels.set_compute_dtype('bf16')
+   local l_bf = train_steps(make, D, 3, batch)
+   kernels.set_compute_dtype(nil)
+   for s = 1, 3 do t.close(l_bf[s], l_cpu[s], 2e-3 * TOL, 0, 'minGPT bf16 compute: loss at step %d', s) end
+   print(string.format('minGPT, bf16 GEMMs on the device: losses %s (cpu f32 %s)', table.concat(l_bf, ' '),
+                       table.concat(l_cpu, ' ')))
+end
 
 local llama = require 'models.llama'
 compare_training('Llama (GQA, RoPE)', function()

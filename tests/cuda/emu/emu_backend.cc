@@ -6,7 +6,9 @@
  * so that the Lua side of `--device cuda` (tensors on the device, kernel
  * dispatch, copies, the allocator, collectives over device buffers) runs in
  * CI on the CPU. Here:
- *   - GEMM (cuBLASLt on a GPU) is our SIMT fallback kernel, f32 only;
+ *   - GEMM (cuBLASLt on a GPU) is our SIMT fallback kernel; bf16/f16 GEMMs
+ *     widen their operands to f32 scratch and round the result once, as
+ *     cuBLASLt's f32 accumulation does (no GELU epilogue);
  *   - cuDNN attention says FSDP_ERR_UNSUPPORTED, as cuDNN does for a shape
  *     it has no engine for, so callers take the fallback attention kernel;
  *   - NCCL is an ext backend of the comm interface (engine/comm_ops.h) that
@@ -24,28 +26,68 @@ const char *const NO_CUDNN = "cuDNN is not in the emulated CUDA backend (tests/c
                              "fallback kernel";
 }
 
+/* bf16/f16 GEMMs as cuBLASLt computes them: operands widened to f32 (exact),
+ * f32 accumulation (the SIMT kernel), the result rounded once to the dtype */
+namespace {
+struct f32_copy { /* an f32 scratch copy of a 16-bit operand (or zeros) */
+    float *p = nullptr;
+    int rc = FSDP_OK;
+    f32_copy(const void *src, int64_t n, int dtype, bool load) {
+        if (!src) return;
+        if (cudaMalloc((void **)&p, (size_t)(n > 0 ? n : 1) * 4) != cudaSuccess) {
+            rc = fsdp_error(FSDP_ERR_OOM, "emulated GEMM: no scratch for %lld elements", (long long)n);
+            return;
+        }
+        rc = load ? fsdp_cast_cuda(p, FSDP_F32, src, dtype, n, nullptr) : cudaMemsetAsync(p, 0, (size_t)n * 4);
+    }
+    ~f32_copy() { if (p) cudaFree(p); }
+};
+}  // namespace
+
 int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b, const void *bias,
                              int M, int N, int K, int trans_a, int trans_b, int accumulate, int gelu,
                              int dtype, fsdp_stream stream) {
-    if (dtype != FSDP_F32 || gelu)
+    if (gelu || (dtype != FSDP_F32 && dtype != FSDP_BF16 && dtype != FSDP_F16))
         return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_forward_cuda: %s %s: %s",
                           fsdp_dtype_name(dtype) ? fsdp_dtype_name(dtype) : "?",
                           gelu ? "with the GELU epilogue" : "GEMM", WHY);
-    return fsdp_matmul_forward_simt_cuda((float *)out, (const float *)a, (const float *)b,
-                                         (const float *)bias, M, N, K, trans_a, trans_b, accumulate,
-                                         stream);
+    if (dtype == FSDP_F32)
+        return fsdp_matmul_forward_simt_cuda((float *)out, (const float *)a, (const float *)b,
+                                             (const float *)bias, M, N, K, trans_a, trans_b, accumulate,
+                                             stream);
+    f32_copy a32(a, (int64_t)M * K, dtype, true), b32(b, (int64_t)K * N, dtype, true),
+        bias32(bias, N, dtype, true), out32(out, (int64_t)M * N, dtype, accumulate != 0);
+    for (int rc : {a32.rc, b32.rc, bias32.rc, out32.rc})
+        if (rc) return rc;
+    int rc = fsdp_matmul_forward_simt_cuda(out32.p, a32.p, b32.p, bias32.p, M, N, K, trans_a, trans_b,
+                                           accumulate, stream);
+    return rc ? rc : fsdp_cast_cuda(out, dtype, out32.p, FSDP_F32, (int64_t)M * N, stream);
 }
 
 int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
                               const void *b, int M, int N, int K, int trans_a, int trans_b, int dtype,
                               fsdp_stream stream) {
-    if (dtype != FSDP_F32)
+    if (dtype != FSDP_F32 && dtype != FSDP_BF16 && dtype != FSDP_F16)
         return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_backward_cuda: %s GEMM: %s",
                           fsdp_dtype_name(dtype) ? fsdp_dtype_name(dtype) : "?", WHY);
-    return fsdp_matmul_backward_simt_cuda((float *)da, (float *)db, (float *)dbias, (const float *)dout,
-                                          (const float *)a, (const float *)b, M, N, K, trans_a, trans_b,
-                                          stream);
+    if (dtype == FSDP_F32)
+        return fsdp_matmul_backward_simt_cuda((float *)da, (float *)db, (float *)dbias, (const float *)dout,
+                                              (const float *)a, (const float *)b, M, N, K, trans_a, trans_b,
+                                              stream);
+    f32_copy d32(dout, (int64_t)M * N, dtype, true), a32(a, (int64_t)M * K, dtype, true),
+        b32(b, (int64_t)K * N, dtype, true), da32(da, (int64_t)M * K, dtype, true),
+        db32(db, (int64_t)K * N, dtype, true), dbias32(dbias, N, dtype, true);
+    for (int rc : {d32.rc, a32.rc, b32.rc, da32.rc, db32.rc, dbias32.rc})
+        if (rc) return rc;
+    int rc = fsdp_matmul_backward_simt_cuda(da32.p, db32.p, dbias32.p, d32.p, a32.p, b32.p, M, N, K, trans_a,
+                                            trans_b, stream);
+    if (!rc && da) rc = fsdp_cast_cuda(da, dtype, da32.p, FSDP_F32, (int64_t)M * K, stream);
+    if (!rc && db) rc = fsdp_cast_cuda(db, dtype, db32.p, FSDP_F32, (int64_t)K * N, stream);
+    if (!rc && dbias) rc = fsdp_cast_cuda(dbias, dtype, dbias32.p, FSDP_F32, N, stream);
+    return rc;
 }
+
+int fsdp_cuda_set_tf32(int allow) { return FSDP_OK; } /* the SIMT GEMM is f32 only */
 
 int fsdp_attention_forward_cudnn(void *out, float *lse, const void *q, const void *k, const void *v,
                                  int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
