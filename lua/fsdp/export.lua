@@ -172,7 +172,8 @@ end
 -- tokenizer: from a Hugging Face directory (model_dir) or an fsdp-lua
 -- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
 -- a tokenizer.json or its directory, 'bytes', or '' for the model's own.
-function M.load_trained(model_dir, checkpoint, tokenizer, strategy)
+-- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it)
+function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device)
    local fsdp = require 'fsdp'
    if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
    local model, tokenizer_dir
@@ -180,7 +181,7 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy)
       local hf = require 'fsdp.hf'
       model = hf.load(model_dir)
       tokenizer_dir = fs.exists(model_dir .. '/tokenizer.json') and model_dir or nil
-      fsdp.shard(model, {strategy = strategy})
+      fsdp.shard(model, {strategy = strategy, device = device})
       hf.close(model)
    else
       local step = fs.exists(checkpoint .. '/index.json') and checkpoint or ckpt.latest(checkpoint)
@@ -188,7 +189,7 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy)
       local index = ckpt.read_index(step)
       model = M.model_of(index, step)
       tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
-      ckpt.load(step, fsdp.shard(model, {strategy = strategy}))
+      ckpt.load(step, fsdp.shard(model, {strategy = strategy, device = device}))
    end
    if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
    local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()

@@ -19,11 +19,14 @@ local opt = fsdp.options('recipes/eval.lua', {
    {'batch_size', 4, 'sequences per batch over all ranks'},
    {'batches', 20, 'batches to evaluate (at most the split)'},
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
+   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto'},
 }, arg)
 
 dist.init()
+local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 if opt.data == '' then error('give --data', 0) end
-local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy)
+local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
+                                                       device)
 if opt.batch_size % dist.world_size ~= 0 then
    error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, dist.world_size), 0)
 end
@@ -33,7 +36,7 @@ if (source.vocab_size or 0) > model.config.vocab_size then
 end
 local loader = fsdp.data.loader {source = source, batch_size = opt.batch_size / dist.world_size, seq_len = opt.seq_len,
                                  split = opt.split, val_fraction = opt.val_fraction, shuffle = false,
-                                 rank = dist.rank, world = dist.world_size}
+                                 rank = dist.rank, world = dist.world_size, device = device}
 local n = math.max(1, math.min(opt.batches, math.floor(loader:num_sequences() / opt.batch_size)))
 local total = 0
 for _ = 1, n do

@@ -381,4 +381,29 @@ do
    end
 end
 
+---------------------------------------------------------------------------
+-- eval.lua --device cuda on a Hugging Face model (the Llama fixture): the
+-- CPU's loss
+do
+   local lib = real and device.cuda_library_path() or device.emulated_library_path()
+   -- a token file of ids below the fixture's vocabulary of 100
+   local corpus = os.tmpname() .. '.bin'
+   local n = 4000
+   local ids = fsdp.ffi.new('int32_t[?]', n)
+   for i = 0, n - 1 do ids[i] = (i * 37 + math.floor(i / 7)) % 100 end
+   require('fsdp.ffi').check(fsdp.C.fsdp_tokens_write(corpus, ids, n, 2, 100), 'token file')
+   local function eval(devname)
+      local status, out = t.sh(string.format(
+         'FSDP_CUDA_LIB=%s %s/build/fsdp-lua recipes/eval.lua --model %s/tests/golden/hf/llama ' ..
+         '--data %s --seq-len 16 --batch-size 2 --batches 2 --device %s', lib, fsdp.root, fsdp.root, corpus, devname))
+      t.check(status == 0, 'eval --device %s failed (%d):\n%s', devname, status, out)
+      return tonumber(out:match('loss ([%d.]+)'))
+   end
+   local lc, lg = eval('cpu'), eval('cuda')
+   t.check(lc and lg and math.abs(lc - lg) <= 1e-4 * TOL * lc, 'eval loss on the device %s vs the CPU %s',
+           tostring(lg), tostring(lc))
+   print(string.format('eval.lua llama fixture: cpu loss %s, cuda loss %s', tostring(lc), tostring(lg)))
+   os.remove(corpus)
+end
+
 return t.done()
