@@ -75,9 +75,13 @@ static void set_contiguous(fsdp_tensor *t, int ndim, const int64_t *shape) {
     }
 }
 
-fsdp_tensor *fsdp_tensor_new(int dtype, int device, int ndim, const int64_t *shape) {
+/* a contiguous tensor over new storage of `kind` on device: pool (host or
+ * device allocator) or pinned (page-locked host memory, zero-filled) */
+static fsdp_tensor *tensor_alloc(int dtype, int device, int kind, int ndim, const int64_t *shape) {
     int64_t numel;
     if (check_shape(dtype, ndim, shape, &numel)) return NULL;
+    const fsdp_device_ops *ops = NULL;
+    if (kind == STORAGE_PINNED && !(ops = fsdp_device_ops_for(0))) return NULL;
     fsdp_tensor *t = calloc(1, sizeof *t);
     fsdp_storage *s = calloc(1, sizeof *s);
     if (!t || !s) {
@@ -85,46 +89,28 @@ fsdp_tensor *fsdp_tensor_new(int dtype, int device, int ndim, const int64_t *sha
         return fsdp_error_null(FSDP_ERR_OOM, "tensor: out of host memory for a header");
     }
     s->nbytes = numel * dtype_sizes[dtype];
-    s->base = fsdp_mem_alloc(device, s->nbytes);
+    s->base = ops ? ops->host_alloc(s->nbytes) : fsdp_mem_alloc(device, s->nbytes);
     if (!s->base) { free(t); free(s); return NULL; }
+    if (ops) memset(s->base, 0, (size_t)s->nbytes);
     s->refcount = 1;
     s->device = device;
-    s->kind = STORAGE_POOL;
+    s->kind = kind;
     t->data = s->base;
     t->storage = s;
     t->numel = numel;
     t->dtype = dtype;
     t->device = device;
+    t->flags = kind == STORAGE_PINNED ? 2 : 0;
     set_contiguous(t, ndim, shape);
     return t;
 }
 
+fsdp_tensor *fsdp_tensor_new(int dtype, int device, int ndim, const int64_t *shape) {
+    return tensor_alloc(dtype, device, STORAGE_POOL, ndim, shape);
+}
+
 fsdp_tensor *fsdp_tensor_new_pinned(int dtype, int ndim, const int64_t *shape) {
-    int64_t numel;
-    if (check_shape(dtype, ndim, shape, &numel)) return NULL;
-    const fsdp_device_ops *ops = fsdp_device_ops_for(0);
-    if (!ops) return NULL;
-    fsdp_tensor *t = calloc(1, sizeof *t);
-    fsdp_storage *s = calloc(1, sizeof *s);
-    if (!t || !s) {
-        free(t); free(s);
-        return fsdp_error_null(FSDP_ERR_OOM, "tensor: out of host memory for a header");
-    }
-    s->nbytes = numel * dtype_sizes[dtype];
-    s->base = ops->host_alloc(s->nbytes);
-    if (!s->base) { free(t); free(s); return NULL; }
-    memset(s->base, 0, (size_t)s->nbytes);
-    s->refcount = 1;
-    s->device = FSDP_CPU;
-    s->kind = STORAGE_PINNED;
-    t->data = s->base;
-    t->storage = s;
-    t->numel = numel;
-    t->dtype = dtype;
-    t->device = FSDP_CPU;
-    t->flags = 2; /* pinned */
-    set_contiguous(t, ndim, shape);
-    return t;
+    return tensor_alloc(dtype, FSDP_CPU, STORAGE_PINNED, ndim, shape);
 }
 
 fsdp_tensor *fsdp_tensor_zeros(int dtype, int device, int ndim, const int64_t *shape) {

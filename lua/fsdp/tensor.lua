@@ -65,11 +65,7 @@ local function wrap(cptr, temporary)
    for i = 1, nd do shape[i] = tonumber(cptr.shape[i - 1]) end
    local t = setmetatable({_c = c, shape = shape, dtype = DTYPE_NAMES[cptr.dtype], device = cptr.device},
                           Tensor)
-   if temporary then
-      n_temporaries = n_temporaries + 1
-      temporaries[n_temporaries] = t
-      t._temp = n_temporaries
-   end
+   if temporary then M.adopt(t) end
    return t
 end
 M.wrap = wrap
