@@ -382,6 +382,30 @@ do
 end
 
 ---------------------------------------------------------------------------
+-- without a usable GPU: --device cuda is a clear error naming the reason,
+-- --device auto runs on the CPU and says why
+if not real then
+   local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+   if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
+   local function run(env, devname)
+      return t.sh(string.format('%s %s/build/fsdp-lua recipes/train_mingpt.lua --data %s --preset gpt-nano ' ..
+                                '--max-steps 1 --batch-size 2 --seq-len 8 --sample-tokens 0 --eval-every 0 ' ..
+                                '--eval-batches 1 --run-dir %s --device %s', env, fsdp.root, corpus,
+                                os.tmpname() .. '.d', devname))
+   end
+   local status, out = run('FSDP_CUDA_LIB=/nonexistent/libfsdp_cuda.so', 'cuda')
+   t.check(status == 1 and out:find('--device cuda', 1, true) and out:find('make cuda', 1, true),
+           'a missing CUDA library: want exit 1 naming `make cuda`, got %d:\n%s', status, out)
+   status, out = run('FSDP_CUDA_LIB=/nonexistent/libfsdp_cuda.so', 'auto')
+   t.check(status == 0 and out:find('device: cpu (no GPU:', 1, true),
+           '--device auto without a backend: want a CPU run that says why, got %d:\n%s', status, out)
+   status, out = run('', 'cuda:7')
+   t.check(status == 1 and out:find('--device cuda:7', 1, true),
+           '--device cuda:7 here: want exit 1 naming it, got %d:\n%s', status, out)
+   print('no GPU: ' .. (out:match('error: ([^\n]*)') or out))
+end
+
+---------------------------------------------------------------------------
 -- eval.lua --device cuda on a Hugging Face model (the Llama fixture): the
 -- CPU's loss
 do
