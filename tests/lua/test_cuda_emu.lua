@@ -345,6 +345,29 @@ if not real then
 end
 
 ---------------------------------------------------------------------------
+-- out of device memory: an error naming the rank, the device, the request
+-- and the usage (a 16 MiB emulated device; 8 MiB live, then 12 MiB asked)
+if not real then
+   local script = os.tmpname() .. '.lua'
+   local f = assert(io.open(script, 'w'))
+   f:write("local d = require('fsdp.device'); d.set_library(d.emulated_library_path()); d.get('cuda', 0, 3)\n",
+           "local T = require('fsdp.tensor')\n",
+           "local keep = T.zeros({2 * 1024 * 1024}, 'f32', nil, 0)\n",
+           "local ok, err = pcall(T.zeros, {3 * 1024 * 1024}, 'f32', nil, 0)\n",
+           "print(ok and 'allocated' or err)\n",
+           "print('still usable: ' .. keep:sumsq())\n")
+   f:close()
+   local status, out = t.sh(string.format('FSDP_EMU_DEVICE_MEMORY=16777216 %s/build/fsdp-lua %s', fsdp.root, script))
+   os.remove(script)
+   t.check(status == 0, 'the out-of-memory script failed (%d):\n%s', status, out)
+   for _, want in ipairs({'rank 3', 'cuda:0', 'cannot allocate 12582912 bytes', 'in use by live blocks',
+                          'still usable: 0'}) do
+      t.check(out:find(want, 1, true), 'out-of-memory report lacks %q:\n%s', want, out)
+   end
+   print('device OOM: ' .. (out:match('[^\n]*cannot allocate[^\n]*') or out))
+end
+
+---------------------------------------------------------------------------
 -- the recipe: --device cuda trains like --device cpu
 do
    local lib = real and device.cuda_library_path() or device.emulated_library_path()
@@ -378,6 +401,17 @@ do
       end
       print('recipe losses: cpu ' .. table.concat(lc, ' ') .. ' | cuda ' .. table.concat(lg, ' ') ..
             ' | 2 ranks cuda ' .. table.concat(l2, ' ') .. ' | 2 ranks cuda offload ' .. table.concat(lo, ' '))
+      -- ZeRO-2 with activation checkpointing (recompute in backward) and two
+      -- micro-batches per step, bf16 gathers: the CPU's run of the same flags
+      local flags = ' --strategy grad_op --activation-checkpointing --grad-accum-steps 2 --param-dtype bf16'
+      local lcz = run('cpu' .. flags)
+      local lgz = run('cuda' .. flags, 2)
+      t.check(#lcz == 3 and #lgz == 3, 'expected 3 logged losses from the grad_op runs, got %d and %d', #lcz, #lgz)
+      for i = 1, math.min(#lcz, #lgz) do
+         t.close(lgz[i], lcz[i], 3e-3, 0, 'grad_op + checkpointing + accumulation, bf16: loss at step %d', i)
+      end
+      print('grad_op, checkpointing, 2 micro-batches, bf16: cpu ' .. table.concat(lcz, ' ') .. ' | 2 ranks cuda ' ..
+            table.concat(lgz, ' '))
    end
 end
 
