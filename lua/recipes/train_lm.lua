@@ -106,7 +106,9 @@ if opt.threads > 0 then fsdp.set_num_threads(opt.threads)
 elseif not os.getenv('OMP_NUM_THREADS') then
    fsdp.set_num_threads(math.max(1, math.floor(fsdp.get_num_threads() / dist.local_world_size)))
 end
-local dev = require('fsdp.device').get(opt.device, dist.local_rank, rank)
+-- `fsdp-lua plan` runs this recipe without allocating: no device to open
+local planning = require('fsdp.shard').plan_hook ~= nil
+local dev = planning and {kind = 'cpu', index = -1} or require('fsdp.device').get(opt.device, dist.local_rank, rank)
 local device = dev.index -- -1: the host
 -- PyTorch FSDP's MixedPrecision(param_dtype=bf16) computes in bf16: so do the
 -- GPU's GEMMs and attention here (the CPU computes in f32 whatever it gathers)

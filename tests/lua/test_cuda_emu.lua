@@ -437,6 +437,10 @@ if not real then
    t.check(status == 1 and out:find('--device cuda:7', 1, true),
            '--device cuda:7 here: want exit 1 naming it, got %d:\n%s', status, out)
    print('no GPU: ' .. (out:match('error: ([^\n]*)') or out))
+   -- planning a GPU job on a machine without one
+   status, out = t.sh(string.format('%s/build/fsdp-lua plan recipes/pretrain.lua --world-size 8 --size 7B ' ..
+                                    '--vocab-size 32000 --memory-per-rank 80GiB --device cuda', fsdp.root))
+   t.check(status == 0 and out:find('peak per rank', 1, true), 'plan --device cuda without a GPU (%d):\n%s', status, out)
 end
 
 ---------------------------------------------------------------------------
