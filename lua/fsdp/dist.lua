@@ -97,9 +97,26 @@ function Pending:wait()
          local lib = require('fsdp.kernels').cuda().lib
          if lib.fsdp_cuda_stream_wait_request(nil, req) ~= 0 then fail() end
          g.outstanding[#g.outstanding + 1] = req
+         if #g.outstanding > 16 then g:reap() end -- forward-only loops never reach drain
       elseif C.fsdp_comm_wait(req, 0) ~= 0 then fail() end
    end
    if self.done then local f = self.done; self.done = nil; f() end
+end
+
+-- frees the outstanding requests that are complete, without blocking
+local done_flag = ffi.new('int[1]')
+function Group:reap()
+   local keep, err = {}, nil
+   for _, req in ipairs(self.outstanding) do
+      -- a failed test ends (and frees) its request; the error is raised after the sweep
+      if C.fsdp_comm_test(req, done_flag) ~= 0 then err = err or bind.last_error()
+      elseif done_flag[0] == 0 then keep[#keep + 1] = req end
+   end
+   self.outstanding = keep
+   if err then
+      self:drain()
+      error(err, 0)
+   end
 end
 
 -- frees the requests whose completion the compute stream already waits for

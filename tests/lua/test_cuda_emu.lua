@@ -454,17 +454,22 @@ do
    local ids = fsdp.ffi.new('int32_t[?]', n)
    for i = 0, n - 1 do ids[i] = (i * 37 + math.floor(i / 7)) % 100 end
    require('fsdp.ffi').check(fsdp.C.fsdp_tokens_write(corpus, ids, n, 2, 100), 'token file')
-   local function eval(devname)
+   local function eval(devname, ranks)
       local status, out = t.sh(string.format(
-         'FSDP_CUDA_LIB=%s %s/build/fsdp-lua recipes/eval.lua --model %s/tests/golden/hf/llama ' ..
-         '--data %s --seq-len 16 --batch-size 2 --batches 2 --device %s', lib, fsdp.root, fsdp.root, corpus, devname))
-      t.check(status == 0, 'eval --device %s failed (%d):\n%s', devname, status, out)
+         'FSDP_CUDA_LIB=%s %s/build/fsdp-lua --nproc-per-node %d recipes/eval.lua --model %s/tests/golden/hf/llama ' ..
+         '--data %s --seq-len 16 --batch-size 2 --batches 10 --device %s', lib, fsdp.root, ranks or 1, fsdp.root,
+         corpus, devname))
+      t.check(status == 0, 'eval --device %s on %d rank(s) failed (%d):\n%s', devname, ranks or 1, status, out)
       return tonumber(out:match('loss ([%d.]+)'))
    end
    local lc, lg = eval('cpu'), eval('cuda')
    t.check(lc and lg and math.abs(lc - lg) <= 1e-4 * TOL * lc, 'eval loss on the device %s vs the CPU %s',
            tostring(lg), tostring(lc))
-   print(string.format('eval.lua llama fixture: cpu loss %s, cuda loss %s', tostring(lc), tostring(lg)))
+   -- two ranks: 30 gathers of forward-only passes over NCCL, no backward to drain them
+   local l2 = not real and eval('cuda', 2) or lg
+   t.check(l2 and math.abs(l2 - lc) <= 1e-4 * lc, 'eval loss on 2 devices %s vs the CPU %s', tostring(l2), tostring(lc))
+   print(string.format('eval.lua llama fixture: cpu loss %s, cuda loss %s, 2 ranks cuda %s', tostring(lc),
+                       tostring(lg), tostring(l2)))
    os.remove(corpus)
 end
 
