@@ -34,7 +34,20 @@ function M.advance(n) state.pos = state.pos + n end
 -- q [1, Tq, NH*HD], k and v [1, Tq, NKV*HD] for the new positions (q and k
 -- already rotated for their positions): stores k, v and returns the
 -- attention output [1, Tq, NH*HD]. No gradient (generation only).
+-- On a GPU the few new rows come down, the caches and this loop stay on the
+-- host, and the output goes back up (the GEMMs, where the time goes at
+-- these sizes, stay on the device).
+local attend_host
 function M.attend(module, q, k, v, NH, NKV, window)
+   if q.device < 0 then return attend_host(module, q, k, v, NH, NKV, window) end
+   local hq, hk, hv = q:cpu(), k:cpu(), v:cpu()
+   local out = attend_host(module, hq, hk, hv, NH, NKV, window)
+   local d = T.adopt(out:to_device(q.device))
+   hq:free(); hk:free(); hv:free(); out:free()
+   return d
+end
+
+attend_host = function(module, q, k, v, NH, NKV, window)
    if q.shape[1] ~= 1 then error('kv_cache: generation with a cache takes a batch of one', 0) end
    local Tq, HD = q.shape[2], q.shape[3] / NH
    local width = NKV * HD
@@ -91,6 +104,17 @@ end
 
 -- q, k, v column blocks of a fused [1, T, 3C] qkv (GPT-2's c_attn) as tensors
 function M.split_qkv(qkv)
+   if qkv.device >= 0 then -- split on the host (a few rows), the parts go back up
+      local h = qkv:cpu()
+      local parts = {M.split_qkv(h)}
+      h:free()
+      for i = 1, 3 do
+         local d = T.adopt(parts[i]:to_device(qkv.device))
+         parts[i]:free()
+         parts[i] = d
+      end
+      return parts[1], parts[2], parts[3]
+   end
    local Tq, C3 = qkv.shape[2], qkv.shape[3]
    local C = C3 / 3
    local parts = {}

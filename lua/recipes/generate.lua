@@ -26,10 +26,26 @@ local opt = fsdp.options('recipes/generate.lua', {
    {'kv_cache', true, 'keep keys and values across steps (batch of one)'},
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
    {'seed', 1337, 'random seed'},
+   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto'},
 }, arg)
 
 dist.init()
-local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy)
+local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
+local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
+                                                       device)
+
+-- logits of the last position for token ids ctx (a Lua list), on the host
+local function next_logits(ctx)
+   local hx = fsdp.empty({1, #ctx}, 'i32')
+   for i = 1, #ctx do hx:ptr()[i - 1] = ctx[i] end
+   local x = hx:to_device(device)
+   local logits = fsdp.no_grad(function() return model(x) end)
+   local last = logits:view({model.config.vocab_size}, {1}, (#ctx - 1) * model.config.vocab_size):cpu()
+   fsdp.autograd.reset()
+   if x ~= hx then x:free() end
+   hx:free()
+   return last
+end
 
 local ids = {}
 if opt.prompt ~= '' then
@@ -49,13 +65,10 @@ if opt.kv_cache and n_prompt + opt.max_new_tokens <= math.min(limit, opt.context
    kv.start(n_prompt + opt.max_new_tokens)
    local feed = ids
    for _ = 1, opt.max_new_tokens do
-      local x = fsdp.empty({1, #feed}, 'i32')
-      for i = 1, #feed do x:ptr()[i - 1] = feed[i] end
-      local logits = fsdp.no_grad(function() return model(x) end)
+      local logits = next_logits(feed)
       kv.advance(#feed)
-      ids[#ids + 1] = sample.pick(logits:ptr() + (#feed - 1) * V, V, opt.temperature, opt.top_k, rng, opt.top_p)
-      fsdp.autograd.reset()
-      x:free()
+      ids[#ids + 1] = sample.pick(logits:ptr(), V, opt.temperature, opt.top_k, rng, opt.top_p)
+      logits:free()
       feed = {ids[#ids]}
       if tok.eos_id and ids[#ids] == tok.eos_id then break end
    end
@@ -63,13 +76,12 @@ if opt.kv_cache and n_prompt + opt.max_new_tokens <= math.min(limit, opt.context
    opt.max_new_tokens = 0
 end
 for _ = 1, opt.max_new_tokens do
-   local ctx = math.min(#ids, opt.context, limit)
-   local x = fsdp.empty({1, ctx}, 'i32')
-   for i = 1, ctx do x:ptr()[i - 1] = ids[#ids - ctx + i] end
-   local logits = fsdp.no_grad(function() return model(x) end)
-   ids[#ids + 1] = sample.pick(logits:ptr() + (ctx - 1) * V, V, opt.temperature, opt.top_k, rng, opt.top_p)
-   fsdp.autograd.reset()
-   x:free()
+   local n = math.min(#ids, opt.context, limit)
+   local ctx = {}
+   for i = 1, n do ctx[i] = ids[#ids - n + i] end
+   local logits = next_logits(ctx)
+   ids[#ids + 1] = sample.pick(logits:ptr(), V, opt.temperature, opt.top_k, rng, opt.top_p)
+   logits:free()
    if tok.eos_id and ids[#ids] == tok.eos_id then break end
 end
 if dist.rank == 0 then

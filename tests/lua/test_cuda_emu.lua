@@ -473,4 +473,24 @@ do
    os.remove(corpus)
 end
 
+---------------------------------------------------------------------------
+-- generate.lua --device cuda: the CPU's greedy text, with the KV cache
+-- (minGPT's fused qkv and Llama's RoPE/GQA caches) and without
+do
+   local lib = real and device.cuda_library_path() or device.emulated_library_path()
+   for _, m in ipairs({'gpt2', 'llama'}) do
+      local function gen(devname, extra)
+         local status, out = t.sh(string.format(
+            'FSDP_CUDA_LIB=%s %s/build/fsdp-lua recipes/generate.lua --model %s/tests/golden/hf/%s --tokenizer bytes ' ..
+            '--prompt ab --max-new-tokens 6 --temperature 0 --device %s %s 2>/dev/null', lib, fsdp.root, fsdp.root,
+            m, devname, extra or ''))
+         t.check(status == 0, 'generate (%s) --device %s %s failed (%d):\n%s', m, devname, extra or '', status, out)
+         return out
+      end
+      local cpu, gpu, nocache = gen('cpu'), gen('cuda'), gen('cuda', '--no-kv-cache')
+      t.check(cpu == gpu and cpu == nocache and #cpu > 0, '%s: greedy text differs: cpu %q, cuda %q, cuda without cache %q',
+              m, cpu, gpu, nocache)
+   end
+end
+
 return t.done()
