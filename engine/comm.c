@@ -1,9 +1,13 @@
 /* comm.c - the collective interface: an MPI backend and a `self` backend
- * over host memory, and the dispatch to backends of other libraries.
+ * over host memory, and the dispatch to backends behind an ops table.
  *
  * The world is MPI when the process was started by an MPI launcher (mpiexec,
- * srun with PMI, fsdp-lua --nproc-per-node); otherwise it is a world of one
- * ("self") and MPI is never touched, so a single process needs no mpiexec.
+ * srun with PMI, fsdp-lua --nproc-per-node). Otherwise, with torchrun's env
+ * (WORLD_SIZE > 1, RANK, MASTER_ADDR, MASTER_PORT) it is the tcp backend
+ * (comm_tcp.c, an ops-table backend inside libfsdp) on port MASTER_PORT + 1,
+ * since torchrun's agent holds MASTER_PORT (FSDP_TCP_PORT overrides); MPI is
+ * never touched then. Otherwise it is a world of one ("self") and MPI is
+ * never touched, so a single process needs no mpiexec.
  *
  * Every MPI collective is started non-blocking. A blocking call is a start
  * followed by fsdp_comm_wait, so a dead or missing peer turns into an
@@ -31,10 +35,11 @@
  *   broadcast:                  B on the root, 0 elsewhere (0 when n == 1)
  * It is added when the collective starts successfully.
  *
- * Backends of other libraries (comm_ops.h): a library linking libfsdp fills
- * an fsdp_comm_ops table and wraps its state with fsdp_comm_ext_new; the
- * NCCL backend of libfsdp_cuda (engine/cuda/comm_nccl.cu, device memory) is
- * the one we ship, and fsdp_comm_backend names it "nccl". For such a comm
+ * Backends behind an ops table (comm_ops.h): a library linking libfsdp, or
+ * a file of libfsdp, fills an fsdp_comm_ops table and wraps its state with
+ * fsdp_comm_ext_new; we ship the NCCL backend of libfsdp_cuda
+ * (engine/cuda/comm_nccl.cu, device memory, "nccl") and the tcp world
+ * (comm_tcp.c, host memory, "tcp"). For such a comm
  * the public calls run the same argument checks (MPI's int count limit
  * aside), then start the collective through the table and keep the same
  * bytes_sent accounting and request objects: the backend's handle of a
@@ -43,8 +48,10 @@
  * aborts its communicator then, since a hung collective cannot be cancelled):
  * that request is freed like a completed one and the error says so. AVG
  * division and buffer aliasing are the backend's business. A blocking call is
- * still start + wait. Split is refused (split the host comm and make the
- * backend's comm from the sub-group).
+ * still start + wait. Split goes to the table's split entry; without one it
+ * is refused (split the host comm and make the backend's comm from the
+ * sub-group). The tcp world is an ext comm marked as the world, so
+ * fsdp_comm_free ignores it.
  *
  * Thread safety: one thread drives communication (MPI_THREAD_FUNNELED). */
 #include <limits.h>
@@ -443,15 +450,33 @@ fsdp_comm *fsdp_comm_world(void) {
         world = mpi_world();
         return world;
     }
-    /* torchrun-style env alone cannot carry host collectives */
-    long env_size = 0;
-    if (env_int("WORLD_SIZE", &env_size) && env_size > 1)
-        return fsdp_error_null(FSDP_ERR_COMM,
-                               "fsdp_comm_world: WORLD_SIZE=%ld (RANK=%s) is set but no MPI launcher env"
-                               " (PMI_RANK, OMPI_COMM_WORLD_SIZE, PMIX_RANK, SLURM_PROCID) was found;"
-                               " host collectives need an MPI launcher: mpiexec, srun, or"
-                               " `fsdp-lua --nproc-per-node`",
-                               env_size, getenv("RANK") ? getenv("RANK") : "unset");
+    /* torchrun's env alone (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): the
+     * tcp backend, on MASTER_PORT + 1 (torchrun's agent holds MASTER_PORT) */
+    long env_size = 0, env_rank = -1, port = 0;
+    if (env_int("WORLD_SIZE", &env_size) && env_size > 1) {
+        const char *addr = getenv("MASTER_ADDR");
+        if (!addr || !*addr || !env_int("MASTER_PORT", &port))
+            return fsdp_error_null(FSDP_ERR_COMM,
+                                   "fsdp_comm_world: WORLD_SIZE=%ld (RANK=%s) is set but neither an MPI launcher"
+                                   " env (PMI_RANK, OMPI_COMM_WORLD_SIZE, PMIX_RANK, SLURM_PROCID) nor"
+                                   " MASTER_ADDR and MASTER_PORT (torchrun's) was found; start the ranks with"
+                                   " mpiexec, srun, `fsdp-lua --nproc-per-node` or `torchrun --no-python`",
+                                   env_size, getenv("RANK") ? getenv("RANK") : "unset");
+        if (!env_int("RANK", &env_rank) || env_rank < 0 || env_rank >= env_size)
+            return fsdp_error_null(FSDP_ERR_COMM, "fsdp_comm_world: WORLD_SIZE=%ld but RANK=%s is not a rank in"
+                                   " 0..%ld", env_size, getenv("RANK") ? getenv("RANK") : "unset", env_size - 1);
+        port += 1;
+        if (env_set("FSDP_TCP_PORT") && !env_int("FSDP_TCP_PORT", &port))
+            return fsdp_error_null(FSDP_ERR_COMM, "fsdp_comm_world: rank %ld: FSDP_TCP_PORT=%s is not a number",
+                                   env_rank, getenv("FSDP_TCP_PORT"));
+        if (port < 1 || port > 65535)
+            return fsdp_error_null(FSDP_ERR_COMM, "fsdp_comm_world: rank %ld: tcp port %ld outside 1..65535"
+                                   " (MASTER_PORT + 1, or FSDP_TCP_PORT)", env_rank, port);
+        world_rank = (int)env_rank;
+        world = fsdp_comm_tcp_world((int)env_rank, (int)env_size, addr, (int)port, fsdp_comm_default_timeout());
+        if (world) world->is_world = 1;
+        return world;
+    }
     world = comm_alloc(BACKEND_SELF, 0, 1, 1);
     return world;
 }
@@ -460,6 +485,7 @@ fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key) {
     if (!parent) return fsdp_error_null(FSDP_ERR_INVALID, "fsdp_comm_split: parent comm is NULL");
     if (color < 0)
         return fsdp_error_null(FSDP_ERR_INVALID, "fsdp_comm_split: %s: color %d is negative", who(parent), color);
+    if (parent->backend == BACKEND_EXT && parent->ops->split) return parent->ops->split(parent, color, key);
     if (parent->backend == BACKEND_EXT)
         return fsdp_error_null(FSDP_ERR_UNSUPPORTED, "fsdp_comm_split: %s: cannot split a %s comm; split the"
                                " host comm it was made from and make a %s comm of the sub-group",

@@ -1,8 +1,9 @@
 /* comm_ops.h - collective backends living outside libfsdp; not public.
  *
- * engine/comm.c has two backends of its own (MPI, self). A library that
- * links libfsdp (libfsdp_cuda: NCCL) adds a backend by filling an ops table
- * and wrapping its state in an fsdp_comm with fsdp_comm_ext_new. The public
+ * engine/comm.c has two backends of its own (MPI, self). Others fill an ops
+ * table and wrap their state in an fsdp_comm with fsdp_comm_ext_new: a
+ * library that links libfsdp (libfsdp_cuda: NCCL), or a file of libfsdp
+ * itself (comm_tcp.c: the tcp world of jobs started by torchrun alone). The public
  * fsdp_comm_* calls then dispatch to the table after comm.c's own argument
  * checks (NULL comm, count, dtype, reduce op, root, NULL buffers), and comm.c
  * keeps bytes_sent and the request objects: a collective's handle travels
@@ -47,6 +48,13 @@ typedef struct fsdp_comm_ops {
     void (*request_free)(fsdp_comm *c, void *handle);
     /* frees the backend's state when fsdp_comm_free frees the comm */
     void (*comm_free)(fsdp_comm *c);
+    /* fsdp_comm_split of such a comm (the parent c is checked, color >= 0);
+     * NULL: comm.c refuses, telling to split the host comm it was made from */
+    fsdp_comm *(*split)(fsdp_comm *c, int color, int key);
+    /* 1 when buffers are host memory: the comm is a host comm like mpi and
+     * self (tcp), and may bootstrap a device backend's comm; 0 for device
+     * backends (nccl) */
+    int host;
 } fsdp_comm_ops;
 
 /* A comm of rank `rank` of `size` dispatching to ops with state ctx; ops must

@@ -457,6 +457,8 @@ const fsdp_comm_ops nccl_ops = {
     op_test,
     op_request_free,
     op_comm_free,
+    nullptr, /* split: refused */
+    0,       /* device memory */
 };
 
 /* the NCCL ctx of c, or NULL + FSDP_ERR_INVALID naming fn */
@@ -566,9 +568,9 @@ fsdp_comm *fsdp_comm_nccl_new(fsdp_comm *bootstrap, int device) {
     if (!bootstrap) return (fsdp_comm *)fsdp_error_null(FSDP_ERR_INVALID, "%s: bootstrap comm is NULL", fn);
     char who[128];
     snprintf(who, sizeof who, "%s", fsdp_comm_who(bootstrap));
-    if (fsdp_comm_ext_ops(bootstrap))
+    if (fsdp_comm_ext_ops(bootstrap) && !fsdp_comm_ext_ops(bootstrap)->host)
         return (fsdp_comm *)fsdp_error_null(FSDP_ERR_INVALID, "%s: %s: the bootstrap comm is %s; it must be a"
-                                            " host comm (mpi or self)", fn, who, fsdp_comm_backend(bootstrap));
+                                            " host comm (mpi, tcp or self)", fn, who, fsdp_comm_backend(bootstrap));
     const int rank = fsdp_comm_rank(bootstrap), size = fsdp_comm_size(bootstrap);
 
     /* Every rank takes part in the broadcast, even one that has failed

@@ -277,7 +277,9 @@ double fsdp_sumsq_cpu(const float *x, int64_t n);
 
 /* ---- collectives (engine/comm.c) ---------------------------------------- *
  * One interface over several engines: MPI for host tensors (and bootstrap),
- * a `self` backend for a world of one, NCCL for CUDA tensors (libfsdp_cuda:
+ * `tcp` for host tensors in jobs started by torchrun alone (engine/comm_tcp.c:
+ * a star through rank 0, no MPI), a `self` backend for a world of one, NCCL
+ * for CUDA tensors (libfsdp_cuda:
  * fsdp_comm_nccl_new in the CUDA section; the calls below then take device
  * pointers and their requests complete when the device is done).
  * Counts are in elements of dtype. A NULL request pointer means blocking;
@@ -290,15 +292,27 @@ typedef struct fsdp_comm_request fsdp_comm_request;
 enum { FSDP_REDUCE_SUM = 0, FSDP_REDUCE_AVG = 1, FSDP_REDUCE_MAX = 2 };
 
 /* The job's world: MPI when launched by mpiexec/srun/fsdp-lua's launcher
- * (PMI_RANK, PMI_SIZE, OMPI_*, SLURM_* or RANK/WORLD_SIZE in the env), else a
- * world of one that never initializes MPI. Idempotent. */
+ * (PMI_RANK, PMI_SIZE, OMPI_*, PMIX_RANK, SLURM_PROCID with SLURM_NTASKS > 1);
+ * else, with WORLD_SIZE > 1 (torchrun: RANK, WORLD_SIZE, MASTER_ADDR,
+ * MASTER_PORT), the tcp world on port MASTER_PORT + 1 (FSDP_TCP_PORT
+ * overrides); else a world of one that never initializes MPI. Idempotent. */
 fsdp_comm *fsdp_comm_world(void);
-/* sub-group of the ranks passing the same color, ordered by key (hybrid) */
+/* The tcp backend without the env: rank `rank` of `size` joins rank 0, which
+ * listens on port (all interfaces); the others connect to addr:port,
+ * retrying until timeout_s (<= 0: FSDP_COMM_TIMEOUT or 600) since rank 0 may
+ * start later. Collective over the ranks; checks that each rank joins once
+ * and that sizes agree. Every later collective also completes (or fails,
+ * naming the peer) within timeout_s; reductions add in rank order and give
+ * every rank the same bytes. fsdp_comm_backend says "tcp"; split is refused.
+ * Owned by the caller (fsdp_comm_free), unlike the world. */
+fsdp_comm *fsdp_comm_tcp_world(int rank, int size, const char *addr, int port, double timeout_s);
+/* sub-group of the ranks passing the same color, ordered by key (hybrid;
+ * mpi and self only) */
 fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key);
 void fsdp_comm_free(fsdp_comm *c);     /* sub-groups only; the world lives on */
 int fsdp_comm_rank(const fsdp_comm *c);
 int fsdp_comm_size(const fsdp_comm *c);
-const char *fsdp_comm_backend(const fsdp_comm *c); /* "mpi", "self" or "nccl" */
+const char *fsdp_comm_backend(const fsdp_comm *c); /* "mpi", "tcp", "self" or "nccl" */
 /* recv[size * count] gathers every rank's send[count], in rank order */
 int fsdp_comm_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype,
                          fsdp_comm_request **req);

@@ -1,5 +1,6 @@
 -- fsdp.dist: the job's ranks and their collectives, over the C core's comm
--- interface (MPI between processes, `self` for a world of one).
+-- interface (MPI between processes, `tcp` between processes started by
+-- torchrun alone, `self` for a world of one). dist.backend names it.
 --
 --   local dist = require 'fsdp.dist'
 --   dist.init()                         -- idempotent; rank and size from the launcher's env

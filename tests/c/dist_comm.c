@@ -1,6 +1,9 @@
 /* dist_comm.c - the collectives (engine/comm.c) checked against values each
  * rank computes locally. Run by tests/dist/test_comm.sh, directly (a world of
- * one, the self backend) and under mpiexec -n 2, 3, 4.
+ * one, the self backend), under mpiexec -n 2, 3, 4, and as 2, 3, 4 processes
+ * with torchrun's env and no MPI (the tcp backend: split is refused there, so
+ * the sub-group tests check the refusal and bytes_sent is counted on the
+ * world).
  *
  * Rank r fills element i with value(dtype, r, i): small multiples of 1/4 (or
  * small integers), so every partial sum is exact in bf16 and f16 and results
@@ -288,6 +291,15 @@ static void test_outstanding(fsdp_comm *c) {
 
 static void test_split(fsdp_comm *world) {
     int rank = fsdp_comm_rank(world), size = fsdp_comm_size(world);
+    if (strcmp(fsdp_comm_backend(world), "tcp") == 0) {
+        /* no sub-groups without MPI: a clear refusal, and the world still works */
+        RCHECK(fsdp_comm_split(world, rank % 2, rank) == NULL, "split of a tcp comm succeeded");
+        const char *msg = fsdp_last_error();
+        RCHECK(strstr(msg, "hybrid strategies need an MPI launcher") && strstr(msg, "tcp"),
+               "split refusal reads '%s'", msg);
+        RCHECK(fsdp_comm_barrier(world) == FSDP_OK, "barrier after a refused split: %s", fsdp_last_error());
+        return;
+    }
     /* color = parity; key = -rank, so a group is ordered by descending rank */
     int color = rank % 2;
     fsdp_comm *sub = fsdp_comm_split(world, color, -rank);
@@ -326,16 +338,18 @@ static void test_split(fsdp_comm *world) {
 /* ---- volume accounting ------------------------------------------------- */
 
 static void test_bytes_sent(fsdp_comm *world) {
-    /* a fresh group of everyone starts at zero */
-    fsdp_comm *c = fsdp_comm_split(world, 0, fsdp_comm_rank(world));
+    /* a fresh group of everyone starts at zero (tcp has no sub-groups: the
+     * world, counting from where it is) */
+    int tcp = strcmp(fsdp_comm_backend(world), "tcp") == 0;
+    fsdp_comm *c = tcp ? world : fsdp_comm_split(world, 0, fsdp_comm_rank(world));
     RCHECK(c != NULL, "split for bytes_sent: %s", fsdp_last_error());
     if (!c) return;
     int rank = fsdp_comm_rank(c), s = fsdp_comm_size(c);
     const int64_t n = 1000;
     float *a = junk(s * n, FSDP_F32), *b = junk(s * n, FSDP_F32);
     for (int64_t i = 0; i < s * n; i++) a[i] = (float)i;
-    int64_t want = 0;
-    RCHECK(fsdp_comm_bytes_sent(c) == 0, "bytes_sent starts at %lld", (long long)fsdp_comm_bytes_sent(c));
+    int64_t want = fsdp_comm_bytes_sent(c);
+    if (!tcp) RCHECK(want == 0, "bytes_sent starts at %lld", (long long)want);
 
     RCHECK(fsdp_comm_all_gather(c, b, a, n, FSDP_F32, NULL) == FSDP_OK, "%s", fsdp_last_error());
     want += (int64_t)(s - 1) * n * 4;
@@ -356,7 +370,7 @@ static void test_bytes_sent(fsdp_comm *world) {
            (long long)want);
     free(a);
     free(b);
-    fsdp_comm_free(c);
+    if (!tcp) fsdp_comm_free(c);
 }
 
 /* ---- argument errors (local: no collective starts) ---------------------- */
@@ -452,9 +466,14 @@ int main(int argc, char **argv) {
     const char *backend = fsdp_comm_backend(world);
     if (victim >= 0) return run_failure(world, victim, die);
 
-    /* no launcher env: the self backend, a world of one */
+    /* no launcher env: the self backend, a world of one; torchrun's env
+     * alone: tcp */
     int launched = getenv("PMI_RANK") || getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK");
-    if (!launched) RCHECK(strcmp(backend, "self") == 0 && size == 1, "backend %s size %d without mpiexec", backend, size);
+    int torchrun = !launched && getenv("WORLD_SIZE") && atoi(getenv("WORLD_SIZE")) > 1;
+    if (torchrun) RCHECK(strcmp(backend, "tcp") == 0 && size == atoi(getenv("WORLD_SIZE")) &&
+                         g_rank == atoi(getenv("RANK")), "backend %s rank %d size %d with torchrun's env",
+                         backend, g_rank, size);
+    else if (!launched) RCHECK(strcmp(backend, "self") == 0 && size == 1, "backend %s size %d without mpiexec", backend, size);
     else RCHECK(strcmp(backend, "mpi") == 0, "backend %s under mpiexec", backend);
 
     test_errors(world);

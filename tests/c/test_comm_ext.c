@@ -147,13 +147,13 @@ static void fake_comm_free(fsdp_comm *c) { ctx(c)->comm_frees++; }
 
 static const fsdp_comm_ops fake_ops = {
     "fake", fake_all_gather, fake_reduce_scatter, fake_all_reduce, fake_broadcast, fake_barrier,
-    fake_wait, fake_test, fake_request_free, fake_comm_free,
+    fake_wait, fake_test, fake_request_free, fake_comm_free, NULL, 0,
 };
 
 /* the same without broadcast and barrier */
 static const fsdp_comm_ops partial_ops = {
     "partial", fake_all_gather, fake_reduce_scatter, fake_all_reduce, NULL, NULL,
-    fake_wait, fake_test, fake_request_free, fake_comm_free,
+    fake_wait, fake_test, fake_request_free, fake_comm_free, NULL, 0,
 };
 
 static int error_has(const char *a, const char *b) {

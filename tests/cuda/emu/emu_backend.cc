@@ -147,7 +147,7 @@ void emu_comm_free(fsdp_comm *c) { delete (emu_nccl *)fsdp_comm_ext_ctx(c); }
 
 const fsdp_comm_ops emu_ops = {"nccl",   emu_all_gather, emu_reduce_scatter, emu_all_reduce,
                                emu_broadcast, emu_barrier, emu_wait, emu_test, emu_request_free,
-                               emu_comm_free};
+                               emu_comm_free, nullptr, 0};
 
 }  // namespace
 
