@@ -559,21 +559,10 @@ static const fsdp_comm_ops tcp_ops = {
 
 /* rank 0: accept ranks 1..size-1 on port and check their hello */
 static int root_accept(tcp_ctx *t, int port, double deadline) {
-    int ls = socket(AF_INET, SOCK_STREAM, 0);
-    if (ls < 0) return fsdp_error(FSDP_ERR_COMM, "rank 0: tcp comm: socket: %s", strerror(errno));
-    int one = 1;
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_ANY);
-    sa.sin_port = htons((uint16_t)port);
-    if (bind(ls, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(ls, t->size + 16) != 0) {
-        int e = errno;
-        close(ls);
+    int ls = fsdp_tcp_listen(port, t->size + 16);
+    if (ls < 0)
         return fsdp_error(FSDP_ERR_COMM, "rank 0: tcp comm: cannot listen on port %d: %s (another job on it?"
-                          " set FSDP_TCP_PORT or MASTER_PORT)", port, strerror(e));
-    }
+                          " set FSDP_TCP_PORT or MASTER_PORT)", port, strerror(errno));
     fcntl(ls, F_SETFL, fcntl(ls, F_GETFL) | O_NONBLOCK);
     int joined = 0, rc = FSDP_OK;
     while (joined < t->size - 1 && !rc) {

@@ -36,6 +36,10 @@ void fsdp_set_device_ops(const fsdp_device_ops *ops);
 /* the installed ops, or NULL with an error naming the device */
 const fsdp_device_ops *fsdp_device_ops_for(int device);
 
+/* a TCP socket listening on port on every interface (SO_REUSEADDR), or -1
+ * with errno set (rendezvous.c; the rendezvous and the tcp comm share it) */
+int fsdp_tcp_listen(int port, int backlog);
+
 /* writes the parts one after another as one file, atomically (fileio.c) */
 int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
                           const int64_t *sizes);

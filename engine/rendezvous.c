@@ -46,9 +46,9 @@ static int write_all(int fd, const char *s, size_t n) {
     return 0;
 }
 
-int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, double timeout_s) {
+int fsdp_tcp_listen(int port, int backlog) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return fsdp_error(FSDP_ERR_IO, "rendezvous: socket: %s", strerror(errno));
+    if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in sa;
@@ -56,11 +56,18 @@ int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, doubl
     sa.sin_family = AF_INET;
     sa.sin_addr.s_addr = htonl(INADDR_ANY);
     sa.sin_port = htons((uint16_t)port);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 64) != 0) {
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, backlog) != 0) {
         int e = errno;
         close(fd);
-        return fsdp_error(FSDP_ERR_IO, "rendezvous: cannot listen on port %d: %s", port, strerror(e));
+        errno = e;
+        return -1;
     }
+    return fd;
+}
+
+int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, double timeout_s) {
+    int fd = fsdp_tcp_listen(port, 64);
+    if (fd < 0) return fsdp_error(FSDP_ERR_IO, "rendezvous: cannot listen on port %d: %s", port, strerror(errno));
     double deadline = now_s() + timeout_s;
     int served = 0;
     char *done = calloc((size_t)n_lines, 1);
