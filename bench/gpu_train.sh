@@ -31,7 +31,7 @@ rc=$?
 if [ $rc -eq 77 ]; then tail -n 1 "$LOG/gpu_block.txt"; exit 77; fi
 [ $rc -eq 0 ] || { cat "$LOG/gpu_block.txt"; exit 1; }
 
-corpus=../shared/data/tinyshakespeare.txt
+corpus=data/tinyshakespeare.txt
 [ -f "$corpus" ] || corpus=/usr/share/games/fortunes/cookie
 
 # --size 7B is the Llama-3-8B block (C 4096, 32 heads, 8 KV heads, FFN 14336); byte vocabulary

@@ -28,7 +28,7 @@ local run = require 'fsdp.run'
 -- the default corpus: tiny Shakespeare beside the checkout, else the
 -- `fortunes` Debian package (installed by `make deps`)
 local function default_corpus()
-   for _, p in ipairs({fsdp.root .. '/../shared/data/tinyshakespeare.txt',
+   for _, p in ipairs({fsdp.root .. '/data/tinyshakespeare.txt',
                        '/usr/share/games/fortunes/cookie'}) do
       if fs.exists(p) then return p end
    end

@@ -16,7 +16,7 @@
  *   fuzz       truncated and corrupted tokenizer.json files never crash
  *   speed      MB/s over the corpus, printed
  *
- * The corpus is ../shared/data/tinyshakespeare.txt next to the checkout;
+ * The corpus is data/tinyshakespeare.txt next to the checkout;
  * when it is missing the corpus checks are skipped (and say so). */
 #include <jansson.h>
 #include <pthread.h>
@@ -29,7 +29,7 @@
 #include "check.h"
 
 static const char *GOLDEN = "tests/golden/tokenizers";
-static const char *CORPUS = "../shared/data/tinyshakespeare.txt";
+static const char *CORPUS = "data/tinyshakespeare.txt";
 static char tmpdir[] = "/tmp/fsdp_test_tok_XXXXXX";
 
 static double now(void) {

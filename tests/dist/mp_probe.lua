@@ -11,7 +11,7 @@ local LossScaler = require 'optim.loss_scaler'
 local pdtype, rdtype = arg[1], arg[2]
 
 dist.init()
-local source = fsdp.data.open(fsdp.root .. '/../shared/data/tinyshakespeare.txt')
+local source = fsdp.data.open(fsdp.root .. '/data/tinyshakespeare.txt')
 local loader = fsdp.data.loader {source = source, batch_size = 4, seq_len = 32, seed = 1, rank = dist.rank, world = dist.world_size}
 local model = mingpt.GPT {preset = 'gpt-nano', vocab_size = 256, block_size = 32}
 local sharded = fsdp.shard(model, {strategy = 'full', seed = 1, param_dtype = pdtype, reduce_dtype = rdtype})

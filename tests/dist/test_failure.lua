@@ -22,7 +22,7 @@ end
 
 -- a training job in the background; returns a function that waits for it
 -- and gives (status, seconds from the kill to its end)
-local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
 local function background(name, extra)
    local marker = dir .. '/' .. name
    local cmd = string.format('OMP_NUM_THREADS=1 %s --nproc-per-node 3 recipes/train_mingpt.lua --max-steps 100000 ' ..

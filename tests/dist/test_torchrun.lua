@@ -17,7 +17,7 @@ local D = require 'tests.dist.common'
 local device = require 'fsdp.device'
 
 local dir = D.tmpdir()
-local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
 if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
 local args = 'recipes/train_mingpt.lua --preset gpt-nano --max-steps 5 --batch-size 4 --seq-len 16 ' ..
              '--sample-tokens 0 --eval-every 0 --threads 1 --data ' .. corpus

@@ -55,7 +55,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 OUT = os.path.join(HERE, "tokenizers")
-CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+CORPUS = os.path.join(ROOT, "data", "tinyshakespeare.txt")
 
 GPT2_SPECIAL = "<|endoftext|>"
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"

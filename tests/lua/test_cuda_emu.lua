@@ -371,7 +371,7 @@ end
 -- the recipe: --device cuda trains like --device cpu
 do
    local lib = real and device.cuda_library_path() or device.emulated_library_path()
-   local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+   local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
    if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
    local function run(devname, ranks)
       local status, out = t.sh(string.format(
@@ -419,7 +419,7 @@ end
 -- without a usable GPU: --device cuda is a clear error naming the reason,
 -- --device auto runs on the CPU and says why
 if not real then
-   local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+   local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
    if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
    local function run(env, devname)
       return t.sh(string.format('%s %s/build/fsdp-lua recipes/train_mingpt.lua --data %s --preset gpt-nano ' ..

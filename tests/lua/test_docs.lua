@@ -60,10 +60,10 @@ function M.files()
 end
 
 local function corpus()
-   for _, p in ipairs({fsdp.root .. '/../shared/data/tinyshakespeare.txt', '/usr/share/games/fortunes/cookie'}) do
+   for _, p in ipairs({fsdp.root .. '/data/tinyshakespeare.txt', '/usr/share/games/fortunes/cookie'}) do
       if fs.exists(p) then return p end
    end
-   error('no corpus: neither ../shared/data/tinyshakespeare.txt nor the fortunes package (make deps)', 0)
+   error('no corpus: neither data/tinyshakespeare.txt nor the fortunes package (make deps)', 0)
 end
 
 -- a temporary directory holding every named block and corpus.txt

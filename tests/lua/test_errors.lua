@@ -49,7 +49,7 @@ f:close()
 fails('recipes/train_mingpt.lua ' .. small .. '--data ' .. badtok, {badtok}, 'truncated token file')
 
 -- checkpoints: make a good one, then damage copies of it
-local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
 if not fs.exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
 local ck = tmp .. '/ck'
 local status, out = t.sh(bin .. ' recipes/train_mingpt.lua ' .. small .. '--data ' .. corpus .. ' --checkpoint-dir ' .. ck)

@@ -19,7 +19,7 @@ local keep = dir ~= nil
 if not dir then dir = os.tmpname(); os.remove(dir) end
 fs.mkdirs(dir)
 local bin = fsdp.root .. '/build/fsdp-lua'
-local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
 if not fs.exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
 local tok = fsdp.root .. '/tests/golden/tokenizers/llama2like'
 local small = ' --batch-size 4 --seq-len 32 --eval-every 0 --log-every 5 --sample-tokens 0 --param-dtype f32 '

@@ -7,7 +7,7 @@ local t = require 'tests.lua.harness'
 local dir = os.tmpname()
 os.remove(dir)
 local bin = fsdp.root .. '/build/fsdp-lua'
-local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
 if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
 local st, out = t.sh(bin .. ' recipes/train_mingpt.lua --preset gpt-nano --data ' .. corpus .. ' --max-steps 20 --batch-size 4 ' ..
                      '--seq-len 32 --eval-every 0 --sample-tokens 0 --checkpoint-dir ' .. dir .. '/ck --export-dir ' ..

@@ -74,7 +74,7 @@ t.check(#fs.list(dir .. '/range') > 3, 'shards of 10 tokens make several files')
 -- training reads the directory (train shards, val shards as the split)
 local big = dir .. '/big'
 fs.mkdirs(big)
-os.execute('cp ' .. fsdp.root .. '/../shared/data/tinyshakespeare.txt ' .. big .. '/play.txt 2>/dev/null || cp /usr/share/games/fortunes/cookie ' .. big .. '/play.txt')
+os.execute('cp ' .. fsdp.root .. '/data/tinyshakespeare.txt ' .. big .. '/play.txt 2>/dev/null || cp /usr/share/games/fortunes/cookie ' .. big .. '/play.txt')
 for i = 1, 40 do write(string.format('%s/scene%02d.txt', big, i), string.rep('Enter a player. ', 20 + i)) end
 st, out = t.sh(bin .. ' prepare --input ' .. big .. ' --output ' .. dir .. '/bigout --val-fraction 0.05')
 t.check(st == 0, 'prepare big failed:\n%s', out)

@@ -8,7 +8,7 @@ local fsdp = require 'fsdp'
 local t = require 'tests.lua.harness'
 local json = fsdp.json
 
-local corpus = fsdp.root .. '/../shared/data/tinyshakespeare.txt'
+local corpus = fsdp.root .. '/data/tinyshakespeare.txt'
 if not require('fsdp.fs').exists(corpus) then corpus = '/usr/share/games/fortunes/cookie' end
 
 -- unigram entropy of the training split (the first 90%)
