@@ -4,9 +4,10 @@
 --   build/fsdp-lua tools/gen_reference.lua [OUT]     (default: docs/reference.md)
 --
 -- What it reads:
---   recipes        every lua/recipes/*.lua is loaded with fsdp.options
---                  intercepted: the option table it declares (names, defaults,
---                  choices, help) is captured and the recipe stops there
+--   recipes        every lua/recipes/*.lua is loaded: a recipe table gives
+--                  its option table (recipe.specs); a plain script runs with
+--                  fsdp.options intercepted, and the option table it declares
+--                  (names, defaults, choices, help) is captured there
 --   sub-commands   prepare.lua's and export.lua's option tables, the usage
 --                  texts of `fsdp-lua --help`, `ckpt` and `plot`, the flags
 --                  main.lua's `plan` branch parses, the launcher's flag table
@@ -434,6 +435,10 @@ local function capture(path)
    local chunk, err = loadfile(path)
    local ok, e = true, nil
    if chunk then ok, e = pcall(chunk) else ok, e = false, err end
+   -- a recipe file that returns its recipe (or the function making it)
+   -- declares its options in recipe.specs
+   if ok and type(e) == 'function' then ok, e = pcall(e) end
+   if ok and type(e) == 'table' and e.specs then captured = {name = e.name, specs = e.specs} end
    fsdp.options, arg, RECIPE_DEFAULTS, fs.exists = saved_options, saved_arg, saved_defaults, saved_exists
    if not captured then
       error(string.format('gen_reference: %s did not call fsdp.options (%s)', path,

@@ -71,11 +71,25 @@ local function write_rank_file(path, tensors, meta)
    if not ok then error(err, 0) end
 end
 
--- state: {step, sharded, optimizer, trainer = table (json), model_config,
--- model_name, keep_last, comm (optional: rank, world_size, barrier,
--- broadcast_string)}. Collective: every rank calls it. One replica of each
--- slice is written (sharded.writes_checkpoint), as rank_<shard rank>.
+-- state: {step, sharded, state = {name -> stateful}, trainer = table (json),
+-- model_config, model_name, keep_last, comm (optional: rank, world_size,
+-- barrier, broadcast_string)}. Collective: every rank calls it. One replica
+-- of each slice is written (sharded.writes_checkpoint), as rank_<shard rank>.
+-- Every stateful part (the loader, RNG, loss scaler: anything with
+-- state_dict / load_state_dict) is saved under its name in
+-- trainer_state.json; state.optimizer's tensors go to the rank files and its
+-- step count to trainer_state (optimizer_t). (`optimizer = ...` at the top
+-- level of `state` is the older spelling of state.state.optimizer.)
 function M.save(dir, state)
+   if state.state then
+      state.optimizer = state.state.optimizer
+      local trainer = state.trainer or {}
+      for k, obj in pairs(state.state) do
+         if k ~= 'optimizer' then trainer[k] = obj:state_dict() end
+      end
+      trainer.step = state.step
+      state.trainer = trainer
+   end
    local comm = state.comm
    local rank = comm and comm.rank or 0
    local sh = state.sharded
@@ -278,6 +292,23 @@ function M.load(path, sharded, optimizer)
    local ok, state = pcall(json.decode, trainer)
    if not ok then error('checkpoint: ' .. path .. '/trainer_state.json: ' .. state, 0) end
    return state, index
+end
+
+-- the inverse of save with state = {name -> stateful}: loads the step
+-- directory into sharded and restores every stateful part through its own
+-- load_state_dict (the optimizer: moments from the rank files, its step
+-- count from trainer_state). Returns the trainer state and the index.
+function M.resume(path, sharded, state)
+   local saved, index = M.load(path, sharded, state.optimizer)
+   if state.optimizer then
+      local sd = state.optimizer:state_dict()
+      sd.t = saved.optimizer_t
+      state.optimizer:load_state_dict(sd)
+   end
+   for k, obj in pairs(state) do
+      if k ~= 'optimizer' and saved[k] ~= nil then obj:load_state_dict(saved[k]) end
+   end
+   return saved, index
 end
 
 return M

@@ -28,31 +28,12 @@ M.options = {
 local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
                          'generation_config.json', 'vocab.json', 'merges.txt'}
 
--- the model a checkpoint index describes: an HF architecture with its
--- config.json table, or minGPT (exported as GPT2LMHeadModel)
+-- the model a checkpoint index describes (built, not materialized) and the
+-- config.json of its export; the family comes from the model registry
 function M.model_of(index, where)
-   local m = index.model
-   if type(m) ~= 'table' or type(m.name) ~= 'string' or type(m.config) ~= 'table' then
-      error('export: ' .. where .. '/index.json does not say which model it holds (model.name / model.config)', 0)
-   end
-   if m.name == 'mingpt' then
-      local c = m.config
-      local hf_config = {architectures = json.array({'GPT2LMHeadModel'}), model_type = 'gpt2', vocab_size = c.vocab_size,
-                         n_positions = c.block_size, n_ctx = c.block_size, n_embd = c.n_embd, n_layer = c.n_layer,
-                         n_head = c.n_head, layer_norm_epsilon = c.layer_norm_eps, activation_function = 'gelu_new',
-                         tie_word_embeddings = true, resid_pdrop = 0, embd_pdrop = 0, attn_pdrop = 0}
-      return require('models.mingpt').GPT(c), hf_config
-   end
-   local hf = require 'fsdp.hf'
-   local module = hf.ARCHITECTURES[m.name]
-   if not module then
-      error(string.format("export: %s holds a '%s' model, which cannot be exported (supported: mingpt and %s)",
-                          where, m.name, 'LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, OPTForCausalLM, GPT2LMHeadModel'), 0)
-   end
-   local config = {}
-   for k, v in pairs(m.config) do config[k] = v end
-   config.architectures = json.array({m.name})
-   return require(module).from_hf(config), config
+   local models = require 'models'
+   local model = models.build(index.model, 'export: ' .. where .. '/index.json')
+   return model, models.family_of(model).to_hf_config(model)
 end
 
 -- every unit's flat parameters from the rank files: {unit name -> float*}

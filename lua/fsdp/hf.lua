@@ -25,25 +25,6 @@ local ffi, C = bind.ffi, bind.C
 
 local M = {}
 
--- architecture (config.json "architectures"[0]) -> model module
-M.ARCHITECTURES = {
-   LlamaForCausalLM = 'models.llama',
-   MistralForCausalLM = 'models.mistral',
-   MixtralForCausalLM = 'models.mixtral',
-   OPTForCausalLM = 'models.opt',
-   GPT2LMHeadModel = 'models.mingpt',
-}
--- config.json "model_type" -> architecture, when "architectures" is absent
-M.MODEL_TYPES = {llama = 'LlamaForCausalLM', mistral = 'MistralForCausalLM', mixtral = 'MixtralForCausalLM',
-                 opt = 'OPTForCausalLM', gpt2 = 'GPT2LMHeadModel'}
-
-local function supported_list()
-   local names = {}
-   for k in pairs(M.ARCHITECTURES) do names[#names + 1] = k end
-   table.sort(names)
-   return table.concat(names, ', ')
-end
-
 local function fail(fmt, ...) error('hf: ' .. string.format(fmt, ...), 0) end
 
 local function shape_str(s) return T.shape_str(s) end
@@ -51,38 +32,23 @@ local function shape_str(s) return T.shape_str(s) end
 ---------------------------------------------------------------------------
 -- config
 
--- {arch = 'LlamaForCausalLM', module = 'models.llama', config = <config.json
--- as a table; JSON nulls are fsdp.json.null>, dir = dir}
+-- {arch = 'LlamaForCausalLM', family = <the registry's family>, config =
+-- <config.json as a table; JSON nulls are fsdp.json.null>, dir = dir}
 function M.load_config(dir)
    local path = dir .. '/config.json'
    if not fs.exists(path) then fail('%s: no config.json (is this a Hugging Face model directory?)', dir) end
    local cfg, err = json.read_file(path)
    if not cfg then fail('%s', tostring(err):find(path, 1, true) and err or (path .. ': ' .. tostring(err))) end
    if type(cfg) ~= 'table' then fail('%s: not a JSON object', path) end
-   local arch
-   local archs = cfg.architectures
-   if type(archs) == 'table' and type(archs[1]) == 'string' then
-      arch = archs[1]
-   elseif type(cfg.model_type) == 'string' then
-      arch = M.MODEL_TYPES[cfg.model_type]
-      if not arch then
-         fail("%s: model_type '%s' is not supported (supported architectures: %s)", path, cfg.model_type,
-              supported_list())
-      end
-   else
-      fail('%s: neither "architectures" nor "model_type" says what model this is (supported: %s)', path,
-           supported_list())
-   end
-   if not M.ARCHITECTURES[arch] then
-      fail("%s: architecture '%s' is not supported (supported: %s)", path, arch, supported_list())
-   end
-   return {arch = arch, module = M.ARCHITECTURES[arch], config = cfg, dir = dir, path = path}
+   local ok, family, arch = pcall(require('models').for_hf, cfg, path)
+   if not ok then fail('%s', tostring(family)) end
+   return {arch = arch, family = family, config = cfg, dir = dir, path = path}
 end
 
 -- the model of a directory, built from its config.json, not materialized
 function M.build(dir)
    local c = M.load_config(dir)
-   local ok, model = pcall(function() return require(c.module).from_hf(c.config) end)
+   local ok, model = pcall(c.family.from_hf, c.config)
    if not ok then fail('%s: %s', c.path, tostring(model)) end
    model.hf = {arch = c.arch, dir = dir, config = c.config}
    return model

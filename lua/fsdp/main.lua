@@ -58,6 +58,19 @@ local function resolve(name)
    return nil
 end
 
+-- runs a recipe file: a plain script runs top to bottom and returns its
+-- exit status; a recipe built on recipes/train_lm.lua returns the recipe (a
+-- table with main, options, model, shard_options) or the function that
+-- makes it from defaults (then called with none)
+local function load_recipe(path, recipe_args, env)
+   local chunk, err = loadfile(path)
+   if not chunk then error(err, 0) end
+   if env then setfenv(chunk, env) end
+   local r = chunk(unpack(recipe_args))
+   if type(r) == 'function' then r = r() end
+   return r
+end
+
 local function report(err)
    local msg = tostring(err)
    io.stderr:write(string.format('fsdp-lua: %s: error: %s\n', rank_prefix(), msg))
@@ -136,7 +149,17 @@ if cmd == '-i' then
                end
             end
          end, 'r')
-         local ok, err = pcall(chunk, unpack(args, 3))
+         local ok, err = pcall(function()
+            local r = chunk(unpack(args, 3))
+            if type(r) == 'function' then r = r() end
+            if type(r) == 'table' and r.main then
+               -- a recipe table: its run leaves what the prompt needs in
+               -- r.session (opt, model, sharded, optimizer, train, evaluate, save, ...)
+               env.recipe = r
+               r.main(arg)
+               for k, v in pairs(r.session or {}) do env[k] = v end
+            end
+         end)
          debug.sethook()
          jit.on()
          if not ok then error(err, 0) end
@@ -158,24 +181,30 @@ if cmd == 'plan' then
       if not world or world < 1 then error('plan: --world-size wants a positive integer', 0) end
       local path = rest[1] and resolve(rest[1])
       if not path then error('usage: fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]', 0) end
-      local plan, shard, fsdp = require 'fsdp.plan', require 'fsdp.shard', require 'fsdp'
-      local done = {}
-      shard.plan_hook = function(model, sopts)
-         local o = fsdp.last_options or {}
-         local cfg = model.config or {}
-         local r = plan.compute(model, {world_size = world, strategy = sopts.strategy, hybrid_group_size = sopts.hybrid_group_size,
-                                        batch = math.max(1, (o.batch_size or 1) / world), seq_len = o.seq_len or cfg.block_size or 1,
-                                        activation_checkpointing = o.activation_checkpointing,
-                                        vocab = cfg.vocab_size, width = cfg.n_embd or cfg.hidden_size})
-         print(plan.report(r, limit and plan.parse_bytes(limit)))
-         error(done, 0)
-      end
+      local plan = require 'fsdp.plan'
       arg = {[0] = path, unpack(rest, 2)}
-      local chunk, err = loadfile(path)
-      if not chunk then error(err, 0) end
-      local ok, e = pcall(chunk, unpack(rest, 2))
-      if not ok and e ~= done then error(e, 0) end
-      if ok then error('plan: ' .. path .. ' finished without calling fsdp.shard: nothing to plan', 0) end
+      local refusal = 'plan: ' .. path .. ' does not describe its model (a recipe built on recipes/train_lm.lua ' ..
+                      'does: its file returns options, model, shard_options and main)'
+      -- a plain script runs as it loads: it must not get as far as training
+      local shard = require 'fsdp.shard'
+      shard.refusal = refusal
+      local ok, r = pcall(load_recipe, path, arg)
+      shard.refusal = nil
+      if not ok then error(r, 0) end
+      if type(r) ~= 'table' or not (r.options and r.model and r.shard_options) then error(refusal, 0) end
+      local o = r.options(arg)
+      -- the vocabulary of a model from scratch: --vocab-size, else the tokenizer's
+      local vocab = (o.vocab_size or 0) > 0 and o.vocab_size or (r.tokenizer and r.tokenizer(o).vocab_size) or 0
+      local model = r.model(o, vocab)
+      local sopts = r.shard_options(o)
+      local cfg = model.config or {}
+      local res = plan.compute(model, {world_size = world, strategy = sopts.strategy,
+                                       hybrid_group_size = sopts.hybrid_group_size,
+                                       batch = math.max(1, (o.batch_size or 1) / world),
+                                       seq_len = o.seq_len or cfg.block_size or 1,
+                                       activation_checkpointing = o.activation_checkpointing,
+                                       vocab = cfg.vocab_size, width = cfg.n_embd or cfg.hidden_size})
+      print(plan.report(res, limit and plan.parse_bytes(limit)))
       return 0
    end)
 end
@@ -213,9 +242,9 @@ for i = 2, #args do recipe_args[i - 1] = args[i] end
 arg = recipe_args
 
 local status = run(function()
-   local chunk, err = loadfile(path)
-   if not chunk then error(err, 0) end
-   return chunk(unpack(recipe_args))
+   local r = load_recipe(path, recipe_args)
+   if type(r) == 'table' and r.main then return r.main(recipe_args) end
+   return r
 end)
 local ok, dist = pcall(require, 'fsdp.dist')
 if ok and status == 0 then dist.finalize() end

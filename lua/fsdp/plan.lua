@@ -76,20 +76,12 @@ end
 function M.compute(model, cfg)
    local W = cfg.world_size or 1
    local strategy = cfg.strategy or 'full'
-   local G = W
-   if strategy == 'none' then G = 1
-   elseif strategy:match('^hybrid') then G = cfg.hybrid_group_size or W end
-   local units, root = {}, {}
-   local taken = {}
-   for _, u in ipairs(model:units()) do
-      local n = 0
-      for _, s in ipairs(u:parameter_specs()) do n = n + numel(s.shape); taken[s.module] = true end
-      units[#units + 1] = {numel = n, module = u}
-   end
-   local root_n = 0
-   for _, s in ipairs(model:parameter_specs()) do
-      if not taken[s.module] then root_n = root_n + numel(s.shape) end
-   end
+   local G = require('fsdp.shard').group_size(strategy, W, cfg.hybrid_group_size)
+   -- the units as fsdp.shard lays them out: the root first, then the blocks
+   local layout = require('fsdp.shard').layout(model, G)
+   local root_n = layout[1].numel
+   local units = {}
+   for i = 2, #layout do units[#units + 1] = {numel = layout[i].numel, module = layout[i].module} end
    local function padded(n) return math.ceil(math.max(n, 1) / G) * G end
    local slice, P, max_unit, all_units = padded(root_n) / G, root_n, 0, padded(root_n)
    for _, u in ipairs(units) do

@@ -290,6 +290,48 @@ local function wrap_forward(self, module, fp, is_root)
    end
 end
 
+-- the flat layout of a model's units over a shard group of G ranks, from
+-- the parameter shapes alone (nothing is allocated): the root unit (every
+-- parameter outside model:units(): embeddings, final norm, head) first,
+-- then one unit per block. Each entry: {name = 'root' | 'unitN', module =
+-- the model or the block, specs = {{name, module, key, shape, init}...},
+-- numel, padded (a multiple of G), shard_size (padded / G)}. fsdp.shard
+-- builds its flat parameters from it; fsdp.plan costs it.
+function M.layout(model, G)
+   G = G or 1
+   local all = model:parameter_specs()
+   local prefix_of = {}
+   for _, s in ipairs(all) do prefix_of[s.module] = prefix_of[s.module] or s.name:sub(1, #s.name - #s.key) end
+   local taken, out = {}, {}
+   local function entry(name, module, specs)
+      local n = 0
+      for _, s in ipairs(specs) do n = n + numel_of(s.shape) end
+      local padded = math.ceil(math.max(n, 1) / G) * G
+      return {name = name, module = module, specs = specs, numel = n, padded = padded, shard_size = padded / G}
+   end
+   for i, unit in ipairs(model:units()) do
+      local specs = {}
+      for _, s in ipairs(unit:parameter_specs()) do
+         local full = prefix_of[s.module] .. s.key
+         taken[full] = true
+         specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init}
+      end
+      out[i + 1] = entry('unit' .. i, unit, specs)
+   end
+   local rest = {}
+   for _, s in ipairs(all) do if not taken[s.name] then rest[#rest + 1] = s end end
+   out[1] = entry('root', model, rest)
+   return out
+end
+
+-- the size of the shard group for a strategy on a world of W ranks
+-- (hybrid: group, default the ranks of one node)
+function M.group_size(strategy, W, group)
+   if strategy == 'none' then return 1 end
+   if strategy == 'hybrid_full' or strategy == 'hybrid_grad_op' then return group or W end
+   return W
+end
+
 -- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
 -- device (-1: the host, N: cuda:N, whose backend fsdp.device loaded),
 -- prefetch (default true), async_reduce (default true), cpu_offload (keep
@@ -308,7 +350,7 @@ function M.shard(model, opts)
          error(string.format("shard: %s must be f32, bf16 or f16, got '%s'", k, tostring(d)), 2)
       end
    end
-   if M.plan_hook then return M.plan_hook(model, opts) end -- fsdp-lua plan: report, allocate nothing
+   if M.refusal then error(M.refusal, 0) end -- fsdp-lua plan of a script that is not a recipe table
    local world = dist.world
    local self = setmetatable({
       model = model, strategy = strategy, units = {}, sync = true, pending = {}, comm_wait = 0,
@@ -349,24 +391,8 @@ function M.shard(model, opts)
    self.writes_checkpoint = not self.replicate_group or self.replicate_group.rank == 0
 
    -- units: the root (everything outside model:units()) first, then the blocks
-   local all = model:parameter_specs()
-   local prefix_of = {}
-   for _, s in ipairs(all) do prefix_of[s.module] = prefix_of[s.module] or s.name:sub(1, #s.name - #s.key) end
-   local taken, unit_specs = {}, {}
-   for i, unit in ipairs(model:units()) do
-      local specs = {}
-      for _, s in ipairs(unit:parameter_specs()) do
-         local full = prefix_of[s.module] .. s.key
-         taken[full] = true
-         specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init}
-      end
-      unit_specs[i] = specs
-   end
-   local rest = {}
-   for _, s in ipairs(all) do if not taken[s.name] then rest[#rest + 1] = s end end
-   self.units[1] = FlatParam.new(self, 'root', 0, rest)
-   for i, specs in ipairs(unit_specs) do
-      self.units[i + 1] = FlatParam.new(self, 'unit' .. i, i, specs)
+   for i, u in ipairs(M.layout(model, self.shard_count)) do
+      self.units[i] = FlatParam.new(self, u.name, i - 1, u.specs)
    end
    for _, u in ipairs(self.units) do u:materialize(opts.seed or 0) end
 

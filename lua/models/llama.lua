@@ -327,7 +327,32 @@ end
 function M.from_hf(hf)
    local cfg = M.pick(hf, M.hf_fields, M.defaults)
    M.check_rope_scaling(cfg.rope_scaling, 'llama')
-   return Llama(cfg)
+   local model = Llama(cfg)
+   model.hf_config = hf
+   return model
 end
+
+-- the config.json of an export: the one the model was read from (its keys
+-- and layout kept), else the model's own configuration (a model from scratch)
+function M.hf_config(model, arch, model_type)
+   local out = {}
+   if model.hf_config then
+      for k, v in pairs(model.hf_config) do out[k] = v end
+   else
+      for k, v in pairs(model.config) do out[k] = v end
+      out.model_type = model_type
+   end
+   out.architectures = json.array({arch})
+   return out
+end
+
+-- the family in the model registry (lua/models/init.lua)
+M.family = {
+   architectures = {'LlamaForCausalLM'},
+   model_types = {'llama'},
+   from_hf = M.from_hf,
+   to_hf_config = function(model) return M.hf_config(model, 'LlamaForCausalLM', 'llama') end,
+}
+Llama.family = M.family
 
 return M

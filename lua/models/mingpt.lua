@@ -137,13 +137,54 @@ function M.from_hf(hf)
    end
    if get('scale_attn_weights', true) ~= true then error('gpt2: scale_attn_weights = false is not supported', 0) end
    if get('tie_word_embeddings', true) ~= true then error('gpt2: an untied lm_head is not supported', 0) end
-   return GPT {
+   local model = GPT {
       vocab_size = get('vocab_size', 50257),
       block_size = get('n_positions', get('n_ctx', 1024)),
       n_embd = get('n_embd', 768), n_layer = get('n_layer', 12), n_head = get('n_head', 12),
       n_inner = get('n_inner', nil),
       layer_norm_eps = get('layer_norm_epsilon', 1e-5),
    }
+   model.hf_config = hf
+   return model
 end
+
+-- the GPT2LMHeadModel config.json of an export: the one the model was read
+-- from, else one made from the minGPT configuration
+function M.to_hf_config(model)
+   local json = require 'fsdp.json'
+   local out = {}
+   if model.hf_config then
+      for k, v in pairs(model.hf_config) do out[k] = v end
+   else
+      local c = model.config
+      if c.bias == false then error('gpt2: a minGPT model without biases has no GPT2LMHeadModel export', 0) end
+      out = {model_type = 'gpt2', vocab_size = c.vocab_size, n_positions = c.block_size, n_ctx = c.block_size,
+             n_embd = c.n_embd, n_layer = c.n_layer, n_head = c.n_head, n_inner = c.n_inner,
+             layer_norm_epsilon = c.layer_norm_eps, activation_function = 'gelu_new', tie_word_embeddings = true,
+             resid_pdrop = 0, embd_pdrop = 0, attn_pdrop = 0}
+   end
+   out.architectures = json.array({'GPT2LMHeadModel'})
+   return out
+end
+
+-- the family in the model registry (lua/models/init.lua). A model from
+-- scratch is saved in checkpoints as 'mingpt' with its own configuration; a
+-- model read from a GPT-2 directory keeps its config.json.
+M.family = {
+   name = 'mingpt',
+   architectures = {'GPT2LMHeadModel'},
+   model_types = {'gpt2'},
+   from_hf = M.from_hf,
+   to_hf_config = M.to_hf_config,
+   saved = function(model)
+      if model.hf_config then return 'GPT2LMHeadModel', M.to_hf_config(model) end
+      return 'mingpt', model.config
+   end,
+   from_saved = function(name, cfg)
+      if name == 'mingpt' then return GPT(cfg) end
+      return M.from_hf(cfg)
+   end,
+}
+GPT.family = M.family
 
 return M

@@ -36,7 +36,17 @@ function M.from_hf(hf)
    local cfg = llama.pick(hf, M.hf_fields, M.defaults)
    cfg.sliding_window = cfg.sliding_window or 0
    llama.check_rope_scaling(cfg.rope_scaling, 'mistral')
-   return Mistral(cfg)
+   local model = Mistral(cfg)
+   model.hf_config = hf
+   return model
 end
+
+M.family = {
+   architectures = {'MistralForCausalLM'},
+   model_types = {'mistral'},
+   from_hf = M.from_hf,
+   to_hf_config = function(model) return llama.hf_config(model, 'MistralForCausalLM', 'mistral') end,
+}
+Mistral.family = M.family
 
 return M

@@ -208,7 +208,17 @@ function M.from_hf(hf)
       error(string.format('mixtral: router_jitter_noise %g is not supported (0)', jitter), 0)
    end
    llama.check_rope_scaling(cfg.rope_scaling, 'mixtral')
-   return Mixtral(cfg)
+   local model = Mixtral(cfg)
+   model.hf_config = hf
+   return model
 end
+
+M.family = {
+   architectures = {'MixtralForCausalLM'},
+   model_types = {'mixtral'},
+   from_hf = M.from_hf,
+   to_hf_config = function(model) return llama.hf_config(model, 'MixtralForCausalLM', 'mixtral') end,
+}
+Mixtral.family = M.family
 
 return M

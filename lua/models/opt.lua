@@ -183,7 +183,17 @@ M.hf_fields = {'vocab_size', 'hidden_size', 'num_hidden_layers', 'ffn_dim', 'max
 function M.from_hf(hf)
    local cfg = llama.pick(hf, M.hf_fields, M.defaults)
    if hf.pad_token_id == json.null then cfg.pad_token_id = false end -- None: no padding row
-   return OPT(cfg)
+   local model = OPT(cfg)
+   model.hf_config = hf
+   return model
 end
+
+M.family = {
+   architectures = {'OPTForCausalLM'},
+   model_types = {'opt'},
+   from_hf = M.from_hf,
+   to_hf_config = function(model) return llama.hf_config(model, 'OPTForCausalLM', 'opt') end,
+}
+OPT.family = M.family
 
 return M

@@ -71,12 +71,15 @@ function AdamW:state_dict()
 end
 
 function AdamW:load_state_dict(sd)
+   if type(sd.t) ~= 'number' or sd.t < 0 or sd.t ~= math.floor(sd.t) then
+      error('optimizer state: step count t must be a non-negative integer, got ' .. tostring(sd.t), 0)
+   end
    self.t = sd.t
    for _, g in ipairs(self.groups) do
       for _, key in ipairs({'exp_avg', 'exp_avg_sq'}) do
          local src = sd.tensors[g.unit.name .. '.' .. key]
          if not src then error('optimizer state: ' .. g.unit.name .. '.' .. key .. ' is missing', 0) end
-         g[key]:copy(src)
+         if src ~= g[key] then g[key]:copy(src) end
       end
    end
 end

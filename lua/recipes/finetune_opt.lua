@@ -4,8 +4,10 @@
 -- so here too, with the dynamic loss scaler (f32 is the default).
 --
 --   fsdp-lua --nproc-per-node 2 recipes/finetune_opt.lua --model /models/opt-1.3b --data abstracts.jsonl.d/
-RECIPE_DEFAULTS = {name = 'recipes/finetune_opt.lua', lr = 2e-5, min_lr = 2e-6, warmup_steps = 50,
-                   max_steps = 1000, batch_size = 8, grad_accum_steps = 2, seq_len = 1024, weight_decay = 0.0,
-                   param_dtype = 'f32', strategy = 'full', activation_checkpointing = true, max_grad_norm = 1.0,
-                   eval_every = 200, checkpoint_every = 200, run_dir = 'runs/finetune_opt', sample_tokens = 0, preset = ''}
-return dofile(FSDP_ROOT .. '/lua/recipes/train_lm.lua')
+return dofile(FSDP_ROOT .. '/lua/recipes/train_lm.lua') {
+   name = 'recipes/finetune_opt.lua', lr = 2e-5, min_lr = 2e-6, warmup_steps = 50,
+   max_steps = 1000, batch_size = 8, grad_accum_steps = 2, seq_len = 1024, weight_decay = 0.0,
+   param_dtype = 'f32', strategy = 'full', activation_checkpointing = true, max_grad_norm = 1.0,
+   eval_every = 200, checkpoint_every = 200, run_dir = 'runs/finetune_opt', sample_tokens = 0,
+   preset = ''
+}

@@ -4,8 +4,10 @@
 --
 --   fsdp-lua plan recipes/pretrain.lua --world-size 8 --memory-per-rank 80GiB --size 7B
 --   fsdp-lua --nproc-per-node 8 recipes/pretrain.lua --size 350M --data prepared/ --tokenizer tok/
-RECIPE_DEFAULTS = {name = 'recipes/pretrain.lua', size = '350M', lr = 3e-4, min_lr = 3e-5, warmup_steps = 2000,
-                   max_steps = 100000, batch_size = 32, grad_accum_steps = 1, seq_len = 2048, weight_decay = 0.1,
-                   param_dtype = 'bf16', strategy = 'full', activation_checkpointing = true, eval_every = 1000,
-                   checkpoint_every = 1000, keep_last = 3, run_dir = 'runs/pretrain', sample_tokens = 0, preset = ''}
-return dofile(FSDP_ROOT .. '/lua/recipes/train_lm.lua')
+return dofile(FSDP_ROOT .. '/lua/recipes/train_lm.lua') {
+   name = 'recipes/pretrain.lua', size = '350M', lr = 3e-4, min_lr = 3e-5, warmup_steps = 2000,
+   max_steps = 100000, batch_size = 32, grad_accum_steps = 1, seq_len = 2048, weight_decay = 0.1,
+   param_dtype = 'bf16', strategy = 'full', activation_checkpointing = true, eval_every = 1000,
+   checkpoint_every = 1000, keep_last = 3, run_dir = 'runs/pretrain', sample_tokens = 0,
+   preset = ''
+}

@@ -188,9 +188,12 @@ M.cases = {
       t.check(has(out, 'wrote run/plot.svg') and fs.exists(dir .. '/run/plot.svg'), 'plot:\n%s', out)
       out = M.ok(dir, 'ckpt info ckpt')
       t.check(has(out, 'checkpoint ckpt/step_00000020') and has(out, 'step 20') and has(out, 'model mingpt'), 'ckpt info:\n%s', out)
-      out = M.ok(dir, 'plan my_recipe.lua --world-size 8 --memory-per-rank 16GiB --data corpus.txt')
-      t.check(has(out, 'memory plan: 8 rank(s), strategy full (shard group 8)') and has(out, 'fits in 16.00 GiB per rank'),
-              'plan:\n%s', out)
+      out = M.ok(dir, 'plan recipes/train_mingpt.lua --world-size 8 --memory-per-rank 16GiB --preset gpt-nano ' ..
+                      '--batch-size 8 --seq-len 32')
+      t.check(has(out, 'memory plan: 8 rank(s), strategy full (shard group 8), 0.10M parameters') and
+              has(out, 'fits in 16.00 GiB per rank'), 'plan:\n%s', out)
+      local st, err = M.run(dir, 'plan my_recipe.lua --world-size 8 --data corpus.txt')
+      t.check(st == 1 and has(err, 'does not describe its model'), 'a plain script is not planned:\n%s', err)
    end,
    ['tinylm.lua'] = function(dir)
       M.ok(dir, 'tinylm.lua') -- a module: loading it defines the classes
