@@ -246,3 +246,50 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
     fsdp_mem_release(FSDP_CPU, scratch, nbytes);
     return FSDP_OK;
 }
+
+/* Decoding with a KV cache: the keys and values of the Tq new positions
+ * pos .. pos+Tq-1 of each sequence are stored into the caches, then every
+ * new query attends over the cached keys it sees (causal from position 0,
+ * the sliding window as in training). Caches are [B, Tmax, NKV*HD]. The
+ * row math is attention_math.h's fsdp_attention_decode_row, shared with the
+ * CUDA kernel; rows are independent, so any thread count gives the same
+ * bits. No backward: this is generation. */
+int fsdp_attention_decode_cpu(float *out, float *kcache, float *vcache, const float *q,
+                              const float *k, const float *v, int B, int Tq, int pos, int Tmax,
+                              int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                              float scale) {
+    const char *fn = "fsdp_attention_decode_cpu";
+    CHECK_PTR(fn, out);
+    CHECK_PTR(fn, kcache);
+    CHECK_PTR(fn, vcache);
+    CHECK_PTR(fn, q);
+    CHECK_PTR(fn, k);
+    CHECK_PTR(fn, v);
+    int rc = check_dims(fn, B, Tq, NH, NKV, HD, ldq, ldk, ldv);
+    if (rc) return rc;
+    FSDP_CHECK_ARG(pos >= 0 && pos + Tq <= Tmax,
+                   "%s: positions %d .. %d do not fit the cache of %d positions", fn, pos,
+                   pos + Tq - 1, Tmax);
+    const int W = NKV * HD, group = NH / NKV, ldo = NH * HD;
+    /* 1. the new keys and values into the caches */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tq; t++) {
+            const int64_t src = (int64_t)b * Tq + t, dst = (int64_t)b * Tmax + pos + t;
+            memcpy(kcache + dst * W, k + src * ldk, (size_t)W * sizeof(float));
+            memcpy(vcache + dst * W, v + src * ldv, (size_t)W * sizeof(float));
+        }
+    /* 2. every new query row over the keys it sees */
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tq; t++)
+            for (int h = 0; h < NH; h++) {
+                const int at = pos + t;
+                const int64_t cache0 = (int64_t)b * Tmax * W + (int64_t)(h / group) * HD;
+                fsdp_attention_decode_row(out + ((int64_t)b * Tq + t) * ldo + (int64_t)h * HD,
+                                          q + ((int64_t)b * Tq + t) * ldq + (int64_t)h * HD,
+                                          kcache + cache0, vcache + cache0, W, HD,
+                                          fsdp_attention_first_key(at, window), at, scale);
+            }
+    return FSDP_OK;
+}

@@ -178,6 +178,36 @@ static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *
     }
 }
 
+/* decoding: the new keys and values into the caches, one thread per element */
+static __global__ void attention_decode_store_kernel(float *kcache, float *vcache, const float *k,
+                                                     const float *v, int B, int Tq, int pos,
+                                                     int Tmax, int W, int ldk, int ldv) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * Tq * W) return;
+    const int c = (int)(i % W);
+    const int64_t row = i / W; /* b * Tq + t */
+    const int t = (int)(row % Tq), b = (int)(row / Tq);
+    const int64_t dst = ((int64_t)b * Tmax + pos + t) * W + c;
+    kcache[dst] = k[row * ldk + c];
+    vcache[dst] = v[row * ldv + c];
+}
+
+/* decoding: one thread per new query row (b, t, h), attention_math.h's row */
+static __global__ void attention_decode_kernel(float *out, const float *kcache, const float *vcache,
+                                               const float *q, int B, int Tq, int pos, int Tmax,
+                                               int NH, int NKV, int HD, int ldq, int window,
+                                               float scale) {
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* (b, t, h) */
+    if (row >= (int64_t)B * Tq * NH) return;
+    const int h = (int)(row % NH), t = (int)(row / NH % Tq), b = (int)(row / NH / Tq);
+    const int W = NKV * HD, at = pos + t;
+    const int64_t cache0 = (int64_t)b * Tmax * W + (int64_t)(h / (NH / NKV)) * HD;
+    fsdp_attention_decode_row(out + ((int64_t)b * Tq + t) * NH * HD + (int64_t)h * HD,
+                              q + ((int64_t)b * Tq + t) * ldq + (int64_t)h * HD, kcache + cache0,
+                              vcache + cache0, W, HD, fsdp_attention_first_key(at, window), at,
+                              scale);
+}
+
 /* ---- launchers ---------------------------------------------------------- */
 
 static int check_dims(const char *fn, int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
@@ -252,4 +282,32 @@ int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *d
     }
     cudaFreeAsync(D, stream);
     return rc;
+}
+
+int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
+                               const float *k, const float *v, int B, int Tq, int pos, int Tmax,
+                               int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                               float scale, fsdp_stream stream) {
+    const char *fn = "fsdp_attention_decode_cuda";
+    CHECK_PTR(fn, out);
+    CHECK_PTR(fn, kcache);
+    CHECK_PTR(fn, vcache);
+    CHECK_PTR(fn, q);
+    CHECK_PTR(fn, k);
+    CHECK_PTR(fn, v);
+    int rc = check_dims(fn, B, Tq, NH, NKV, HD, ldq, ldk, ldv);
+    if (rc) return rc;
+    FSDP_CHECK_ARG(pos >= 0 && pos + Tq <= Tmax,
+                   "%s: positions %d .. %d do not fit the cache of %d positions", fn, pos,
+                   pos + Tq - 1, Tmax);
+    const int threads = 128;
+    const int64_t elems = (int64_t)B * Tq * NKV * HD, rows = (int64_t)B * Tq * NH;
+    FSDP_CUDA_CHECK_GRID(fn, (elems + threads - 1) / threads);
+    FSDP_LAUNCH(attention_decode_store_kernel, (unsigned)((elems + threads - 1) / threads), threads, 0,
+                stream, kcache, vcache, k, v, B, Tq, pos, Tmax, NKV * HD, ldk, ldv);
+    rc = fsdp_cuda_launched(fn);
+    if (rc) return rc;
+    FSDP_LAUNCH(attention_decode_kernel, (unsigned)((rows + threads - 1) / threads), threads, 0, stream,
+                out, kcache, vcache, q, B, Tq, pos, Tmax, NH, NKV, HD, ldq, window, scale);
+    return fsdp_cuda_launched(fn);
 }

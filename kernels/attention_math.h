@@ -8,10 +8,42 @@
 #ifndef FSDP_ATTENTION_MATH_H
 #define FSDP_ATTENTION_MATH_H
 #include "fsdp_hd.h"
+#include "exp_math.h"
 
 FSDP_HD int fsdp_attention_first_key(int t, int window) {
     if (window <= 0 || t < window) return 0;
     return t - window + 1;
+}
+
+/* One query row of decoding attention over a KV cache: out[0..HD) =
+ * softmax_s(scale q . k_s) v_s over the cached keys s = first .. last (key s
+ * at kc + s*ld, value s at vc + s*ld). Two passes over the keys (the max,
+ * then the exponentials and the weighted sum straight into out), so it
+ * needs no score row in memory: the CPU loop and the CUDA thread that runs
+ * it give the same bits (every product-sum is an fsdp_fma in key order). */
+FSDP_HD float fsdp_attention_decode_dot(const float *q, const float *k, int HD) {
+    float d = 0.0f;
+    for (int i = 0; i < HD; i++) d = fsdp_fma(q[i], k[i], d);
+    return d;
+}
+
+FSDP_HD void fsdp_attention_decode_row(float *out, const float *q, const float *kc, const float *vc,
+                                       int ld, int HD, int first, int last, float scale) {
+    float m = -INFINITY;
+    for (int s = first; s <= last; s++) {
+        const float d = scale * fsdp_attention_decode_dot(q, kc + (int64_t)s * ld, HD);
+        m = d > m ? d : m;
+    }
+    for (int i = 0; i < HD; i++) out[i] = 0.0f;
+    float l = 0.0f;
+    for (int s = first; s <= last; s++) {
+        const float e = fsdp_expf(scale * fsdp_attention_decode_dot(q, kc + (int64_t)s * ld, HD) - m);
+        l += e;
+        const float *vs = vc + (int64_t)s * ld;
+        for (int i = 0; i < HD; i++) out[i] = fsdp_fma(e, vs[i], out[i]);
+    }
+    const float inv = 1.0f / l;
+    for (int i = 0; i < HD; i++) out[i] *= inv;
 }
 
 #endif

@@ -255,6 +255,17 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
                                 int NKV, int HD, int ldq, int ldk, int ldv, int window,
                                 float scale);
 
+/* Decoding attention over a KV cache (generation; no backward): stores the
+ * keys and values of the Tq new positions pos .. pos+Tq-1 of each of the B
+ * sequences into kcache / vcache ([B, Tmax, NKV*HD], contiguous), then
+ * attends every new query over the cached keys it sees (causal, the
+ * sliding window as in training). q / k / v and out as in
+ * fsdp_attention_forward_cpu with T = Tq; pos + Tq <= Tmax. */
+int fsdp_attention_decode_cpu(float *out, float *kcache, float *vcache, const float *q,
+                              const float *k, const float *v, int B, int Tq, int pos, int Tmax,
+                              int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                              float scale);
+
 /* Fused softmax cross-entropy over V classes. loss[n] = lse[n] - logits[n,t];
  * rows whose target equals ignore_index get loss 0 (and no gradient).
  * Targets outside [0, V) that are not ignore_index are an error. */
@@ -582,6 +593,12 @@ int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *d
                                  const float *q, const float *k, const float *v, const float *out,
                                  const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
                                  int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* decoding attention over a KV cache, as fsdp_attention_decode_cpu (the
+ * same bits: both run attention_math.h's row) */
+int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
+                               const float *k, const float *v, int B, int Tq, int pos, int Tmax,
+                               int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                               float scale, fsdp_stream stream);
 /* mixture-of-experts routing (kernels/moe_cuda.cu), as fsdp_*_cpu of
  * kernels/moe_cpu.c. Index vectors are NOT range-checked before the launch
  * (they are on the device): the caller guarantees them. A bad index still

@@ -1,133 +1,88 @@
--- fsdp.kv_cache: keys and values kept across decoding steps. While a cache
--- is active (generation), every attention module appends the keys and
--- values of the new positions to its own cache and attends over all of
--- them, so each new token costs one position, not the whole context.
--- Position-aware parts of the models (learned positions, RoPE) read the
--- offset of the first new position from kv_cache.offset().
+-- fsdp.kv_cache: keys and values kept across decoding steps, as an object
+-- the caller owns and passes to the model's forward call. Each attention
+-- layer stores the keys and values of the new positions in its own slot and
+-- attends over every cached position (ops.attention with opts.cache), so a
+-- new token costs one position, not the whole context. The model reads the
+-- offset of the first new position from cache.pos (RoPE, learned
+-- positions) and advances it by the tokens it consumed.
 --
---   kv_cache.start(max_positions)   -- batch of one
---   logits = model(prompt)          -- fills the caches, positions 0 .. n-1
---   kv_cache.advance(n)
---   logits = model(next_token)      -- position n
---   kv_cache.advance(1) ... kv_cache.stop()
+--   local cache = kv_cache.new {max_positions = 512, batch = 2}
+--   local logits = model(prompts, cache)   -- positions 0 .. n-1; cache.pos = n
+--   logits = model(next_tokens, cache)     -- position n (i32 [2, 1])
+--   cache:free()
+--
+-- Every sequence of the batch is at the same position (prompts of one
+-- length). Generation only: attention with a cache has no backward.
 local T = require 'fsdp.tensor'
 
 local M = {}
-local state = nil
 
-function M.start(max_positions)
-   M.stop()
-   state = {pos = 0, max = max_positions, caches = {}}
+local KVCache = {}
+KVCache.__index = KVCache
+M.KVCache = KVCache
+
+-- opts: max_positions (required), batch (default 1), device (-1: the host)
+function M.new(opts)
+   opts = opts or {}
+   local max, batch = opts.max_positions, opts.batch or 1
+   if type(max) ~= 'number' or max < 1 or max ~= math.floor(max) then
+      error('kv_cache: max_positions must be a positive integer, got ' .. tostring(max), 2)
+   end
+   if type(batch) ~= 'number' or batch < 1 or batch ~= math.floor(batch) then
+      error('kv_cache: batch must be a positive integer, got ' .. tostring(batch), 2)
+   end
+   return setmetatable({max = max, batch = batch, device = opts.device or -1, pos = 0, slots = {}, n = 0}, KVCache)
 end
 
-function M.stop()
-   if state then
-      for _, c in pairs(state.caches) do c.k:free(); c.v:free() end
+function KVCache:offset() return self.pos end
+
+-- checks that T new positions of a batch of B fit; the model calls it
+-- before it computes anything
+function KVCache:check(B, T_)
+   if self.freed then error('kv_cache: the cache was freed', 0) end
+   if B ~= self.batch then
+      error(string.format('kv_cache: a batch of %d sequences, but the cache holds %d', B, self.batch), 0)
    end
-   state = nil
+   if self.pos + T_ > self.max then
+      error(string.format('kv_cache: positions %d .. %d exceed the cache of %d', self.pos, self.pos + T_ - 1,
+                          self.max), 0)
+   end
 end
 
-function M.active() return state ~= nil end
-function M.offset() return state and state.pos or 0 end
-function M.advance(n) state.pos = state.pos + n end
-
--- q [1, Tq, NH*HD], k and v [1, Tq, NKV*HD] for the new positions (q and k
--- already rotated for their positions): stores k, v and returns the
--- attention output [1, Tq, NH*HD]. No gradient (generation only).
--- On a GPU the few new rows come down, the caches and this loop stay on the
--- host, and the output goes back up (the GEMMs, where the time goes at
--- these sizes, stay on the device).
-local attend_host
-function M.attend(module, q, k, v, NH, NKV, window)
-   if q.device < 0 then return attend_host(module, q, k, v, NH, NKV, window) end
-   local hq, hk, hv = q:cpu(), k:cpu(), v:cpu()
-   local out = attend_host(module, hq, hk, hv, NH, NKV, window)
-   local d = T.adopt(out:to_device(q.device))
-   hq:free(); hk:free(); hv:free(); out:free()
-   return d
+-- after a forward call: T positions more are cached
+function KVCache:advance(T_)
+   self:check(self.batch, T_)
+   self.pos = self.pos + T_
 end
 
-attend_host = function(module, q, k, v, NH, NKV, window)
-   if q.shape[1] ~= 1 then error('kv_cache: generation with a cache takes a batch of one', 0) end
-   local Tq, HD = q.shape[2], q.shape[3] / NH
-   local width = NKV * HD
-   local P = state.pos
-   if P + Tq > state.max then
-      error(string.format('kv_cache: %d positions exceed the cache of %d', P + Tq, state.max), 0)
+-- the key and value caches [batch, max_positions, width] of one layer (the
+-- layer object is the key), allocated on first use
+function KVCache:slot(layer, width, device)
+   local s = self.slots[layer]
+   if not s then
+      device = device or self.device
+      s = {k = T.zeros({self.batch, self.max, width}, 'f32', nil, device),
+           v = T.zeros({self.batch, self.max, width}, 'f32', nil, device)}
+      self.slots[layer] = s
+      self.n = self.n + 1
+   elseif s.k.shape[3] ~= width then
+      error(string.format('kv_cache: a layer stored rows of %d before and %d now', s.k.shape[3], width), 0)
    end
-   local c = state.caches[module]
-   if not c then
-      c = {k = T.empty({state.max, width}, 'f32'), v = T.empty({state.max, width}, 'f32')}
-      state.caches[module] = c
-   end
-   local kc, vc = c.k:ptr(), c.v:ptr()
-   local kp, vp, qp = k:ptr(), v:ptr(), q:ptr()
-   for t = 0, Tq - 1 do
-      for j = 0, width - 1 do
-         kc[(P + t) * width + j] = kp[t * width + j]
-         vc[(P + t) * width + j] = vp[t * width + j]
-      end
-   end
-   local out = T.zeros({1, Tq, NH * HD}, 'f32', true)
-   local op = out:ptr()
-   local scale = 1 / math.sqrt(HD)
-   local group = NH / NKV
-   local scores = {}
-   for t = 0, Tq - 1 do
-      local pos = P + t
-      local first = (window and window > 0) and math.max(0, pos - window + 1) or 0
-      for h = 0, NH - 1 do
-         local kvh = math.floor(h / group)
-         local qo = t * NH * HD + h * HD
-         local m = -math.huge
-         for s = first, pos do
-            local ko, dot = s * width + kvh * HD, 0
-            for d = 0, HD - 1 do dot = dot + qp[qo + d] * kc[ko + d] end
-            dot = dot * scale
-            scores[s] = dot
-            if dot > m then m = dot end
-         end
-         local sum = 0
-         for s = first, pos do
-            local e = math.exp(scores[s] - m)
-            scores[s] = e
-            sum = sum + e
-         end
-         for s = first, pos do
-            local w, vo = scores[s] / sum, s * width + kvh * HD
-            for d = 0, HD - 1 do op[qo + d] = op[qo + d] + w * vc[vo + d] end
-         end
-      end
-   end
-   return out
+   return s.k, s.v
 end
 
--- q, k, v column blocks of a fused [1, T, 3C] qkv (GPT-2's c_attn) as tensors
-function M.split_qkv(qkv)
-   if qkv.device >= 0 then -- split on the host (a few rows), the parts go back up
-      local h = qkv:cpu()
-      local parts = {M.split_qkv(h)}
-      h:free()
-      for i = 1, 3 do
-         local d = T.adopt(parts[i]:to_device(qkv.device))
-         parts[i]:free()
-         parts[i] = d
-      end
-      return parts[1], parts[2], parts[3]
-   end
-   local Tq, C3 = qkv.shape[2], qkv.shape[3]
-   local C = C3 / 3
-   local parts = {}
-   local src = qkv:ptr()
-   for i = 0, 2 do
-      local t = T.empty({1, Tq, C}, 'f32', true)
-      local dst = t:ptr()
-      for r = 0, Tq - 1 do
-         for j = 0, C - 1 do dst[r * C + j] = src[r * C3 + i * C + j] end
-      end
-      parts[i + 1] = t
-   end
-   return parts[1], parts[2], parts[3]
+-- starts again at position 0 (the slots are kept and overwritten)
+function KVCache:reset() self.pos = 0 end
+
+function KVCache:free()
+   for _, s in pairs(self.slots) do s.k:free(); s.v:free() end
+   self.slots, self.n, self.freed = {}, 0, true
 end
+
+function KVCache:__tostring()
+   return string.format('KVCache(batch %d, position %d of %d, %d layer(s))', self.batch, self.pos, self.max, self.n)
+end
+
+function M.is_cache(x) return getmetatable(x) == KVCache end
 
 return M

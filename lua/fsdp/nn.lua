@@ -2,7 +2,10 @@
 -- is built and owns no memory until it is materialized: model:materialize()
 -- on one device, or fsdp.shard(model), which gives each rank only its slice.
 -- Forward errors are prefixed with the module path:
---   in GPT.transformer.h.3.attn (Attention): linear: input [...] ...
+--   in GPT.transformer.h.3.attn (CausalSelfAttention): linear: input [...] ...
+-- The layers here are the ones every family shares (Linear, Embedding,
+-- LayerNorm, RMSNorm, ModuleList); attention, MLPs and blocks are written in
+-- each model's own file (lua/models/), calling ops.attention.
 local bind = require 'fsdp.ffi'
 local T = require 'fsdp.tensor'
 local ops = require 'fsdp.ops'
@@ -264,6 +267,8 @@ function Linear.new(n_in, n_out, opts)
    return self
 end
 function Linear:forward(x) return ops.linear(x, self.weight, self.bias) end
+-- elements its forward keeps for backward (the planner's activation estimate)
+function Linear:activation_elems(N) return N * self.n_out end
 
 local Embedding = M.class('Embedding')
 M.Embedding = Embedding
@@ -275,6 +280,8 @@ function Embedding.new(n_vocab, dim, opts)
    return self
 end
 function Embedding:forward(idx) return ops.embedding(idx, self.weight) end
+-- elements its forward keeps for backward (the planner's activation estimate)
+function Embedding:activation_elems(N) return N * self.dim end
 
 local LayerNorm = M.class('LayerNorm')
 M.LayerNorm = LayerNorm
@@ -288,6 +295,8 @@ function LayerNorm.new(dim, opts)
    return self
 end
 function LayerNorm:forward(x) return ops.layernorm(x, self.weight, self.bias, self.eps) end
+-- elements its forward keeps for backward (the planner's activation estimate)
+function LayerNorm:activation_elems(N) return N * self.weight_dim + 2 * N end
 
 local RMSNorm = M.class('RMSNorm')
 M.RMSNorm = RMSNorm
@@ -300,126 +309,28 @@ function RMSNorm.new(dim, opts)
    return self
 end
 function RMSNorm:forward(x) return ops.rmsnorm(x, self.weight, self.eps) end
+-- elements its forward keeps for backward (the planner's activation estimate)
+function RMSNorm:activation_elems(N) return N * self.weight_dim + N end
 
--- Causal self-attention.
--- cfg: n_embd, n_head, n_kv_head, bias, style ('gpt2': fused c_attn/c_proj;
--- 'llama': q_proj/k_proj/v_proj/o_proj), window, proj_std, rope (an object
--- with :tables(T) -> cos, sin) for rotary models.
-local Attention = M.class('Attention')
-M.Attention = Attention
-function Attention.new(cfg)
-   local self = Module.instance(Attention)
-   local C_, NH = cfg.n_embd, cfg.n_head
-   local NKV = cfg.n_kv_head or NH
-   local HD = cfg.head_dim or C_ / NH
-   if HD ~= math.floor(HD) then error(string.format('Attention: n_embd %d is not divisible by n_head %d', C_, NH), 2) end
-   if NH % NKV ~= 0 then error(string.format('Attention: n_head %d is not a multiple of n_kv_head %d', NH, NKV), 2) end
-   self.n_head, self.n_kv_head, self.head_dim = NH, NKV, HD
-   self.window, self.rope, self.style = cfg.window or 0, cfg.rope, cfg.style or 'gpt2'
-   local bias = cfg.bias ~= false
-   local proj = {bias = bias, std = cfg.proj_std}
-   if self.style == 'gpt2' then
-      if NKV ~= NH then error('Attention: the gpt2 style (fused c_attn) has no grouped-query heads', 2) end
-      self:add('c_attn', Linear(C_, 3 * C_, {bias = bias}))
-      self:add('c_proj', Linear(C_, C_, proj))
-   else
-      self:add('q_proj', Linear(C_, NH * HD, {bias = bias}))
-      self:add('k_proj', Linear(C_, NKV * HD, {bias = bias}))
-      self:add('v_proj', Linear(C_, NKV * HD, {bias = bias}))
-      self:add('o_proj', Linear(NH * HD, C_, {bias = cfg.o_bias or false, std = cfg.proj_std}))
-   end
-   return self
-end
-function Attention:forward(x)
-   local opts = {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window}
-   local kv = require 'fsdp.kv_cache'
-   if self.style == 'gpt2' then
-      if kv.active() then
-         local q, k, v = kv.split_qkv(self.c_attn(x))
-         return self.c_proj(kv.attend(self, q, k, v, self.n_head, self.n_head, self.window))
-      end
-      return self.c_proj(ops.attention_qkv(self.c_attn(x), opts))
-   end
-   local q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-   if self.rope then
-      -- rows for positions offset .. offset+T (offset > 0 only while decoding)
-      local T_, off = x.shape[2], kv.offset()
-      local cos, sin = self.rope:tables(off + T_, x.device)
-      if off > 0 then cos, sin = cos:narrow_rows(off, T_), sin:narrow_rows(off, T_) end
-      q = ops.rope(q, cos, sin, self.n_head)
-      k = ops.rope(k, cos, sin, self.n_kv_head)
-   end
-   if kv.active() then return self.o_proj(kv.attend(self, q, k, v, self.n_head, self.n_kv_head, self.window)) end
-   return self.o_proj(ops.attention(q, k, v, opts))
-end
-
--- Feed-forward. cfg: n_embd, hidden, activation ('gelu' | 'relu' | 'swiglu'),
--- bias, proj_std. Names: gelu/relu -> c_fc, c_proj (GPT-2); swiglu ->
--- gate_proj, up_proj, down_proj (Llama).
-local MLP = M.class('MLP')
-M.MLP = MLP
-function MLP.new(cfg)
-   local self = Module.instance(MLP)
-   local C_, H = cfg.n_embd, cfg.hidden or 4 * cfg.n_embd
-   self.activation = cfg.activation or 'gelu'
-   self.hidden = H
-   local bias = cfg.bias ~= false
-   if self.activation == 'swiglu' then
-      self:add('gate_proj', Linear(C_, H, {bias = bias}))
-      self:add('up_proj', Linear(C_, H, {bias = bias}))
-      self:add('down_proj', Linear(H, C_, {bias = bias, std = cfg.proj_std}))
-   elseif self.activation == 'gelu' or self.activation == 'relu' then
-      self:add('c_fc', Linear(C_, H, {bias = bias}))
-      self:add('c_proj', Linear(H, C_, {bias = bias, std = cfg.proj_std}))
-   else
-      error("MLP: unknown activation '" .. tostring(self.activation) .. "' (gelu, relu, swiglu)", 2)
-   end
-   return self
-end
-function MLP:forward(x)
-   if self.activation == 'swiglu' then
-      return self.down_proj(ops.swiglu(self.gate_proj(x), self.up_proj(x)))
-   end
-   local h = self.c_fc(x)
-   h = self.activation == 'gelu' and ops.gelu(h) or ops.relu(h)
-   return self.c_proj(h)
-end
-
--- Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x)).
--- cfg: n_embd, norm ('layernorm' | 'rmsnorm'), norm_eps, and the Attention
--- and MLP fields; names = {norm1, attn, norm2, mlp} (GPT-2's by default).
-local Block = M.class('Block')
-M.Block = Block
-function Block.new(cfg)
-   local self = Module.instance(Block)
-   local names = cfg.names or {norm1 = 'ln_1', attn = 'attn', norm2 = 'ln_2', mlp = 'mlp'}
-   self.names = names
-   self.n_embd = cfg.n_embd
-   local function norm()
-      if (cfg.norm or 'layernorm') == 'rmsnorm' then return RMSNorm(cfg.n_embd, {eps = cfg.norm_eps}) end
-      return LayerNorm(cfg.n_embd, {eps = cfg.norm_eps, bias = cfg.norm_bias})
-   end
-   self:add(names.norm1, norm())
-   self:add(names.attn, Attention(cfg))
-   self:add(names.norm2, norm())
-   self:add(names.mlp, MLP(cfg))
-   return self
-end
-function Block:forward(x)
-   local n = self.names
-   x = ops.add(x, self[n.attn](self[n.norm1](x)))
-   return ops.add(x, self[n.mlp](self[n.norm2](x)))
+-- what ops.attention keeps for backward per call (its output and the
+-- log-sum-exp of each query row), for the attention modules' own
+-- activation_elems: N tokens in B sequences of T, n_head heads of head_dim
+function M.attention_activation_elems(N, B, T_, n_head, head_dim)
+   return N * n_head * head_dim + B * n_head * T_
 end
 
 ---------------------------------------------------------------------------
 -- activation checkpointing, applied from outside the model
 
--- wraps the forward of each unit (model:units()) in autograd.checkpoint
+-- wraps the forward of each unit (model:units()) in autograd.checkpoint;
+-- the unit's first argument is the checkpointed input, the others (a KV
+-- cache, positions) ride along
 function M.checkpoint_units(model)
    for _, unit in ipairs(model:units()) do
       local forward = unit.forward
-      unit.forward = function(self, x)
-         return AG.checkpoint(function(y) return forward(self, y) end, x)
+      unit.forward = function(self, x, ...)
+         local n, rest = select('#', ...), {...}
+         return AG.checkpoint(function(y) return forward(self, y, unpack(rest, 1, n)) end, x)
       end
    end
    return model

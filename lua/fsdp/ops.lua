@@ -325,12 +325,7 @@ end
 ---------------------------------------------------------------------------
 -- attention
 
--- opts: n_head, n_kv_head (default n_head), window (0 = none), scale
-local function attention_dims(op, B, T_, NH, NKV, HD)
-   if NH % NKV ~= 0 then fail(op, 'n_head %d is not a multiple of n_kv_head %d', NH, NKV) end
-end
-
-local function run_attention(op, q, k, v, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
+local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
    local window = opts.window or 0
    local scale = opts.scale or 1 / math.sqrt(HD)
    local K, dev = kern(op, inputs[1], inputs[2], inputs[3])
@@ -349,44 +344,71 @@ local function run_attention(op, q, k, v, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV
    return out
 end
 
--- q [B, T, NH*HD], k and v [B, T, NKV*HD]: causal attention -> [B, T, NH*HD]
-function M.attention(q, k, v, opts)
-   local op = 'attention'
-   want_f32(op, 'q', q); want_f32(op, 'k', k); want_f32(op, 'v', v)
-   local NH = opts.n_head
-   local NKV = opts.n_kv_head or NH
-   if #q.shape ~= 3 then fail(op, 'q must be [batch, time, heads*head_dim], got %s', shape_str(q.shape)) end
-   local B, T_, QC = q.shape[1], q.shape[2], q.shape[3]
-   if QC % NH ~= 0 then fail(op, 'q has %d channels, not a multiple of n_head %d', QC, NH) end
-   local HD = QC / NH
-   for _, pair in ipairs({{'k', k}, {'v', v}}) do
-      local t = pair[2]
-      if #t.shape ~= 3 or t.shape[1] ~= B or t.shape[2] ~= T_ or t.shape[3] ~= NKV * HD then
-         fail(op, '%s is %s but q is %s with %d kv heads of %d', pair[1], shape_str(t.shape), shape_str(q.shape), NKV, HD)
-      end
+-- decoding over a KV cache (opts.cache, the slot of opts.layer): stores the
+-- new keys and values, attends the new queries over every cached position
+local function run_decode(op, qp, kp, vp, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
+   local cache = opts.cache
+   if needs(inputs[1], inputs[2], inputs[3]) then
+      fail(op, 'attention with a KV cache is for generation and has no backward: run it under fsdp.no_grad')
    end
-   attention_dims(op, B, T_, NH, NKV, HD)
-   local function p(t) return function() return t:ptr() end end
-   local function g(t) return function() return gp(t) end end
-   return run_attention(op, q, k, v, p(q), p(k), p(v), g(q), g(k), g(v), B, T_, NH, NKV, HD,
-                        NH * HD, NKV * HD, NKV * HD, opts, {q, k, v})
+   if opts.layer == nil then fail(op, 'a KV cache needs opts.layer (the attention module whose slot it is)') end
+   cache:check(B, T_)
+   local K, dev = kern(op, inputs[1], inputs[2], inputs[3])
+   local kc, vc = cache:slot(opts.layer, NKV * HD, dev)
+   local out = out_like({B, T_, NH * HD}, dev)
+   check(K.attention_decode(out:ptr(), kc:ptr(), vc:ptr(), qp(), kp(), vp(), B, T_, cache.pos, cache.max,
+                            NH, NKV, HD, ldq, ldk, ldv, opts.window or 0, opts.scale or 1 / math.sqrt(HD)), op)
+   return out
 end
 
--- qkv [B, T, 3*C] (q, k, v side by side, as GPT-2's c_attn makes it)
-function M.attention_qkv(qkv, opts)
+-- Causal self-attention with grouped-query heads, the one attention path of
+-- every model, in training and in decoding:
+--   attention(q, k, v, opts)      q [B, T, NH*HD], k and v [B, T, NKV*HD]
+--   attention(qkv, nil, nil, opts) q, k and v side by side in one
+--                                 [B, T, 3*NH*HD] tensor (GPT-2's c_attn)
+-- -> [B, T, NH*HD]. opts: n_head, n_kv_head (default n_head), window (0:
+-- none; query t sees keys t-window+1 .. t), scale (default 1/sqrt(HD)),
+-- cache (an fsdp.kv_cache object: decode, the new positions start at
+-- cache.pos) and layer (whose slot of the cache).
+function M.attention(q, k, v, opts)
    local op = 'attention'
-   want_f32(op, 'qkv', qkv)
    local NH = opts.n_head
-   if #qkv.shape ~= 3 or qkv.shape[3] % (3 * NH) ~= 0 then
-      fail(op, 'qkv must be [batch, time, 3*heads*head_dim] with %d heads, got %s', NH, shape_str(qkv.shape))
+   local B, T_, HD, NKV, ldq, ldk, ldv, qp, kp, vp, dq, dk, dv, inputs
+   local function p(t, off) return function() return t:ptr() + off end end
+   local function g(t, off) return function() local x = gp(t); return x and (x + off) or nil end end
+   if k == nil and v == nil then -- packed
+      want_f32(op, 'qkv', q)
+      if #q.shape ~= 3 or q.shape[3] % (3 * NH) ~= 0 then
+         fail(op, 'qkv must be [batch, time, 3*heads*head_dim] with %d heads, got %s', NH, shape_str(q.shape))
+      end
+      B, T_ = q.shape[1], q.shape[2]
+      local C3 = q.shape[3]
+      local Cc = C3 / 3
+      HD, NKV, ldq, ldk, ldv = Cc / NH, NH, C3, C3, C3
+      qp, kp, vp, dq, dk, dv = p(q, 0), p(q, Cc), p(q, 2 * Cc), g(q, 0), g(q, Cc), g(q, 2 * Cc)
+      inputs = {q}
+   else
+      want_f32(op, 'q', q); want_f32(op, 'k', k); want_f32(op, 'v', v)
+      NKV = opts.n_kv_head or NH
+      if #q.shape ~= 3 then fail(op, 'q must be [batch, time, heads*head_dim], got %s', shape_str(q.shape)) end
+      B, T_ = q.shape[1], q.shape[2]
+      local QC = q.shape[3]
+      if QC % NH ~= 0 then fail(op, 'q has %d channels, not a multiple of n_head %d', QC, NH) end
+      HD = QC / NH
+      for _, pair in ipairs({{'k', k}, {'v', v}}) do
+         local t = pair[2]
+         if #t.shape ~= 3 or t.shape[1] ~= B or t.shape[2] ~= T_ or t.shape[3] ~= NKV * HD then
+            fail(op, '%s is %s but q is %s with %d kv heads of %d', pair[1], shape_str(t.shape), shape_str(q.shape),
+                 NKV, HD)
+         end
+      end
+      if NH % NKV ~= 0 then fail(op, 'n_head %d is not a multiple of n_kv_head %d', NH, NKV) end
+      ldq, ldk, ldv = NH * HD, NKV * HD, NKV * HD
+      qp, kp, vp, dq, dk, dv = p(q, 0), p(k, 0), p(v, 0), g(q, 0), g(k, 0), g(v, 0)
+      inputs = {q, k, v}
    end
-   local B, T_, C3 = qkv.shape[1], qkv.shape[2], qkv.shape[3]
-   local Cc = C3 / 3
-   local HD = Cc / NH
-   local function p(off) return function() return qkv:ptr() + off end end
-   local function g(off) return function() local q = gp(qkv); return q and (q + off) or nil end end
-   return run_attention(op, qkv, nil, nil, p(0), p(Cc), p(2 * Cc), g(0), g(Cc), g(2 * Cc), B, T_, NH, NH, HD,
-                        C3, C3, C3, opts, {qkv})
+   if opts.cache then return run_decode(op, qp, kp, vp, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs) end
+   return run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
 end
 
 -- rotary embedding on x [B, T, NH*HD] with cos/sin [T, HD/2]

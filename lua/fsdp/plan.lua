@@ -27,23 +27,12 @@ local function numel(shape)
    return n
 end
 
--- elements one module's forward saves (N = tokens on this rank)
+-- elements one module's own forward saves (N = tokens on this rank): what
+-- its activation_elems(N, B, T) says (the layers of fsdp.nn and the
+-- attention modules, MLPs and blocks of the model files declare theirs);
+-- a module without one counts as nothing
 local function module_acts(m, N, B, T_)
-   local kind = m.__name
-   if kind == 'Linear' then return N * m.n_out end
-   if kind == 'Embedding' then return N * m.dim end
-   if kind == 'LayerNorm' then return N * m.weight_dim + 2 * N end
-   if kind == 'RMSNorm' then return N * m.weight_dim + N end
-   if kind == 'Attention' then
-      local own = N * m.n_head * m.head_dim + B * m.n_head * T_           -- output and lse
-      if m.rope then own = own + N * (m.n_head + m.n_kv_head) * m.head_dim end
-      return own
-   end
-   if kind == 'MLP' then
-      local H = m.hidden
-      return m.activation == 'swiglu' and N * H or N * H                  -- activation output
-   end
-   if kind == 'Block' then return 2 * N * m.n_embd end                     -- two residual sums
+   if m.activation_elems then return m:activation_elems(N, B, T_) end
    return 0
 end
 

@@ -186,11 +186,56 @@ end
 ---------------------------------------------------------------------------
 -- modules
 
--- the SwiGLU feed-forward: down_proj(silu(gate_proj(x)) * up_proj(x))
-function M.mlp(cfg)
-   return nn.MLP {n_embd = cfg.hidden_size, hidden = cfg.intermediate_size, activation = 'swiglu',
-                  bias = cfg.mlp_bias == true, proj_std = cfg.initializer_range}
+-- rotary grouped-query attention: q_proj / k_proj / v_proj, RoPE on q and
+-- k, causal attention (a sliding window for Mistral), o_proj
+local Attention = nn.class('LlamaAttention')
+M.Attention = Attention
+function Attention.new(cfg, rope)
+   local self = nn.Module.instance(Attention)
+   local C, NH, NKV, HD = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+   self.n_head, self.n_kv_head, self.head_dim = NH, NKV, HD
+   self.rope, self.window = rope, cfg.sliding_window or 0
+   local bias = cfg.attention_bias == true
+   self:add('q_proj', nn.Linear(C, NH * HD, {bias = bias}))
+   self:add('k_proj', nn.Linear(C, NKV * HD, {bias = bias}))
+   self:add('v_proj', nn.Linear(C, NKV * HD, {bias = bias}))
+   self:add('o_proj', nn.Linear(NH * HD, C, {bias = bias, std = cfg.initializer_range}))
+   return self
 end
+-- x [B, T, C]; cache: an fsdp.kv_cache while decoding (x holds the
+-- positions from cache.pos on)
+function Attention:forward(x, cache)
+   local q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+   -- the rotation of positions off .. off+T-1
+   local T_, off = x.shape[2], cache and cache.pos or 0
+   local cos, sin = self.rope:tables(off + T_, x.device)
+   if off > 0 then cos, sin = cos:narrow_rows(off, T_), sin:narrow_rows(off, T_) end
+   q = ops.rope(q, cos, sin, self.n_head)
+   k = ops.rope(k, cos, sin, self.n_kv_head)
+   local y = ops.attention(q, k, v, {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window,
+                                     cache = cache, layer = self})
+   return self.o_proj(y)
+end
+function Attention:activation_elems(N, B, T_)
+   return nn.attention_activation_elems(N, B, T_, self.n_head, self.head_dim)
+      + N * (self.n_head + self.n_kv_head) * self.head_dim -- the rotated q and k
+end
+
+-- the SwiGLU feed-forward: down_proj(silu(gate_proj(x)) * up_proj(x))
+local MLP = nn.class('LlamaMLP')
+M.MLP = MLP
+function MLP.new(cfg)
+   local self = nn.Module.instance(MLP)
+   local C, H, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias == true
+   self.hidden = H
+   self:add('gate_proj', nn.Linear(C, H, {bias = bias}))
+   self:add('up_proj', nn.Linear(C, H, {bias = bias}))
+   self:add('down_proj', nn.Linear(H, C, {bias = bias, std = cfg.initializer_range}))
+   return self
+end
+function MLP:forward(x) return self.down_proj(ops.swiglu(self.gate_proj(x), self.up_proj(x))) end
+function MLP:activation_elems(N) return N * self.hidden end -- the SwiGLU's output
+function M.mlp(cfg) return MLP(cfg) end
 
 -- pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); the
 -- feed-forward is given (a SwiGLU MLP, or Mixtral's experts) with its name
@@ -200,20 +245,18 @@ function DecoderLayer.new(cfg, rope, mlp, mlp_name)
    local self = nn.Module.instance(DecoderLayer)
    local C = cfg.hidden_size
    self.mlp_name = mlp_name or 'mlp'
+   self.n_embd = C
    self:add('input_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
-   self:add('self_attn', nn.Attention {
-      n_embd = C, n_head = cfg.num_attention_heads, n_kv_head = cfg.num_key_value_heads, head_dim = cfg.head_dim,
-      style = 'llama', bias = cfg.attention_bias == true, o_bias = cfg.attention_bias == true, rope = rope,
-      window = cfg.sliding_window or 0, proj_std = cfg.initializer_range,
-   })
+   self:add('self_attn', Attention(cfg, rope))
    self:add('post_attention_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
-   self:add(self.mlp_name, mlp or M.mlp(cfg))
+   self:add(self.mlp_name, mlp or MLP(cfg))
    return self
 end
-function DecoderLayer:forward(x)
-   x = ops.add(x, self.self_attn(self.input_layernorm(x)))
+function DecoderLayer:forward(x, cache)
+   x = ops.add(x, self.self_attn(self.input_layernorm(x), cache))
    return ops.add(x, self[self.mlp_name](self.post_attention_layernorm(x)))
 end
+function DecoderLayer:activation_elems(N) return 2 * N * self.n_embd end -- the two residual sums
 
 -- torch's padding_idx: negative counts from the end of the vocabulary
 function M.padding_idx(pad, V)
@@ -266,13 +309,16 @@ local function check_input(self, idx)
 end
 M.check_input = check_input
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]
-function Llama:forward(idx)
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]. cache: an
+-- fsdp.kv_cache when decoding (idx holds the positions from cache.pos on)
+function Llama:forward(idx, cache)
    check_input(self, idx)
+   if cache then cache:check(idx.shape[1], idx.shape[2]) end
    local body = self.model
    local x = body.embed_tokens(idx)
-   for i = 1, body.layers.n do x = body.layers[i](x) end
+   for i = 1, body.layers.n do x = body.layers[i](x, cache) end
    x = body.norm(x)
+   if cache then cache:advance(idx.shape[2]) end
    if self.lm_head then return self.lm_head(x) end
    return ops.linear(x, body.embed_tokens.weight) -- tied head
 end

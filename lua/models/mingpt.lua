@@ -34,6 +34,66 @@ function M.config(cfg)
    return out
 end
 
+---------------------------------------------------------------------------
+-- the block: pre-LayerNorm, causal self-attention with a fused qkv
+-- projection, a GELU MLP
+
+-- c_attn makes q, k and v side by side [B, T, 3C]; c_proj maps the heads back
+local Attention = nn.class('CausalSelfAttention')
+M.Attention = Attention
+function Attention.new(cfg)
+   local self = nn.Module.instance(Attention)
+   local C = cfg.n_embd
+   self.n_head, self.head_dim = cfg.n_head, C / cfg.n_head
+   self:add('c_attn', nn.Linear(C, 3 * C, {bias = cfg.bias}))
+   self:add('c_proj', nn.Linear(C, C, {bias = cfg.bias, std = cfg.proj_std}))
+   return self
+end
+-- x [B, T, C]; cache: an fsdp.kv_cache while decoding
+function Attention:forward(x, cache)
+   local y = ops.attention(self.c_attn(x), nil, nil, {n_head = self.n_head, cache = cache, layer = self})
+   return self.c_proj(y)
+end
+function Attention:activation_elems(N, B, T_)
+   return nn.attention_activation_elems(N, B, T_, self.n_head, self.head_dim)
+end
+
+-- c_proj(gelu(c_fc(x))), the tanh approximation of GELU
+local MLP = nn.class('MLP')
+M.MLP = MLP
+function MLP.new(cfg)
+   local self = nn.Module.instance(MLP)
+   local C = cfg.n_embd
+   self.hidden = cfg.n_inner or 4 * C
+   self:add('c_fc', nn.Linear(C, self.hidden, {bias = cfg.bias}))
+   self:add('c_proj', nn.Linear(self.hidden, C, {bias = cfg.bias, std = cfg.proj_std}))
+   return self
+end
+function MLP:forward(x) return self.c_proj(ops.gelu(self.c_fc(x))) end
+function MLP:activation_elems(N) return N * self.hidden end -- the GELU's output
+
+-- x + attn(ln_1(x)), then + mlp(ln_2(x))
+local Block = nn.class('Block')
+M.Block = Block
+function Block.new(cfg)
+   local self = nn.Module.instance(Block)
+   local C = cfg.n_embd
+   self.n_embd = C
+   self:add('ln_1', nn.LayerNorm(C, {eps = cfg.layer_norm_eps}))
+   self:add('attn', Attention(cfg))
+   self:add('ln_2', nn.LayerNorm(C, {eps = cfg.layer_norm_eps}))
+   self:add('mlp', MLP(cfg))
+   return self
+end
+function Block:forward(x, cache)
+   x = ops.add(x, self.attn(self.ln_1(x), cache))
+   return ops.add(x, self.mlp(self.ln_2(x)))
+end
+function Block:activation_elems(N) return 2 * N * self.n_embd end -- the two residual sums
+
+---------------------------------------------------------------------------
+-- the model
+
 local GPT = nn.class('GPT')
 M.GPT = GPT
 
@@ -46,19 +106,16 @@ function GPT.new(cfg)
       error(string.format('GPT: n_embd %d is not divisible by n_head %d', C, cfg.n_head), 2)
    end
    -- GPT-2 scales the init of the projections into the residual stream
-   local proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+   local block_cfg = {n_embd = C, n_head = cfg.n_head, bias = cfg.bias, n_inner = cfg.n_inner,
+                      layer_norm_eps = cfg.layer_norm_eps, proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)}
    local tr = nn.Module.instance(nn.class('Transformer'))
    self:add('transformer', tr)
    tr:add('wte', nn.Embedding(cfg.vocab_size, C))
    tr:add('wpe', nn.Embedding(cfg.block_size, C))
    local h = tr:add('h', nn.ModuleList())
-   for _ = 1, cfg.n_layer do
-      h:append(nn.Block {n_embd = C, n_head = cfg.n_head, norm = 'layernorm', norm_eps = cfg.layer_norm_eps,
-                         activation = 'gelu', bias = cfg.bias, proj_std = proj_std, style = 'gpt2',
-                         hidden = cfg.n_inner})
-   end
+   for _ = 1, cfg.n_layer do h:append(Block(block_cfg)) end
    tr:add('ln_f', nn.LayerNorm(C, {eps = cfg.layer_norm_eps}))
-   self.positions = {} -- T -> i32 [B, T] position ids, cached
+   self.positions = {} -- 'BxT+off@dev' -> i32 [B, T] position ids, cached
    return self
 end
 
@@ -69,8 +126,7 @@ function GPT:units()
 end
 
 -- position ids off .. off+T-1 (off > 0 only while decoding with a KV cache)
-local function positions(self, B, T_, dev)
-   local off = require('fsdp.kv_cache').offset()
+local function positions(self, B, T_, off, dev)
    local key = B .. 'x' .. T_ .. '+' .. off .. '@' .. dev
    local p = self.positions[key]
    if not p then
@@ -83,20 +139,23 @@ local function positions(self, B, T_, dev)
    return p
 end
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]
-function GPT:forward(idx)
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]. cache: an
+-- fsdp.kv_cache when decoding (idx holds the positions from cache.pos on)
+function GPT:forward(idx, cache)
    local cfg, tr = self.config, self.transformer
    if idx.dtype ~= 'i32' or #idx.shape ~= 2 then
       error('GPT: input must be i32 token ids [batch, time], got ' .. idx.dtype .. ' ' .. T.shape_str(idx.shape), 0)
    end
    local B, T_ = idx.shape[1], idx.shape[2]
-   local off = require('fsdp.kv_cache').offset()
+   local off = cache and cache.pos or 0
    if off + T_ > cfg.block_size then
       error(string.format('GPT: sequence length %d exceeds block_size %d', off + T_, cfg.block_size), 0)
    end
-   local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_, idx.device)))
-   for i = 1, tr.h.n do x = tr.h[i](x) end
+   if cache then cache:check(B, T_) end
+   local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_, off, idx.device)))
+   for i = 1, tr.h.n do x = tr.h[i](x, cache) end
    x = tr.ln_f(x)
+   if cache then cache:advance(T_) end
    return ops.linear(x, tr.wte.weight) -- tied head
 end
 

@@ -139,9 +139,9 @@ function Mixtral.new(cfg)
    return llama.build(self, c, function(cfg_) return MoE(cfg_, sink), 'block_sparse_moe' end)
 end
 
-function Mixtral:forward(idx)
+function Mixtral:forward(idx, cache)
    for i = #self.router, 1, -1 do self.router[i] = nil end
-   return llama.Llama.forward(self, idx)
+   return llama.Llama.forward(self, idx, cache)
 end
 
 -- transformers' load_balancing_loss_func over the last forward's layers:

@@ -51,20 +51,21 @@ M.Attention = Attention
 function Attention.new(cfg)
    local self = nn.Module.instance(Attention)
    local C, bias, std = cfg.hidden_size, cfg.enable_bias, cfg.init_std
-   self.n_head = cfg.num_attention_heads
+   self.n_head, self.head_dim = cfg.num_attention_heads, C / cfg.num_attention_heads
    self:add('k_proj', nn.Linear(C, C, {bias = bias, std = std}))
    self:add('v_proj', nn.Linear(C, C, {bias = bias, std = std}))
    self:add('q_proj', nn.Linear(C, C, {bias = bias, std = std}))
    self:add('out_proj', nn.Linear(C, C, {bias = bias, std = std}))
    return self
 end
-function Attention:forward(x)
-   local kv = require 'fsdp.kv_cache'
-   if kv.active() then
-      return self.out_proj(kv.attend(self, self.q_proj(x), self.k_proj(x), self.v_proj(x), self.n_head, self.n_head))
-   end
-   local a = ops.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), {n_head = self.n_head})
+-- x [B, T, C]; cache: an fsdp.kv_cache while decoding
+function Attention:forward(x, cache)
+   local a = ops.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x),
+                           {n_head = self.n_head, cache = cache, layer = self})
    return self.out_proj(a)
+end
+function Attention:activation_elems(N, B, T_)
+   return nn.attention_activation_elems(N, B, T_, self.n_head, self.head_dim)
 end
 
 -- one block: pre-norm  x + attn(ln(x)), then + fc2(relu(fc1(ln(x))))
@@ -74,7 +75,7 @@ M.DecoderLayer = Layer
 function Layer.new(cfg)
    local self = nn.Module.instance(Layer)
    local C, bias, std = cfg.hidden_size, cfg.enable_bias, cfg.init_std
-   self.pre_norm = cfg.do_layer_norm_before
+   self.pre_norm, self.n_embd, self.ffn_dim = cfg.do_layer_norm_before, C, cfg.ffn_dim
    self:add('self_attn', Attention(cfg))
    self:add('self_attn_layer_norm', nn.LayerNorm(C))
    self:add('fc1', nn.Linear(C, cfg.ffn_dim, {bias = bias, std = std}))
@@ -82,16 +83,18 @@ function Layer.new(cfg)
    self:add('final_layer_norm', nn.LayerNorm(C))
    return self
 end
-function Layer:forward(x)
+function Layer:forward(x, cache)
    local pre = self.pre_norm
    local h = pre and self.self_attn_layer_norm(x) or x
-   x = ops.add(x, self.self_attn(h))
+   x = ops.add(x, self.self_attn(h, cache))
    if not pre then x = self.self_attn_layer_norm(x) end
    h = pre and self.final_layer_norm(x) or x
    x = ops.add(x, self.fc2(ops.relu(self.fc1(h))))
    if not pre then x = self.final_layer_norm(x) end
    return x
 end
+-- the two residual sums and the ReLU's output
+function Layer:activation_elems(N) return 2 * N * self.n_embd + N * self.ffn_dim end
 
 local Body = nn.class('OPTModel')
 local Decoder = nn.class('OPTDecoder')
@@ -130,8 +133,7 @@ end
 
 -- position rows for tokens at positions off .. off+T-1 (off > 0 only while
 -- decoding with a KV cache)
-local function positions(self, B, T_, dev)
-   local off = require('fsdp.kv_cache').offset()
+local function positions(self, B, T_, off, dev)
    local key = B .. 'x' .. T_ .. '+' .. off .. '@' .. dev
    local p = self.positions[key]
    if not p then
@@ -144,21 +146,25 @@ local function positions(self, B, T_, dev)
    return p
 end
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]
-function OPT:forward(idx)
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]. cache: an
+-- fsdp.kv_cache when decoding (idx holds the positions from cache.pos on)
+function OPT:forward(idx, cache)
    llama.check_input(self, idx)
    local cfg, dec = self.config, self.model.decoder
    local B, T_ = idx.shape[1], idx.shape[2]
-   if T_ > cfg.max_position_embeddings then
-      error(string.format('OPT: sequence length %d exceeds max_position_embeddings %d', T_,
+   local off = cache and cache.pos or 0
+   if off + T_ > cfg.max_position_embeddings then
+      error(string.format('OPT: sequence length %d exceeds max_position_embeddings %d', off + T_,
                           cfg.max_position_embeddings), 0)
    end
+   if cache then cache:check(B, T_) end
    local x = dec.embed_tokens(idx)
    if dec.project_in then x = dec.project_in(x) end
-   x = ops.add(x, dec.embed_positions(positions(self, B, T_, idx.device)))
-   for i = 1, dec.layers.n do x = dec.layers[i](x) end
+   x = ops.add(x, dec.embed_positions(positions(self, B, T_, off, idx.device)))
+   for i = 1, dec.layers.n do x = dec.layers[i](x, cache) end
    if dec.final_layer_norm then x = dec.final_layer_norm(x) end
    if dec.project_out then x = dec.project_out(x) end
+   if cache then cache:advance(T_) end
    if self.lm_head then return self.lm_head(x) end
    return ops.linear(x, dec.embed_tokens.weight) -- tied head
 end

@@ -34,12 +34,13 @@ local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
                                                        device)
 
--- logits of the last position for token ids ctx (a Lua list), on the host
-local function next_logits(ctx)
+-- logits of the last position for token ids ctx (a Lua list), on the host;
+-- with a KV cache, ctx are the positions after the cached ones
+local function next_logits(ctx, cache)
    local hx = fsdp.empty({1, #ctx}, 'i32')
    for i = 1, #ctx do hx:ptr()[i - 1] = ctx[i] end
    local x = hx:to_device(device)
-   local logits = fsdp.no_grad(function() return model(x) end)
+   local logits = fsdp.no_grad(function() return model(x, cache) end)
    local last = logits:view({model.config.vocab_size}, {1}, (#ctx - 1) * model.config.vocab_size):cpu()
    fsdp.autograd.reset()
    if x ~= hx then x:free() end
@@ -58,21 +59,19 @@ end
 local V = model.config.vocab_size
 local rng = fsdp.rng(opt.seed)
 local n_prompt = #ids
-local kv = require 'fsdp.kv_cache'
 local limit = model.config.block_size or model.config.max_position_embeddings or opt.context
 if opt.kv_cache and n_prompt + opt.max_new_tokens <= math.min(limit, opt.context) then
    -- the prompt once, then one position per token
-   kv.start(n_prompt + opt.max_new_tokens)
+   local cache = require('fsdp.kv_cache').new {max_positions = n_prompt + opt.max_new_tokens, device = device}
    local feed = ids
    for _ = 1, opt.max_new_tokens do
-      local logits = next_logits(feed)
-      kv.advance(#feed)
+      local logits = next_logits(feed, cache)
       ids[#ids + 1] = sample.pick(logits:ptr(), V, opt.temperature, opt.top_k, rng, opt.top_p)
       logits:free()
       feed = {ids[#ids]}
       if tok.eos_id and ids[#ids] == tok.eos_id then break end
    end
-   kv.stop()
+   cache:free()
    opt.max_new_tokens = 0
 end
 for _ = 1, opt.max_new_tokens do

@@ -368,6 +368,45 @@ static void test_bias_backward() {
 
 /* ---- attention ------------------------------------------------------------ */
 
+/* decoding over a KV cache: the CUDA twin stores the same keys and values
+ * and computes the same bits as the CPU (both run attention_math.h's row),
+ * step after step (a prompt chunk, then single tokens) */
+static void test_attention_decode() {
+    struct { int B, NH, NKV, HD, window, fused; } shapes[] = {
+        {2, 4, 2, 16, 0, 0}, {1, 3, 1, 40, 0, 1}, {2, 2, 2, 8, 3, 0},
+    };
+    for (auto s : shapes) {
+        const int T = 9, Tmax = 12, C = s.NH * s.HD, W = s.NKV * s.HD;
+        const int ld_all = s.fused ? C + 2 * W : 0;
+        const int ldq = s.fused ? ld_all : C, ldk = s.fused ? ld_all : W, ldv = ldk;
+        vec kc(s.B * Tmax * W, 0.0f), vc = kc, kg = kc, vg = kc;
+        const int steps[] = {4, 1, 1, 3};
+        int pos = 0;
+        for (int Tq : steps) {
+            const long rows = (long)s.B * Tq;
+            vec q = uniform(rows * ldq, -2, 2), k = uniform(rows * ldk, -2, 2), v = uniform(rows * ldv, -2, 2);
+            vec oc(rows * C), og(rows * C);
+            CHECK_OK(fsdp_attention_decode_cpu(oc.data(), kc.data(), vc.data(), q.data(), k.data(), v.data(),
+                                               s.B, Tq, pos, Tmax, s.NH, s.NKV, s.HD, ldq, ldk, ldv, s.window,
+                                               0.3f), "decode cpu");
+            CHECK_OK(fsdp_attention_decode_cuda(og.data(), kg.data(), vg.data(), q.data(), k.data(), v.data(),
+                                                s.B, Tq, pos, Tmax, s.NH, s.NKV, s.HD, ldq, ldk, ldv, s.window,
+                                                0.3f, nullptr), "decode cuda");
+            CHECK(same_bits(og, oc), "attention decode (B %d NH %d NKV %d HD %d window %d, pos %d): bits differ",
+                  s.B, s.NH, s.NKV, s.HD, s.window, pos);
+            CHECK(same_bits(kg, kc) && same_bits(vg, vc), "attention decode: the caches differ at pos %d", pos);
+            pos += Tq;
+        }
+        (void)T;
+    }
+    vec o(8), kcache(8), vcache(8), x(8);
+    int rc = fsdp_attention_decode_cuda(o.data(), kcache.data(), vcache.data(), x.data(), x.data(), x.data(), 1, 1,
+                                        1, 1, 1, 1, 8, 8, 8, 8, 0, 1.0f, nullptr);
+    CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "do not fit the cache"), "decode past the cache: %s",
+          fsdp_last_error());
+}
+
+
 static void test_attention() {
     struct { int B, T, NH, NKV, HD, window, fused; } shapes[] = {
         {2, 13, 4, 2, 16, 0, 0},  /* GQA */
@@ -809,6 +848,7 @@ int main() {
     test_sumsq();
     test_bias_backward();
     test_attention();
+    test_attention_decode();
     test_moe_rows();
     test_moe_softmax();
     test_moe_row_scale();

@@ -73,19 +73,25 @@ module_case('Embedding', function() return nn.Embedding(10, 4) end,
             function() return fsdp.from_table({1, 9, 0, 4}, {2, 2}, 'i32') end)
 module_case('LayerNorm', function() return nn.LayerNorm(6) end, randn({3, 6}))
 module_case('RMSNorm', function() return nn.RMSNorm(6) end, randn({3, 6}))
-module_case('MLP gelu', function() return nn.MLP {n_embd = 6, hidden = 8} end, randn({2, 3, 6}))
-module_case('MLP swiglu', function() return nn.MLP {n_embd = 6, hidden = 8, activation = 'swiglu', bias = false} end,
-            randn({2, 3, 6}))
-module_case('Attention gpt2', function() return nn.Attention {n_embd = 8, n_head = 2} end, randn({2, 5, 8}))
-module_case('Attention llama gqa rope window', function()
-   return nn.Attention {n_embd = 8, n_head = 4, n_kv_head = 2, style = 'llama', bias = false,
-                        rope = rope(2), window = 3}
-end, randn({2, 5, 8}))
-module_case('Block', function() return nn.Block {n_embd = 8, n_head = 2} end, randn({2, 4, 8}))
-module_case('Block llama', function()
-   return nn.Block {n_embd = 8, n_head = 2, n_kv_head = 1, style = 'llama', norm = 'rmsnorm',
-                    activation = 'swiglu', bias = false, rope = rope(4), hidden = 12,
-                    names = {norm1 = 'input_layernorm', attn = 'self_attn', norm2 = 'post_attention_layernorm', mlp = 'mlp'}}
+-- the attention modules, MLPs and blocks of the model files
+local llama = require 'models.llama'
+local opt_model = require 'models.opt'
+local gpt_cfg = {n_embd = 8, n_head = 2, bias = true, layer_norm_eps = 1e-5, proj_std = 0.02}
+module_case('minGPT MLP', function() return mingpt.MLP {n_embd = 6, n_inner = 8, bias = true} end, randn({2, 3, 6}))
+module_case('minGPT attention', function() return mingpt.Attention(gpt_cfg) end, randn({2, 5, 8}))
+module_case('minGPT block', function() return mingpt.Block(gpt_cfg) end, randn({2, 4, 8}))
+local llama_cfg = {hidden_size = 8, intermediate_size = 12, num_attention_heads = 4, num_key_value_heads = 2,
+                   head_dim = 2, sliding_window = 3, rms_norm_eps = 1e-6, initializer_range = 0.02}
+module_case('Llama MLP', function() return llama.MLP(llama_cfg) end, randn({2, 3, 8}))
+module_case('Llama attention gqa rope window', function() return llama.Attention(llama_cfg, rope(2)) end,
+            randn({2, 5, 8}))
+module_case('Llama decoder layer', function()
+   local cfg = {hidden_size = 8, intermediate_size = 12, num_attention_heads = 2, num_key_value_heads = 1,
+                head_dim = 4, rms_norm_eps = 1e-6, initializer_range = 0.02}
+   return llama.DecoderLayer(cfg, rope(4))
+end, randn({2, 4, 8}))
+module_case('OPT attention', function()
+   return opt_model.Attention {hidden_size = 8, num_attention_heads = 2, enable_bias = true, init_std = 0.02}
 end, randn({2, 4, 8}))
 
 -- the model: gradient spot check of every parameter through the loss
@@ -143,7 +149,8 @@ do
    t.raises(function() model(fsdp.from_table({1, 2, 30}, {1, 3}, 'i32')) end,
             {'in GPT.transformer.wte (Embedding)', '30'}, 'token id outside the vocabulary')
    t.raises(function() model(fsdp.empty({1, 9}, 'i32'):fill(0)) end, {'block_size 8'}, 'sequence too long')
-   t.raises(function() nn.Attention {n_embd = 10, n_head = 3} end, {'not divisible'}, 'bad head count')
+   t.raises(function() mingpt.GPT {vocab_size = 11, block_size = 8, n_layer = 1, n_head = 3, n_embd = 10} end,
+            {'not divisible'}, 'bad head count')
    local wider = mingpt.GPT {vocab_size = 11, block_size = 8, n_layer = 2, n_head = 2, n_embd = 16}:materialize(0)
    t.raises(function() wider:load(tmp .. '/gpt.safetensors') end,
             {'gpt.safetensors', 'transformer.wte.weight', '[11, 8]', '[11, 16]'}, 'loading a differently shaped model')

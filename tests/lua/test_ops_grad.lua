@@ -59,7 +59,7 @@ for _, case in ipairs({{4, 4, 0}, {4, 2, 0}, {4, 1, 3}, {2, 2, 2}}) do
              function(q, k, v) return ops.attention(q, k, v, {n_head = NH, n_kv_head = NKV, window = W}) end,
              {randn({B, T_, NH * HD}), randn({B, T_, NKV * HD}), randn({B, T_, NKV * HD})})
 end
-gradcheck('attention fused qkv', function(qkv) return ops.attention_qkv(qkv, {n_head = 2}) end,
+gradcheck('attention fused qkv', function(qkv) return ops.attention(qkv, nil, nil, {n_head = 2}) end,
           {randn({2, 5, 3 * 8})})
 
 do -- rope with tables from the C helper
