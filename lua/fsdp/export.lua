@@ -89,7 +89,7 @@ function M.export(step_dir, out, opts)
          hf_name = names[1]
       end
       local t
-      if transposed then -- GPT-2 Conv1D: stored [in, out]
+      if transposed then -- stored [in, out] by the checkpoint (a Conv1D layout)
          local rows, cols = spec.shape[1], spec.shape[2]
          t = T.empty({cols, rows}, 'f32')
          local a, b = src:ptr(), t:ptr()

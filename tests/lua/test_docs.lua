@@ -229,6 +229,65 @@ M.cases = {
    end,
 }
 
+-- the "a new op in C" walk-through of docs/models.md, as written: its
+-- kernels (the ```c block of sqrelu_cpu.c) compiled into a library of their
+-- own and declared from its header block, and its two fragments for
+-- lua/fsdp/ops.lua (the op, then the pointwise one-liner) each put into a
+-- copy of ops.lua; both ops agree and pass finite differences
+function M.c_op(dir)
+   local text = assert(fs.read(fsdp.root .. '/docs/models.md'))
+   local c_blocks = {}
+   for code in text:gmatch('```c\n(.-)```') do c_blocks[#c_blocks + 1] = code end
+   local kernel, header
+   for _, c in ipairs(c_blocks) do
+      if c:match('^/%* sqrelu_cpu%.c') then kernel = c elseif c:find('int fsdp_sqrelu_forward_cpu', 1, true) then header = c end
+   end
+   t.check(kernel and header, 'docs/models.md: the sqrelu kernel and header blocks')
+   if not (kernel and header) then return end
+   local f = assert(io.open(dir .. '/sqrelu_cpu.c', 'w'))
+   f:write(kernel)
+   f:close()
+   local root = fsdp.root
+   local st, out = t.sh(string.format('cd %s && gcc -O2 -fPIC -fopenmp -shared -I%s/engine/include -I%s/engine ' ..
+                                      '-I%s/kernels sqrelu_cpu.c -o libsqrelu.so -L%s/build -Wl,-rpath,%s/build -lfsdp 2>&1',
+                                      fs.quote(dir), root, root, root, root, root))
+   t.check(st == 0, 'the sqrelu kernels of docs/models.md do not compile:\n%s', out)
+   if st ~= 0 then return end
+   local ffi = require 'ffi'
+   ffi.cdef((header:gsub('/%*.-%*/', '')))
+   local lib = ffi.load(dir .. '/libsqrelu.so')
+   local kernels = require 'fsdp.kernels'
+   kernels.cpu.sqrelu_forward, kernels.cpu.sqrelu_backward = lib.fsdp_sqrelu_forward_cpu, lib.fsdp_sqrelu_backward_cpu
+   local frags = {}
+   for info, code in text:gmatch('```lua %-%- fragment %(inside lua/fsdp/ops%.lua%)\n(.-)```') do
+      frags[#frags + 1] = info
+   end
+   t.check(#frags == 2, 'docs/models.md: two fragments for ops.lua, found %d', #frags)
+   local ops_src = assert(fs.read(root .. '/lua/fsdp/ops.lua'))
+   local G = require 'tests.lua.gradcheck'
+   local x = G.randn({4, 8})
+   local results = {}
+   for i, frag in ipairs(frags) do
+      local src = ops_src:gsub('\nreturn M%s*$', function() return '\n' .. frag .. '\nreturn M\n' end)
+      local chunk, err = loadstring(src, '=ops.lua with fragment ' .. i)
+      t.check(chunk ~= nil, 'fragment %d does not load in ops.lua: %s', i, tostring(err))
+      if chunk then
+         local ops2 = chunk()
+         t.check(type(ops2.sqrelu) == 'function', 'fragment %d defines no ops.sqrelu', i)
+         if ops2.sqrelu then
+            G.check('docs sqrelu (fragment ' .. i .. ')', function() return ops2.sqrelu(x) end, {{'x', x}})
+            results[i] = fsdp.no_grad(function() return ops2.sqrelu(x):totable() end)
+            fsdp.autograd.reset()
+         end
+      end
+   end
+   if results[1] and results[2] then
+      local same = #results[1] == #x:totable()
+      for j = 1, #results[1] do same = same and results[1][j] == results[2][j] end
+      t.check(same, 'the two sqrelu fragments give different values')
+   end
+end
+
 -- blocks the 2-rank test runs (tests/dist/test_docs_dist.lua)
 M.DIST = {'step2.lua', 'train.lua', 'my_recipe.lua', 'train_tinylm.lua'}
 
@@ -256,6 +315,7 @@ for _, name in ipairs(names) do
       print(string.format('%-18s ran (%.1fs)', name, clock() - t0))
    end
 end
+M.c_op(dir)
 print(string.format('%d files and %d fragments in %s', #names, n_fragments, table.concat(M.DOCS, ', ')))
 fs.remove_tree(dir)
 return t.done()
