@@ -47,10 +47,33 @@ static inline float dot(const float *a, const float *b, int n) {
     return s;
 }
 
-/* the columns of score row t (keys kfirst + c) that the query sees */
-static inline void visible_cols(int t, int kfirst, int window, int *lo, int *hi) {
-    *lo = fsdp_attention_first_key(t, window) - kfirst;
+/* the first key query t of row bT sees: the window's, and with packed
+ * sequences (pos, positions [B, T]) not before the start of its sample */
+static inline int first_key(const int32_t *pos, int64_t bT, int t, int window) {
+    return pos ? fsdp_attention_first_key_packed(t, window, pos[bT + t]) : fsdp_attention_first_key(t, window);
+}
+
+/* the columns of score row t (keys kfirst + c) that the query sees, its own
+ * first key being `first` */
+static inline void visible_cols(int first, int t, int kfirst, int *lo, int *hi) {
+    *lo = first - kfirst;
     *hi = t - kfirst; /* inclusive */
+}
+
+/* positions of packed sequences: each row a run of samples, positions 0, 1,
+ * ... restarting at 0 where a sample starts (so 0 <= pos[t] <= t and pos[t]
+ * is 0 or pos[t-1] + 1) */
+static int check_positions(const char *fn, const int32_t *pos, int B, int T) {
+    if (!pos) return FSDP_OK;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const int32_t p = pos[(int64_t)b * T + t];
+            const int ok = t == 0 ? p == 0 : (p == 0 || p == pos[(int64_t)b * T + t - 1] + 1);
+            FSDP_CHECK_ARG(ok, "%s: positions[%d, %d] = %d: positions must count 0, 1, ... within each "
+                           "packed sample (0 at a sample's start, else the previous one plus 1)",
+                           fn, b, t, (int)p);
+        }
+    return FSDP_OK;
 }
 
 /* per-thread scratch from the caching pool: `per` floats for each thread */
@@ -77,16 +100,16 @@ static int check_dims(const char *fn, int B, int T, int NH, int NKV, int HD, int
 
 #define CHECK_PTR(fn, p) FSDP_CHECK_ARG((p) != NULL, "%s: %s is NULL", fn, #p)
 
-int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const float *k,
-                               const float *v, int B, int T, int NH, int NKV, int HD,
-                               int ldq, int ldk, int ldv, int window, float scale) {
-    const char *fn = "fsdp_attention_forward_cpu";
+static int attention_forward(const char *fn, float *out, float *lse, const float *q, const float *k,
+                             const float *v, const int32_t *pos, int B, int T, int NH, int NKV,
+                             int HD, int ldq, int ldk, int ldv, int window, float scale) {
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
     CHECK_PTR(fn, v);
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_positions(fn, pos, B, T);
     if (rc) return rc;
 
     /* one [QBLOCK, T] score block per thread */
@@ -112,7 +135,7 @@ int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const flo
                 float *lse_h = lse + ((int64_t)b * NH + h) * T;
                 for (int t0 = 0; t0 < T; t0 += QBLOCK) {
                     const int rows = T - t0 < QBLOCK ? T - t0 : QBLOCK;
-                    const int kfirst = fsdp_attention_first_key(t0, window);
+                    const int kfirst = first_key(pos, bT, t0, window); /* rows' first keys never decrease */
                     const int kn = t0 + rows - kfirst; /* keys kfirst .. t0+rows-1 */
                     /* 1. scaled scores of the block's queries against its keys */
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, scale,
@@ -123,7 +146,7 @@ int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const flo
                     for (int i = 0; i < rows; i++) {
                         float *p = S + (int64_t)i * kn;
                         int lo, hi;
-                        visible_cols(t0 + i, kfirst, window, &lo, &hi);
+                        visible_cols(first_key(pos, bT, t0 + i, window), t0 + i, kfirst, &lo, &hi);
                         float maxs = -INFINITY;
                         for (int c = lo; c <= hi; c++) maxs = p[c] > maxs ? p[c] : maxs;
                         float sum = 0.0f;
@@ -150,12 +173,10 @@ int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const flo
     return FSDP_OK;
 }
 
-int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
-                                const float *q, const float *k, const float *v,
-                                const float *out, const float *lse, int B, int T, int NH,
-                                int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                float scale) {
-    const char *fn = "fsdp_attention_backward_cpu";
+static int attention_backward(const char *fn, float *dq, float *dk, float *dv, const float *dout,
+                              const float *q, const float *k, const float *v, const float *out,
+                              const float *lse, const int32_t *pos, int B, int T, int NH, int NKV,
+                              int HD, int ldq, int ldk, int ldv, int window, float scale) {
     CHECK_PTR(fn, dout);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
@@ -163,6 +184,7 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_positions(fn, pos, B, T);
     if (rc) return rc;
     if (!dq && !dk && !dv) return FSDP_OK;
 
@@ -196,7 +218,7 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
                     const float *lse_h = lse + ((int64_t)b * NH + h) * T;
                     for (int t0 = 0; t0 < T; t0 += QBLOCK) {
                         const int rows = T - t0 < QBLOCK ? T - t0 : QBLOCK;
-                        const int kfirst = fsdp_attention_first_key(t0, window);
+                        const int kfirst = first_key(pos, bT, t0, window);
                         const int kn = t0 + rows - kfirst;
                         const float *kb = kg + (int64_t)kfirst * ldk;
                         const float *vb = vg + (int64_t)kfirst * ldv;
@@ -209,7 +231,7 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
                             float *p = P + (int64_t)i * kn;
                             const float l = lse_h[t0 + i];
                             int lo, hi;
-                            visible_cols(t0 + i, kfirst, window, &lo, &hi);
+                            visible_cols(first_key(pos, bT, t0 + i, window), t0 + i, kfirst, &lo, &hi);
                             for (int c = 0; c < lo; c++) p[c] = 0.0f;
 #pragma omp simd
                             for (int c = lo; c <= hi; c++) p[c] = fsdp_expf(p[c] - l);
@@ -245,6 +267,43 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
     }
     fsdp_mem_release(FSDP_CPU, scratch, nbytes);
     return FSDP_OK;
+}
+
+int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int NH, int NKV, int HD,
+                               int ldq, int ldk, int ldv, int window, float scale) {
+    return attention_forward("fsdp_attention_forward_cpu", out, lse, q, k, v, NULL, B, T, NH, NKV,
+                             HD, ldq, ldk, ldv, window, scale);
+}
+
+int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
+                                const float *q, const float *k, const float *v,
+                                const float *out, const float *lse, int B, int T, int NH,
+                                int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                float scale) {
+    return attention_backward("fsdp_attention_backward_cpu", dq, dk, dv, dout, q, k, v, out, lse,
+                              NULL, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+}
+
+int fsdp_attention_packed_forward_cpu(float *out, float *lse, const float *q, const float *k,
+                                      const float *v, const int32_t *pos, int B, int T, int NH,
+                                      int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                      float scale) {
+    const char *fn = "fsdp_attention_packed_forward_cpu";
+    CHECK_PTR(fn, pos);
+    return attention_forward(fn, out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
+                             scale);
+}
+
+int fsdp_attention_packed_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
+                                       const float *q, const float *k, const float *v,
+                                       const float *out, const float *lse, const int32_t *pos,
+                                       int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
+                                       int ldv, int window, float scale) {
+    const char *fn = "fsdp_attention_packed_backward_cpu";
+    CHECK_PTR(fn, pos);
+    return attention_backward(fn, dq, dk, dv, dout, q, k, v, out, lse, pos, B, T, NH, NKV, HD, ldq,
+                              ldk, ldv, window, scale);
 }
 
 /* Decoding with a KV cache: the keys and values of the Tq new positions

@@ -15,6 +15,15 @@ FSDP_HD int fsdp_attention_first_key(int t, int window) {
     return t - window + 1;
 }
 
+/* Packed sequences (several samples in one row, Hugging Face's position_ids
+ * packing): token t of a row sits at position pos_t of its own sample, which
+ * starts at t - pos_t; it sees only keys of its sample, so its first key is
+ * the later of that start and the window's. Block-diagonal causal. */
+FSDP_HD int fsdp_attention_first_key_packed(int t, int window, int pos_t) {
+    const int w = fsdp_attention_first_key(t, window), start = t - pos_t;
+    return start > w ? start : w;
+}
+
 /* One query row of decoding attention over a KV cache: out[0..HD) =
  * softmax_s(scale q . k_s) v_s over the cached keys s = first .. last (key s
  * at kc + s*ld, value s at vc + s*ld). Two passes over the keys (the max,

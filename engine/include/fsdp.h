@@ -255,6 +255,22 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
                                 int NKV, int HD, int ldq, int ldk, int ldv, int window,
                                 float scale);
 
+/* Attention over packed sequences (several samples in one row): pos [B, T]
+ * holds each token's position within its own sample (0 where a sample
+ * starts, then 1, 2, ...: Hugging Face's position_ids), and a query sees
+ * only the keys of its sample (block-diagonal causal, the window too).
+ * Otherwise as fsdp_attention_forward_cpu / _backward_cpu; positions that do
+ * not count up from 0 within samples are FSDP_ERR_INVALID. */
+int fsdp_attention_packed_forward_cpu(float *out, float *lse, const float *q, const float *k,
+                                      const float *v, const int32_t *pos, int B, int T, int NH,
+                                      int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                      float scale);
+int fsdp_attention_packed_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
+                                       const float *q, const float *k, const float *v,
+                                       const float *out, const float *lse, const int32_t *pos,
+                                       int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
+                                       int ldv, int window, float scale);
+
 /* Decoding attention over a KV cache (generation; no backward): stores the
  * keys and values of the Tq new positions pos .. pos+Tq-1 of each of the B
  * sequences into kcache / vcache ([B, Tmax, NKV*HD], contiguous), then

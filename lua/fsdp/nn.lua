@@ -312,6 +312,23 @@ function RMSNorm:forward(x) return ops.rmsnorm(x, self.weight, self.eps) end
 -- elements its forward keeps for backward (the planner's activation estimate)
 function RMSNorm:activation_elems(N) return N * self.weight_dim + N end
 
+-- The second argument of a model's forward call, as its modules read it:
+--   nil                       a batch of whole sequences
+--   an fsdp.kv_cache object   decoding: the new positions start at cache.pos
+--   {positions = i32 [B, T]}  packed samples: each token's position in its
+--                             own sample (0 at a sample's start); attention
+--                             stays within a sample, positions restart
+-- returns cache, positions
+function M.forward_context(ctx)
+   if ctx == nil then return nil, nil end
+   if require('fsdp.kv_cache').is_cache(ctx) then return ctx, nil end
+   if type(ctx) ~= 'table' then
+      error('forward: the second argument must be a KV cache or a table {positions = ...}, got ' .. type(ctx), 0)
+   end
+   if ctx.cache and ctx.positions then error('forward: packed positions and a KV cache do not go together', 0) end
+   return ctx.cache, ctx.positions
+end
+
 -- what ops.attention keeps for backward per call (its output and the
 -- log-sum-exp of each query row), for the attention modules' own
 -- activation_elems: N tokens in B sequences of T, n_head heads of head_dim

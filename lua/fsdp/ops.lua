@@ -328,17 +328,34 @@ end
 local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
    local window = opts.window or 0
    local scale = opts.scale or 1 / math.sqrt(HD)
-   local K, dev = kern(op, inputs[1], inputs[2], inputs[3])
+   local pos = opts.positions
+   local K, dev = kern(op, inputs[1], inputs[2], inputs[3], pos)
    local out = out_like({B, T_, NH * HD}, dev)
    local lse = out_like({B, NH, T_}, dev)
-   check(K.attention_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), B, T_, NH, NKV, HD,
-                                      ldq, ldk, ldv, window, scale), op)
+   if pos then
+      -- packed samples: each query sees only the keys of its own sample
+      want_i32(op, 'positions', pos)
+      if pos:numel() ~= B * T_ then
+         fail(op, 'positions %s do not match %d sequences of %d', shape_str(pos.shape), B, T_)
+      end
+      check(K.attention_packed_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), pos:ptr(), B, T_, NH, NKV, HD,
+                                       ldq, ldk, ldv, window, scale), op)
+   else
+      check(K.attention_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), B, T_, NH, NKV, HD,
+                                ldq, ldk, ldv, window, scale), op)
+   end
    if result(out, inputs[1], inputs[2], inputs[3]) then
       record(function()
          if not out.grad then return end
-         check(K.attention_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
-                                             lse:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window, scale),
-               op .. ' backward')
+         if pos then
+            check(K.attention_packed_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
+                                              lse:ptr(), pos:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window,
+                                              scale), op .. ' backward')
+         else
+            check(K.attention_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
+                                       lse:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window, scale),
+                  op .. ' backward')
+         end
       end)
    end
    return out
@@ -368,8 +385,10 @@ end
 --                                 [B, T, 3*NH*HD] tensor (GPT-2's c_attn)
 -- -> [B, T, NH*HD]. opts: n_head, n_kv_head (default n_head), window (0:
 -- none; query t sees keys t-window+1 .. t), scale (default 1/sqrt(HD)),
--- cache (an fsdp.kv_cache object: decode, the new positions start at
--- cache.pos) and layer (whose slot of the cache).
+-- positions (i32 [B, T]: several samples packed in a row, each token's
+-- position in its own sample, 0 at a sample's start; a query then sees only
+-- its sample's keys), cache (an fsdp.kv_cache object: decode, the new
+-- positions start at cache.pos) and layer (whose slot of the cache).
 function M.attention(q, k, v, opts)
    local op = 'attention'
    local NH = opts.n_head
@@ -407,17 +426,34 @@ function M.attention(q, k, v, opts)
       qp, kp, vp, dq, dk, dv = p(q, 0), p(k, 0), p(v, 0), g(q, 0), g(k, 0), g(v, 0)
       inputs = {q, k, v}
    end
-   if opts.cache then return run_decode(op, qp, kp, vp, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs) end
+   if opts.cache then
+      if opts.positions then fail(op, 'decoding with a KV cache takes no packed positions') end
+      return run_decode(op, qp, kp, vp, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
+   end
    return run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
 end
 
--- rotary embedding on x [B, T, NH*HD] with cos/sin [T, HD/2]
-function M.rope(x, cos, sin, n_head)
+-- rotary embedding on x [B, T, NH*HD] with cos/sin [>= T, HD/2] (row p:
+-- the rotation of position p). Token t is at position t, or at
+-- positions[b, t] when given (i32 [B, T]: packed samples restarting at 0),
+-- whose rows are then gathered from the tables first.
+function M.rope(x, cos, sin, n_head, positions)
    local op = 'rope'
    want_f32(op, 'input', x)
    local B, T_, Cc = x.shape[1], x.shape[2], x.shape[3]
    if #x.shape ~= 3 or Cc % n_head ~= 0 then fail(op, 'input %s does not split into %d heads', shape_str(x.shape), n_head) end
    local HD = Cc / n_head
+   if positions then
+      want_i32(op, 'positions', positions)
+      if positions:numel() ~= B * T_ then
+         fail(op, 'positions %s do not match the input %s', shape_str(positions.shape), shape_str(x.shape))
+      end
+      -- one table row per token: the kernel then walks B*T rows of one sequence
+      local flat = positions:view({B * T_})
+      cos, sin = M.gather_rows(cos, flat), M.gather_rows(sin, flat)
+      flat:free()
+      B, T_ = 1, B * T_
+   end
    if cos.shape[1] < T_ or cos:numel() < T_ * HD / 2 then
       fail(op, 'cos/sin tables %s are too short for %d positions of head_dim %d', shape_str(cos.shape), T_, HD)
    end
@@ -437,8 +473,11 @@ end
 ---------------------------------------------------------------------------
 -- losses
 
--- mean softmax cross-entropy over rows whose target is not ignore_index
-function M.cross_entropy(logits, targets, ignore_index)
+-- softmax cross-entropy over the rows whose target is not ignore_index: their
+-- mean, or their sum divided by `denominator` when given (a loss normalised
+-- by the count of targets over a whole global batch, which every rank and
+-- micro-batch shares)
+function M.cross_entropy(logits, targets, ignore_index, denominator)
    local op = 'cross_entropy'
    want_f32(op, 'logits', logits); want_i32(op, 'targets', targets)
    local V = logits.shape[#logits.shape]
@@ -459,12 +498,16 @@ function M.cross_entropy(logits, targets, ignore_index)
    end
    if ht ~= targets then ht:free() end
    if hl ~= losses then hl:free() end
+   if denominator ~= nil and not (type(denominator) == 'number' and denominator > 0) then
+      fail(op, 'the denominator must be a positive number, got %s', tostring(denominator))
+   end
+   local denom = denominator or count
    local out = out_like({1}, dev)
-   out:fill(count > 0 and total / count or 0)
+   out:fill(count > 0 and total / denom or 0)
    if result(out, logits) then
       record(function()
          if not out.grad or count == 0 then return end
-         local dloss = T.full({N}, out.grad:item() / count, 'f32', dev)
+         local dloss = T.full({N}, out.grad:item() / denom, 'f32', dev)
          local ok, err = pcall(check, K.crossentropy_backward(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(),
                                                                         lse:ptr(), targets:ptr(), N, V, ignore_index),
                                'cross_entropy backward')

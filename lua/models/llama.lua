@@ -202,18 +202,20 @@ function Attention.new(cfg, rope)
    self:add('o_proj', nn.Linear(NH * HD, C, {bias = bias, std = cfg.initializer_range}))
    return self
 end
--- x [B, T, C]; cache: an fsdp.kv_cache while decoding (x holds the
--- positions from cache.pos on)
-function Attention:forward(x, cache)
+-- x [B, T, C]; ctx: the model's forward context (nn.forward_context: a KV
+-- cache while decoding, x then holding the positions from cache.pos on;
+-- packed positions)
+function Attention:forward(x, ctx)
+   local cache, positions = nn.forward_context(ctx)
    local q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-   -- the rotation of positions off .. off+T-1
+   -- the rotation of positions off .. off+T-1 (packed: of each token's own position)
    local T_, off = x.shape[2], cache and cache.pos or 0
    local cos, sin = self.rope:tables(off + T_, x.device)
    if off > 0 then cos, sin = cos:narrow_rows(off, T_), sin:narrow_rows(off, T_) end
-   q = ops.rope(q, cos, sin, self.n_head)
-   k = ops.rope(k, cos, sin, self.n_kv_head)
+   q = ops.rope(q, cos, sin, self.n_head, positions)
+   k = ops.rope(k, cos, sin, self.n_kv_head, positions)
    local y = ops.attention(q, k, v, {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window,
-                                     cache = cache, layer = self})
+                                     cache = cache, layer = self, positions = positions})
    return self.o_proj(y)
 end
 function Attention:activation_elems(N, B, T_)
@@ -252,8 +254,8 @@ function DecoderLayer.new(cfg, rope, mlp, mlp_name)
    self:add(self.mlp_name, mlp or MLP(cfg))
    return self
 end
-function DecoderLayer:forward(x, cache)
-   x = ops.add(x, self.self_attn(self.input_layernorm(x), cache))
+function DecoderLayer:forward(x, ctx)
+   x = ops.add(x, self.self_attn(self.input_layernorm(x), ctx))
    return ops.add(x, self[self.mlp_name](self.post_attention_layernorm(x)))
 end
 function DecoderLayer:activation_elems(N) return 2 * N * self.n_embd end -- the two residual sums
@@ -309,24 +311,26 @@ local function check_input(self, idx)
 end
 M.check_input = check_input
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]. cache: an
--- fsdp.kv_cache when decoding (idx holds the positions from cache.pos on)
-function Llama:forward(idx, cache)
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]. ctx (optional): a KV
+-- cache when decoding (idx holds the positions from cache.pos on), or
+-- {positions = i32 [B, T]} for packed samples (see nn.forward_context)
+function Llama:forward(idx, ctx)
    check_input(self, idx)
+   local cache = nn.forward_context(ctx)
    if cache then cache:check(idx.shape[1], idx.shape[2]) end
    local body = self.model
    local x = body.embed_tokens(idx)
-   for i = 1, body.layers.n do x = body.layers[i](x, cache) end
+   for i = 1, body.layers.n do x = body.layers[i](x, ctx) end
    x = body.norm(x)
    if cache then cache:advance(idx.shape[2]) end
    if self.lm_head then return self.lm_head(x) end
    return ops.linear(x, body.embed_tokens.weight) -- tied head
 end
 
--- mean cross-entropy over targets that are not -100 (targets[b, t] is the
--- token after idx[b, t])
-function Llama:loss(idx, targets)
-   return ops.cross_entropy(self(idx), targets, -100)
+-- cross-entropy over targets that are not -100 (targets[b, t] is the token
+-- after idx[b, t]): their mean, or their sum over ctx.denominator when given
+function Llama:loss(idx, targets, ctx)
+   return ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
 end
 
 ---------------------------------------------------------------------------

@@ -49,9 +49,12 @@ function Attention.new(cfg)
    self:add('c_proj', nn.Linear(C, C, {bias = cfg.bias, std = cfg.proj_std}))
    return self
 end
--- x [B, T, C]; cache: an fsdp.kv_cache while decoding
-function Attention:forward(x, cache)
-   local y = ops.attention(self.c_attn(x), nil, nil, {n_head = self.n_head, cache = cache, layer = self})
+-- x [B, T, C]; ctx: the model's forward context (nn.forward_context: a KV
+-- cache while decoding, packed positions)
+function Attention:forward(x, ctx)
+   local cache, positions = nn.forward_context(ctx)
+   local y = ops.attention(self.c_attn(x), nil, nil, {n_head = self.n_head, cache = cache, layer = self,
+                                                       positions = positions})
    return self.c_proj(y)
 end
 function Attention:activation_elems(N, B, T_)
@@ -85,8 +88,8 @@ function Block.new(cfg)
    self:add('mlp', MLP(cfg))
    return self
 end
-function Block:forward(x, cache)
-   x = ops.add(x, self.attn(self.ln_1(x), cache))
+function Block:forward(x, ctx)
+   x = ops.add(x, self.attn(self.ln_1(x), ctx))
    return ops.add(x, self.mlp(self.ln_2(x)))
 end
 function Block:activation_elems(N) return 2 * N * self.n_embd end -- the two residual sums
@@ -139,29 +142,32 @@ local function positions(self, B, T_, off, dev)
    return p
 end
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]. cache: an
--- fsdp.kv_cache when decoding (idx holds the positions from cache.pos on)
-function GPT:forward(idx, cache)
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]. ctx (optional): a KV
+-- cache when decoding (idx holds the positions from cache.pos on), or
+-- {positions = i32 [B, T]} for packed samples (see nn.forward_context)
+function GPT:forward(idx, ctx)
    local cfg, tr = self.config, self.transformer
    if idx.dtype ~= 'i32' or #idx.shape ~= 2 then
       error('GPT: input must be i32 token ids [batch, time], got ' .. idx.dtype .. ' ' .. T.shape_str(idx.shape), 0)
    end
+   local cache, pos = nn.forward_context(ctx)
    local B, T_ = idx.shape[1], idx.shape[2]
    local off = cache and cache.pos or 0
    if off + T_ > cfg.block_size then
       error(string.format('GPT: sequence length %d exceeds block_size %d', off + T_, cfg.block_size), 0)
    end
    if cache then cache:check(B, T_) end
-   local x = ops.add(tr.wte(idx), tr.wpe(positions(self, B, T_, off, idx.device)))
-   for i = 1, tr.h.n do x = tr.h[i](x, cache) end
+   local x = ops.add(tr.wte(idx), tr.wpe(pos or positions(self, B, T_, off, idx.device)))
+   for i = 1, tr.h.n do x = tr.h[i](x, ctx) end
    x = tr.ln_f(x)
    if cache then cache:advance(T_) end
    return ops.linear(x, tr.wte.weight) -- tied head
 end
 
--- mean cross-entropy of next-token prediction
-function GPT:loss(idx, targets)
-   return ops.cross_entropy(self(idx), targets)
+-- cross-entropy of next-token prediction over the targets that are not
+-- -100: their mean, or their sum over ctx.denominator when given
+function GPT:loss(idx, targets, ctx)
+   return ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
 end
 
 ---------------------------------------------------------------------------

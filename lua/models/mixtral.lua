@@ -139,9 +139,9 @@ function Mixtral.new(cfg)
    return llama.build(self, c, function(cfg_) return MoE(cfg_, sink), 'block_sparse_moe' end)
 end
 
-function Mixtral:forward(idx, cache)
+function Mixtral:forward(idx, ctx)
    for i = #self.router, 1, -1 do self.router[i] = nil end
-   return llama.Llama.forward(self, idx, cache)
+   return llama.Llama.forward(self, idx, ctx)
 end
 
 -- transformers' load_balancing_loss_func over the last forward's layers:
@@ -185,10 +185,14 @@ end
 
 -- mean cross-entropy over targets that are not -100, plus the router's
 -- auxiliary loss times router_aux_loss_coef when output_router_logits is on
-function Mixtral:loss(idx, targets)
-   local loss = ops.cross_entropy(self(idx), targets, -100)
+-- the cross-entropy (as Llama's: ctx.denominator normalises over a global
+-- batch) plus the router's auxiliary loss, weighted by ctx.share (this
+-- micro-batch's share of the step) when the cross-entropy is normalised so
+function Mixtral:loss(idx, targets, ctx)
+   local loss = ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
    if self.config.output_router_logits then
-      loss = ops.add(loss, ops.scale(self:router_aux_loss(), self.config.router_aux_loss_coef))
+      local w = self.config.router_aux_loss_coef * (ctx and ctx.share or 1)
+      loss = ops.add(loss, ops.scale(self:router_aux_loss(), w))
    end
    return loss
 end

@@ -58,10 +58,11 @@ function Attention.new(cfg)
    self:add('out_proj', nn.Linear(C, C, {bias = bias, std = std}))
    return self
 end
--- x [B, T, C]; cache: an fsdp.kv_cache while decoding
-function Attention:forward(x, cache)
+-- x [B, T, C]; ctx: the model's forward context (nn.forward_context)
+function Attention:forward(x, ctx)
+   local cache, positions = nn.forward_context(ctx)
    local a = ops.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x),
-                           {n_head = self.n_head, cache = cache, layer = self})
+                           {n_head = self.n_head, cache = cache, layer = self, positions = positions})
    return self.out_proj(a)
 end
 function Attention:activation_elems(N, B, T_)
@@ -83,10 +84,10 @@ function Layer.new(cfg)
    self:add('final_layer_norm', nn.LayerNorm(C))
    return self
 end
-function Layer:forward(x, cache)
+function Layer:forward(x, ctx)
    local pre = self.pre_norm
    local h = pre and self.self_attn_layer_norm(x) or x
-   x = ops.add(x, self.self_attn(h, cache))
+   x = ops.add(x, self.self_attn(h, ctx))
    if not pre then x = self.self_attn_layer_norm(x) end
    h = pre and self.final_layer_norm(x) or x
    x = ops.add(x, self.fc2(ops.relu(self.fc1(h))))
@@ -146,10 +147,25 @@ local function positions(self, B, T_, off, dev)
    return p
 end
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]. cache: an
--- fsdp.kv_cache when decoding (idx holds the positions from cache.pos on)
-function OPT:forward(idx, cache)
+-- the rows of the position table for packed samples: OPT's table starts
+-- OFFSET rows in (made on the host, moved where the model runs)
+local function packed_rows(pos)
+   local h = pos:cpu()
+   local rows = T.empty(pos.shape, 'i32')
+   local src, dst = h:ptr(), rows:ptr()
+   for i = 0, pos:numel() - 1 do dst[i] = src[i] + OFFSET end
+   if h ~= pos then h:free() end
+   local d = rows:to_device(pos.device)
+   if d ~= rows then rows:free() end
+   return T.adopt(d) -- a temporary of the step
+end
+
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]. ctx (optional): a KV
+-- cache when decoding (idx holds the positions from cache.pos on), or
+-- {positions = i32 [B, T]} for packed samples (see nn.forward_context)
+function OPT:forward(idx, ctx)
    llama.check_input(self, idx)
+   local cache, pos = nn.forward_context(ctx)
    local cfg, dec = self.config, self.model.decoder
    local B, T_ = idx.shape[1], idx.shape[2]
    local off = cache and cache.pos or 0
@@ -160,8 +176,8 @@ function OPT:forward(idx, cache)
    if cache then cache:check(B, T_) end
    local x = dec.embed_tokens(idx)
    if dec.project_in then x = dec.project_in(x) end
-   x = ops.add(x, dec.embed_positions(positions(self, B, T_, off, idx.device)))
-   for i = 1, dec.layers.n do x = dec.layers[i](x, cache) end
+   x = ops.add(x, dec.embed_positions(pos and packed_rows(pos) or positions(self, B, T_, off, idx.device)))
+   for i = 1, dec.layers.n do x = dec.layers[i](x, ctx) end
    if dec.final_layer_norm then x = dec.final_layer_norm(x) end
    if dec.project_out then x = dec.project_out(x) end
    if cache then cache:advance(T_) end
@@ -169,8 +185,10 @@ function OPT:forward(idx, cache)
    return ops.linear(x, dec.embed_tokens.weight) -- tied head
 end
 
-function OPT:loss(idx, targets)
-   return ops.cross_entropy(self(idx), targets, -100)
+-- cross-entropy over targets that are not -100: their mean, or their sum
+-- over ctx.denominator when given
+function OPT:loss(idx, targets, ctx)
+   return ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
 end
 
 -- checkpoint names for one of our parameters: OPTForCausalLM's, then

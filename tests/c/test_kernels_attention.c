@@ -493,6 +493,62 @@ static void test_attention_decode(int NKV, int window, int fused) {
     free(qkv); free(kx); free(vx); free(full); free(lse); free(kc); free(vc);
 }
 
+/* packed sequences: a row holding several samples (positions restarting at
+ * 0) gives, forward and backward, what each sample gives run alone; rows
+ * cross the 64-query block boundary with a sample starting inside a block */
+static void test_attention_packed(int NKV, int window) {
+    const int B = 2, T = 70, NH = 4, HD = 8;
+    const int lens[2][3] = {{20, 30, 20}, {5, 65, 0}};
+    const int W = NKV * HD, ldq = NH * HD, ldo = NH * HD;
+    float *q = randn((int64_t)B * T * ldq, 1.0f), *k = randn((int64_t)B * T * W, 1.0f);
+    float *v = randn((int64_t)B * T * W, 1.0f), *dout = randn((int64_t)B * T * ldo, 1.0f);
+    int32_t pos[2 * 70];
+    for (int b = 0; b < B; b++) {
+        int t = 0;
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < lens[b][s]; i++) pos[b * T + t++] = i;
+    }
+    float *out = zeros((int64_t)B * T * ldo), *lse = zeros((int64_t)B * NH * T);
+    float *dq = zeros((int64_t)B * T * ldq), *dk = zeros((int64_t)B * T * W), *dv = zeros((int64_t)B * T * W);
+    CHECK(fsdp_attention_packed_forward_cpu(out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, W, W, window,
+                                            0.3f) == FSDP_OK, "packed forward: %s", fsdp_last_error());
+    CHECK(fsdp_attention_packed_backward_cpu(dq, dk, dv, dout, q, k, v, out, lse, pos, B, T, NH, NKV, HD,
+                                             ldq, W, W, window, 0.3f) == FSDP_OK,
+          "packed backward: %s", fsdp_last_error());
+    char what[96];
+    for (int b = 0; b < B; b++) {
+        int t0 = 0;
+        for (int s = 0; s < 3 && lens[b][s] > 0; s++) {
+            const int n = lens[b][s];
+            const int64_t r0 = (int64_t)b * T + t0;
+            float *o1 = zeros((int64_t)n * ldo), *l1 = zeros((int64_t)NH * n);
+            float *dq1 = zeros((int64_t)n * ldq), *dk1 = zeros((int64_t)n * W), *dv1 = zeros((int64_t)n * W);
+            CHECK(fsdp_attention_forward_cpu(o1, l1, q + r0 * ldq, k + r0 * W, v + r0 * W, 1, n, NH, NKV, HD,
+                                             ldq, W, W, window, 0.3f) == FSDP_OK, "alone: %s", fsdp_last_error());
+            CHECK(fsdp_attention_backward_cpu(dq1, dk1, dv1, dout + r0 * ldo, q + r0 * ldq, k + r0 * W,
+                                              v + r0 * W, o1, l1, 1, n, NH, NKV, HD, ldq, W, W, window,
+                                              0.3f) == FSDP_OK, "alone backward: %s", fsdp_last_error());
+            snprintf(what, sizeof what, "packed NKV %d window %d row %d sample %d", NKV, window, b, s);
+            CHECK_CLOSE(what, out + r0 * ldo, o1, (long)n * ldo, 1e-5, 1e-6);
+            for (int h = 0; h < NH; h++)
+                CHECK_CLOSE(what, lse + ((int64_t)b * NH + h) * T + t0, l1 + (int64_t)h * n, n, 1e-5, 1e-6);
+            CHECK_CLOSE(what, dq + r0 * ldq, dq1, (long)n * ldq, 1e-4, 1e-6);
+            CHECK_CLOSE(what, dk + r0 * W, dk1, (long)n * W, 1e-4, 1e-6);
+            CHECK_CLOSE(what, dv + r0 * W, dv1, (long)n * W, 1e-4, 1e-6);
+            free(o1); free(l1); free(dq1); free(dk1); free(dv1);
+            t0 += n;
+        }
+    }
+    /* positions that do not count up within samples are refused */
+    pos[5] = 7;
+    int rc = fsdp_attention_packed_forward_cpu(out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, W, W, window, 0.3f);
+    CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "positions[0, 5] = 7"), "bad positions: %s",
+          fsdp_last_error());
+    rc = fsdp_attention_packed_forward_cpu(out, lse, q, k, v, NULL, B, T, NH, NKV, HD, ldq, W, W, window, 0.3f);
+    CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "pos is NULL"), "no positions: %s", fsdp_last_error());
+    free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
+}
+
 int main(void) {
     fsdp_rng_seed(&rng, 1234);
     for (int fused = 0; fused <= 1; fused++)
@@ -502,6 +558,8 @@ int main(void) {
     for (int fused = 0; fused <= 1; fused++)
         for (int NKV = 4; NKV >= 1; NKV /= 2)
             for (int window = 0; window <= 3; window += 3) test_attention_decode(NKV, window, fused);
+    for (int NKV = 4; NKV >= 1; NKV /= 2)
+        for (int window = 0; window <= 9; window += 9) test_attention_packed(NKV, window);
     test_attention_errors();
     test_rope();
     return check_exit("test_kernels_attention");
