@@ -317,8 +317,31 @@ local function read(path)
    return s
 end
 
+local function read_config(config_path)
+   local text = read(config_path)
+   if not text then return M.object() end
+   local ok, v = pcall(M.decode_json, text)
+   if not ok then error('chat_template: ' .. config_path .. ': ' .. v, 0) end
+   if not M.is_object(v) then error('chat_template: ' .. config_path .. ' is not a JSON object', 0) end
+   return v
+end
+
+-- the named special tokens of a tokenizer_config.json (a directory or the
+-- file): {bos_token = '<s>', ...}; {} when there is none
+function M.special_tokens(path)
+   local config_path = fs.is_dir(path) and (path:gsub('/+$', '') .. '/tokenizer_config.json') or path
+   local config = read_config(config_path)
+   local tokens = {}
+   for _, k in ipairs(M.SPECIAL_TOKENS) do
+      local s = token_string(config:get(k))
+      if s then tokens[k] = s end
+   end
+   return tokens
+end
+
 -- path: a model directory (chat_template.jinja, else tokenizer_config.json's
--- chat_template) or a tokenizer_config.json; name picks one of several
+-- chat_template), a tokenizer_config.json, or a .jinja file (special tokens
+-- then from the tokenizer_config.json beside it); name picks one of several
 -- named templates (default 'default')
 function M.load(path, name)
    local dir, config_path = path, nil
@@ -326,19 +349,14 @@ function M.load(path, name)
       dir = path:gsub('/+$', '')
       config_path = dir .. '/tokenizer_config.json'
    else
-      config_path, dir = path, path:match('^(.*)/[^/]*$') or '.'
+      dir = path:match('^(.*)/[^/]*$') or '.'
+      config_path = path:match('%.jinja$') and dir .. '/tokenizer_config.json' or path
    end
-   local config = M.object()
-   local text = read(config_path)
-   if text then
-      local ok, v = pcall(M.decode_json, text)
-      if not ok then error('chat_template: ' .. config_path .. ': ' .. v, 0) end
-      if not M.is_object(v) then error('chat_template: ' .. config_path .. ' is not a JSON object', 0) end
-      config = v
-   end
+   if not fs.exists(path) then error('chat_template: ' .. path .. ' does not exist', 0) end
+   local config = read_config(config_path)
    local source, origin
-   local jinja = dir .. '/chat_template.jinja'
-   if fs.is_dir(path) and fs.exists(jinja) then
+   local jinja = fs.is_dir(path) and dir .. '/chat_template.jinja' or path
+   if jinja:match('%.jinja$') and fs.exists(jinja) then
       source, origin = read(jinja), jinja
    else
       local t = config:get('chat_template')
