@@ -34,9 +34,10 @@
 --                 end-of-turn text). Both renderings must be prefixes of the
 --                 whole conversation's; a template for which they are not
 --                 is an error that names the message.
--- Character positions map to tokens by tokenizing the text up to them: the
--- first token that differs from the whole text's tokens is the one the
--- position falls in.
+-- Text positions map to tokens by tokenizing the pieces between them (when
+-- those tokens concatenate to the whole text's, each position is a token
+-- boundary), else by tokenizing the text up to each position: the first
+-- token that differs from the whole text's is the one the position falls in.
 local bind = require 'fsdp.ffi'
 local fs = require 'fsdp.fs'
 local json = require 'fsdp.json'
@@ -555,10 +556,44 @@ function Chat:encode(tok, messages, opts)
          end
       end
    end
+   -- text positions -> token indexes. Cheap way first: tokenize the pieces
+   -- between the positions; when they concatenate to the whole text's
+   -- tokens, every position is a token boundary at the running count.
+   -- Otherwise the text up to each position is tokenized (token_at).
+   local cuts = {}
    for _, s in ipairs(char_spans) do
       if s[2] > s[1] then
-         local a = token_at(tok, text, ids, s[1], false, cache)
-         local b = token_at(tok, text, ids, s[2], true, cache)
+         for k = 1, 2 do if s[k] > 0 and s[k] < #text then cuts[#cuts + 1] = s[k] end end
+      end
+   end
+   table.sort(cuts)
+   local at, pieces_ok = {}, #cuts > 0
+   if pieces_ok then
+      local count, prev = 0, 0
+      for k = 1, #cuts + 1 do
+         local c = cuts[k] or #text
+         if c > prev then
+            local piece = tokens_of(tok, text:sub(prev + 1, c))
+            for j = 1, #piece do
+               if ids[count + j] ~= piece[j] then pieces_ok = false; break end
+            end
+            if not pieces_ok then break end
+            count = count + #piece
+         end
+         at[c] = count
+         prev = c
+      end
+      pieces_ok = pieces_ok and count == #ids
+   end
+   local function index(pos, as_end)
+      if pos <= 0 then return 0 end
+      if pos >= #text then return #ids end
+      if pieces_ok then return at[pos] end
+      return token_at(tok, text, ids, pos, as_end, cache)
+   end
+   for _, s in ipairs(char_spans) do
+      if s[2] > s[1] then
+         local a, b = index(s[1], false), index(s[2], true)
          for i = a + 1, b do mask[i] = 1 end
       end
    end

@@ -19,8 +19,9 @@
 --
 -- The loader packs whole samples greedily, in a seeded order per epoch,
 -- into rows of seq_len + 1 tokens (a sample never straddles two rows; the
--- rest of a row is padding), or puts one sample per row padded to the
--- length (packing = false). Per batch it yields
+-- rest of a row is padding): each sample goes to the oldest of the last 64
+-- rows it still fits in (first fit), else opens a new row. Or it puts one
+-- sample per row padded to the length (packing = false). Per batch it yields
 --
 --   x          i32 [B, T]  the tokens of the row (padding: pad_id)
 --   y          i32 [B, T]  y[t] = x[t+1] where token t+1 is a learned token of
@@ -232,7 +233,8 @@ local OVERLONG = {truncate = true, drop = true, error = true}
 -- val shards: the last share of the samples), shuffle (default: train
 -- only), rank, world, device, packing (default true), overlong
 -- ('truncate' (default) | 'drop' | 'error': samples longer than
--- seq_len + 1), pad_id (default: the meta's pad or eos id, else 0)
+-- seq_len + 1), pad_id (default: the meta's pad or eos id, else 0),
+-- pack_window (rows kept open for packing, default 64; 1 = plain sequential)
 function M.loader(opts)
    local ds = opts.source
    if type(ds) ~= 'table' or not ds.sft then error('sft_data.loader: source must be sft_data.open(dir)', 2) end
@@ -284,7 +286,7 @@ function M.loader(opts)
       source = ds, split_data = split, split = split_name, samples = ids, n_samples = n,
       B = B, T = T_, seed = opts.seed or 0, rank = opts.rank or 0, world = opts.world or 1,
       shuffle = opts.shuffle == nil and split_name == 'train' or opts.shuffle,
-      packing = opts.packing ~= false, pad_id = pad, cursor = 0, plans = {},
+      packing = opts.packing ~= false, pack_window = opts.pack_window or 64, pad_id = pad, cursor = 0, plans = {},
       stats = {samples = n, truncated = truncated, dropped = dropped, longest = longest},
    }, Loader)
    self.targets = ffi.new('int32_t[?]', split.n_samples) -- per sample, -1 until counted
@@ -336,19 +338,47 @@ function Loader:plan(e)
    end
    p = {order = order, n = n}
    if self.packing then
-      local first = ffi.new('int32_t[?]', n + 1)
-      local rows, used, cap = 0, 0, self.T + 1
+      -- first fit over the last `window` rows still open: a sample goes to the
+      -- oldest open row it fits in, else starts a new row (the oldest open
+      -- row is closed when more than `window` are open)
+      local cap, window = self.T + 1, self.pack_window
+      local row_of = ffi.new('int32_t[?]', math.max(n, 1))
+      local used, count = {}, {}
+      local open = {}
+      local rows = 0
       for k = 0, n - 1 do
          local len = self:length(order[k])
-         if k == 0 or used + len > cap then
-            first[rows] = k
-            rows = rows + 1
-            used = 0
+         local r
+         for q = 1, #open do
+            if used[open[q]] + len <= cap then r = open[q]; break end
          end
-         used = used + len
+         if not r then
+            r = rows
+            rows = rows + 1
+            used[r], count[r] = 0, 0
+            open[#open + 1] = r
+            if #open > window then table.remove(open, 1) end
+         end
+         used[r] = used[r] + len
+         count[r] = count[r] + 1
+         row_of[k] = r
+         if used[r] == cap then
+            for q = 1, #open do if open[q] == r then table.remove(open, q); break end end
+         end
       end
-      first[rows] = n
-      p.first, p.n = first, rows
+      -- lay the samples out row by row (in their shuffled order within a row)
+      local first = ffi.new('int32_t[?]', rows + 1)
+      first[0] = 0
+      for r = 0, rows - 1 do first[r + 1] = first[r] + count[r] end
+      local fill = ffi.new('int32_t[?]', rows + 1)
+      ffi.copy(fill, first, (rows + 1) * 4)
+      local arranged = ffi.new('int32_t[?]', math.max(n, 1))
+      for k = 0, n - 1 do
+         local r = row_of[k]
+         arranged[fill[r]] = order[k]
+         fill[r] = fill[r] + 1
+      end
+      p.order, p.first, p.n = arranged, first, rows
    end
    -- keep the two newest epochs (a peek may look into the next one)
    local keep = {[e] = p}

@@ -127,20 +127,36 @@ do
    local L = loader({batch_size = 1})
    local rows = L:num_sequences()
    t.check(rows < 50 and rows > 50 * 17 / 33 / 2, 'packing puts several samples per row: %d rows', rows)
+   t.check(L.stats.fill > 0.85, 'first-fit packing fills rows: %.3f real tokens', L.stats.fill)
+   local seq = loader({batch_size = 1, pack_window = 1})
+   t.check(seq.stats.fill < L.stats.fill, 'a window of 1 (sequential) packs worse: %.3f', seq.stats.fill)
    t.check(L.stats.truncated == 1 and L.stats.dropped == 0, 'one sample truncated: %d', L.stats.truncated)
    for epoch = 0, 1 do
       local seen = {}
       local first_order = {}
+      rows = L:plan(epoch).n -- (the packing differs per epoch)
+      local planned = {}
       for r = 1, rows do
+         -- the samples the plan puts in this row (a 1-token sample in the
+         -- row's last slot is only a target position, never in x)
+         local order, a, b = L:row_samples(L.cursor)
+         for k = a, b - 1 do planned[order[k]] = (planned[order[k]] or 0) + 1 end
          local peek = L:peek_targets(1)
          local x, y, extra = L:next()
          local xp, yp, dp, pp = batch_ptrs(x, y, extra)
-         local n = check_row(xp, yp, dp, pp, 0, seen, 'epoch ' .. epoch)
+         local seen_row = {}
+         local n = check_row(xp, yp, dp, pp, 0, seen_row, 'epoch ' .. epoch)
+         for smp, c in pairs(seen_row) do seen[smp] = (seen[smp] or 0) + c end
+         for k = a, b - 1 do
+            local smp = order[k]
+            t.check(seen_row[smp] == 1 or (samples[smp + 1] and #samples[smp + 1].tokens == 1), 'row %d: planned sample %d is not in x', r, smp)
+         end
          t.check(n == extra.n_targets and n == peek, 'row %d: n_targets %d, counted %d, peeked %d', r, extra.n_targets, n, peek)
          first_order[r] = xp[0]
       end
       local all = true
-      for s = 0, 49 do if seen[s] ~= 1 then all = false; t.check(false, 'epoch %d: sample %d seen %s times', epoch, s, seen[s]) end end
+      for s = 0, 49 do if planned[s] ~= 1 then all = false; t.check(false, 'epoch %d: sample %d planned %s times', epoch, s, planned[s]) end end
+      for s, c in pairs(seen) do if c ~= 1 then all = false; t.check(false, 'epoch %d: sample %d seen %d times', epoch, s, c) end end
       t.check(all, 'epoch %d covers every sample once', epoch)
       t.check(math.abs(L:epoch() - (epoch + 1)) < 1e-9, 'epoch counter %g after epoch %d', L:epoch(), epoch)
    end
