@@ -166,6 +166,23 @@ function M.read_record(rec, opt, where)
    fail(where, "'%s' must be a string or a list of messages, got %s", opt.prompt_field, kind_name(p))
 end
 
+-- the byte offset (1-based) of the first invalid UTF-8 sequence, or nil
+local function bad_utf8(s)
+   local i, n = 1, #s
+   while i <= n do
+      local c = s:byte(i)
+      local len = c < 0x80 and 1 or (c >= 0xc2 and c < 0xe0) and 2 or (c >= 0xe0 and c < 0xf0) and 3
+                  or (c >= 0xf0 and c < 0xf5) and 4 or 0
+      if len == 0 or i + len - 1 > n then return i end
+      for k = 1, len - 1 do
+         local d = s:byte(i + k)
+         if d < 0x80 or d > 0xbf then return i end
+      end
+      i = i + len
+   end
+   return nil
+end
+
 -- calls emit(text, file, line) for every record of a file
 function M.records(path, emit)
    local out, len = ffi.new('char*[1]'), ffi.new('int64_t[1]')
@@ -173,6 +190,8 @@ function M.records(path, emit)
    local text = ffi.string(out[0], len[0])
    C.fsdp_free(out[0])
    if path:gsub('%.gz$', ''):match('%.json$') then
+      local bad = bad_utf8(text)
+      if bad then fail(path, 'invalid UTF-8 at byte %d', bad) end
       local ok, v = pcall(ct.decode_json, text)
       if not ok then fail(path, 'invalid JSON: %s', v) end
       if not is_list(v) then fail(path, 'a .json file must hold a list of records, got %s', kind_name(v)) end
@@ -183,7 +202,11 @@ function M.records(path, emit)
    for line in (text .. (text:sub(-1) == '\n' and '' or '\n')):gmatch('(.-)\n') do
       n = n + 1
       line = line:gsub('\r$', '')
-      if line:match('%S') then emit(line, path, n, 'line') end
+      if line:match('%S') then
+         local bad = bad_utf8(line)
+         if bad then fail(string.format('%s line %d', path, n), 'invalid UTF-8 at byte %d of the line', bad) end
+         emit(line, path, n, 'line')
+      end
    end
 end
 
@@ -302,7 +325,11 @@ function M.worker(args)
       for i, r in ipairs(recs) do
          local where = where_of(files, r)
          local rec = ct.decode_json(r.text)
-         local ids, mask = M.encode(cx, M.read_record(rec, opt, where), where)
+         local ok2, ids, mask = pcall(M.encode, cx, M.read_record(rec, opt, where), where)
+         if not ok2 then
+            if tostring(ids):find(where, 1, true) then error(ids, 0) end
+            fail(where, '%s', tostring(ids))
+         end
          local n = #ids
          local keep = true
          if opt.max_length > 0 and n > opt.max_length then

@@ -227,6 +227,7 @@ local bad = {
    {'empty completion', '{"prompt": "q", "completion": ""}', "'completion' is an empty completion"},
    {'completion type', '{"prompt": "q", "completion": 3}', "'completion' must be a string like 'prompt', got a number"},
    {'prompt type', '{"prompt": true, "completion": "a"}', "'prompt' must be a string or a list of messages, got a boolean"},
+   {'invalid UTF-8', '{"prompt": "caf\233", "completion": "x"}', 'invalid UTF-8 at byte 16'},
    {'tools type', '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": "x"}', "'tools' must be a list"},
 }
 for i, b in ipairs(bad) do
