@@ -510,8 +510,11 @@ function Loader:load_state_dict(sd)
       error(string.format('sft_data: the saved cursor is for packing = %s, this loader has packing = %s',
                           tostring(sd.packing), tostring(self.packing)), 2)
    end
+   if type(sd.cursor) ~= 'number' or sd.cursor < 0 then
+      error('sft_data: load_state_dict wants a state with a cursor >= 0, got ' .. tostring(sd.cursor), 2)
+   end
    self.cursor = sd.cursor
-   self.seed = sd.seed
+   self.seed = sd.seed or self.seed
    self.plans, self.epoch_at, self.epoch_base = {}, nil, nil
 end
 
