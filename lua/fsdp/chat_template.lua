@@ -505,13 +505,20 @@ end
 
 -- messages -> ids, mask (Lua lists of equal length), info
 -- opts: as render (add_generation_prompt is not used), plus
---   method = 'auto' | 'generation' | 'prefix'
+--   method = 'auto' | 'generation' | 'prefix' (auto: generation when the
+--            template has the blocks and the assistant messages are learned)
 --   roles  = the roles whose messages are learned (default {'assistant'})
 --   learn  = a list of message indexes (1-based) to learn instead of roles
 function Chat:encode(tok, messages, opts)
    opts = opts or {}
    local method = opts.method or 'auto'
-   if method == 'auto' then method = self.template.has_generation and 'generation' or 'prefix' end
+   if method == 'auto' then
+      -- {% generation %} blocks mark what the template's author meant to be
+      -- learned: the assistant messages. Another choice of messages (a
+      -- prompt/completion split, other roles) needs the prefix method.
+      local default_roles = not opts.roles or (#opts.roles == 1 and opts.roles[1] == 'assistant')
+      method = (self.template.has_generation and not opts.learn and default_roles) and 'generation' or 'prefix'
+   end
    if method == 'generation' and not self.template.has_generation then
       error('chat_template: mask method generation needs {% generation %} blocks in ' .. tostring(self.origin), 0)
    end

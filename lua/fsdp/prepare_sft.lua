@@ -23,7 +23,8 @@
 -- Chat records are rendered as transformers' apply_chat_template renders them
 -- and tokenized in one piece; the loss mask marks the tokens of the learned
 -- messages as fsdp.chat_template's encode() describes ({% generation %}
--- blocks when the template has them, else prefix rendering; --mask picks).
+-- blocks when the template has them and the assistant messages are learned,
+-- else prefix rendering; --mask picks).
 -- Plain records are tokenized as prompt .. completion with the tokenizer's
 -- special tokens (--add-special), the end-of-text token appended
 -- (--append-eos, learned), and the completion's tokens marked.
@@ -545,7 +546,7 @@ function M.main(args)
                  train_learned_tokens = stats.train.learned, val_learned_tokens = stats.val.learned,
                  truncated = totals.truncated, dropped_overlong = totals.dropped_overlong,
                  dropped_no_targets = totals.dropped_no_targets, max_length = opt.max_length, overlong = opt.overlong,
-                 mask = kinds.chat > 0 and (opt.mask == 'auto' and (chat.template.has_generation and 'generation' or 'prefix') or opt.mask) or 'completion',
+                 mask = opt.mask, template_has_generation = chat and chat.template.has_generation or false,
                  chat_template = chat and chat.origin or json.null, learn_roles = opt.learn_roles,
                  train = json.array(shards.train), val = json.array(shards.val), input = opt.input,
                  files = #files, skipped_files = skipped,

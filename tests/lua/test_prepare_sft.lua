@@ -83,7 +83,8 @@ local meta = fsdp.json.read_file(dir .. '/one/meta.json')
 -- 17 records (7 + 5 + 5): every 4th to val
 t.check(meta.format == 'sft' and meta.records == 17 and meta.train_samples == 13 and meta.val_samples == 4,
         'meta counts: %s records, %s train, %s val', meta.records, meta.train_samples, meta.val_samples)
-t.check(meta.chat_records == 14 and meta.text_records == 3 and meta.skipped_files == 1 and meta.mask == 'prefix',
+t.check(meta.chat_records == 14 and meta.text_records == 3 and meta.skipped_files == 1 and meta.mask == 'auto'
+        and meta.template_has_generation == false,
         'meta kinds: %s chat %s text %s skipped %s', meta.chat_records, meta.text_records, meta.skipped_files, meta.mask)
 
 -- each sample equals chat_template's encoding of its record
