@@ -439,6 +439,33 @@ int32_t fsdp_tokenizer_special_id(const fsdp_tokenizer *tok, int which);
 int fsdp_tokenizer_num_added(const fsdp_tokenizer *tok, int where);
 int fsdp_tokenizer_is_special(const fsdp_tokenizer *tok, int32_t id);
 
+/* ---- chat templates (engine/template.c, engine/template_lib.c) ----------- *
+ * The part of Jinja2 that Hugging Face chat templates use, with the settings
+ * transformers' apply_chat_template compiles them with (trim_blocks,
+ * lstrip_blocks, {% break %} / {% continue %}, {% generation %}, the globals
+ * raise_exception, namespace, dict, range, strftime_now, tojson as
+ * json.dumps). A construct outside that set is an error naming it with its
+ * line and column, at compile time where it can be seen there. */
+
+typedef struct fsdp_template fsdp_template;
+
+/* compiles source[0, len) (UTF-8); NULL with the error on bad input */
+fsdp_template *fsdp_template_new(const char *source, int64_t len);
+void fsdp_template_free(fsdp_template *t);
+/* 1 when the template has {% generation %} blocks */
+int fsdp_template_has_generation(const fsdp_template *t);
+/* renders with the variables of the JSON object vars_json[0, vars_len)
+ * (messages, add_generation_prompt, bos_token, ...; the object's key order
+ * is kept, as tojson shows). *out gets the text (NUL-terminated, release
+ * with fsdp_free) and *out_len its length; when spans is not NULL, *spans
+ * gets 2 * *n_spans byte offsets [start, end) of the output of every
+ * {% generation %} block (release with fsdp_free; NULL when none). A
+ * template error (raise_exception, an undefined value used, a type error)
+ * fails with the template line and column in the message. The template
+ * may be rendered from several threads at once. */
+int fsdp_template_render(const fsdp_template *t, const char *vars_json, int64_t vars_len, char **out,
+                         int64_t *out_len, int64_t **spans, int64_t *n_spans);
+
 /* ---- CUDA backend (build/libfsdp_cuda.so: kernels/<op>_cuda.cu, engine/cuda/)
  * A separate library, built by `make cuda`, that links libfsdp; libfsdp never
  * needs CUDA. Lua loads it through lua/fsdp/device.lua when a GPU is wanted.

@@ -91,6 +91,8 @@ end
 -- validation split)
 function M.open(path, tokenizer)
    local fs = require 'fsdp.fs'
+   -- supervised fine-tuning data (prepare --format sft): fsdp.sft_data
+   if fs.is_dir(path) and require('fsdp.sft_data').is_sft_dir(path) then return require('fsdp.sft_data').open(path) end
    if fs.is_dir(path) then
       local train, val = {}, {}
       for _, name in ipairs(fs.list(path)) do
@@ -143,6 +145,7 @@ M.Loader = Loader
 -- val_fraction, shuffle (default: train only), rank, world
 function M.loader(opts)
    local src = opts.source
+   if type(src) == 'table' and src.sft then return require('fsdp.sft_data').loader(opts) end
    local T_ = opts.seq_len
    local vf = opts.val_fraction or 0.1
    local n_train = math.floor(src.n * (1 - vf))

@@ -35,6 +35,7 @@ M.options = {
    {'end_index', -1, 'one past the last document kept (-1: all)'},
    {'shard_tokens', 100000000, 'tokens per training shard'},
    {'append_eos', true, "separate documents with the tokenizer's end-of-text token"},
+   {'format', 'text', "'text' (documents), or 'sft' (prompt/completion or chat data: fsdp-lua prepare --format sft --help)", choices = {'text', 'sft'}},
 }
 
 local function load_tokenizer(spec)
@@ -208,6 +209,10 @@ local function progress(done, total, t0)
 end
 
 function M.main(args)
+   -- --format sft: supervised fine-tuning data (lua/fsdp/prepare_sft.lua)
+   for i, a in ipairs(args) do
+      if (a == '--format' and args[i + 1] == 'sft') or a == '--format=sft' then return require('fsdp.prepare_sft').main(args) end
+   end
    if args[1] == '--worker' then return M.worker({unpack(args, 2)}) end
    local opt, help = cli.parse('prepare', M.options, args)
    if not opt then print(help); return 0 end
