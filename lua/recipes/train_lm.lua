@@ -251,14 +251,27 @@ local function recipe(defaults)
          log.info('saved checkpoint %s', path)
       end
 
+      -- the validation loss: the mean over every target of eval_batches
+      -- global batches (SFT data: the learned tokens only, summed over the
+      -- ranks and divided by their global count)
       local function evaluate()
-         local val, total = loader('val'), 0
+         local val, total, count = loader('val'), 0, 0
          local n = math.max(1, math.min(opt.eval_batches, math.floor(val:num_sequences() / opt.batch_size)))
          for _ = 1, n do
-            local x, y = val:next()
-            total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
+            local targets = val.peek_targets and val:peek_targets(1)
+            local x, y, extra = val:next()
+            if extra then
+               -- this rank's sum of the losses (denominator 1); the count is global
+               total = total + fsdp.no_grad(function()
+                  return model:loss(x, y, {positions = extra.positions, denominator = 1}):item()
+               end)
+               count = count + targets
+            else
+               total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
+            end
             fsdp.autograd.reset()
          end
+         if val.peek_targets then return dist.sum_number(total) / math.max(count, 1) end
          return dist.sum_number(total / n) / world
       end
 
@@ -268,22 +281,38 @@ local function recipe(defaults)
       -- mean loss, the gradient norm and whether the update was taken
       local timer = run.timer()
       local console = run.console {total = opt.max_steps, start = start_step}
+      -- With SFT data the loss is the sum over the step's learned tokens
+      -- (every rank, every micro-batch) divided by their global count, known
+      -- before the step runs (peek_targets): the same loss and gradients at
+      -- any world size and any split into micro-batches. Each rank's
+      -- micro-batch loss is its sum over count / world, as the gradient
+      -- reduction averages over the ranks.
+      local masked = train.peek_targets ~= nil
       local function train_step(step)
          local loss_sum = 0
-         local seed_scale = (scaler and scaler.scale or 1) / opt.grad_accum_steps
+         local seed_scale = (scaler and scaler.scale or 1) / (masked and 1 or opt.grad_accum_steps)
          local comm0 = sharded.comm_wait
+         local targets = masked and train:peek_targets(opt.grad_accum_steps)
          for micro = 1, opt.grad_accum_steps do
             sharded:set_sync(micro == opt.grad_accum_steps) -- reduce only on the last micro-batch
             timer:start('data')
-            local x, y = train:next()
+            local x, y, extra = train:next()
             timer:stop('data'); timer:start('forward')
-            local loss_t = model:loss(x, y)
+            local ctx = extra and {positions = extra.positions, denominator = math.max(targets, 1) / world,
+                                   share = 1 / opt.grad_accum_steps}
+            local loss_t = model:loss(x, y, ctx)
             timer:stop('forward'); timer:start('backward')
             loss_sum = loss_sum + fsdp.backward(loss_t, seed_scale)
             timer:stop('backward')
          end
          timer:start('optimizer')
-         local loss = dist.sum_number(loss_sum / opt.grad_accum_steps) / world
+         local loss = dist.sum_number(loss_sum / (masked and 1 or opt.grad_accum_steps)) / world
+         if masked and targets == 0 then
+            sharded:zero_grad()
+            timer:stop('optimizer')
+            console:say('step %d: no learned token in the global batch; step skipped', step + 1)
+            return loss, 0, false
+         end
          local norm = clip.global_norm(sharded)
          local take, unscale = true, 1
          if scaler then
