@@ -171,41 +171,7 @@ end
 -- fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]
 if cmd == 'plan' then
    return run(function()
-      local rest, world, limit = {}, 1, nil
-      local i = 2
-      while i <= #args do
-         if args[i] == '--world-size' then world = tonumber(args[i + 1]); i = i + 2
-         elseif args[i] == '--memory-per-rank' then limit = args[i + 1]; i = i + 2
-         else rest[#rest + 1] = args[i]; i = i + 1 end
-      end
-      if not world or world < 1 then error('plan: --world-size wants a positive integer', 0) end
-      local path = rest[1] and resolve(rest[1])
-      if not path then error('usage: fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]', 0) end
-      local plan = require 'fsdp.plan'
-      arg = {[0] = path, unpack(rest, 2)}
-      local refusal = 'plan: ' .. path .. ' does not describe its model (a recipe built on recipes/train_lm.lua ' ..
-                      'does: its file returns options, model, shard_options and main)'
-      -- a plain script runs as it loads: it must not get as far as training
-      local shard = require 'fsdp.shard'
-      shard.refusal = refusal
-      local ok, r = pcall(load_recipe, path, arg)
-      shard.refusal = nil
-      if not ok then error(r, 0) end
-      if type(r) ~= 'table' or not (r.options and r.model and r.shard_options) then error(refusal, 0) end
-      local o = r.options(arg)
-      -- the vocabulary of a model from scratch: --vocab-size, else the tokenizer's
-      local vocab = (o.vocab_size or 0) > 0 and o.vocab_size or (r.tokenizer and r.tokenizer(o).vocab_size) or 0
-      local model = r.model(o, vocab)
-      local sopts = r.shard_options(o)
-      local cfg = model.config or {}
-      local res = plan.compute(model, {world_size = world, strategy = sopts.strategy,
-                                       hybrid_group_size = sopts.hybrid_group_size,
-                                       batch = math.max(1, (o.batch_size or 1) / world),
-                                       seq_len = o.seq_len or cfg.block_size or 1,
-                                       activation_checkpointing = o.activation_checkpointing,
-                                       vocab = cfg.vocab_size, width = cfg.n_embd or cfg.hidden_size})
-      print(plan.report(res, limit and plan.parse_bytes(limit)))
-      return 0
+      return require('fsdp.plan').main({unpack(args, 2)}, {resolve = resolve, load = load_recipe})
    end)
 end
 
