@@ -337,6 +337,19 @@ function M.help(recipe, specs, description)
    return table.concat(lines, '\n')
 end
 
+-- checks shared by option tables (spec.check)
+M.checks = {}
+-- where a model runs: cpu, cuda, cuda:N or auto
+function M.checks.device(v)
+   if v == 'cpu' or v == 'cuda' or v == 'auto' or v:match('^cuda:%d+$') then return nil end
+   return 'wants cpu, cuda, cuda:N or auto'
+end
+-- a tokenizer: 'bytes', '' (the default) or an existing file or directory
+function M.checks.tokenizer(v)
+   if v == 'bytes' or v == '' or exists(v) then return nil end
+   return "no such file or directory (give a tokenizer.json, its directory, or 'bytes')"
+end
+
 ---------------------------------------------------------------------------
 -- parsing
 

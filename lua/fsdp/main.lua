@@ -100,12 +100,12 @@ if not cmd or cmd == '--help' or cmd == '-h' then
    return cmd and 0 or 2
 end
 
--- the launcher: fsdp-lua --nproc-per-node N RECIPE ...
-if cmd:match('^%-%-n') or cmd:match('^%-%-master') or cmd:match('^%-%-hosts') or cmd:match('^%-%-max%-restarts') then
+-- the launcher: fsdp-lua --nproc-per-node N RECIPE ... (torchrun's flags too)
+if require('fsdp.launch').handles(cmd) then
    return run(function()
       local launch = require 'fsdp.launch'
       local opts, rest = launch.parse(args)
-      if not opts then error('unknown flag ' .. cmd .. ' (launcher flags: --nproc-per-node, --nnodes, --hosts)', 0) end
+      if not opts then print(rest); return 0 end -- --help
       return launch.exec(opts, rest, root .. '/build/fsdp-lua')
    end)
 end
@@ -175,23 +175,49 @@ if cmd == 'plan' then
    end)
 end
 
+-- sub-commands: --help (or -h) anywhere in their arguments prints their
+-- usage, with the module's header comment, and exits 0
+local sub = {unpack(args, 2)}
+local function wants_help()
+   for _, a in ipairs(sub) do if a == '--help' or a == '-h' then return true end end
+   return false
+end
+local function sub_help(module, usage, specs)
+   local cli = require 'fsdp.cli'
+   local desc = cli.description(root .. '/lua/fsdp/' .. module .. '.lua')
+   if specs then print(cli.help(usage, specs, desc)) else print(usage .. (desc and ('\n\n' .. desc) or '')) end
+   return 0
+end
+
 if cmd == 'export' then
-   return run(function() return require('fsdp.export').main({unpack(args, 2)}) end)
+   return run(function()
+      local export = require 'fsdp.export'
+      if wants_help() then return sub_help('export', 'export CKPT_DIR OUT_DIR', export.options) end
+      return export.main(sub)
+   end)
 end
 
 if cmd == 'prepare' then
-   return run(function() return require('fsdp.prepare').main({unpack(args, 2)}) end)
+   return run(function()
+      local prepare = require 'fsdp.prepare'
+      if sub[1] ~= '--worker' and wants_help() then return sub_help('prepare', 'prepare', prepare.options) end
+      return prepare.main(sub)
+   end)
 end
 
 if cmd == 'ckpt' then
    return run(function()
       local tool = require 'fsdp.ckpt_tool'
-      return tool.main({unpack(args, 2)})
+      if wants_help() then
+         local usage = tool.usage and tool.usage() or select(2, pcall(tool.main, {}))
+         return sub_help('ckpt_tool', tostring(usage))
+      end
+      return tool.main(sub)
    end)
 end
 
 if cmd == 'plot' then
-   return run(function() return require('fsdp.plot').main({unpack(args, 2)}) end)
+   return run(function() return require('fsdp.plot').main(sub) end)
 end
 
 local path = resolve(cmd)
