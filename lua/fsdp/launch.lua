@@ -9,6 +9,9 @@ local fs = require 'fsdp.fs'
 
 local M = {}
 
+-- what mpiexec writes before each rank's output
+local RANK_PREFIX = '[rank %r] '
+
 pcall(ffi.cdef, 'int execvp(const char *file, char *const argv[]);')
 
 -- The launcher's flags, before the recipe, with torchrun's spellings:
@@ -152,21 +155,6 @@ function M.nproc(v)
    return n
 end
 
-pcall(ffi.cdef, [[
-struct fsdp_winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; };
-int ioctl(int fd, unsigned long request, ...);
-int isatty(int fd);
-]])
-
--- the width of the terminal on fd (nil when it is none)
-function M.terminal_width(fd)
-   fd = fd or 1
-   if ffi.C.isatty(fd) ~= 1 then return nil end
-   local ws = ffi.new('struct fsdp_winsize')
-   if ffi.C.ioctl(fd, 0x5413, ws) == 0 and ws.ws_col > 0 then return tonumber(ws.ws_col) end -- TIOCGWINSZ
-   return tonumber(os.getenv('COLUMNS') or '') or 80
-end
-
 local function which(prog)
    local p = io.popen('command -v ' .. prog .. ' 2>/dev/null')
    local out = p:read('*l')
@@ -198,12 +186,17 @@ function M.exec(opts, rest, self_exe)
    else
       add('-n', tostring(n))
    end
-   if rest[1] ~= '-i' then add('-prepend-pattern', '[rank %r] ') end -- the REPL prints on rank 0 only
+   if rest[1] ~= '-i' then add('-prepend-pattern', RANK_PREFIX) end -- the REPL prints on rank 0 only
    add('-genv', 'LOCAL_WORLD_SIZE', tostring(n))
    -- rank 0 draws a progress bar when this terminal is where its lines go
-   -- (through mpiexec its stdout is a pipe): tell it, with the width
-   local width = M.terminal_width(1)
-   if width and rest[1] ~= '-i' then add('-genv', 'FSDP_TTY_COLUMNS', tostring(width)) end
+   -- (through mpiexec its stdout is a pipe): tell it, with the width it
+   -- may use. mpiexec writes '[rank 0] ' before each piece of output it
+   -- passes on, so before each redraw, right after the bar: leave room.
+   local width = require('fsdp.run').terminal_width(1)
+   if width and rest[1] ~= '-i' then
+      local prefix = RANK_PREFIX:gsub('%%r', '0')
+      add('-genv', 'FSDP_TTY_COLUMNS', tostring(math.max(20, width - #prefix)))
+   end
    if opts.master_addr then add('-genv', 'MASTER_ADDR', opts.master_addr) end
    if opts.master_port then add('-genv', 'MASTER_PORT', opts.master_port) end
    add(self_exe)
