@@ -62,7 +62,26 @@ end
 -- exit status; a recipe built on recipes/train_lm.lua returns the recipe (a
 -- table with main, options, model, shard_options) or the function that
 -- makes it from defaults (then called with none)
+-- a script's own modules (require 'tinylm' for tinylm.lua beside it) are
+-- found from any working directory, as Python puts a script's directory
+-- on sys.path: after the library's paths, so they cannot shadow it
+local function add_script_dir(path)
+   local dir = path:match('^(.*)/[^/]*$') or '.'
+   local entry = dir .. '/?.lua;'
+   if not package.path:find(entry, 1, true) then
+      local lib = root .. '/lua/?.lua;' .. root .. '/lua/?/init.lua;'
+      local at = package.path:find(lib, 1, true)
+      if at then
+         local cut = at + #lib - 1
+         package.path = package.path:sub(1, cut) .. entry .. package.path:sub(cut + 1)
+      else
+         package.path = entry .. package.path
+      end
+   end
+end
+
 local function load_recipe(path, recipe_args, env)
+   add_script_dir(path)
    local chunk, err = loadfile(path)
    if not chunk then error(err, 0) end
    if env then setfenv(chunk, env) end
@@ -130,6 +149,7 @@ if cmd == '-i' then
       if args[2] then
          local path = resolve(args[2])
          if not path then error("no recipe or script '" .. args[2] .. "'", 0) end
+         add_script_dir(path)
          local chunk, err = loadfile(path)
          if not chunk then error(err, 0) end
          arg = {[0] = path, unpack(args, 3)}

@@ -298,6 +298,13 @@ for _, c in ipairs({{'80GiB', 80 * 2 ^ 30}, {'512MiB', 512 * 2 ^ 20}, {'40GB', 4
 end
 t.check(cli.parse_size('80 parsecs') == nil and cli.parse_size('-1G') == nil, 'bad sizes are refused')
 
+-- a script's own modules are found from any working directory (docs/models.md's require 'tinylm')
+fs.mkdirs(tmp .. '/sub')
+write(tmp .. '/sub/mymod.lua', 'return {answer = 42}')
+write(tmp .. '/sub/use.lua', "print('answer ' .. require('mymod').answer)")
+local st_mod, out_mod = t.sh('cd / && ' .. bin .. ' ' .. tmp .. '/sub/use.lua')
+t.check(st_mod == 0 and out_mod:find('answer 42', 1, true), 'require of a module beside the script:\n%s', out_mod)
+
 print(string.format('%d command lines (slowest %.1f s), %d resolutions checked', tests, slowest, #RESOLVE))
 fs.remove_tree(tmp)
 return t.done()
