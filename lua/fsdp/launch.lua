@@ -129,7 +129,7 @@ end
 
 -- the number of cores of this machine
 local function cores()
-   local p = io.popen('nproc 2>/dev/null')
+   local p = io.popen('env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null') -- nproc heeds them
    local n = p and tonumber(p:read('*l') or '')
    if p then p:close() end
    return n or 1

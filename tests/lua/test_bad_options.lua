@@ -31,6 +31,9 @@ write(cfgdir .. '/config.json', '{"architectures": ["LlamaForCausalLM"], "hidden
 local corpus = tmp .. '/corpus.txt'
 write(corpus, string.rep('to be or not to be, that is the question. ', 200))
 
+-- a script that says how big its job is
+write(tmp .. '/ranks.lua', "local dist = require 'fsdp.dist'\ndist.init()\nif dist.rank == 0 then print('world ' .. " ..
+      "dist.world_size .. ' MASTER_PORT ' .. tostring(os.getenv('MASTER_PORT'))) end\nreturn 0\n")
 local R = 'recipes/train_mingpt.lua --preset gpt-nano '
 local NOFILE = tmp .. '/does/not/exist'
 
@@ -177,6 +180,11 @@ local CASES = {
     '--nproc-per-node, --nnodes, --node-rank, --master-addr, --master-port, --rdzv-endpoint, --rdzv-backend, ' ..
     '--rdzv-id, --standalone, --hosts, --max-restarts, --no-python'}},
    {'--nproc-per-node 2', 1, {'no recipe given after the launcher flags'}},
+   {'--nproc-per-node=gpu recipes/train_mingpt.lua', 1, {'--nproc-per-node gpu: no GPU is usable here'}},
+   {'--nnodes=2 --node_rank=5 --master_addr=127.0.0.1 recipes/train_mingpt.lua', 1, {'needs --node-rank 0..1'}},
+   {'--standalone --nproc_per_node=auto --rdzv-backend=c10d --rdzv-id=job1 --no-python ' .. tmp .. '/ranks.lua', 0,
+    {'world ' .. (tonumber(io.popen('env -u OMP_NUM_THREADS nproc'):read('*l')) or 1)}},
+   {'--nproc-per-node=2 --rdzv_endpoint=127.0.0.1:29611 ' .. tmp .. '/ranks.lua', 0, {'world 2', 'MASTER_PORT 29611'}},
    -- --help exits 0 everywhere, with one usage
    {'--help', 0, {'usage: fsdp-lua RECIPE'}},
    {'--nproc_per_node 2 --help', 0, {'launcher flags', '--standalone', '--rdzv-endpoint'}},
