@@ -462,7 +462,9 @@ function M.parse(recipe, specs, args, description)
       else
          if value == nil then
             value = args[i + 1]
-            if value == nil then error(string.format('%s: option %s needs a value', recipe, spelled), 0) end
+            if value == nil or (value:sub(1, 2) == '--' and not tonumber(value)) then
+               error(string.format('%s: option %s needs a value (%s)', recipe, spelled, M.accepts(spec)), 0)
+            end
             i = i + 1
          end
          set(spec, convert(recipe, spec, value, spelled), spelled)

@@ -47,6 +47,7 @@ local CASES = {
    {R .. '--lr -1', 1, {'option --lr wants a finite number >= 0, got -1'}},
    {R .. '--lr fast', 1, {'option --lr wants a number', "got 'fast'"}},
    {R .. '--lr', 1, {'option --lr needs a value'}},
+   {R .. '--lr --max-steps 3', 1, {'option --lr needs a value (a finite number >= 0)'}},
    {R .. '--weight-decay -5', 1, {'option --weight-decay wants a finite number >= 0, got -5'}},
    {R .. '--grad-accum-steps 0', 1, {'option --grad-accum-steps wants an integer >= 1, got 0'}},
    {R .. '--grad-accum-steps -1', 1, {'option --grad-accum-steps wants an integer >= 1, got -1'}},
