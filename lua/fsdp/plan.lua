@@ -375,6 +375,12 @@ end
 -- numbers and the options that would fit unless o.force.
 function M.guard(model, o, ctx)
    local world, local_world = ctx.world or 1, math.max(1, ctx.local_world or 1)
+   if (o.strategy == 'hybrid_full' or o.strategy == 'hybrid_grad_op') and (o.hybrid_group_size or 0) == 0 then
+      local copy = {}
+      for k, v in pairs(o) do copy[k] = v end
+      copy.hybrid_group_size = local_world -- the default shard group: the ranks of one node
+      o = copy
+   end
    local r = M.for_options(model, o, world)
    local host = M.host_available()
    local host_budget = host and host / local_world

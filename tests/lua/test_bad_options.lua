@@ -300,6 +300,39 @@ t.check(o.resume == false and o.steps == 3 and o.lr == 1e-3, 'a user table parse
 t.raises(function() cli.check_defaults('mine.lua', {{'n', -1, 'n', type = 'integer', min = 0}}) end,
          {'the default of --n (-1) is refused'})
 
+-- the memory guard with a machine of our choosing: host memory shared by
+-- the ranks of a node, a GPU's memory, the options that would fit, --force
+local plan = require 'fsdp.plan'
+local mingpt = require 'models.mingpt'
+local gpt = mingpt.GPT {vocab_size = 256, block_size = 64, n_layer = 6, n_head = 4, n_embd = 128}
+local base = {batch_size = 64, seq_len = 64, strategy = 'grad_op', param_dtype = 'f32', reduce_dtype = 'f32',
+              device = 'cpu', activation_checkpointing = false}
+local function with(over)
+   local o = {}
+   for k, v in pairs(base) do o[k] = v end
+   for k, v in pairs(over or {}) do o[k] = v end
+   return o
+end
+local need = plan.for_options(gpt, base, 2).total
+local saved_available = plan.host_available
+plan.host_available = function() return need * 4 end -- room for 4 ranks of this plan
+t.check(pcall(plan.guard, gpt, base, {world = 2, local_world = 2}), 'a plan that fits is let through')
+plan.host_available = function() return need * 1.5 end -- 2 ranks on the node share it: 0.75 of a plan each
+local msg = t.raises(function() plan.guard(gpt, base, {world = 2, local_world = 2}) end,
+                     {'memory: this run needs about', 'available for its 2 rank(s)', 'it would fit with:',
+                      '--activation-checkpointing', '--force'})
+t.check(msg and msg:find('--batch-size', 1, true), 'the guard suggests a smaller batch:\n%s', tostring(msg))
+t.check(pcall(plan.guard, gpt, with {force = true}, {world = 2, local_world = 2}), '--force lets it start')
+plan.host_available = function() return 1e12 end
+local gpu = {info = {total_mem = 0.5 * need}}
+t.raises(function() plan.guard(gpt, with {device = 'cuda'}, {world = 2, local_world = 2, dev = gpu}) end,
+         {'on each GPU, which has'})
+gpu.info.total_mem = 64 * 2 ^ 30
+t.check(pcall(plan.guard, gpt, with {device = 'cuda'}, {world = 2, local_world = 2, dev = gpu}),
+        'a plan that fits the GPU is let through')
+plan.host_available = saved_available
+t.check((plan.host_available() or 0) > 0, 'MemAvailable is read from /proc/meminfo')
+
 -- sizes
 for _, c in ipairs({{'80GiB', 80 * 2 ^ 30}, {'512MiB', 512 * 2 ^ 20}, {'40GB', 40e9}, {'1T', 2 ^ 40}, {'1.5g', 1.5 * 2 ^ 30},
                     {'100', 100}}) do
