@@ -71,7 +71,18 @@ end
 function M.published_names()
    local names = {}
    for k in pairs(published_tables()) do names[#names + 1] = k end
-   table.sort(names)
+   -- llama2-7b before llama2-13b: by the name, then the size as a number
+   local function key(n)
+      local prefix, size = n:match('^(.*)%-([%d%.]+)')
+      return prefix or n, tonumber(size) or 0
+   end
+   table.sort(names, function(a, b)
+      local pa, na = key(a)
+      local pb, nb = key(b)
+      if pa ~= pb then return pa < pb end
+      if na ~= nb then return na < nb end
+      return a < b
+   end)
    return names
 end
 

@@ -55,11 +55,6 @@ local function sorted_keys(t)
    return out
 end
 
-local function device_check(v)
-   if v == 'cpu' or v == 'cuda' or v == 'auto' or v:match('^cuda:%d+$') then return nil end
-   return 'wants cpu, cuda, cuda:N or auto'
-end
-
 local DTYPES = {'f32', 'bf16', 'f16'}
 local DTYPE_SPELLINGS = {bfloat16 = 'bf16', float16 = 'f16', fp16 = 'f16', half = 'f16', float32 = 'f32',
                          fp32 = 'f32', float = 'f32'}
@@ -76,9 +71,7 @@ local SPECS = {
    {'size', '', SIZE_HELP, type = 'enum', choices = size_choices(), aliases = {'model_size'}},
    {'vocab_size', 0, 'vocabulary of a from-scratch model (0: the tokenizer\'s)', type = 'integer', min = 0},
    {'tokenizer', '', "tokenizer.json or its directory for text data, or 'bytes' (default: the model's, else bytes)",
-    check = function(v)
-       if v ~= 'bytes' and v ~= '' and not io.open(v, 'r') then return 'no such file or directory' end
-    end},
+    check = fsdp.cli.checks.tokenizer},
    {'preset', 'gpt-micro', 'minGPT shape when neither --model nor --size is given', type = 'enum',
     choices = sorted_keys(require('models.mingpt').presets)},
    {'n_layer', 0, 'layers (0: from the preset or size)', type = 'integer', min = 0},
@@ -139,7 +132,7 @@ local SPECS = {
    {'cpu_offload', false, 'on a GPU: keep parameter shards, gradients and optimizer state in pinned host memory (AdamW on the CPU)'},
    {'tf32', false, 'on a GPU: f32 matmuls on TF32 tensor cores (torch\'s allow_tf32)'},
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto (cuda when a GPU is usable)',
-    check = device_check},
+    check = fsdp.cli.checks.device},
    {'force', false, 'start even when the memory plan says the run does not fit this machine'},
    checks = {
       function(opt, given)
