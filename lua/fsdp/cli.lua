@@ -271,10 +271,11 @@ local function convert(recipe, spec, text, spelled)
       return v
    elseif kind == 'path' then
       if text ~= '' and spec.exists then
-         local ok = spec.exists == 'dir' and is_dir(text) or (spec.exists ~= 'dir' and exists(text))
-         if not ok then
-            error(string.format("%s: option %s: cannot open '%s' (no such %s)", recipe, name, text,
-                                spec.exists == 'dir' and 'directory' or 'file or directory'), 0)
+         if not exists(text) then
+            error(string.format("%s: option %s: cannot open '%s': it does not exist", recipe, name, text), 0)
+         end
+         if spec.exists == 'dir' and not is_dir(text) then
+            error(string.format("%s: option %s: cannot open '%s': it is not a directory", recipe, name, text), 0)
          end
       end
       return text

@@ -100,7 +100,7 @@ local CASES = {
    {R .. '--device gpu', 1, {'--device gpu', 'wants cpu, cuda, cuda:N or auto'}},
    {R .. '--data ' .. NOFILE, 1, {'option --data: cannot open', NOFILE}},
    {R .. '--model ' .. NOFILE, 1, {'option --model: cannot open', NOFILE}},
-   {R .. '--model ' .. corpus, 1, {'option --model: cannot open', 'no such directory'}},
+   {R .. '--model ' .. corpus, 1, {'option --model: cannot open', 'it is not a directory'}},
    {R .. '--tokenizer ' .. NOFILE, 1, {'option --tokenizer', 'no such file or directory'}},
    {R .. '--activation-checkpointing maybe', 1, {"unexpected argument 'maybe'"}},
    {R .. '--tf32=perhaps', 1, {'option --tf32 wants true or false', 'perhaps'}},
