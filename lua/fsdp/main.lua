@@ -92,6 +92,9 @@ end
 
 local function report(err)
    local msg = tostring(err)
+   -- a progress bar on the screen is cleared first, so the error starts its own line
+   local has_log, log = pcall(require, 'fsdp.log')
+   if has_log and log.before_line then pcall(log.before_line) end
    io.stderr:write(string.format('fsdp-lua: %s: error: %s\n', rank_prefix(), msg))
    io.stderr:flush()
    -- in a job of several ranks, take the others down instead of leaving
