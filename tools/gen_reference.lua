@@ -29,22 +29,6 @@ local root = fsdp.root
 
 M.RECIPE_MARKER = 'takes every option of `recipes/train_lm.lua`'
 
--- hand-written descriptions of flags that are parsed by code, not declared
--- in option tables; a flag the code parses but this table lacks is an error
-local LAUNCHER_FLAGS = {
-   ['--nproc-per-node'] = 'ranks to start on each machine (default 1)',
-   ['--nnodes'] = 'machines; more than 1 needs --hosts (MPICH hydra starts every rank from this machine over ssh)',
-   ['--hosts'] = 'comma-separated host names for --nnodes > 1 (passed to mpiexec -hosts)',
-   ['--node-rank'] = 'accepted for torchrun habits and ignored: hydra starts every node from one machine',
-   ['--master-addr'] = 'exported to the ranks as MASTER_ADDR (the MPI backend does not need it)',
-   ['--master-port'] = 'exported to the ranks as MASTER_PORT (the MPI backend does not need it)',
-   ['--max-restarts'] = 'run the whole job again when it fails, up to K times (it resumes from its checkpoint)',
-}
-local PLAN_FLAGS = {
-   ['--world-size'] = 'the number of ranks to plan for (default 1)',
-   ['--memory-per-rank'] = "a budget such as 80GiB, 512MiB or 40GB; the report then says whether the plan fits",
-}
-
 -- One-line descriptions of functions whose code carries no comment, by
 -- module and heading. The code's own comment wins when there is one; an
 -- entry naming a function the module no longer defines is an error.
@@ -291,6 +275,8 @@ local ENVIRONMENT = {
    {'LOCAL_RANK, LOCAL_WORLD_SIZE', 'ranks on this node (also read from MPI_LOCALRANKID / MPI_LOCALNRANKS, SLURM_LOCALID / SLURM_NTASKS_PER_NODE, OMPI_COMM_WORLD_LOCAL_*); the default hybrid shard group size'},
    {'FSDP_COMM_TIMEOUT', 'seconds a collective may wait for a peer before it fails with an error naming the rank (default 600)'},
    {'FSDP_TRACEBACK', 'set to print a Lua traceback with an error'},
+   {'FSDP_TTY_COLUMNS', 'set by the launcher when its output is a terminal: rank 0 then draws the progress bar (its stdout is a pipe to mpiexec) at most this wide'},
+   {'COLUMNS, TERM', 'the terminal width when it cannot be asked; TERM=dumb turns the progress bar off'},
    {'FSDP_ROOT', 'the checkout / install root (default: the directory above build/fsdp-lua)'},
    {'FSDP_LIB', 'another libfsdp.so to load (default ROOT/build/libfsdp.so)'},
    {'FSDP_CUDA_LIB', 'another CUDA backend library for fsdp.device to load (default ROOT/build/libfsdp_cuda.so)'},
@@ -469,12 +455,21 @@ local function show_default(v)
 end
 
 local function describe_spec(s)
+   local cli = require 'fsdp.cli'
    local text = md(s[3] or '')
    if s.choices then text = text .. ' (one of ' .. table.concat((function()
       local c = {}
       for i, v in ipairs(s.choices) do c[i] = code(v) end
       return c
    end)(), ', ') .. ')' end
+   local kind = cli.kind_of(s)
+   if kind == 'integer' or kind == 'number' or kind == 'size' then text = text .. ' (' .. md(cli.accepts(s)) .. ')' end
+   if kind == 'path' and s.exists then text = text .. ' (must exist)' end
+   local al = cli.alias_names(s)
+   if #al > 0 then
+      for i, a in ipairs(al) do al[i] = code(a:match('^%S+')) .. (a:match(' (%(.*%))$') and (' ' .. md(a:match(' (%(.*%))$'))) or '') end
+      text = text .. '; also ' .. table.concat(al, ', ')
+   end
    if type(s[2]) == 'boolean' then text = text .. ' (a switch: `' .. flag(s[1]) .. '` or `--no-' .. s[1]:gsub('_', '-') .. '`)' end
    return text:gsub('|', '\\|')
 end
@@ -516,31 +511,11 @@ local function usage_text()
    return (s:gsub('%s+$', ''))
 end
 
-local function launcher_flags()
-   local src = read(root .. '/lua/fsdp/launch.lua')
-   local out = {}
-   for f in src:gmatch("%['(%-%-[%w%-]+)'%]%s*=%s*'[%w_]+'") do out[#out + 1] = f end
-   if #out == 0 then error('gen_reference: found no launcher flags in lua/fsdp/launch.lua', 0) end
-   return out
-end
-
-local function plan_flags()
-   local src = read(root .. '/lua/fsdp/main.lua')
-   local block = src:match("if cmd == 'plan' then(.-)\nend\n")
-   if not block then error("gen_reference: lua/fsdp/main.lua has no `if cmd == 'plan'` branch", 0) end
-   local out = {}
-   for f in block:gmatch("args%[i%] == '(%-%-[%w%-]+)'") do out[#out + 1] = f end
-   return out
-end
-
-local function flag_table(flags, descriptions, where)
+-- the launcher's flags with their meanings (lua/fsdp/launch.lua's FLAGS)
+local function launcher_table()
    local rows = {'| flag | meaning |', '|---|---|'}
-   for _, f in ipairs(flags) do
-      local d = descriptions[f]
-      if not d then
-         error(string.format('gen_reference: %s parses %s, which tools/gen_reference.lua does not describe', where, f), 0)
-      end
-      rows[#rows + 1] = string.format('| `%s` | %s |', f, cell(d))
+   for _, f in ipairs(require('fsdp.launch').FLAGS) do
+      rows[#rows + 1] = string.format('| `%s%s` | %s |', f[1], f[3] and ' V' or '', cell(f[4]))
    end
    return table.concat(rows, '\n')
 end
@@ -743,14 +718,21 @@ function M.generate()
    add('`fsdp-lua --help`:', '', '```text', usage_text(), '```', '')
    add('A recipe option `--name value` sets `name` (dashes become underscores); `--name=value` works too. ' ..
        'A switch (a boolean option) is turned on by `--name` alone or `--name true`, off by `--no-name` or ' ..
-       '`--name false`. An unknown option is an error that names the closest valid one; `--help` lists them all.', '')
+       '`--name false`. Every value is checked before the recipe builds anything: its type (an integer, a finite ' ..
+       'number, one of the choices, an existing path, a size such as 80GiB), its range, and the conflicts the ' ..
+       'recipe declares; a refused value is an error naming the option, the value and what is accepted. Options ' ..
+       'have aliases, the spellings PyTorch scripts and the Hugging Face Trainer use (`--learning-rate`, ' ..
+       '`--grad-clip`, `--bf16`, `--save-dir`, ...), listed with each option below; two spellings of one option ' ..
+       'given different values are refused. An unknown option is an error that names the closest valid one, ' ..
+       'and says how a spelling with another meaning maps here (`--warmup-ratio`, `--resume`, ' ..
+       '`--per-device-train-batch-size`); `--help` lists them all with the recipe\'s description.', '')
 
    add('### Launcher flags', '')
    toc[#toc + 1] = '  - [Launcher flags](#launcher-flags)'
    add('Given before the recipe: `fsdp-lua --nproc-per-node N [flags] RECIPE [options]`. The process becomes ' ..
        "MPICH's `mpiexec`, which starts the ranks, prefixes each output line with `[rank r]` (not for `-i`) and " ..
        'ends the job when a rank fails.', '')
-   add(flag_table(launcher_flags(), LAUNCHER_FLAGS, 'lua/fsdp/launch.lua'), '')
+   add(launcher_table(), '')
 
    add('### The REPL: -i', '')
    toc[#toc + 1] = '  - [The REPL: -i](#the-repl--i)'
@@ -822,10 +804,11 @@ function M.generate()
 
    add('### fsdp-lua plan', '')
    toc[#toc + 1] = '  - [fsdp-lua plan](#fsdp-lua-plan)'
-   add('`fsdp-lua plan RECIPE --world-size N [--memory-per-rank SIZE] [recipe options]` runs the recipe until ' ..
-       'it calls `fsdp.shard`, which then reports instead of allocating (nothing is materialized, so a 70B ' ..
-       'plan runs on a laptop). Flags of its own; every other argument goes to the recipe:', '')
-   add(flag_table(plan_flags(), PLAN_FLAGS, "lua/fsdp/main.lua's plan branch"), '')
+   add('`fsdp-lua plan RECIPE [--world-size N] [--memory-per-rank SIZE] [recipe options]` asks the recipe for ' ..
+       'its options, its model (built, nothing is materialized, so a 70B plan runs on a laptop) and what it gives ' ..
+       '`fsdp.shard`, and prints what one rank would hold with the assumptions it made. Options of its own; ' ..
+       'every other argument goes to the recipe:', '')
+   add(options_table(require('fsdp.plan').options), '')
    add(render_comment(header_comment(read(root .. '/lua/fsdp/plan.lua'))), '')
 
    add('### fsdp-lua plot', '')

@@ -21,8 +21,9 @@ local ffi, C = bind.ffi, bind.C
 local M = {}
 
 M.options = {
-   {'dtype', 'f32', 'dtype of the exported weights', choices = {'f32', 'bf16', 'f16'}},
-   {'max_shard_size', '5GB', 'split model.safetensors into shards of at most this size'},
+   {'dtype', 'f32', 'dtype of the exported weights', choices = {'f32', 'bf16', 'f16'},
+    values = {bfloat16 = 'bf16', float16 = 'f16', fp16 = 'f16', float32 = 'f32', fp32 = 'f32'}},
+   {'max_shard_size', '5GB', 'split model.safetensors into shards of at most this size', type = 'size', min = 1},
 }
 
 local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',

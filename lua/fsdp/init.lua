@@ -59,16 +59,23 @@ function M.rng_restore(r, text)
    if i ~= 4 then error('rng_restore: malformed state ' .. tostring(text), 2) end
 end
 
--- recipe options: fsdp.options(name, specs, arg) -> table; prints help and
--- exits the process (status 0) when --help is given
+-- recipe options: fsdp.options(name, specs, arg) -> table (and `given`:
+-- the options the command line set, with their spelling). Every value is
+-- checked against its spec (fsdp.cli: types, ranges, choices, conflicts)
+-- before the recipe goes on; a bad one is an error naming the option, the
+-- value and what is accepted. --help prints the options, with the header
+-- comment of the script (arg[0]) as its description, and exits the
+-- process with status 0.
 function M.options(name, specs, args)
-   local opt, help = M.cli.parse(name, specs, args or {})
+   args = args or {}
+   M.cli.check_defaults(name, specs)
+   local opt, given = M.cli.parse(name, specs, args, specs.description or M.cli.description(args[0]))
    if not opt then
-      print(help)
+      print(given)
       os.exit(0)
    end
-   M.last_options = opt
-   return opt
+   M.last_options, M.last_given = opt, given
+   return opt, given
 end
 
 return M

@@ -9,30 +9,150 @@ local fs = require 'fsdp.fs'
 
 local M = {}
 
+-- what mpiexec writes before each rank's output
+local RANK_PREFIX = '[rank %r] '
+
 pcall(ffi.cdef, 'int execvp(const char *file, char *const argv[]);')
 
--- launcher flags (before the recipe); returns a table or nil when absent
+-- The launcher's flags, before the recipe, with torchrun's spellings:
+-- underscores or dashes (--nproc_per_node), `--flag value` or `--flag=value`.
+-- {flag, field, takes a value, meaning}
+M.FLAGS = {
+   {'--nproc-per-node', 'nproc', true, 'ranks to start on each machine (default 1); gpu: one per GPU; auto: one per ' ..
+    'GPU, else one per core; cpu: one per core (torchrun\'s values)'},
+   {'--nnodes', 'nnodes', true, 'machines (default 1); with --node-rank and --master-addr each machine runs the ' ..
+    'same command (torchrun\'s way), with --hosts this one starts them all over ssh; an elastic range (1:4) is refused'},
+   {'--node-rank', 'node_rank', true, 'this machine\'s place 0..nnodes-1 when every machine runs the command ' ..
+    '(node 0 hands the others their part of the job over --master-addr:--master-port)'},
+   {'--master-addr', 'master_addr', true, 'node 0\'s address for --nnodes > 1 (also exported to the ranks as ' ..
+    'MASTER_ADDR)'},
+   {'--master-port', 'master_port', true, 'the port node 0 listens on for the other nodes (default 29500; also ' ..
+    'exported as MASTER_PORT)'},
+   {'--rdzv-endpoint', 'rdzv_endpoint', true, 'HOST[:PORT]: torchrun\'s spelling of --master-addr and --master-port'},
+   {'--rdzv-backend', 'rdzv_backend', true, 'accepted for torchrun commands (c10d, static) and not needed: node 0 ' ..
+    'is the rendezvous'},
+   {'--rdzv-id', 'rdzv_id', true, 'accepted for torchrun commands and not needed (one job per command)'},
+   {'--standalone', 'standalone', false, 'one machine with a local rendezvous, as torchrun\'s --standalone (the ' ..
+    'default; refused with --nnodes > 1)'},
+   {'--hosts', 'hosts', true, 'comma-separated host names for --nnodes > 1 started from this machine (passed to ' ..
+    'mpiexec -hosts; hydra logs in over ssh)'},
+   {'--max-restarts', 'max_restarts', true, 'run the whole job again when it fails, up to K times (it resumes from ' ..
+    'its checkpoint)'},
+   {'--no-python', 'no_python', false, 'accepted for torchrun commands (fsdp-lua is no Python program)'},
+}
+local by_flag = {}
+for _, f in ipairs(M.FLAGS) do by_flag[f[1]] = f end
+
+-- a launcher flag's canonical spelling: --nproc_per_node=4 -> --nproc-per-node
+local function canonical(a)
+   local name = a:match('^(%-%-[^=]+)')
+   return name and name:gsub('_', '-') or nil
+end
+
+-- true when args[1] is meant for the launcher (any --flag before the recipe)
+function M.handles(a)
+   return a ~= nil and a:sub(1, 2) == '--' and a ~= '--help'
+end
+
+function M.usage()
+   local lines = {'usage: fsdp-lua [launcher flags] RECIPE [options]   (or -i [SCRIPT] for the REPL)',
+                  '', 'launcher flags (torchrun\'s spellings work too: --nproc_per_node 4, --nnodes=2):'}
+   for _, f in ipairs(M.FLAGS) do
+      lines[#lines + 1] = string.format('  %-18s %s', f[1] .. (f[3] and ' V' or ''), f[4])
+   end
+   return table.concat(lines, '\n')
+end
+
+local function all_flags()
+   local out = {}
+   for _, f in ipairs(M.FLAGS) do out[#out + 1] = f[1] end
+   return table.concat(out, ', ')
+end
+
+-- launcher flags (before the recipe); returns the options and the rest (the
+-- recipe and its arguments), or nil, usage text for --help. Raises for an
+-- unknown flag, naming every flag.
 function M.parse(args)
    local opts, i = {}, 1
-   local known = {['--nproc-per-node'] = 'nproc', ['--nnodes'] = 'nnodes', ['--node-rank'] = 'node_rank',
-                  ['--master-addr'] = 'master_addr', ['--master-port'] = 'master_port', ['--hosts'] = 'hosts',
-                  ['--max-restarts'] = 'max_restarts'}
-   while args[i] and known[args[i]:match('^[^=]+')] do
-      local k, v = args[i]:match('^([^=]+)=(.*)$')
-      if not k then k, v = args[i], args[i + 1]; i = i + 1 end
-      if v == nil then error('launcher: ' .. k .. ' needs a value', 0) end
-      opts[known[k]] = v
+   while args[i] and args[i]:sub(1, 2) == '--' do
+      local a = args[i]
+      if a == '--help' or a == '-h' then return nil, M.usage() end
+      local name = canonical(a)
+      local f = by_flag[name]
+      if not f then
+         local names = {}
+         for _, g in ipairs(M.FLAGS) do names[#names + 1] = g[1]:sub(3):gsub('-', '_') end
+         local best, d = require('fsdp.cli').closest(name:sub(3):gsub('-', '_'), names)
+         local hint = best and d <= math.max(2, math.floor(#name / 3)) and ('did you mean --' .. best:gsub('_', '-') ..
+                      '? ') or ''
+         error(string.format('launcher: unknown flag %s before the recipe; %slauncher flags: %s (recipe options ' ..
+                             'go after the recipe)', name, hint, all_flags()), 0)
+      end
+      local v = a:match('^[^=]+=(.*)$')
+      if f[3] then
+         if v == nil then
+            v = args[i + 1]
+            i = i + 1
+            if v == nil then error('launcher: ' .. f[1] .. ' needs a value', 0) end
+         end
+      else
+         if v ~= nil then error('launcher: ' .. f[1] .. ' takes no value (got ' .. v .. ')', 0) end
+         v = true
+      end
+      opts[f[2]] = v
       i = i + 1
    end
    if not next(opts) then return nil end
+   -- torchrun's spellings onto ours
+   if opts.rdzv_endpoint then
+      local host, port = tostring(opts.rdzv_endpoint):match('^%[?([^%]]-)%]?:(%d+)$')
+      host = host or opts.rdzv_endpoint
+      opts.master_addr = opts.master_addr or host
+      opts.master_port = opts.master_port or port
+   end
+   if opts.nnodes and tostring(opts.nnodes):find(':', 1, true) then
+      error(string.format('launcher: --nnodes %s is an elastic range; fsdp-lua runs a fixed number of machines: ' ..
+                          'give one number', opts.nnodes), 0)
+   end
    -- torchrun's environment fills in what the flags leave out
    for flag, env in pairs({nnodes = 'NNODES', node_rank = 'NODE_RANK', master_addr = 'MASTER_ADDR',
                            master_port = 'MASTER_PORT'}) do
       if opts[flag] == nil and os.getenv(env) then opts[flag] = os.getenv(env) end
    end
+   if opts.standalone and opts.nnodes and tonumber(opts.nnodes) ~= 1 then
+      error('launcher: --standalone is one machine; it cannot go with --nnodes ' .. opts.nnodes, 0)
+   end
    local rest = {}
    for j = i, #args do rest[#rest + 1] = args[j] end
    return opts, rest
+end
+
+-- the number of cores of this machine
+local function cores()
+   local p = io.popen('env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null') -- nproc heeds them
+   local n = p and tonumber(p:read('*l') or '')
+   if p then p:close() end
+   return n or 1
+end
+
+-- --nproc-per-node's value as a number: N, gpu, auto or cpu (torchrun's)
+function M.nproc(v)
+   v = tostring(v or '1')
+   if v == 'gpu' or v == 'auto' then
+      local n, why = require('fsdp.device').cuda_device_count()
+      if n and n > 0 then return n end
+      if v == 'gpu' then
+         error('launcher: --nproc-per-node gpu: no GPU is usable here (' .. tostring(why or 'none found') ..
+               '); give a number', 0)
+      end
+      return cores()
+   end
+   if v == 'cpu' then return cores() end
+   local n = tonumber(v)
+   if not n or n < 1 or n ~= math.floor(n) then
+      error(string.format("launcher: --nproc-per-node wants a positive integer, gpu, auto or cpu, got '%s'", v), 0)
+   end
+   return n
 end
 
 local function which(prog)
@@ -43,10 +163,16 @@ local function which(prog)
 end
 
 function M.exec(opts, rest, self_exe)
-   local n = tonumber(opts.nproc or '1')
-   if not n or n < 1 or n ~= math.floor(n) then error('launcher: --nproc-per-node wants a positive integer', 0) end
+   local n = M.nproc(opts.nproc)
    if #rest == 0 then error('launcher: no recipe given after the launcher flags', 0) end
    local nnodes = tonumber(opts.nnodes or '1')
+   if not nnodes or nnodes < 1 or nnodes ~= math.floor(nnodes) then
+      error(string.format("launcher: --nnodes wants a positive integer, got '%s'", tostring(opts.nnodes)), 0)
+   end
+   local restarts = tonumber(opts.max_restarts or '0')
+   if not restarts or restarts < 0 or restarts ~= math.floor(restarts) then
+      error(string.format("launcher: --max-restarts wants an integer >= 0, got '%s'", tostring(opts.max_restarts)), 0)
+   end
    local mpiexec = which('mpiexec.hydra') or which('mpiexec')
    if not mpiexec then error('launcher: mpiexec (MPICH) is not installed: run make deps', 0) end
    local argv = {mpiexec}
@@ -60,14 +186,22 @@ function M.exec(opts, rest, self_exe)
    else
       add('-n', tostring(n))
    end
-   if rest[1] ~= '-i' then add('-prepend-pattern', '[rank %r] ') end -- the REPL prints on rank 0 only
+   if rest[1] ~= '-i' then add('-prepend-pattern', RANK_PREFIX) end -- the REPL prints on rank 0 only
    add('-genv', 'LOCAL_WORLD_SIZE', tostring(n))
+   -- rank 0 draws a progress bar when this terminal is where its lines go
+   -- (through mpiexec its stdout is a pipe): tell it, with the width it
+   -- may use. mpiexec writes '[rank 0] ' before each piece of output it
+   -- passes on, so before each redraw, right after the bar: leave room.
+   local width = require('fsdp.run').terminal_width(1)
+   if width and rest[1] ~= '-i' then
+      local prefix = RANK_PREFIX:gsub('%%r', '0')
+      add('-genv', 'FSDP_TTY_COLUMNS', tostring(math.max(20, width - #prefix)))
+   end
    if opts.master_addr then add('-genv', 'MASTER_ADDR', opts.master_addr) end
    if opts.master_port then add('-genv', 'MASTER_PORT', opts.master_port) end
    add(self_exe)
    for _, a in ipairs(rest) do add(a) end
    io.stdout:flush()
-   local restarts = tonumber(opts.max_restarts or '0') or 0
    if restarts > 0 then return M.supervise(argv, restarts) end
    local cargv = ffi.new('char*[?]', #argv + 1)
    local keep = {}

@@ -4,6 +4,8 @@ local M = {}
 
 M.rank = tonumber(os.getenv('RANK') or os.getenv('PMI_RANK') or os.getenv('SLURM_PROCID') or '0') or 0
 M.quiet = false
+-- called before a line is written (the progress bar clears itself here)
+M.before_line = nil
 
 local t0 = os.time()
 
@@ -12,6 +14,7 @@ function M.stamp() return os.date('%H:%M:%S') end
 -- printf on rank 0, with a timestamp
 function M.info(fmt, ...)
    if M.rank ~= 0 or M.quiet then return end
+   if M.before_line then M.before_line() end
    io.stdout:write('[' .. M.stamp() .. '] ' .. string.format(fmt, ...) .. '\n')
    io.stdout:flush()
 end
@@ -23,6 +26,7 @@ function M.all(fmt, ...)
 end
 
 function M.warn(fmt, ...)
+   if M.before_line then M.before_line() end
    io.stderr:write(string.format('[%s rank %d] warning: ', M.stamp(), M.rank) .. string.format(fmt, ...) .. '\n')
 end
 

@@ -62,7 +62,26 @@ end
 -- exit status; a recipe built on recipes/train_lm.lua returns the recipe (a
 -- table with main, options, model, shard_options) or the function that
 -- makes it from defaults (then called with none)
+-- a script's own modules (require 'tinylm' for tinylm.lua beside it) are
+-- found from any working directory, as Python puts a script's directory
+-- on sys.path: after the library's paths, so they cannot shadow it
+local function add_script_dir(path)
+   local dir = path:match('^(.*)/[^/]*$') or '.'
+   local entry = dir .. '/?.lua;'
+   if not package.path:find(entry, 1, true) then
+      local lib = root .. '/lua/?.lua;' .. root .. '/lua/?/init.lua;'
+      local at = package.path:find(lib, 1, true)
+      if at then
+         local cut = at + #lib - 1
+         package.path = package.path:sub(1, cut) .. entry .. package.path:sub(cut + 1)
+      else
+         package.path = entry .. package.path
+      end
+   end
+end
+
 local function load_recipe(path, recipe_args, env)
+   add_script_dir(path)
    local chunk, err = loadfile(path)
    if not chunk then error(err, 0) end
    if env then setfenv(chunk, env) end
@@ -73,6 +92,9 @@ end
 
 local function report(err)
    local msg = tostring(err)
+   -- a progress bar on the screen is cleared first, so the error starts its own line
+   local has_log, log = pcall(require, 'fsdp.log')
+   if has_log and log.before_line then pcall(log.before_line) end
    io.stderr:write(string.format('fsdp-lua: %s: error: %s\n', rank_prefix(), msg))
    io.stderr:flush()
    -- in a job of several ranks, take the others down instead of leaving
@@ -100,12 +122,12 @@ if not cmd or cmd == '--help' or cmd == '-h' then
    return cmd and 0 or 2
 end
 
--- the launcher: fsdp-lua --nproc-per-node N RECIPE ...
-if cmd:match('^%-%-n') or cmd:match('^%-%-master') or cmd:match('^%-%-hosts') or cmd:match('^%-%-max%-restarts') then
+-- the launcher: fsdp-lua --nproc-per-node N RECIPE ... (torchrun's flags too)
+if require('fsdp.launch').handles(cmd) then
    return run(function()
       local launch = require 'fsdp.launch'
       local opts, rest = launch.parse(args)
-      if not opts then error('unknown flag ' .. cmd .. ' (launcher flags: --nproc-per-node, --nnodes, --hosts)', 0) end
+      if not opts then print(rest); return 0 end -- --help
       return launch.exec(opts, rest, root .. '/build/fsdp-lua')
    end)
 end
@@ -130,6 +152,7 @@ if cmd == '-i' then
       if args[2] then
          local path = resolve(args[2])
          if not path then error("no recipe or script '" .. args[2] .. "'", 0) end
+         add_script_dir(path)
          local chunk, err = loadfile(path)
          if not chunk then error(err, 0) end
          arg = {[0] = path, unpack(args, 3)}
@@ -171,61 +194,53 @@ end
 -- fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]
 if cmd == 'plan' then
    return run(function()
-      local rest, world, limit = {}, 1, nil
-      local i = 2
-      while i <= #args do
-         if args[i] == '--world-size' then world = tonumber(args[i + 1]); i = i + 2
-         elseif args[i] == '--memory-per-rank' then limit = args[i + 1]; i = i + 2
-         else rest[#rest + 1] = args[i]; i = i + 1 end
-      end
-      if not world or world < 1 then error('plan: --world-size wants a positive integer', 0) end
-      local path = rest[1] and resolve(rest[1])
-      if not path then error('usage: fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [recipe options]', 0) end
-      local plan = require 'fsdp.plan'
-      arg = {[0] = path, unpack(rest, 2)}
-      local refusal = 'plan: ' .. path .. ' does not describe its model (a recipe built on recipes/train_lm.lua ' ..
-                      'does: its file returns options, model, shard_options and main)'
-      -- a plain script runs as it loads: it must not get as far as training
-      local shard = require 'fsdp.shard'
-      shard.refusal = refusal
-      local ok, r = pcall(load_recipe, path, arg)
-      shard.refusal = nil
-      if not ok then error(r, 0) end
-      if type(r) ~= 'table' or not (r.options and r.model and r.shard_options) then error(refusal, 0) end
-      local o = r.options(arg)
-      -- the vocabulary of a model from scratch: --vocab-size, else the tokenizer's
-      local vocab = (o.vocab_size or 0) > 0 and o.vocab_size or (r.tokenizer and r.tokenizer(o).vocab_size) or 0
-      local model = r.model(o, vocab)
-      local sopts = r.shard_options(o)
-      local cfg = model.config or {}
-      local res = plan.compute(model, {world_size = world, strategy = sopts.strategy,
-                                       hybrid_group_size = sopts.hybrid_group_size,
-                                       batch = math.max(1, (o.batch_size or 1) / world),
-                                       seq_len = o.seq_len or cfg.block_size or 1,
-                                       activation_checkpointing = o.activation_checkpointing,
-                                       vocab = cfg.vocab_size, width = cfg.n_embd or cfg.hidden_size})
-      print(plan.report(res, limit and plan.parse_bytes(limit)))
-      return 0
+      return require('fsdp.plan').main({unpack(args, 2)}, {resolve = resolve, load = load_recipe})
    end)
 end
 
+-- sub-commands: --help (or -h) anywhere in their arguments prints their
+-- usage, with the module's header comment, and exits 0
+local sub = {unpack(args, 2)}
+local function wants_help()
+   for _, a in ipairs(sub) do if a == '--help' or a == '-h' then return true end end
+   return false
+end
+local function sub_help(module, usage, specs)
+   local cli = require 'fsdp.cli'
+   local desc = cli.description(root .. '/lua/fsdp/' .. module .. '.lua')
+   if specs then print(cli.help(usage, specs, desc)) else print(usage .. (desc and ('\n\n' .. desc) or '')) end
+   return 0
+end
+
 if cmd == 'export' then
-   return run(function() return require('fsdp.export').main({unpack(args, 2)}) end)
+   return run(function()
+      local export = require 'fsdp.export'
+      if wants_help() then return sub_help('export', 'export CKPT_DIR OUT_DIR', export.options) end
+      return export.main(sub)
+   end)
 end
 
 if cmd == 'prepare' then
-   return run(function() return require('fsdp.prepare').main({unpack(args, 2)}) end)
+   return run(function()
+      local prepare = require 'fsdp.prepare'
+      if sub[1] ~= '--worker' and wants_help() then return sub_help('prepare', 'prepare', prepare.options) end
+      return prepare.main(sub)
+   end)
 end
 
 if cmd == 'ckpt' then
    return run(function()
       local tool = require 'fsdp.ckpt_tool'
-      return tool.main({unpack(args, 2)})
+      if wants_help() then
+         local usage = tool.usage and tool.usage() or select(2, pcall(tool.main, {}))
+         return sub_help('ckpt_tool', tostring(usage))
+      end
+      return tool.main(sub)
    end)
 end
 
 if cmd == 'plot' then
-   return run(function() return require('fsdp.plot').main({unpack(args, 2)}) end)
+   return run(function() return require('fsdp.plot').main(sub) end)
 end
 
 local path = resolve(cmd)

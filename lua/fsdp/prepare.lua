@@ -25,17 +25,24 @@ local C, check = bind.C, bind.check
 local M = {}
 
 M.options = {
-   {'tokenizer', 'bytes', "a tokenizer.json or its directory, or 'bytes' (one token per byte)"},
-   {'input', '', 'a file or a directory walked recursively'},
-   {'output', '', 'the directory the shards go to'},
+   {'tokenizer', 'bytes', "a tokenizer.json or its directory, or 'bytes' (one token per byte)",
+    check = cli.checks.tokenizer},
+   {'input', '', 'a file or a directory walked recursively', type = 'path', exists = true},
+   {'output', '', 'the directory the shards go to', type = 'path'},
    {'field', 'text', 'the JSONL field holding the text'},
-   {'val_fraction', 0.01, 'share of documents held out for validation'},
-   {'workers', 0, 'tokenizing processes (0: one per core)'},
-   {'start_index', 0, 'first document kept'},
-   {'end_index', -1, 'one past the last document kept (-1: all)'},
-   {'shard_tokens', 100000000, 'tokens per training shard'},
+   {'val_fraction', 0.01, 'share of documents held out for validation (0: none)', type = 'number', min = 0, below = 1},
+   {'workers', 0, 'tokenizing processes (0: one per core)', type = 'integer', min = 0},
+   {'start_index', 0, 'first document kept', type = 'integer', min = 0},
+   {'end_index', -1, 'one past the last document kept (-1: all)', type = 'integer', min = -1},
+   {'shard_tokens', 100000000, 'tokens per training shard', type = 'integer', min = 1},
    {'append_eos', true, "separate documents with the tokenizer's end-of-text token"},
    {'format', 'text', "'text' (documents), or 'sft' (prompt/completion or chat data: fsdp-lua prepare --format sft --help)", choices = {'text', 'sft'}},
+   checks = {function(o)
+      if o.end_index >= 0 and o.end_index <= o.start_index then
+         return string.format('--end-index %d must be above --start-index %d (or -1 for all)', o.end_index,
+                              o.start_index)
+      end
+   end},
 }
 
 local function load_tokenizer(spec)

@@ -4,8 +4,9 @@
 --                at the same step boundary
 --   health       a non-finite loss or gradient norm is caught at its step
 --                and handled by policy ('skip' the step or 'stop')
---   Console      rank-0 step lines with timestamps, or a progress bar with
---                ETA when stdout is a terminal
+--   Console      rank-0 step lines with timestamps, or a one-line progress
+--                bar with ETA, fitted to the width, when rank 0's output
+--                reaches a terminal (also under the launcher)
 -- A recipe uses what it wants; none of it is needed to train.
 local ffi = require 'ffi'
 local bind = require 'fsdp.ffi'
@@ -92,55 +93,168 @@ end
 ---------------------------------------------------------------------------
 -- Console
 
-local Console = {}
-Console.__index = Console
+pcall(ffi.cdef, [[
+struct fsdp_winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; };
+int ioctl(int fd, unsigned long request, ...);
+]])
 
--- opts: total steps, tty (default: isatty(stdout))
-function M.console(opts)
-   local tty = opts.tty
-   if tty == nil then tty = ffi.C.isatty(1) == 1 and os.getenv('TERM') ~= 'dumb' end
-   return setmetatable({total = opts.total, tty = tty and log.rank == 0, t0 = now(), first_step = opts.start or 0}, Console)
+-- the width of the terminal on fd, or nil when fd is no terminal
+function M.terminal_width(fd)
+   fd = fd or 1
+   if ffi.C.isatty(fd) ~= 1 then return nil end
+   local ws = ffi.new('struct fsdp_winsize')
+   if ffi.C.ioctl(fd, 0x5413, ws) == 0 and ws.ws_col > 0 then return tonumber(ws.ws_col) end -- TIOCGWINSZ
+   return tonumber(os.getenv('COLUMNS') or '') or 80
+end
+
+-- where rank 0's lines end up: the terminal's width, or nil for a file or
+-- pipe. Under the launcher (mpiexec) stdout is a pipe to mpiexec, which
+-- passes the lines on: the launcher says in FSDP_TTY_COLUMNS that its own
+-- stdout is a terminal, and how wide.
+function M.console_width()
+   if os.getenv('TERM') == 'dumb' then return nil end
+   return M.terminal_width(1) or tonumber(os.getenv('FSDP_TTY_COLUMNS') or '')
 end
 
 local function duration(s)
-   if s ~= s or s == math.huge then return '?' end
+   if s ~= s or s == math.huge or s < 0 then return '?' end
    s = math.floor(s)
    if s >= 3600 then return string.format('%dh%02dm', math.floor(s / 3600), math.floor(s / 60) % 60) end
    if s >= 60 then return string.format('%dm%02ds', math.floor(s / 60), s % 60) end
    return s .. 's'
 end
 
--- m: step, loss, lr, grad_norm, tokens_per_s, mfu, mem_current, mem_peak, times
-function Console:step(m)
-   local times = {}
-   for _, k in ipairs({'data', 'forward', 'backward', 'optimizer', 'comm_wait'}) do
-      if m.times and m.times[k] then times[#times + 1] = string.format('%s %.0fms', k, m.times[k] * 1000) end
+local function short_bytes(n)
+   local units = {'B', 'K', 'M', 'G', 'T'}
+   local i = 1
+   while n >= 1024 and i < #units do n = n / 1024; i = i + 1 end
+   return string.format(n >= 100 and '%.0f%s' or '%.1f%s', n, units[i])
+end
+
+local PHASES = {{'data', 'data'}, {'forward', 'fwd'}, {'backward', 'bwd'}, {'optimizer', 'opt'}, {'comm_wait', 'comm'}}
+
+-- the status line as fields, each with its spellings from longest to
+-- shortest, in the order shown, with a priority (1 is kept longest)
+local function fields(m, total, done, eta)
+   local out = {}
+   local function add(prio, ...) out[#out + 1] = {prio = prio, forms = {...}, at = 1} end
+   if done then
+      local pct = math.floor(done * 100)
+      local function bar(w)
+         local fill = math.floor(done * w + 0.5)
+         return string.format('[%s%s] %3d%%', string.rep('#', fill), string.rep('.', w - fill), pct)
+      end
+      add(2, bar(24), bar(16), bar(10), string.format('%d%%', pct))
+      add(3, 'ETA ' .. duration(eta), duration(eta))
    end
-   local line = string.format('step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | mfu %.1f%% | mem %s (peak %s)%s',
-                              m.step, self.total, m.loss, m.lr, m.grad_norm, m.tokens_per_s, (m.mfu or 0) * 100,
-                              log.bytes(m.mem_current), log.bytes(m.mem_peak),
-                              #times > 0 and (' | ' .. table.concat(times, ' ')) or '')
-   if self.tty then
-      local done = (m.step - self.first_step) / math.max(1, self.total - self.first_step)
-      local eta = (now() - self.t0) / math.max(done, 1e-9) * (1 - done)
-      local width = 24
-      local fill = math.floor(done * width + 0.5)
-      io.stdout:write(string.format('\r\27[K[%s%s] %3d%% ETA %s | %s', string.rep('#', fill), string.rep('.', width - fill),
-                                    math.floor(done * 100), duration(eta), line))
-      io.stdout:flush()
-   else
-      log.info('%s', line)
+   add(1, string.format('step %5d/%d', m.step, total), string.format('step %d/%d', m.step, total),
+       string.format('%d/%d', m.step, total))
+   add(4, string.format('loss %.4f', m.loss), string.format('loss %.3f', m.loss))
+   add(7, string.format('lr %.2e', m.lr), string.format('lr %.1e', m.lr))
+   add(9, string.format('norm %.3f', m.grad_norm), string.format('norm %.2f', m.grad_norm))
+   add(5, string.format('%.0f tok/s', m.tokens_per_s), string.format('%s tok/s', m.tokens_per_s >= 1e4 and
+       string.format('%.0fk', m.tokens_per_s / 1e3) or string.format('%.0f', m.tokens_per_s)))
+   add(8, string.format('mfu %.1f%%', (m.mfu or 0) * 100), string.format('mfu %.0f%%', (m.mfu or 0) * 100))
+   if m.mem_peak then
+      add(6, string.format('mem %s (peak %s)', log.bytes(m.mem_current or 0), log.bytes(m.mem_peak)),
+          string.format('mem %s/%s', short_bytes(m.mem_current or 0), short_bytes(m.mem_peak)),
+          string.format('peak %s', short_bytes(m.mem_peak)))
+   end
+   if m.times then
+      local long, short = {}, {}
+      for _, k in ipairs(PHASES) do
+         local v = m.times[k[1]]
+         if v then
+            long[#long + 1] = string.format('%s %.0fms', k[1], v * 1000)
+            short[#short + 1] = string.format('%s %.0f', k[2], v * 1000)
+         end
+      end
+      if #long > 0 then add(10, table.concat(long, ' '), table.concat(short, ' ') .. ' ms') end
+   end
+   return out
+end
+
+local function join(fs, sep)
+   local parts = {}
+   for _, f in ipairs(fs) do if not f.dropped then parts[#parts + 1] = f.forms[f.at] end end
+   return table.concat(parts, sep)
+end
+
+-- one status line of at most `width` characters: the least important
+-- fields are abbreviated first, then dropped; (m: as Console:step takes;
+-- done: the share of the run done, for the bar and the ETA, or nil)
+function M.status_line(m, total, width, done, eta)
+   local fs = fields(m, total, done, eta)
+   local sep = ' | '
+   local line = join(fs, sep)
+   if not width then return line end
+   local order = {}
+   for i = 1, #fs do order[i] = fs[i] end
+   table.sort(order, function(a, b) return a.prio > b.prio end)
+   -- first every field one notch shorter, least important first; then,
+   -- least important first, each field as short as it goes, then gone
+   for _, f in ipairs(order) do
+      if #line <= width then break end
+      if f.at < #f.forms then f.at = f.at + 1; line = join(fs, sep) end
+   end
+   for _, f in ipairs(order) do
+      while #line > width and f.at < #f.forms do f.at = f.at + 1; line = join(fs, sep) end
+      if #line <= width then break end
+      if f.prio > 1 then f.dropped = true; line = join(fs, sep) end
+   end
+   return line:sub(1, width)
+end
+
+local Console = {}
+Console.__index = Console
+
+-- opts: total steps, start (the first step of this run), tty (default: rank
+-- 0 writes to a terminal, see console_width), width (default the terminal's)
+function M.console(opts)
+   local width = opts.width
+   local tty = opts.tty
+   if tty == nil then
+      width = width or M.console_width()
+      tty = width ~= nil
+   end
+   tty = tty and log.rank == 0
+   return setmetatable({total = opts.total, tty = tty, width = width or 80, t0 = now(), first_step = opts.start or 0,
+                        drawn = false}, Console)
+end
+
+-- m: step, loss, lr, grad_norm, tokens_per_s, mfu, mem_current, mem_peak,
+-- times (seconds per step of each phase). On a terminal: one line redrawn
+-- in place, never wider than the terminal; otherwise a timestamped line.
+function Console:step(m)
+   if not self.tty then
+      log.info('%s', M.status_line(m, self.total))
+      return
+   end
+   local done = (m.step - self.first_step) / math.max(1, self.total - self.first_step)
+   local eta = (now() - self.t0) / math.max(done, 1e-9) * (1 - done)
+   -- one column spare: a line that fills the last column makes some terminals wrap
+   local line = M.status_line(m, self.total, self.width - 1, done, eta)
+   io.stdout:write('\r\27[K' .. line)
+   io.stdout:flush()
+   if not self.drawn then
+      self.drawn = true
+      -- a log line from elsewhere first clears the bar, so it does not run on after it
+      log.before_line = function()
+         if self.drawn then io.stdout:write('\r\27[K'); self.drawn = false end
+      end
    end
 end
 
 -- a message that must not be overwritten by the bar
 function Console:say(fmt, ...)
-   if self.tty then io.stdout:write('\r\27[K') end
+   if self.tty and self.drawn then io.stdout:write('\r\27[K'); self.drawn = false end
    log.info(fmt, ...)
 end
 
 function Console:finish()
-   if self.tty then io.stdout:write('\n'); io.stdout:flush() end
+   if self.tty and self.drawn then io.stdout:write('\n'); io.stdout:flush() end
+   self.drawn = false
+   log.before_line = nil
 end
 
 ---------------------------------------------------------------------------

@@ -52,6 +52,37 @@ M.presets = {
    ['70B']  = {num_hidden_layers = 80, hidden_size = 8192, num_attention_heads = 64, num_key_value_heads = 8,
                intermediate_size = 28672},
 }
+-- Published shapes (`--size llama2-7b`): the config.json fields of the
+-- released checkpoints (meta-llama/Llama-2-*-hf, Meta-Llama-3-*), built by
+-- this family through from_hf. Parameters: llama2-7b 6.74B, llama2-13b
+-- 13.02B, llama2-70b 68.98B, llama3-8b 8.03B, llama3-70b 70.55B.
+M.published = {
+   ['llama2-7b'] = {architectures = {'LlamaForCausalLM'}, model_type = 'llama', vocab_size = 32000,
+                    hidden_size = 4096, intermediate_size = 11008, num_hidden_layers = 32, num_attention_heads = 32,
+                    num_key_value_heads = 32, max_position_embeddings = 4096, rms_norm_eps = 1e-5,
+                    rope_theta = 10000.0, tie_word_embeddings = false, hidden_act = 'silu', bos_token_id = 1,
+                    eos_token_id = 2},
+   ['llama2-13b'] = {architectures = {'LlamaForCausalLM'}, model_type = 'llama', vocab_size = 32000,
+                     hidden_size = 5120, intermediate_size = 13824, num_hidden_layers = 40, num_attention_heads = 40,
+                     num_key_value_heads = 40, max_position_embeddings = 4096, rms_norm_eps = 1e-5,
+                     rope_theta = 10000.0, tie_word_embeddings = false, hidden_act = 'silu', bos_token_id = 1,
+                     eos_token_id = 2},
+   ['llama2-70b'] = {architectures = {'LlamaForCausalLM'}, model_type = 'llama', vocab_size = 32000,
+                     hidden_size = 8192, intermediate_size = 28672, num_hidden_layers = 80, num_attention_heads = 64,
+                     num_key_value_heads = 8, max_position_embeddings = 4096, rms_norm_eps = 1e-5,
+                     rope_theta = 10000.0, tie_word_embeddings = false, hidden_act = 'silu', bos_token_id = 1,
+                     eos_token_id = 2},
+   ['llama3-8b'] = {architectures = {'LlamaForCausalLM'}, model_type = 'llama', vocab_size = 128256,
+                    hidden_size = 4096, intermediate_size = 14336, num_hidden_layers = 32, num_attention_heads = 32,
+                    num_key_value_heads = 8, max_position_embeddings = 8192, rms_norm_eps = 1e-5,
+                    rope_theta = 500000.0, tie_word_embeddings = false, hidden_act = 'silu', bos_token_id = 128000,
+                    eos_token_id = 128001},
+   ['llama3-70b'] = {architectures = {'LlamaForCausalLM'}, model_type = 'llama', vocab_size = 128256,
+                     hidden_size = 8192, intermediate_size = 28672, num_hidden_layers = 80, num_attention_heads = 64,
+                     num_key_value_heads = 8, max_position_embeddings = 8192, rms_norm_eps = 1e-5,
+                     rope_theta = 500000.0, tie_word_embeddings = false, hidden_act = 'silu', bos_token_id = 128000,
+                     eos_token_id = 128001},
+}
 local preset_base = {vocab_size = 32000, max_position_embeddings = 4096, rms_norm_eps = 1e-5, rope_theta = 10000.0,
                      tie_word_embeddings = false}
 

@@ -14,6 +14,16 @@ M.defaults.num_key_value_heads = 8
 M.defaults.max_position_embeddings = 4096 * 32
 M.defaults.sliding_window = 4096
 
+-- Published shape (`--size mistral-7b`): mistralai/Mistral-7B-v0.1's
+-- config.json, built through from_hf (7.24B parameters)
+M.published = {
+   ['mistral-7b'] = {architectures = {'MistralForCausalLM'}, model_type = 'mistral', vocab_size = 32000,
+                     hidden_size = 4096, intermediate_size = 14336, num_hidden_layers = 32, num_attention_heads = 32,
+                     num_key_value_heads = 8, max_position_embeddings = 32768, rms_norm_eps = 1e-5,
+                     rope_theta = 10000.0, sliding_window = 4096, tie_word_embeddings = false, hidden_act = 'silu',
+                     bos_token_id = 1, eos_token_id = 2},
+}
+
 local Mistral = nn.class('Mistral', llama.Llama)
 M.Mistral = Mistral
 

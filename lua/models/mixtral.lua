@@ -34,6 +34,17 @@ M.defaults.num_experts_per_tok = 2
 M.defaults.output_router_logits = false
 M.defaults.router_aux_loss_coef = 0.001
 
+-- Published shape (`--size mixtral-8x7b`): mistralai/Mixtral-8x7B-v0.1's
+-- config.json, built through from_hf (46.70B parameters, 12.9B active)
+M.published = {
+   ['mixtral-8x7b'] = {architectures = {'MixtralForCausalLM'}, model_type = 'mixtral', vocab_size = 32000,
+                       hidden_size = 4096, intermediate_size = 14336, num_hidden_layers = 32,
+                       num_attention_heads = 32, num_key_value_heads = 8, max_position_embeddings = 32768,
+                       rms_norm_eps = 1e-5, rope_theta = 1e6, num_local_experts = 8, num_experts_per_tok = 2,
+                       router_aux_loss_coef = 0.02, output_router_logits = false, tie_word_embeddings = false,
+                       hidden_act = 'silu', bos_token_id = 1, eos_token_id = 2},
+}
+
 -- one expert: a SwiGLU MLP with Mixtral's names
 local Expert = nn.class('MixtralBlockSparseTop2MLP')
 M.Expert = Expert

@@ -24,6 +24,21 @@ M.defaults = {
    enable_bias = true, pad_token_id = 1, tie_word_embeddings = true, init_std = 0.02,
 }
 
+-- Published shapes (`--size opt-1.3b`): facebook/opt-1.3b's and
+-- opt-6.7b's config.json, built through from_hf (1.32B and 6.66B parameters)
+M.published = {
+   ['opt-1.3b'] = {architectures = {'OPTForCausalLM'}, model_type = 'opt', vocab_size = 50272, hidden_size = 2048,
+                   ffn_dim = 8192, num_hidden_layers = 24, num_attention_heads = 32, max_position_embeddings = 2048,
+                   word_embed_proj_dim = 2048, do_layer_norm_before = true, activation_function = 'relu',
+                   enable_bias = true, layer_norm_elementwise_affine = true, pad_token_id = 1, bos_token_id = 2,
+                   eos_token_id = 2},
+   ['opt-6.7b'] = {architectures = {'OPTForCausalLM'}, model_type = 'opt', vocab_size = 50272, hidden_size = 4096,
+                   ffn_dim = 16384, num_hidden_layers = 32, num_attention_heads = 32, max_position_embeddings = 2048,
+                   word_embed_proj_dim = 4096, do_layer_norm_before = true, activation_function = 'relu',
+                   enable_bias = true, layer_norm_elementwise_affine = true, pad_token_id = 1, bos_token_id = 2,
+                   eos_token_id = 2},
+}
+
 local OFFSET = 2 -- OPT's position table starts 2 rows in
 
 function M.config(cfg)

@@ -9,17 +9,21 @@ local fsdp = require 'fsdp'
 local dist = require 'fsdp.dist'
 
 local opt = fsdp.options('recipes/eval.lua', {
-   {'model', '', 'a Hugging Face model directory'},
-   {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory'},
-   {'data', '', 'text file, token file or prepared directory'},
-   {'tokenizer', '', "tokenizer for text data, or 'bytes' (default: the model's or checkpoint's)"},
+   {'model', '', 'a Hugging Face model directory', type = 'path', exists = 'dir',
+    aliases = {'hf_model', 'model_name_or_path'}, conflicts = {'checkpoint'}},
+   {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory', type = 'path',
+    exists = 'dir', aliases = {'checkpoint_dir'}},
+   {'data', '', 'text file, token file or prepared directory', type = 'path', exists = true},
+   {'tokenizer', '', "tokenizer for text data, or 'bytes' (default: the model's or checkpoint's)",
+    check = fsdp.cli.checks.tokenizer},
    {'split', 'val', 'which split to evaluate', choices = {'val', 'train'}},
-   {'val_fraction', 0.1, 'held-out share of a single file'},
-   {'seq_len', 256, 'tokens per sequence'},
-   {'batch_size', 4, 'sequences per batch over all ranks'},
-   {'batches', 20, 'batches to evaluate (at most the split)'},
+   {'val_fraction', 0.1, 'held-out share of a single file', type = 'number', above = 0, below = 1},
+   {'seq_len', 256, 'tokens per sequence', type = 'integer', min = 1, aliases = {'block_size', 'seq_length'}},
+   {'batch_size', 4, 'sequences per batch over all ranks', type = 'integer', min = 1},
+   {'batches', 20, 'batches to evaluate (at most the split)', type = 'integer', min = 1},
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
-   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto'},
+   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto',
+    check = fsdp.cli.checks.device},
 }, arg)
 
 dist.init()

@@ -14,19 +14,23 @@ local dist = require 'fsdp.dist'
 local sample = require 'fsdp.sample'
 
 local opt = fsdp.options('recipes/generate.lua', {
-   {'model', '', 'a Hugging Face model directory'},
-   {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory'},
-   {'tokenizer', '', "tokenizer.json or its directory, or 'bytes' (default: the model's, else the checkpoint's, else bytes)"},
+   {'model', '', 'a Hugging Face model directory', type = 'path', exists = 'dir',
+    aliases = {'hf_model', 'model_name_or_path'}, conflicts = {'checkpoint'}},
+   {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory', type = 'path',
+    exists = 'dir', aliases = {'checkpoint_dir'}},
+   {'tokenizer', '', "tokenizer.json or its directory, or 'bytes' (default: the model's, else the checkpoint's, else bytes)",
+    check = fsdp.cli.checks.tokenizer},
    {'prompt', '', 'text to continue (default: the tokenizer\'s BOS, or a newline)'},
-   {'max_new_tokens', 100, 'tokens to generate'},
-   {'temperature', 0.8, 'softmax temperature (0: greedy)'},
-   {'top_k', 50, 'sample among the k most likely tokens (0: all)'},
-   {'top_p', 1.0, 'sample from the smallest set holding this probability mass'},
-   {'context', 1024, 'longest context fed to the model'},
+   {'max_new_tokens', 100, 'tokens to generate', type = 'integer', min = 0},
+   {'temperature', 0.8, 'softmax temperature (0: greedy)', type = 'number', min = 0},
+   {'top_k', 50, 'sample among the k most likely tokens (0: all)', type = 'integer', min = 0},
+   {'top_p', 1.0, 'sample from the smallest set holding this probability mass', type = 'number', above = 0, max = 1},
+   {'context', 1024, 'longest context fed to the model', type = 'integer', min = 1},
    {'kv_cache', true, 'keep keys and values across steps (batch of one)'},
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
-   {'seed', 1337, 'random seed'},
-   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto'},
+   {'seed', 1337, 'random seed', type = 'integer', min = 0},
+   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto',
+    check = fsdp.cli.checks.device},
 }, arg)
 
 dist.init()

@@ -38,58 +38,115 @@ local function default_corpus()
    return ''
 end
 
+-- the sizes --size takes: the from-scratch Llama-style presets and the
+-- published shapes of every family (llama2-7b, mistral-7b, ...)
+local function size_choices()
+   local out = {}
+   for k in pairs(require('models.llama').presets) do out[#out + 1] = k end
+   table.sort(out, function(x, y) return tonumber(x:match('[%d.]+')) * (x:find('B') and 1000 or 1)
+                                        < tonumber(y:match('[%d.]+')) * (y:find('B') and 1000 or 1) end)
+   for _, k in ipairs(require('fsdp.plan').published_names()) do out[#out + 1] = k end
+   return out
+end
+local function sorted_keys(t)
+   local out = {}
+   for k in pairs(t) do out[#out + 1] = k end
+   table.sort(out)
+   return out
+end
+
+local DTYPES = {'f32', 'bf16', 'f16'}
+local DTYPE_SPELLINGS = {bfloat16 = 'bf16', float16 = 'f16', fp16 = 'f16', half = 'f16', float32 = 'f32',
+                         fp32 = 'f32', float = 'f32'}
+local SIZE_HELP = 'a Llama-style model from scratch: 350M ... 70B, or a published shape (llama2-7b, ' ..
+                  'llama3-8b, mistral-7b, mixtral-8x7b, opt-1.3b, ...)'
+
 local SPECS = {
-   {'data', default_corpus(), 'text file, token file (.bin) or prepared directory to train on'},
-   {'model', '', 'a Hugging Face model directory to start from (alias: --hf-model)'},
-   {'hf_model', '', 'same as --model'},
-   {'size', '', 'a Llama-style model from scratch: 350M, 1B, 3B, 7B, 13B, 30B, 70B (alias: --model-size)'},
-   {'model_size', '', 'same as --size'},
-   {'vocab_size', 0, 'vocabulary of a from-scratch model (0: the tokenizer\'s)'},
-   {'tokenizer', '', "tokenizer.json or its directory for text data, or 'bytes' (default: the model's, else bytes)"},
-   {'preset', 'gpt-micro', 'minGPT shape when neither --model nor --size is given: gpt-nano, gpt-micro, gpt-mini, gpt2, ...'},
-   {'n_layer', 0, 'layers (0: from the preset or size)'},
-   {'n_head', 0, 'attention heads (0: from the preset or size)'},
-   {'n_embd', 0, 'width (0: from the preset or size)'},
-   {'seq_len', 64, 'tokens per sequence'},
-   {'batch_size', 16, 'sequences per micro-batch, over all ranks'},
-   {'grad_accum_steps', 1, 'micro-batches per optimizer step'},
-   {'max_steps', 1000, 'optimizer steps'},
-   {'lr', 1e-3, 'peak learning rate'},
-   {'max_lr', 0, 'same as --lr'},
-   {'min_lr', 1e-4, 'final learning rate'},
-   {'warmup_steps', 50, 'linear warmup steps'},
-   {'decay', 'cosine', 'decay after warmup', choices = {'cosine', 'linear', 'constant'}},
-   {'weight_decay', 0.1, 'AdamW weight decay (matrices only)'},
-   {'beta1', 0.9, 'AdamW beta1'},
-   {'beta2', 0.95, 'AdamW beta2'},
-   {'max_grad_norm', 1.0, 'clip the global gradient norm (0: off)'},
-   {'strategy', 'full', 'sharding', choices = {'full', 'grad_op', 'none', 'hybrid_full', 'hybrid_grad_op'}},
-   {'hybrid_group_size', 0, 'ranks per shard group for hybrid strategies (0: ranks per node)'},
-   {'param_dtype', 'f32', 'dtype parameters are gathered in (on a GPU also the dtype of GEMMs and attention)', choices = {'f32', 'bf16', 'f16'}},
-   {'mixed_precision', false, 'gather parameters in bf16 (same as --param-dtype bf16)'},
+   {'data', default_corpus(), 'text file, token file (.bin) or prepared directory to train on', type = 'path',
+    exists = true, aliases = {'train_file', 'data_path'}},
+   {'model', '', 'a Hugging Face model directory to start from', type = 'path', exists = 'dir',
+    aliases = {'hf_model', 'model_name_or_path'},
+    conflicts = {{'size', 'give --model DIR (fine-tune) or --size NAME (from scratch), not both'},
+                 {'from_scratch', '--from-scratch builds a model from --size; --model DIR starts from its weights'}}},
+   {'size', '', SIZE_HELP, type = 'enum', choices = size_choices(), aliases = {'model_size'}},
+   {'vocab_size', 0, 'vocabulary of a from-scratch model (0: the tokenizer\'s)', type = 'integer', min = 0},
+   {'tokenizer', '', "tokenizer.json or its directory for text data, or 'bytes' (default: the model's, else bytes)",
+    check = fsdp.cli.checks.tokenizer},
+   {'preset', 'gpt-micro', 'minGPT shape when neither --model nor --size is given', type = 'enum',
+    choices = sorted_keys(require('models.mingpt').presets)},
+   {'n_layer', 0, 'layers (0: from the preset or size)', type = 'integer', min = 0},
+   {'n_head', 0, 'attention heads (0: from the preset or size)', type = 'integer', min = 0},
+   {'n_embd', 0, 'width (0: from the preset or size)', type = 'integer', min = 0},
+   {'seq_len', 64, 'tokens per sequence', type = 'integer', min = 1,
+    aliases = {'block_size', 'seq_length', 'max_seq_length'}},
+   {'batch_size', 16, 'sequences per micro-batch, over all ranks', type = 'integer', min = 1},
+   {'grad_accum_steps', 1, 'micro-batches per optimizer step', type = 'integer', min = 1,
+    aliases = {'gradient_accumulation_steps', 'accum_steps'}},
+   {'max_steps', 1000, 'optimizer steps', type = 'integer', min = 1, aliases = {'max_iters'}},
+   {'lr', 1e-3, 'peak learning rate', type = 'number', min = 0, aliases = {'max_lr', 'learning_rate'}},
+   {'min_lr', 1e-4, 'final learning rate', type = 'number', min = 0},
+   {'warmup_steps', 50, 'linear warmup steps', type = 'integer', min = 0,
+    aliases = {'warmup', 'warmup_iters', 'num_warmup_steps'}},
+   {'decay', 'cosine', 'decay after warmup', choices = {'cosine', 'linear', 'constant'},
+    values = {constant_with_warmup = 'constant'}, aliases = {'lr_scheduler_type'}},
+   {'weight_decay', 0.1, 'AdamW weight decay (matrices only)', type = 'number', min = 0},
+   {'beta1', 0.9, 'AdamW beta1', type = 'number', min = 0, below = 1, aliases = {'adam_beta1'}},
+   {'beta2', 0.95, 'AdamW beta2', type = 'number', min = 0, below = 1, aliases = {'adam_beta2'}},
+   {'max_grad_norm', 1.0, 'clip the global gradient norm (0: off)', type = 'number', min = 0,
+    aliases = {'grad_clip', 'clip_grad_norm', 'gradient_clipping'}},
+   {'strategy', 'full', 'sharding', choices = {'full', 'grad_op', 'none', 'hybrid_full', 'hybrid_grad_op'},
+    values = {full_shard = 'full', shard_grad_op = 'grad_op', no_shard = 'none', hybrid_shard = 'hybrid_full',
+              _hybrid_shard_zero2 = 'hybrid_grad_op'}, aliases = {'sharding_strategy'}},
+   {'hybrid_group_size', 0, 'ranks per shard group for hybrid strategies (0: ranks per node)', type = 'integer',
+    min = 0},
+   {'param_dtype', 'f32', 'dtype parameters are gathered in (on a GPU also the dtype of GEMMs and attention)',
+    choices = DTYPES, values = DTYPE_SPELLINGS,
+    aliases = {{'mixed_precision', 'bf16'}, {'bf16', 'bf16'}, {'fp16', 'f16'}}},
    {'from_scratch', false, 'accepted for the FSDP scripts\' habit: --size already means from scratch'},
-   {'reduce_dtype', 'f32', 'dtype gradients are reduced in', choices = {'f32', 'bf16', 'f16'}},
-   {'activation_checkpointing', false, 'recompute each block in backward'},
-   {'val_fraction', 0.1, 'share of the corpus held out for validation'},
-   {'eval_every', 100, 'steps between validation runs (0: only at the end)'},
-   {'eval_batches', 8, 'validation batches per run'},
-   {'log_every', 10, 'steps between log lines'},
-   {'checkpoint_dir', '', 'where checkpoints go ("" = none); resumes from its latest'},
-   {'checkpoint_every', 0, 'steps between checkpoints (0: only at the end)'},
-   {'keep_last', 0, 'checkpoints to keep (0: all)'},
-   {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
-   {'run_dir', 'runs/train_lm', 'metrics.jsonl and TensorBoard events (tb/) go here'},
+   {'reduce_dtype', 'f32', 'dtype gradients are reduced in', choices = DTYPES, values = DTYPE_SPELLINGS},
+   {'activation_checkpointing', false, 'recompute each block in backward',
+    aliases = {'gradient_checkpointing', 'activation_checkpoints'}},
+   {'val_fraction', 0.1, 'share of the corpus held out for validation', type = 'number', above = 0, below = 1},
+   {'eval_every', 100, 'steps between validation runs (0: only at the end)', type = 'integer', min = 0,
+    aliases = {'eval_steps', 'eval_interval'}},
+   {'eval_batches', 8, 'validation batches per run', type = 'integer', min = 1, aliases = {'eval_iters'}},
+   {'log_every', 10, 'steps between log lines', type = 'integer', min = 1, aliases = {'logging_steps', 'log_interval'}},
+   {'checkpoint_dir', '', 'where checkpoints go ("" = none); resumes from its latest', type = 'path',
+    aliases = {'save_dir'}},
+   {'checkpoint_every', 0, 'steps between checkpoints (0: only at the end)', type = 'integer', min = 0,
+    aliases = {'save_steps', 'save_every', 'checkpoint_interval'}},
+   {'keep_last', 0, 'checkpoints to keep (0: all)', type = 'integer', min = 0, aliases = {'save_total_limit'}},
+   {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)', type = 'integer', min = 0},
+   {'run_dir', 'runs/train_lm', 'metrics.jsonl and TensorBoard events (tb/) go here', type = 'path',
+    aliases = {'logging_dir'}},
    {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
-   {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: the GPU\'s bf16 peak, or this host\'s sgemm rate)'},
-   {'sample_tokens', 200, 'tokens to sample at the end'},
-   {'temperature', 0.8, 'sampling temperature'},
-   {'top_k', 40, 'sample among the k most likely tokens'},
-   {'export_dir', '', 'write a Hugging Face directory of the final model here'},
-   {'seed', 1337, 'random seed (init, data order, sampling)'},
-   {'threads', 0, 'threads per rank (0: cores / ranks on this node)'},
+   {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: the GPU\'s bf16 peak, or this host\'s sgemm rate)',
+    type = 'number', min = 0},
+   {'sample_tokens', 200, 'tokens to sample at the end', type = 'integer', min = 0},
+   {'temperature', 0.8, 'sampling temperature (0: greedy)', type = 'number', min = 0},
+   {'top_k', 40, 'sample among the k most likely tokens (0: all)', type = 'integer', min = 0},
+   {'export_dir', '', 'write a Hugging Face directory of the final model here', type = 'path'},
+   {'seed', 1337, 'random seed (init, data order, sampling)', type = 'integer', min = 0},
+   {'threads', 0, 'threads per rank (0: cores / ranks on this node)', type = 'integer', min = 0,
+    aliases = {'num_threads'}},
    {'cpu_offload', false, 'on a GPU: keep parameter shards, gradients and optimizer state in pinned host memory (AdamW on the CPU)'},
    {'tf32', false, 'on a GPU: f32 matmuls on TF32 tensor cores (torch\'s allow_tf32)'},
-   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto (cuda when a GPU is usable)'},
+   {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto (cuda when a GPU is usable)',
+    check = fsdp.cli.checks.device},
+   {'force', false, 'start even when the memory plan says the run does not fit this machine'},
+   checks = {
+      function(opt, given)
+         if opt.min_lr > opt.lr then
+            return string.format('--min-lr %g%s is above --lr %g: the schedule would rise; give a --min-lr <= --lr',
+                                 opt.min_lr, given.min_lr and '' or ' (the default)', opt.lr)
+         end
+      end,
+      function(opt)
+         if opt.export_dir ~= '' and opt.checkpoint_dir == '' then
+            return '--export-dir needs --checkpoint-dir (the export reads the final checkpoint)'
+         end
+      end,
+   },
 }
 
 -- the recipe with `defaults` over SPECS' (name: the recipe's path in messages)
@@ -103,6 +160,7 @@ local function recipe(defaults)
       if defaults[s[1]] ~= nil then c[2] = defaults[s[1]] end
       specs[i] = c
    end
+   specs.checks = SPECS.checks
    for k in pairs(defaults) do
       local known = k == 'name'
       for _, s in ipairs(SPECS) do known = known or s[1] == k end
@@ -110,17 +168,11 @@ local function recipe(defaults)
    end
    R.specs = specs
 
-   -- the options from the command line, aliases resolved, conflicts refused
+   -- the options from the command line; aliases (--max-lr, --hf-model,
+   -- --mixed-precision, ...) and conflicts are declared in SPECS and
+   -- resolved by fsdp.cli
    function R.options(args)
-      local opt = fsdp.options(R.name, specs, args)
-      if opt.hf_model ~= '' then opt.model = opt.hf_model end
-      if opt.model_size ~= '' then opt.size = opt.model_size end
-      if opt.max_lr > 0 then opt.lr = opt.max_lr end
-      if opt.mixed_precision then opt.param_dtype = 'bf16' end
-      if opt.model ~= '' and opt.size ~= '' then
-         error('give --model DIR (fine-tune) or --size NAME (from scratch), not both', 0)
-      end
-      return opt
+      return (fsdp.options(R.name, specs, args))
    end
 
    -- the tokenizer: --tokenizer, else the model directory's, else bytes;
@@ -139,6 +191,12 @@ local function recipe(defaults)
    function R.model(opt, vocab)
       vocab = opt.vocab_size > 0 and opt.vocab_size or vocab
       if opt.model ~= '' then return hf.build(opt.model) end
+      local published = opt.size ~= '' and require('fsdp.plan').published(opt.size)
+      if published then -- a released shape (llama2-7b, ...): its config.json, built by its family
+         if opt.vocab_size > 0 then published.vocab_size = opt.vocab_size end
+         if opt.n_layer > 0 then published.num_hidden_layers = opt.n_layer end
+         return models.for_hf(published, '--size ' .. opt.size).from_hf(published)
+      end
       if opt.size ~= '' then
          local cfg = {preset = opt.size, vocab_size = vocab, max_position_embeddings = math.max(opt.seq_len, 4096)}
          -- the minGPT shape options shrink a preset too (tests, experiments)
@@ -204,6 +262,7 @@ local function recipe(defaults)
                              tokenizer_dir or 'byte tokens'), 0)
       end
       if opt.activation_checkpointing then fsdp.nn.checkpoint_units(model) end
+      require('fsdp.plan').guard(model, opt, {world = world, local_world = dist.local_world_size, dev = dev})
       local sharded = fsdp.shard(model, R.shard_options(opt, device))
       if model.hf_source then hf.close(model) end
       local optimizer = AdamW.new(sharded, {lr = opt.lr, betas = {opt.beta1, opt.beta2},

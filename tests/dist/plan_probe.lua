@@ -1,23 +1,26 @@
 -- Run by tests/dist/test_plan.lua on 1 or 2 ranks: the planner's per-rank
 -- peak for a minGPT step vs the peak the allocator measured.
+-- arguments: strategy, 'ac' (activation checkpointing) or '-', gather dtype
 local fsdp = require 'fsdp'
 local dist = require 'fsdp.dist'
 local mingpt = require 'models.mingpt'
 local AdamW = require 'optim.adamw'
 local plan = require 'fsdp.plan'
 local strategy, ac = arg[1] or 'full', arg[2] == 'ac'
+local dtype = arg[3] or 'f32' -- the gather (param) dtype; reduce in the same
 
 dist.init()
 local cfg = {vocab_size = 256, block_size = 64, n_layer = 6, n_head = 4, n_embd = 128}
 local B, T_ = 8, 64
 local predicted = plan.compute(mingpt.GPT(cfg), {world_size = dist.world_size, strategy = strategy, batch = B, seq_len = T_,
-                                                 activation_checkpointing = ac, vocab = 256, width = 128})
+                                                 activation_checkpointing = ac, vocab = 256, width = 128,
+                                                 param_dtype = dtype, reduce_dtype = dtype})
 fsdp.empty_cache()
 local base = fsdp.memory_stats().current
 fsdp.reset_peak_memory()
 local model = mingpt.GPT(cfg)
 if ac then fsdp.nn.checkpoint_units(model) end
-local sharded = fsdp.shard(model, {strategy = strategy, seed = 1})
+local sharded = fsdp.shard(model, {strategy = strategy, seed = 1, param_dtype = dtype, reduce_dtype = dtype})
 local opt = AdamW.new(sharded, {lr = 1e-3})
 local x, y = fsdp.empty({B, T_}, 'i32'), fsdp.empty({B, T_}, 'i32')
 for i = 0, B * T_ - 1 do x:ptr()[i] = (i * 7) % 256; y:ptr()[i] = (i * 3) % 256 end
