@@ -42,15 +42,30 @@ local loader = fsdp.data.loader {source = source, batch_size = opt.batch_size / 
                                  split = opt.split, val_fraction = opt.val_fraction, shuffle = false,
                                  rank = dist.rank, world = dist.world_size, device = device}
 local n = math.max(1, math.min(opt.batches, math.floor(loader:num_sequences() / opt.batch_size)))
-local total = 0
+-- SFT data (prepare --format sft): the loss over the learned tokens only,
+-- summed over the ranks and divided by their count; plain data: the mean of
+-- the batches' mean losses
+local masked = loader.peek_targets ~= nil
+local total, count = 0, 0
 for _ = 1, n do
-   local x, y = loader:next()
-   total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
+   local targets = masked and loader:peek_targets(1)
+   local x, y, extra = loader:next()
+   if extra then
+      total = total + fsdp.no_grad(function()
+         return model:loss(x, y, {positions = extra.positions, denominator = 1}):item()
+      end)
+      count = count + targets
+   else
+      total = total + fsdp.no_grad(function() return model:loss(x, y):item() end)
+   end
    fsdp.autograd.reset()
 end
-local loss = dist.sum_number(total / n) / dist.world_size
+local loss
+if masked then loss = dist.sum_number(total) / math.max(count, 1)
+else loss = dist.sum_number(total / n) / dist.world_size end
 if dist.rank == 0 then
-   print(string.format('%s split of %s: %d batches of %d x %d tokens: loss %.4f, perplexity %.3f',
-                       opt.split, opt.data, n, opt.batch_size, opt.seq_len, loss, math.exp(loss)))
+   print(string.format('%s split of %s: %d batches of %d x %d tokens%s: loss %.4f, perplexity %.3f',
+                       opt.split, opt.data, n, opt.batch_size, opt.seq_len,
+                       masked and string.format(' (%d learned tokens)', count) or '', loss, math.exp(loss)))
 end
 return 0
