@@ -223,6 +223,14 @@ M.cases = {
       f:close()
       t.check(has(M.ok(dir, 'reload.lua'), 'reloaded'), 'tinylm.safetensors loads into an unsharded TinyLM')
    end,
+   ['chat_sft.lua'] = function(dir)
+      local out = M.ok(dir, 'chat_sft.lua')
+      local before = tonumber(out:match('%-%-model%s+loss ([%d.]+)'))
+      local after = tonumber(out:match('%-%-checkpoint%s+loss ([%d.]+)'))
+      t.check(before and after and after < before - 1.0,
+              'chat_sft.lua: the masked validation loss should fall by more than 1 nat:\n%s', out)
+      t.check(fs.exists(dir .. '/chat/train_000000.mask.bin'), 'chat_sft.lua prepares a loss mask')
+   end,
    ['sqrelu.lua'] = function(dir)
       local out = M.ok(dir, 'sqrelu.lua')
       t.check(has(out, 'sqrelu.lua: 7 checks passed'), 'sqrelu.lua:\n%s', out)
