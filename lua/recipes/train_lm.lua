@@ -80,6 +80,7 @@ local SPECS = {
    {'seq_len', 64, 'tokens per sequence', type = 'integer', min = 1,
     aliases = {'block_size', 'seq_length', 'max_seq_length'}},
    {'batch_size', 16, 'sequences per micro-batch, over all ranks', type = 'integer', min = 1},
+   {'packing', true, 'SFT data (prepare --format sft): pack whole samples into each row, attending only within a sample (false: one sample per row, padded)'},
    {'grad_accum_steps', 1, 'micro-batches per optimizer step', type = 'integer', min = 1,
     aliases = {'gradient_accumulation_steps', 'accum_steps'}},
    {'max_steps', 1000, 'optimizer steps', type = 'integer', min = 1, aliases = {'max_iters'}},
@@ -247,7 +248,7 @@ local function recipe(defaults)
       local function loader(split)
          return data.loader {source = source, batch_size = local_batch, seq_len = opt.seq_len, seed = opt.seed,
                              split = split, val_fraction = opt.val_fraction, rank = rank, world = world,
-                             device = device}
+                             device = device, packing = opt.packing}
       end
       local train = loader('train')
       loader('val') -- fail now, not at the first evaluation, if the split is too small
