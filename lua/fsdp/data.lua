@@ -105,12 +105,16 @@ function M.open(path, tokenizer)
       return src
    end
    local self = setmetatable({path = path}, Source)
-   if is_token_file(path) then
+   -- a .bin is always a token file: a wrong magic number is an error, never
+   -- text; the ids are all checked as it opens (engine/tokens.c)
+   if path:match('%.bin$') or is_token_file(path) then
       self.file = ffi.new('fsdp_token_file')
       check(C.fsdp_tokens_open(self.file, path), 'data')
       self.file = ffi.gc(self.file, C.fsdp_tokens_close)
       self.n = tonumber(self.file.n_tokens)
-      self.vocab_size = tonumber(self.file.vocab_size)
+      -- the header's vocab size, or (llm.c files leave it 0) the largest id
+      -- + 1, so a model too small for the data is refused before training
+      self.vocab_size = math.max(tonumber(self.file.vocab_size), tonumber(self.file.max_token) + 1)
    else
       local text = read_all(path)
       if #text == 0 then error('data: ' .. path .. ' is empty', 0) end
