@@ -165,7 +165,7 @@ function M.loader(opts)
       source = src, B = opts.batch_size, T = T_, seed = opts.seed or 0, lo = lo, chunks = chunks,
       shuffle = opts.shuffle == nil and (opts.split or 'train') == 'train' or opts.shuffle,
       rank = opts.rank or 0, world = opts.world or 1, cursor = 0, perms = {},
-      split = opts.split or 'train',
+      split = opts.split or 'train', batches = 0, rows = 0,
    }, Loader)
    self.x = T.empty({self.B, T_}, 'i32')
    self.y = T.empty({self.B, T_}, 'i32')
@@ -216,6 +216,10 @@ function Loader:next()
       ffi.copy(yp + r * T_, row + 1, T_ * 4)
    end
    self.cursor = self.cursor + B * self.world
+   -- batches served and the most sequences one took: a saved cursor beyond
+   -- batches * rows cannot be one this loader reached
+   self.batches = self.batches + 1
+   self.rows = math.max(self.rows, B * self.world)
    if self.dx then return self.dx:copy(self.x), self.dy:copy(self.y) end
    return self.x, self.y
 end
@@ -223,12 +227,32 @@ end
 function Loader:epoch() return self.cursor / self.chunks end
 
 function Loader:state_dict()
-   return {cursor = self.cursor, seed = self.seed, split = self.split}
+   return {cursor = self.cursor, seed = self.seed, split = self.split, batches = self.batches, rows = self.rows}
 end
 
+local function whole(v, lo) return type(v) == 'number' and v == math.floor(v) and v >= lo and v < 2 ^ 53 end
+
+-- restores a position; a cursor that is not a count of sequences this
+-- loader could have reached is an error, not a silent jump
 function Loader:load_state_dict(sd)
+   if type(sd) ~= 'table' then error('data: the saved loader state is not a table', 0) end
+   if not whole(sd.cursor, 0) then
+      error(string.format('data: the saved cursor %s is not a count of sequences (an integer >= 0)', tostring(sd.cursor)), 0)
+   end
+   if sd.seed ~= nil and not whole(sd.seed, -2 ^ 53) then error('data: the saved seed ' .. tostring(sd.seed) .. ' is not an integer', 0) end
+   local rows = self.B * self.world
+   if sd.batches ~= nil then
+      if not whole(sd.batches, 0) or not whole(sd.rows, 1) or sd.cursor > sd.batches * sd.rows then
+         error(string.format('data: the saved cursor %s is beyond %s batches of at most %s sequences', tostring(sd.cursor),
+                             tostring(sd.batches), tostring(sd.rows)), 0)
+      end
+      self.batches, self.rows = sd.batches, math.max(sd.rows, rows)
+   else -- a checkpoint from before the count was kept
+      self.batches, self.rows = math.ceil(sd.cursor / rows), rows
+   end
    self.cursor = sd.cursor
-   self.seed = sd.seed
+   if sd.seed ~= nil then self.seed = sd.seed end
+   self.perms = {}
 end
 
 return M

@@ -1,6 +1,6 @@
 -- fsdp-lua's entry point (run by build/fsdp-lua with the global `arg`).
 --   fsdp-lua RECIPE [--option value ...]   run a recipe (recipes/x.lua, a path, or a name)
---   fsdp-lua ckpt info DIR                 print a checkpoint's index
+--   fsdp-lua ckpt info|verify DIR          what resuming from DIR would do, and what it holds
 --   fsdp-lua plot RUN_DIR [--out FILE]     draw a run's metrics as an SVG
 --   fsdp-lua --help
 -- Errors are printed once, with the rank, and give exit status 1.
@@ -25,7 +25,7 @@ local function usage()
    return table.concat({
       'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
-      '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
+      '       fsdp-lua ckpt info|verify DIR           what resuming from DIR would do (verified), and what it holds',
       '       fsdp-lua prepare --tokenizer DIR --input PATH --output DIR   text/JSON/JSONL/YAML -> token shards',
       '       fsdp-lua export CKPT_DIR OUT_DIR [--dtype bf16]   a checkpoint -> a Hugging Face directory',
       '       fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [options]   per-rank memory before launching',
