@@ -95,7 +95,10 @@ local function write_rank_file(path, tensors, meta)
       for i, d in ipairs(t.shape) do shape[i - 1] = d end
       check(C.fsdp_st_writer_add(w, nt[1], T.DTYPES[t.dtype], #t.shape, shape, t:cdata().data), 'checkpoint')
    end
-   for k, v in pairs(meta or {}) do check(C.fsdp_st_writer_set_metadata(w, k, tostring(v)), 'checkpoint') end
+   local keys = {} -- in sorted order, so equal states give equal bytes
+   for k in pairs(meta or {}) do keys[#keys + 1] = k end
+   table.sort(keys)
+   for _, k in ipairs(keys) do check(C.fsdp_st_writer_set_metadata(w, k, tostring(meta[k])), 'checkpoint') end
    local ok, err = pcall(check, C.fsdp_st_writer_save(w, path), 'checkpoint')
    for _, t in ipairs(staged) do t:free() end
    if not ok then error(err, 0) end
