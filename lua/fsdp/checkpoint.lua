@@ -242,6 +242,8 @@ function M.stale(dir)
             local restore = n:match('%.old%-') and not fs.exists(dir .. '/' .. step)
             out[#out + 1] = {name = n, step = step, action = restore and 'restore' or 'remove', why = why}
          end
+      elseif n == 'latest.tmp' then -- a `latest` whose write died before its rename
+         out[#out + 1] = {name = n, action = 'remove', why = 'a write of latest that never finished'}
       end
    end
    return out

@@ -27,7 +27,7 @@ local function decide(dir)
           index.world_size)
       return lines, dir, index, trainer
    end
-   if not fs.is_dir(dir) then error('ckpt: ' .. dir .. ' is not a directory', 0) end
+   if fs.exists(dir) and not fs.is_dir(dir) then error('ckpt: ' .. dir .. ' is not a directory', 0) end
    local plan = ckpt.plan(dir)
    for _, s in ipairs(plan.stale) do
       say('a run would %s the stale temporary %s/%s (%s)', s.action == 'restore' and ('restore ' .. s.step .. ' from') or 'remove',
