@@ -101,7 +101,10 @@ function M.open(path, tokenizer)
          error('data: ' .. path .. ' is a directory without train_*.bin shards (make them with fsdp-lua prepare)', 0)
       end
       local src = open_files(path, train)
-      if #val > 0 then src.val = open_files(path, val) end
+      if #val > 0 then
+         src.val = open_files(path, val)
+         src.vocab_size = math.max(src.vocab_size, src.val.vocab_size) -- a model must cover both splits
+      end
       return src
    end
    local self = setmetatable({path = path}, Source)
@@ -149,6 +152,15 @@ function M.loader(opts)
    local src = opts.source
    local T_ = opts.seq_len
    local vf = opts.val_fraction or 0.1
+   if type(vf) ~= 'number' or not (vf >= 0 and vf < 1) then
+      error(string.format('data: val_fraction %s must be in [0, 1)', tostring(vf)), 0)
+   end
+   if type(T_) ~= 'number' or T_ < 1 or T_ ~= math.floor(T_) then
+      error(string.format('data: seq_len %s must be an integer >= 1', tostring(T_)), 0)
+   end
+   if type(opts.batch_size) ~= 'number' or opts.batch_size < 1 or opts.batch_size ~= math.floor(opts.batch_size) then
+      error(string.format('data: batch_size %s (per rank) must be an integer >= 1', tostring(opts.batch_size)), 0)
+   end
    local n_train = math.floor(src.n * (1 - vf))
    local lo, hi = 0, n_train
    if opts.split == 'val' then lo, hi = n_train, src.n end
