@@ -49,6 +49,7 @@ local function step_name(step) return string.format('step_%08d', step) end
 local function rank_file(r) return string.format('rank_%05d.safetensors', r) end
 M.step_name, M.rank_file = step_name, rank_file
 
+
 local function fail(fmt, ...) error('checkpoint: ' .. string.format(fmt, ...), 0) end
 
 local function write_text(path, text)
@@ -63,6 +64,8 @@ local function hostname()
    local name = (ok and rc == 0) and ffi.string(buf) or os.getenv('HOSTNAME') or 'localhost'
    return (name:gsub('[^%w%.]', '_'))
 end
+
+M.hostname = hostname
 
 -- this rank's tensors: unit shards and optimizer state
 local function rank_tensors(sharded, optimizer)

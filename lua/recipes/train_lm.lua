@@ -76,6 +76,7 @@ local specs = {
    {'keep_last', 0, 'checkpoints to keep (0: all)'},
    {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)'},
    {'run_dir', 'runs/train_lm', 'metrics.jsonl and TensorBoard events (tb/) go here'},
+   {'metrics_best_effort', false, 'a failed write of metrics.jsonl or the events is a warning, not an error: train on without them'},
    {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
    {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: the GPU\'s bf16 peak, or this host\'s sgemm rate)'},
    {'sample_tokens', 200, 'tokens to sample at the end'},
@@ -231,7 +232,7 @@ local function evaluate()
    return dist.sum_number(total / n) / world
 end
 
-local metrics = assert(require('fsdp.metrics').open(opt.run_dir, {rank = rank}))
+local metrics = assert(require('fsdp.metrics').open(opt.run_dir, {rank = rank, best_effort = opt.metrics_best_effort}))
 local function record(t) metrics:log(t.step, t) end
 
 -- training loop
