@@ -464,6 +464,27 @@ local function mismatch(text_or_entry, want, what)
                         got.crc32, what, want.crc32)
 end
 
+local function decode_text(fpath, text, note)
+   local ok, v = pcall(json.decode, text)
+   if not ok then fail('%s: %s%s', fpath, v, note and (' (and ' .. note .. ')') or '') end
+   if type(v) ~= 'table' or is_list(v) and next(v) ~= nil then fail('%s is not a JSON object', fpath) end
+   return v
+end
+
+-- the checks of index.json and trainer_state.json on their texts alone (no
+-- files, no manifest; what the fuzz target runs); errors name dir/file
+function M.check_texts(index_text, trainer_text, dir)
+   dir = dir or '.'
+   local index = decode_text(dir .. '/index.json', index_text)
+   check_index(index, dir .. '/index.json')
+   local trainer
+   if trainer_text then
+      trainer = decode_text(dir .. '/trainer_state.json', trainer_text)
+      check_trainer(trainer, dir .. '/trainer_state.json', nil, index)
+   end
+   return index, trainer
+end
+
 local function decode_file(fpath, note)
    local text = fs.read(fpath)
    if not text then fail('%s is missing', fpath) end
