@@ -21,6 +21,7 @@ M.null = setmetatable({}, {__tostring = function() return 'null' end})
 
 local Parser = {}
 Parser.__index = Parser
+local MAX_DEPTH = 512 -- nesting, in blocks and in flow collections
 
 function Parser:fail(no, fmt, ...)
    error(string.format('%s line %d: %s', self.name, no, string.format(fmt, ...)), 0)
@@ -294,9 +295,17 @@ function Parser:flow(text, min_indent)
       pos = j
       return resolve(s)
    end
+   local depth = 0
+   local collection
    value = function()
       ws()
-      local c = buf:sub(pos, pos)
+      depth = depth + 1
+      if depth > MAX_DEPTH then self:fail(start, 'a flow collection nested deeper than %d levels', MAX_DEPTH) end
+      local v = collection(buf:sub(pos, pos))
+      depth = depth - 1
+      return v
+   end
+   collection = function(c)
       if c == '[' then
          pos = pos + 1
          local seq = {kind = 'seq'}
@@ -463,6 +472,14 @@ end
 function Parser:block(min_indent, parent)
    local l = self:peek()
    if not l or l.indent < min_indent then return M.null end
+   self.depth = (self.depth or 0) + 1
+   if self.depth > MAX_DEPTH then self:fail(l.no, 'nested deeper than %d levels', MAX_DEPTH) end
+   local v = self:block_node(l, min_indent, parent)
+   self.depth = self.depth - 1
+   return v
+end
+
+function Parser:block_node(l, min_indent, parent)
    local text = l.text
    if text == '-' or text:match('^%-%s') then return self:sequence(l.indent) end
    if self:split_key(text, l.no) then return self:mapping(l.indent) end

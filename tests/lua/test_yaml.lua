@@ -64,4 +64,10 @@ for _, c in ipairs(cases) do
    end
 end
 t.check(bad == 0, '%d damaged inputs failed without a file-and-line message', bad)
+
+-- nesting beyond 512 levels is refused with a message, not a stack overflow
+for _, deep in ipairs({string.rep('- ', 100000) .. 'x', 'a: ' .. string.rep('[', 100000) .. string.rep(']', 100000)}) do
+   local ok, err = pcall(all_strings, deep)
+   t.check(not ok and tostring(err):match('^case%.yaml line 1: .*nested deeper than 512'), 'deep nesting: %s', tostring(err))
+end
 return t.done()
