@@ -197,7 +197,10 @@ int fsdp_dir_replace(const char *tmp_path, const char *final_path) {
  * a directory, of the entries directly in it; -1 with an error when the
  * path cannot be read */
 int64_t fsdp_path_newest_mtime(const char *path) {
-    FSDP_CHECK_ARG(path, "mtime: NULL path");
+    if (!path) {
+        fsdp_error(FSDP_ERR_INVALID, "mtime: NULL path");
+        return -1;
+    }
     struct stat st;
     if (lstat(path, &st) != 0) {
         fsdp_error(FSDP_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
