@@ -27,7 +27,11 @@ local function decide(dir)
           index.world_size)
       return lines, dir, index, trainer
    end
-   if fs.exists(dir) and not fs.is_dir(dir) then error('ckpt: ' .. dir .. ' is not a directory', 0) end
+   if not fs.exists(dir) then
+      error(string.format('ckpt: %s does not exist: not a checkpoint (a run with --checkpoint-dir %s would start from step 0)',
+                          dir, dir), 0)
+   end
+   if not fs.is_dir(dir) then error('ckpt: ' .. dir .. ' is not a directory', 0) end
    local plan = ckpt.plan(dir)
    for _, s in ipairs(plan.stale) do
       say('a run would %s the stale temporary %s/%s (%s)', s.action == 'restore' and ('restore ' .. s.step .. ' from') or 'remove',
