@@ -8,7 +8,9 @@
  * truncation. No coverage feedback: it is a plain random search, built with
  * ASan + UBSan like the libFuzzer build. An input that crashes is written to
  * P + "crash-<n>" by the sanitizer's death callback. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
