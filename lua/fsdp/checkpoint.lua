@@ -157,6 +157,7 @@ function M.save(dir, state)
       local files = {}
       for r = 0, slices - 1 do files[rank_file(r)] = file_entry(tmp .. '/' .. rank_file(r)) end
       local trainer = state.trainer or {}
+      trainer.step = trainer.step or state.step -- the step is checked against the index's on load
       if state.optimizer then trainer.optimizer_t = state.optimizer.t end
       local index = {
          format = M.FORMAT, version = M.VERSION, step = state.step, world_size = slices,
