@@ -82,9 +82,20 @@ function Metrics:log(step, scalars, wall_time)
       if k ~= 'step' then line[k], numbers[k] = v, v end
    end
    if self.jsonl then
-      local ok, err = self.jsonl:write(json.encode(line), '\n')
+      local text = json.encode(line) .. '\n'
+      local ok, err = self.jsonl:write(text)
       if ok then ok, err = self.jsonl:flush() end
-      if ok then self.jsonl_good = self.jsonl:seek('cur') or self.jsonl_good
+      -- stdio does not always report a write the kernel refused (seen with
+      -- a file size limit: fflush returned 0 after an EFBIG), so the file's
+      -- position must show the whole line as well
+      if ok then
+         local at = self.jsonl:seek('cur')
+         if at ~= self.jsonl_good + #text then
+            ok, err = nil, string.format('the file is at byte %s after the line, not %d: the write was cut short', tostring(at),
+                                         self.jsonl_good + #text)
+         end
+      end
+      if ok then self.jsonl_good = self.jsonl_good + #text
       else self:failed('jsonl', err) end
    end
    if self.tb then

@@ -176,8 +176,14 @@ end
 -- whole record (self.note says how that went) and nil, err is returned
 function Writer:write_event(data)
    if not self.file then error('tensorboard: ' .. self.path .. ' is closed', 2) end
-   local ok, err = self.file:write(M.record(data))
+   local record = M.record(data)
+   local ok, err = self.file:write(record)
    if ok then ok, err = self.file:flush() end
+   -- stdio may miss a refused write (an EFBIG under a file size limit): the
+   -- position must show the whole record
+   if ok and self.file:seek('cur') ~= (self.good or 0) + #record then
+      ok, err = nil, 'the write was cut short'
+   end
    if not ok then
       pcall(self.file.close, self.file)
       self.file = nil
@@ -188,7 +194,7 @@ function Writer:write_event(data)
       end
       return nil, 'tensorboard: writing ' .. self.path .. ': ' .. tostring(err)
    end
-   self.good = self.file:seek('cur')
+   self.good = (self.good or 0) + #record
    return true
 end
 
