@@ -25,11 +25,12 @@
 -- every field of index.json and trainer_state.json is checked for type and
 -- range and against the other (the step of both, the files of the world
 -- size, the layout against itself and against the model), then every file
--- against the manifest. Resuming (M.resume, what `fsdp-lua ckpt info` and
--- `ckpt verify` report through M.plan) follows `latest`; without it, the
--- newest step that verifies, said in a log line; with step directories but
--- none complete, it refuses rather than start over them. Before that rank 0
--- removes the temporaries of saves that died (M.prune_stale).
+-- against the manifest. The step a run resumes from (M.find_resume; what
+-- `fsdp-lua ckpt info` and `ckpt verify` report, through M.plan) is the one
+-- `latest` names; without it, the newest step that verifies, said in a log
+-- line; with step directories but none complete, it refuses rather than
+-- start over them. Before that rank 0 removes the temporaries of saves that
+-- died (M.prune_stale).
 local bind = require 'fsdp.ffi'
 local T = require 'fsdp.tensor'
 local json = require 'fsdp.json'
@@ -131,11 +132,25 @@ end
 ---------------------------------------------------------------------------
 -- saving
 
--- state: {step, sharded, optimizer, trainer = table (json), model_config,
--- model_name, keep_last, comm (optional: rank, world_size, barrier,
--- broadcast_string)}. Collective: every rank calls it. One replica of each
--- slice is written (sharded.writes_checkpoint), as rank_<shard rank>.
+-- state: {step, sharded, state = {name -> stateful}, trainer = table (json),
+-- model_config, model_name, keep_last, comm (optional: rank, world_size,
+-- barrier, broadcast_string)}. Collective: every rank calls it. One replica
+-- of each slice is written (sharded.writes_checkpoint), as rank_<shard rank>.
+-- Every stateful part (the loader, RNG, loss scaler: anything with
+-- state_dict / load_state_dict) is saved under its name in
+-- trainer_state.json; state.optimizer's tensors go to the rank files and its
+-- step count to trainer_state (optimizer_t). (`optimizer = ...` at the top
+-- level of `state` is the older spelling of state.state.optimizer.)
 function M.save(dir, state)
+   if state.state then
+      state.optimizer = state.state.optimizer
+      local trainer = state.trainer or {}
+      for k, obj in pairs(state.state) do
+         if k ~= 'optimizer' then trainer[k] = obj:state_dict() end
+      end
+      trainer.step = state.step
+      state.trainer = trainer
+   end
    local comm = state.comm
    local rank = comm and comm.rank or 0
    local sh = state.sharded
@@ -657,7 +672,7 @@ end
 -- it and gets the same answer or the same error. Rank 0 prunes stale
 -- temporaries first, then picks and verifies the step (M.plan), saying in
 -- log lines what it chose and why.
-function M.resume(dir, comm)
+function M.find_resume(dir, comm)
    local rank = comm and comm.rank or 0
    local answer = ''
    if rank == 0 then
@@ -751,6 +766,23 @@ function M.load(path, sharded, optimizer)
       end
    end
    return state, index
+end
+
+-- the inverse of save with state = {name -> stateful}: loads the step
+-- directory into sharded and restores every stateful part through its own
+-- load_state_dict (the optimizer: moments from the rank files, its step
+-- count from trainer_state). Returns the trainer state and the index.
+function M.resume(path, sharded, state)
+   local saved, index = M.load(path, sharded, state.optimizer)
+   if state.optimizer then
+      local sd = state.optimizer:state_dict()
+      sd.t = saved.optimizer_t
+      state.optimizer:load_state_dict(sd)
+   end
+   for k, obj in pairs(state) do
+      if k ~= 'optimizer' and saved[k] ~= nil then obj:load_state_dict(saved[k]) end
+   end
+   return saved, index
 end
 
 -- checks a step as loading would, without a model: index, trainer state,

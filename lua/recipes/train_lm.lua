@@ -196,7 +196,7 @@ log.info('data: %s, %d tokens, %d training sequences of %d', opt.data, source.n,
 -- resume
 local start_step = 0
 if opt.checkpoint_dir ~= '' then
-   local latest = ckpt.resume(opt.checkpoint_dir, dist.checkpoint_comm())
+   local latest = ckpt.find_resume(opt.checkpoint_dir, dist.checkpoint_comm())
    if latest then
       local state, index = ckpt.load(latest, sharded, optimizer)
       start_step = state.step
