@@ -68,6 +68,27 @@ end
 
 M.hostname = hostname
 
+---------------------------------------------------------------------------
+-- the manifest: {format, version, files = {name = {bytes, crc32}}, checksum},
+-- the checksum being the crc32 of the canonical JSON (sorted keys, no
+-- spaces) of everything else in it
+
+local function manifest_checksum(m)
+   local rest = {}
+   for k, v in pairs(m) do if k ~= 'checksum' then rest[k] = v end end
+   return crc_of(json.encode(rest))
+end
+
+local function file_entry(path)
+   local f = io.open(path, 'rb')
+   if not f then fail('%s was not written', path) end
+   local size = f:seek('end')
+   f:close()
+   local crc = tonumber(C.fsdp_file_crc32(path))
+   if crc < 0 then fail('%s', bind.last_error()) end
+   return {bytes = size, crc32 = crc}
+end
+
 -- this rank's tensors: unit shards and optimizer state
 local function rank_tensors(sharded, optimizer)
    local list = {}
@@ -107,30 +128,6 @@ local function write_rank_file(path, tensors, meta)
    for _, t in ipairs(staged) do t:free() end
    if not ok then error(err, 0) end
 end
-
----------------------------------------------------------------------------
--- the manifest: {format, version, files = {name = {bytes, crc32}}, checksum},
--- the checksum being the crc32 of the canonical JSON (sorted keys, no
--- spaces) of everything else in it
-
-local function manifest_checksum(m)
-   local rest = {}
-   for k, v in pairs(m) do if k ~= 'checksum' then rest[k] = v end end
-   return crc_of(json.encode(rest))
-end
-
-local function file_entry(path)
-   local f = io.open(path, 'rb')
-   if not f then fail('%s was not written', path) end
-   local size = f:seek('end')
-   f:close()
-   local crc = tonumber(C.fsdp_file_crc32(path))
-   if crc < 0 then fail('%s', bind.last_error()) end
-   return {bytes = size, crc32 = crc}
-end
-
----------------------------------------------------------------------------
--- saving
 
 -- state: {step, sharded, state = {name -> stateful}, trainer = table (json),
 -- model_config, model_name, keep_last, comm (optional: rank, world_size,
@@ -741,6 +738,14 @@ local function check_layout(path, saved, current)
    end
 end
 
+-- checks a step as loading would, without a model: index, trainer state,
+-- manifest, rank files and their tensors; returns index, trainer state
+function M.verify(path)
+   local index, state = M.read_index(path)
+   check_rank_files(path, index, opener(path), index.optimizer ~= nil and index.optimizer ~= json.null)
+   return index, state
+end
+
 -- loads a step directory into sharded (+ optimizer); returns the trainer
 -- state table and the index. Works for any saved world size. Everything is
 -- checked before anything is copied.
@@ -783,14 +788,6 @@ function M.resume(path, sharded, state)
       if k ~= 'optimizer' and saved[k] ~= nil then obj:load_state_dict(saved[k]) end
    end
    return saved, index
-end
-
--- checks a step as loading would, without a model: index, trainer state,
--- manifest, rank files and their tensors; returns index, trainer state
-function M.verify(path)
-   local index, state = M.read_index(path)
-   check_rank_files(path, index, opener(path), index.optimizer ~= nil and index.optimizer ~= json.null)
-   return index, state
 end
 
 return M

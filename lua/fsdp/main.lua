@@ -21,6 +21,27 @@ local function rank_prefix()
    return 'rank ' .. r
 end
 
+-- Before a job of several ranks is torn down, the message must have left
+-- this process: under mpiexec our stdout and stderr are pipes that hydra's
+-- proxy reads and forwards, and MPI_Abort kills every rank at once, so a
+-- message still in a pipe (ours, or that of a rank failing at the same
+-- moment) was lost. So: wait until the reader has taken every byte we wrote
+-- (FIONREAD on the pipe is 0; at most 2 s), then give the other ranks a
+-- grace period (FSDP_ABORT_GRACE seconds, 0.5) to do the same.
+local function drain_and_wait()
+   local ffi = require 'ffi'
+   pcall(ffi.cdef, 'int ioctl(int fd, unsigned long request, ...); int usleep(unsigned int usec);')
+   local pending = ffi.new('int[1]')
+   for _, fd in ipairs({2, 1}) do
+      for _ = 1, 200 do
+         if ffi.C.ioctl(fd, 0x541B, pending) ~= 0 or pending[0] <= 0 then break end -- FIONREAD; fails on a tty or file
+         ffi.C.usleep(10000)
+      end
+   end
+   local grace = tonumber(os.getenv('FSDP_ABORT_GRACE') or '') or 0.5
+   if grace > 0 then ffi.C.usleep(math.floor(math.min(grace, 60) * 1e6)) end
+end
+
 local function usage()
    return table.concat({
       'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
@@ -56,27 +77,6 @@ local function resolve(name)
       if c:match('%.lua$') and exists(c) then return c end
    end
    return nil
-end
-
--- Before a job of several ranks is torn down, the message must have left
--- this process: under mpiexec our stdout and stderr are pipes that hydra's
--- proxy reads and forwards, and MPI_Abort kills every rank at once, so a
--- message still in a pipe (ours, or that of a rank failing at the same
--- moment) was lost. So: wait until the reader has taken every byte we wrote
--- (FIONREAD on the pipe is 0; at most 2 s), then give the other ranks a
--- grace period (FSDP_ABORT_GRACE seconds, 0.5) to do the same.
-local function drain_and_wait()
-   local ffi = require 'ffi'
-   pcall(ffi.cdef, 'int ioctl(int fd, unsigned long request, ...); int usleep(unsigned int usec);')
-   local pending = ffi.new('int[1]')
-   for _, fd in ipairs({2, 1}) do
-      for _ = 1, 200 do
-         if ffi.C.ioctl(fd, 0x541B, pending) ~= 0 or pending[0] <= 0 then break end -- FIONREAD; fails on a tty or file
-         ffi.C.usleep(10000)
-      end
-   end
-   local grace = tonumber(os.getenv('FSDP_ABORT_GRACE') or '') or 0.5
-   if grace > 0 then ffi.C.usleep(math.floor(math.min(grace, 60) * 1e6)) end
 end
 
 local function report(err)
