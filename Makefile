@@ -64,7 +64,7 @@ deps-bench: deps
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch libjemalloc2 >/dev/null; }
 
 test: deps
-	$(MAKE) all
+	$(MAKE) all asan
 	bash tests/run.sh
 
 demo: deps
@@ -92,3 +92,105 @@ clean:
 
 # the CUDA backend and the emulation tests of its kernels
 include engine/cuda/cuda.mk
+
+# ---- sanitizers ------------------------------------------------------------
+# `make asan`: libfsdp and the C unit tests again under AddressSanitizer and
+# UndefinedBehaviorSanitizer in build/asan (-O1; any UB report aborts the
+# test); tests/run.sh runs build/asan/tests/test_* as "asan/test_*" after the
+# plain ones, and `make test` builds them. Leaks in MPICH's and OpenBLAS's own
+# start-up are suppressed by tests/asan.supp, nothing of ours.
+ASAN_DIR    := $(BUILD)/asan
+SAN_FLAGS   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+ASAN_CFLAGS := -O1 -g -std=gnu11 -fPIC -fopenmp $(WARN) $(SAN_FLAGS) -Iengine/include -Iengine -Ikernels \
+               -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/x86_64-linux-gnu/mpich
+ASAN_OBJ    := $(patsubst %.c,$(ASAN_DIR)/obj/%.o,$(LIB_SRC))
+ASAN_TESTS  := $(patsubst tests/c/%.c,$(ASAN_DIR)/tests/%,$(TEST_SRC))
+
+.PHONY: asan
+asan: $(ASAN_TESTS)
+
+$(ASAN_DIR)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_CFLAGS) -c $< -o $@
+
+$(ASAN_DIR)/libfsdp.so: $(ASAN_OBJ)
+	$(CC) -shared -fopenmp $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+$(ASAN_DIR)/tests/%: tests/c/%.c tests/c/check.h $(ASAN_DIR)/libfsdp.so
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_CFLAGS) -Itests/c $< -o $@ -L$(ASAN_DIR) -Wl,-rpath,'$$ORIGIN/..' -lfsdp $(LDLIBS)
+
+# ---- fuzzing ---------------------------------------------------------------
+# `make fuzz FUZZ_SECONDS=N` builds the fuzz targets of tests/fuzz under
+# ASan + UBSan and runs each for N seconds from its seeds (tests/fuzz/seeds/,
+# made by tests/fuzz/make_seeds.lua); the corpus grows in build/fuzz/corpus,
+# crashing inputs land in build/fuzz/artifacts, and the run fails if any
+# target crashed. The engine is clang's libFuzzer when it is installed, else
+# tests/fuzz/driver.c (a plain mutation loop, gcc). C targets: safetensors
+# headers, tokenizer.json load + encode, token files, prepare's gzip/plain
+# reader; Lua targets (LuaJIT embedded, tests/fuzz/fuzz_lua.lua): JSON, YAML,
+# index.json + trainer_state.json, prepare's documents, config.json.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_C       := safetensors tokenizer tokens gzip
+FUZZ_LUA     := json yaml ckpt prepare config
+FUZZ_ENGINE  ?= $(shell echo 'int LLVMFuzzerTestOneInput(const char*d,unsigned long n){return 0;}' | \
+                  clang -x c -fsanitize=fuzzer - -o /dev/null 2>/dev/null && echo libfuzzer || echo driver)
+ifeq ($(FUZZ_ENGINE),libfuzzer)
+FUZZ_CC      := clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_LIBSAN  := $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_LINK    := $(FUZZ_SAN) -fsanitize=fuzzer
+FUZZ_MAIN    :=
+else
+FUZZ_CC      := $(CC)
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_LIBSAN  := $(FUZZ_SAN)
+FUZZ_LINK    := $(FUZZ_SAN)
+FUZZ_MAIN    := tests/fuzz/driver.c
+endif
+FUZZ_CFLAGS  := -O1 -g -std=gnu11 -D_GNU_SOURCE -Iengine/include -Iengine -Ikernels -Itests/fuzz \
+                -I/usr/include/x86_64-linux-gnu/mpich -I/usr/include/luajit-2.1 -Wall -Wno-unused-parameter
+FUZZ_SRC     := engine/error.c engine/fileio.c engine/safetensors.c engine/tokenizer.c engine/tokens.c engine/tensor.c engine/alloc.c
+FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(FUZZ_SRC))
+FUZZ_BINS    := $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_C) $(FUZZ_LUA))
+
+.PHONY: fuzz fuzz-build
+.SECONDARY: $(FUZZ_OBJ)
+fuzz-build: $(FUZZ_BINS) $(BUILD)/libfsdp.so $(BUILD)/fsdp_cdef.h
+
+$(FUZZ_DIR)/obj/%.o: %.c $(HEADERS) $(FUZZ_DIR)/engine
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_LIBSAN) -c $< -o $@
+
+# rebuilt when the engine changes (libfuzzer or driver)
+$(FUZZ_DIR)/engine: FORCE
+	@mkdir -p $(FUZZ_DIR)
+	@echo $(FUZZ_ENGINE) | cmp -s - $@ || echo $(FUZZ_ENGINE) > $@
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ) $(FUZZ_MAIN)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_LINK) $< $(FUZZ_MAIN) $(FUZZ_OBJ) -o $@ -ljansson -lpcre2-8 -lz -lm -lpthread
+
+$(FUZZ_DIR)/fuzz_json $(FUZZ_DIR)/fuzz_yaml $(FUZZ_DIR)/fuzz_ckpt $(FUZZ_DIR)/fuzz_prepare $(FUZZ_DIR)/fuzz_config: \
+		tests/fuzz/fuzz_lua.c $(FUZZ_MAIN) $(FUZZ_DIR)/engine
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_LINK) -DFUZZ_LUA_TARGET='"$(patsubst fuzz_%,%,$(notdir $@))"' \
+	    -DFSDP_ROOT_DIR='"$(CURDIR)"' $< $(FUZZ_MAIN) -o $@ -lluajit-5.1 -lm -ldl
+
+fuzz: fuzz-build
+	@mkdir -p $(FUZZ_DIR)/artifacts; failed=""; \
+	for t in $(FUZZ_C) $(FUZZ_LUA); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	  echo "== fuzz_$$t ($(FUZZ_ENGINE), $(FUZZ_SECONDS) s)"; \
+	  if ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 OMP_NUM_THREADS=1 \
+	     $(FUZZ_DIR)/fuzz_$$t $(FUZZ_DIR)/corpus/$$t tests/fuzz/seeds/$$t -max_total_time=$(FUZZ_SECONDS) \
+	     -timeout=20 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
+	     -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- > $(FUZZ_DIR)/$$t.log 2>&1; then \
+	    grep -E 'stat::number_of_executed_units|driver:' $(FUZZ_DIR)/$$t.log | tail -1 | sed 's/^/   /'; \
+	    echo "   clean"; \
+	  else failed="$$failed $$t"; tail -n 30 $(FUZZ_DIR)/$$t.log | sed 's/^/   | /'; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (logs and inputs in $(FUZZ_DIR))"; exit 1; fi; \
+	echo "fuzz: every target ran $(FUZZ_SECONDS) s clean"
+
+.PHONY: FORCE
+FORCE:

@@ -5,8 +5,10 @@
  * either the old file or the complete new one, never a torn mix. A checkpoint
  * directory is built under a temporary name and committed with one rename. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,8 +154,82 @@ int fsdp_dir_commit(const char *tmp_path, const char *final_path) {
     return fsync_parent(final_path);
 }
 
+/* swaps a complete new directory in for an existing one in one step
+ * (RENAME_EXCHANGE): a reader sees the old step or the new one, never
+ * neither. Afterwards tmp_path holds the old directory, for the caller to
+ * remove. Without an existing final_path this is fsdp_dir_commit. */
+int fsdp_dir_replace(const char *tmp_path, const char *final_path) {
+    FSDP_CHECK_ARG(tmp_path && final_path, "dir replace: NULL path");
+    struct stat st;
+    if (lstat(final_path, &st) != 0) return fsdp_dir_commit(tmp_path, final_path);
+    if (!S_ISDIR(st.st_mode))
+        return fsdp_error(FSDP_ERR_IO, "%s: exists and is not a directory, not replacing it", final_path);
+    int fd = open(tmp_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return fsdp_error(FSDP_ERR_IO, "%s: cannot open: %s", tmp_path, strerror(errno));
+    int synced = fsync(fd) == 0 || errno == EINVAL;
+    close(fd);
+    if (!synced) return fsdp_error(FSDP_ERR_IO, "%s: fsync failed: %s", tmp_path, strerror(errno));
+    if (renameat2(AT_FDCWD, tmp_path, AT_FDCWD, final_path, RENAME_EXCHANGE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS)
+            return fsdp_error(FSDP_ERR_IO, "%s: exchange with %s failed: %s", tmp_path, final_path, strerror(errno));
+        /* no RENAME_EXCHANGE here: move the old one aside under a name the
+         * start-up pruning restores if we die before the new one is in */
+        size_t len = strlen(final_path);
+        char *aside = malloc(len + 64);
+        if (!aside) return fsdp_error(FSDP_ERR_OOM, "%s: out of memory", final_path);
+        const char *base = strrchr(final_path, '/');
+        base = base ? base + 1 : final_path;
+        snprintf(aside, len + 64, "%.*s.%s.old-%d", (int)(base - final_path), final_path, base, (int)getpid());
+        int status = FSDP_OK;
+        if (rename(final_path, aside) != 0)
+            status = fsdp_error(FSDP_ERR_IO, "%s: rename to %s failed: %s", final_path, aside, strerror(errno));
+        else if ((status = fsdp_dir_commit(tmp_path, final_path)) != FSDP_OK) {
+            if (rename(aside, final_path) != 0) { /* leave it for the pruning to restore */ }
+        } else if (rename(aside, tmp_path) != 0)
+            status = fsdp_error(FSDP_ERR_IO, "%s: rename to %s failed: %s", aside, tmp_path, strerror(errno));
+        free(aside);
+        return status;
+    }
+    return fsync_parent(final_path);
+}
+
+/* the newest modification time (seconds since the epoch) of a path and, for
+ * a directory, of the entries directly in it; -1 with an error when the
+ * path cannot be read */
+int64_t fsdp_path_newest_mtime(const char *path) {
+    if (!path) {
+        fsdp_error(FSDP_ERR_INVALID, "mtime: NULL path");
+        return -1;
+    }
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        fsdp_error(FSDP_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+        return -1;
+    }
+    int64_t newest = st.st_mtime;
+    if (!S_ISDIR(st.st_mode)) return newest;
+    DIR *d = opendir(path);
+    if (!d) return newest;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        struct stat es;
+        if (fstatat(dirfd(d), e->d_name, &es, AT_SYMLINK_NOFOLLOW) == 0 && es.st_mtime > newest)
+            newest = es.st_mtime;
+    }
+    closedir(d);
+    return newest;
+}
+
+/* 1 when a process with this id runs on this host, 0 when none does */
+int fsdp_pid_alive(int64_t pid) {
+    if (pid <= 0 || pid > INT32_MAX) return 0;
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
 /* reads a file whole through zlib's gz reader, which passes plain files
- * through unchanged and inflates gzip ones */
+ * through unchanged and inflates gzip ones; a gzip stream must be complete
+ * (its end and CRC read), and a .gz name must hold gzip data */
 int fsdp_file_read_all(const char *path, char **out, int64_t *len) {
     *out = NULL;
     *len = 0;
@@ -182,7 +258,27 @@ int fsdp_file_read_all(const char *path, char **out, int64_t *len) {
         if (got == 0) break;
         n += got;
     }
-    gzclose(gz);
+    /* gzread reports a stream cut short (Z_BUF_ERROR, "unexpected end of
+     * file") only through gzerror: without this a .gz truncated at a line
+     * boundary would read as a shorter, valid file */
+    int code = Z_OK;
+    const char *msg = gzerror(gz, &code);
+    int status = FSDP_OK;
+    size_t plen = strlen(path);
+    if (msg && strncmp(msg, path, plen) == 0 && strncmp(msg + plen, ": ", 2) == 0) msg += plen + 2;
+    if (code != Z_OK)
+        status = fsdp_error(FSDP_ERR_FORMAT, "%s: the gzip stream is incomplete after %lld bytes (%s): the file is truncated",
+                            path, (long long)n, msg);
+    else if (plen > 3 && strcmp(path + plen - 3, ".gz") == 0 && gzdirect(gz))
+        status = fsdp_error(FSDP_ERR_FORMAT, "%s: named .gz but not gzip data", path);
+    int closed = gzclose(gz);
+    if (status == FSDP_OK && closed != Z_OK)
+        status = fsdp_error(FSDP_ERR_FORMAT, "%s: the gzip stream is incomplete after %lld bytes (zlib status %d): the file is truncated",
+                            path, (long long)n, closed);
+    if (status != FSDP_OK) {
+        free(buf);
+        return status;
+    }
     *out = buf;
     *len = n;
     return FSDP_OK;

@@ -44,6 +44,11 @@ int fsdp_tcp_listen(int port, int backlog);
 int fsdp_file_write_parts(const char *path, int nparts, const void *const *parts,
                           const int64_t *sizes);
 
+/* a tokenizer from tokenizer.json's bytes, errors naming `name`
+ * (tokenizer.c; fsdp_tokenizer_load reads the file and calls it; the fuzz
+ * targets call it directly) */
+fsdp_tokenizer *fsdp_tokenizer_load_buffer(const char *data, size_t len, const char *name);
+
 #define FSDP_CHECK_ARG(cond, ...) \
     do { if (!(cond)) return fsdp_error(FSDP_ERR_INVALID, __VA_ARGS__); } while (0)
 

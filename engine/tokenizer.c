@@ -799,7 +799,7 @@ static int bpe_part(const fsdp_tokenizer *t, enc_ctx *c, const char *w, size_t n
         if (slot->blob && slot->hash == h && slot->word_len == n && memcmp(slot->blob, w, n) == 0) {
             const char *ids = slot->blob + ((n + 3) & ~(size_t)3);
             if (grow((void **)&c->ids.p, &c->ids.cap, c->ids.n + slot->n_ids, sizeof *c->ids.p)) return OOM();
-            memcpy(c->ids.p + c->ids.n, ids, slot->n_ids * sizeof(int32_t));
+            if (slot->n_ids) memcpy(c->ids.p + c->ids.n, ids, slot->n_ids * sizeof(int32_t));
             c->ids.n += slot->n_ids;
             return 0;
         }
@@ -811,7 +811,8 @@ static int bpe_part(const fsdp_tokenizer *t, enc_ctx *c, const char *w, size_t n
         char *blob = malloc(off + n_ids * sizeof(int32_t));
         if (blob) {   /* a failed cache insert only costs speed */
             memcpy(blob, w, n);
-            memcpy(blob + off, c->ids.p + first, n_ids * sizeof(int32_t));
+            /* a word can yield no ids (ids.p may still be NULL then) */
+            if (n_ids) memcpy(blob + off, c->ids.p + first, n_ids * sizeof(int32_t));
             free(slot->blob);
             *slot = (cache_slot){h, blob, (uint32_t)n, (uint32_t)n_ids};
         }
@@ -1340,7 +1341,7 @@ int fsdp_tokenizer_is_special(const fsdp_tokenizer *t, int32_t id) {
 
 /* ---- loading -------------------------------------------------------------------- */
 
-typedef struct loader { const char *path; fsdp_tokenizer *t; } loader;
+typedef struct loader { const char *path; fsdp_tokenizer *t; const json_t *root; } loader;
 
 /* "<file>: <field>: <message>" */
 __attribute__((format(printf, 4, 5)))
@@ -1517,7 +1518,10 @@ static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, 
     const json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
     if (!json_is_object(vocab))
         return lerr(L, FSDP_ERR_FORMAT, "model.vocab", "is %s", vocab ? "not a JSON object" : "missing");
-    if (merges && !json_is_array(merges)) return lerr(L, FSDP_ERR_FORMAT, "model.merges", "is not an array");
+    /* as the tokenizers library ("Missing vocab/merges"): a BPE model needs
+     * a merges list, which may be empty */
+    if (!merges) return lerr(L, FSDP_ERR_FORMAT, "model.merges", "is missing (a BPE model needs a merges list; [] for none)");
+    if (!json_is_array(merges)) return lerr(L, FSDP_ERR_FORMAT, "model.merges", "is not an array");
 
     const json_t *dropout = json_object_get(model, "dropout");
     if (dropout && !json_is_null(dropout) && !(json_is_number(dropout) && json_number_value(dropout) == 0))
@@ -1541,6 +1545,18 @@ static int parse_model(const loader *L, fsdp_tokenizer *t, const json_t *model, 
                         MAX_TOKEN_ID);
         if (json_integer_value(v) > max_id) max_id = (int32_t)json_integer_value(v);
         text_bytes += strlen(key) + 1;
+    }
+    /* tables are indexed by id: ids far beyond the number of tokens would
+     * be a huge allocation for nothing (an id of 1e9: gigabytes) */
+    size_t entries = json_object_size(vocab) + (json_is_array(json_object_get(L->root, "added_tokens"))
+                                                ? json_array_size(json_object_get(L->root, "added_tokens")) : 0);
+    if ((size_t)max_id >= 2 * entries + 1024) {
+        const char *which = "added_tokens";
+        json_object_foreach((json_t *)vocab, key, v)
+            if (json_integer_value(v) == max_id) { which = key; break; }
+        return lerr(L, FSDP_ERR_FORMAT, max_id > max_added_id ? "model.vocab" : "added_tokens",
+                    "id %d (of \"%s\") is far beyond the %zu tokens the file has: ids must be dense (below %zu here)",
+                    max_id, which, entries, 2 * entries + 1024);
     }
     t->n_ids = max_id + 1;
     t->model_tok = calloc((size_t)t->n_ids, sizeof *t->model_tok);
@@ -1995,7 +2011,9 @@ void fsdp_tokenizer_free(fsdp_tokenizer *t) {
     free(t->added); free(t->added_map.e); free(t->added_of_id); free(t->special);
     free(t->raw_trie.node); free(t->norm_trie.node);
     if (t->word_re) pcre2_code_free(t->word_re);
-    for (int i = 0; i < t->n_norm; i++) { free(t->norm[i].text); pattern_free(&t->norm[i].pat); }
+    /* every slot, not n_norm: a step that failed half-way (a Replace with its
+     * regex compiled but no "content") holds memory too */
+    for (int i = 0; i < (int)(sizeof t->norm / sizeof t->norm[0]); i++) { free(t->norm[i].text); pattern_free(&t->norm[i].pat); }
     for (int i = 0; i < MAX_PRE_STEPS; i++) pattern_free(&t->pre[i].pat);
     for (int i = 0; i < (int)(sizeof t->dec / sizeof t->dec[0]); i++) { free(t->dec[i].text); pattern_free(&t->dec[i].pat); }
     pattern_free(&t->gpt2);
@@ -2032,27 +2050,33 @@ static int load(const loader *L, fsdp_tokenizer *t, const json_t *root) {
     return 0;
 }
 
-fsdp_tokenizer *fsdp_tokenizer_load(const char *path) {
-    if (!path) return fsdp_error_null(FSDP_ERR_INVALID, "tokenizer load: path is NULL");
-    char *data;
-    size_t len;
-    if (read_file(path, &data, &len)) return NULL;
+/* a tokenizer from tokenizer.json's bytes; name is what errors call it */
+fsdp_tokenizer *fsdp_tokenizer_load_buffer(const char *data, size_t len, const char *name) {
     json_error_t jerr;
     json_t *root = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
-    free(data);
     if (!root)
-        return fsdp_error_null(FSDP_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path, jerr.line,
+        return fsdp_error_null(FSDP_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", name, jerr.line,
                                jerr.column, jerr.text);
     fsdp_tokenizer *t = calloc(1, sizeof *t);
-    if (!t || !(t->path = strdup(path))) {
+    if (!t || !(t->path = strdup(name))) {
         free(t);
         json_decref(root);
         return fsdp_error_null(FSDP_ERR_OOM, "tokenizer: out of memory");
     }
     pthread_mutex_init(&t->lock, NULL);
-    loader L = {path, t};
+    loader L = {t->path, t, root};
     int rc = load(&L, t, root);
     json_decref(root);
     if (rc) { fsdp_tokenizer_free(t); return NULL; }
+    return t;
+}
+
+fsdp_tokenizer *fsdp_tokenizer_load(const char *path) {
+    if (!path) return fsdp_error_null(FSDP_ERR_INVALID, "tokenizer load: path is NULL");
+    char *data;
+    size_t len;
+    if (read_file(path, &data, &len)) return NULL;
+    fsdp_tokenizer *t = fsdp_tokenizer_load_buffer(data, len, path);
+    free(data);
     return t;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: C unit tests (build/tests/test_*), Lua tests
+# Runs every test: C unit tests (build/tests/test_*, and build/asan/tests/test_*
+# when `make asan` built them), Lua tests
 # (tests/lua/test_*.lua through build/fsdp-lua) and multi-rank tests
 # (tests/dist/test_*.sh). Prints one line per test and a closing
 # "N passed, N failed"; exits non-zero if any failed.
@@ -27,6 +28,10 @@ run_one() {
 
 for t in build/tests/test_*; do
     [ -x "$t" ] && run_one "c/$(basename "$t")" "$t"
+done
+# the same C tests under ASan + UBSan (`make asan`; `make test` builds them)
+for t in build/asan/tests/test_*; do
+    [ -x "$t" ] && run_one "asan/$(basename "$t")" "$t"
 done
 for t in tests/lua/test_*.lua; do
     [ -f "$t" ] && run_one "lua/$(basename "$t" .lua)" build/fsdp-lua "$t"

@@ -798,20 +798,31 @@ int fsdp_file_write_atomic(const char *path, const void *data, int64_t n);
  * pass through); *out is malloc'd, release it with fsdp_free */
 int fsdp_file_read_all(const char *path, char **out, int64_t *len);
 void fsdp_free(void *p);
-/* rename a directory into place atomically and fsync its parent */
+/* rename a directory into place atomically and fsync its parent; an
+ * existing final_path is an error */
 int fsdp_dir_commit(const char *tmp_path, const char *final_path);
+/* the same, swapping with an existing final_path in one step; tmp_path then
+ * holds the old directory (the caller removes it) */
+int fsdp_dir_replace(const char *tmp_path, const char *final_path);
+/* newest mtime of a path and of a directory's direct entries; -1 on error */
+int64_t fsdp_path_newest_mtime(const char *path);
+/* 1 when a process with this id runs on this host */
+int fsdp_pid_alive(int64_t pid);
 
 /* ---- token files (engine/tokens.c) -------------------------------------- *
  * Layout: 256 int32 header, then tokens. header[0] = 20240520 (magic, same as
  * llm.c's .bin files), header[1] = version (1: uint16 tokens, 2: uint32 tokens),
  * header[2] = number of tokens (low 31 bits), header[3] = high bits of it,
- * header[4] = vocab size (0 = unknown). Version 1 files of llm.c read as is. */
+ * header[4] = vocab size (0 = unknown), header[5..255] = 0. Version 1 files of llm.c
+ * read as is. Opening checks the header, the size, and every id (below the
+ * header's vocab size when it has one, else below 2^31). */
 
 typedef struct fsdp_token_file {
     const void *tokens;   /* mapped token array */
     int64_t n_tokens;
     int32_t token_bytes;  /* 2 or 4 */
-    int32_t vocab_size;
+    int32_t vocab_size;   /* from the header; 0 = unknown */
+    int64_t max_token;    /* the largest id in the file (checked at open), -1 when empty */
     void *map_base;       /* private */
     int64_t map_len;      /* private */
 } fsdp_token_file;
@@ -821,7 +832,7 @@ void fsdp_tokens_close(fsdp_token_file *tf);
 /* writes a token file atomically; token_bytes 2 requires every token < 65536 */
 int fsdp_tokens_write(const char *path, const int32_t *tokens, int64_t n, int token_bytes,
                       int vocab_size);
-/* copy tokens [start, start+n) as int32 into out */
+/* copy tokens [start, start+n) as int32 into out (ids were checked at open) */
 int fsdp_tokens_read(const fsdp_token_file *tf, int32_t *out, int64_t start, int64_t n);
 
 #ifndef FSDP_CDEF

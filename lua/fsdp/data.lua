@@ -103,16 +103,23 @@ function M.open(path, tokenizer)
          error('data: ' .. path .. ' is a directory without train_*.bin shards (make them with fsdp-lua prepare)', 0)
       end
       local src = open_files(path, train)
-      if #val > 0 then src.val = open_files(path, val) end
+      if #val > 0 then
+         src.val = open_files(path, val)
+         src.vocab_size = math.max(src.vocab_size, src.val.vocab_size) -- a model must cover both splits
+      end
       return src
    end
    local self = setmetatable({path = path}, Source)
-   if is_token_file(path) then
+   -- a .bin is always a token file: a wrong magic number is an error, never
+   -- text; the ids are all checked as it opens (engine/tokens.c)
+   if path:match('%.bin$') or is_token_file(path) then
       self.file = ffi.new('fsdp_token_file')
       check(C.fsdp_tokens_open(self.file, path), 'data')
       self.file = ffi.gc(self.file, C.fsdp_tokens_close)
       self.n = tonumber(self.file.n_tokens)
-      self.vocab_size = tonumber(self.file.vocab_size)
+      -- the header's vocab size, or (llm.c files leave it 0) the largest id
+      -- + 1, so a model too small for the data is refused before training
+      self.vocab_size = math.max(tonumber(self.file.vocab_size), tonumber(self.file.max_token) + 1)
    else
       local text = read_all(path)
       if #text == 0 then error('data: ' .. path .. ' is empty', 0) end
@@ -148,6 +155,15 @@ function M.loader(opts)
    if type(src) == 'table' and src.sft then return require('fsdp.sft_data').loader(opts) end
    local T_ = opts.seq_len
    local vf = opts.val_fraction or 0.1
+   if type(vf) ~= 'number' or not (vf >= 0 and vf < 1) then
+      error(string.format('data: val_fraction %s must be in [0, 1)', tostring(vf)), 0)
+   end
+   if type(T_) ~= 'number' or T_ < 1 or T_ ~= math.floor(T_) then
+      error(string.format('data: seq_len %s must be an integer >= 1', tostring(T_)), 0)
+   end
+   if type(opts.batch_size) ~= 'number' or opts.batch_size < 1 or opts.batch_size ~= math.floor(opts.batch_size) then
+      error(string.format('data: batch_size %s (per rank) must be an integer >= 1', tostring(opts.batch_size)), 0)
+   end
    local n_train = math.floor(src.n * (1 - vf))
    local lo, hi = 0, n_train
    if opts.split == 'val' then lo, hi = n_train, src.n end
@@ -164,7 +180,7 @@ function M.loader(opts)
       source = src, B = opts.batch_size, T = T_, seed = opts.seed or 0, lo = lo, chunks = chunks,
       shuffle = opts.shuffle == nil and (opts.split or 'train') == 'train' or opts.shuffle,
       rank = opts.rank or 0, world = opts.world or 1, cursor = 0, perms = {},
-      split = opts.split or 'train',
+      split = opts.split or 'train', batches = 0, rows = 0,
    }, Loader)
    self.x = T.empty({self.B, T_}, 'i32')
    self.y = T.empty({self.B, T_}, 'i32')
@@ -215,6 +231,10 @@ function Loader:next()
       ffi.copy(yp + r * T_, row + 1, T_ * 4)
    end
    self.cursor = self.cursor + B * self.world
+   -- batches served and the most sequences one took: a saved cursor beyond
+   -- batches * rows cannot be one this loader reached
+   self.batches = self.batches + 1
+   self.rows = math.max(self.rows, B * self.world)
    if self.dx then return self.dx:copy(self.x), self.dy:copy(self.y) end
    return self.x, self.y
 end
@@ -222,12 +242,32 @@ end
 function Loader:epoch() return self.cursor / self.chunks end
 
 function Loader:state_dict()
-   return {cursor = self.cursor, seed = self.seed, split = self.split}
+   return {cursor = self.cursor, seed = self.seed, split = self.split, batches = self.batches, rows = self.rows}
 end
 
+local function whole(v, lo) return type(v) == 'number' and v == math.floor(v) and v >= lo and v < 2 ^ 53 end
+
+-- restores a position; a cursor that is not a count of sequences this
+-- loader could have reached is an error, not a silent jump
 function Loader:load_state_dict(sd)
+   if type(sd) ~= 'table' then error('data: the saved loader state is not a table', 0) end
+   if not whole(sd.cursor, 0) then
+      error(string.format('data: the saved cursor %s is not a count of sequences (an integer >= 0)', tostring(sd.cursor)), 0)
+   end
+   if sd.seed ~= nil and not whole(sd.seed, -2 ^ 53) then error('data: the saved seed ' .. tostring(sd.seed) .. ' is not an integer', 0) end
+   local rows = self.B * self.world
+   if sd.batches ~= nil then
+      if not whole(sd.batches, 0) or not whole(sd.rows, 1) or sd.cursor > sd.batches * sd.rows then
+         error(string.format('data: the saved cursor %s is beyond %s batches of at most %s sequences', tostring(sd.cursor),
+                             tostring(sd.batches), tostring(sd.rows)), 0)
+      end
+      self.batches, self.rows = sd.batches, math.max(sd.rows, rows)
+   else -- a checkpoint from before the count was kept
+      self.batches, self.rows = math.ceil(sd.cursor / rows), rows
+   end
    self.cursor = sd.cursor
-   self.seed = sd.seed
+   if sd.seed ~= nil then self.seed = sd.seed end
+   self.perms = {}
 end
 
 return M

@@ -34,10 +34,10 @@ function M.remove_tree(path)
    os.execute('rm -rf ' .. quote(path))
 end
 
--- names in a directory (no . and ..), sorted
-function M.list(path)
+-- names in a directory (no . and ..), sorted; hidden ones too when `all`
+function M.list(path, all)
    local out = {}
-   local p = io.popen('ls -1 ' .. quote(path) .. ' 2>/dev/null')
+   local p = io.popen('ls -1' .. (all and 'A ' or ' ') .. quote(path) .. ' 2>/dev/null')
    for line in p:lines() do out[#out + 1] = line end
    p:close()
    table.sort(out)

@@ -116,6 +116,7 @@ local function decode_string(s, pos)
                   i = i + 6
                end
             end
+            if cp >= 0xD800 and cp <= 0xDFFF then decode_error(s, i - 6, 'a lone UTF-16 surrogate in a \\u escape') end
             if cp < 0x80 then out[#out + 1] = string.char(cp)
             elseif cp < 0x800 then out[#out + 1] = string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64)
             elseif cp < 0x10000 then
@@ -126,59 +127,82 @@ local function decode_string(s, pos)
             end
          else decode_error(s, i, 'bad escape') end
       else
-         local j = s:find('["\\]', i)
+         local j = s:find('["\\%z\1-\31]', i)
          if not j then decode_error(s, pos, 'unterminated string') end
+         if s:byte(j) < 32 then decode_error(s, j, 'a control character inside a string (write it as an escape)') end
          out[#out + 1] = s:sub(i, j - 1)
          i = j
       end
    end
 end
 
+local MAX_DEPTH = 512
+local depth = 0
+
+local function decode_object(s, pos)
+   local obj = {}
+   pos = skip(s, pos + 1)
+   if s:sub(pos, pos) == '}' then return obj, pos + 1 end
+   while true do
+      if s:sub(pos, pos) ~= '"' then decode_error(s, pos, 'expected a string key') end
+      local k
+      k, pos = decode_string(s, pos)
+      pos = skip(s, pos)
+      if s:sub(pos, pos) ~= ':' then decode_error(s, pos, "expected ':'") end
+      obj[k], pos = decode_value(s, pos + 1)
+      pos = skip(s, pos)
+      local d = s:sub(pos, pos)
+      if d == '}' then return obj, pos + 1 end
+      if d ~= ',' then decode_error(s, pos, "expected ',' or '}'") end
+      pos = skip(s, pos + 1)
+   end
+end
+
+local function decode_array(s, pos)
+   local arr = M.array({})
+   pos = skip(s, pos + 1)
+   if s:sub(pos, pos) == ']' then return arr, pos + 1 end
+   while true do
+      arr[#arr + 1], pos = decode_value(s, pos)
+      pos = skip(s, pos)
+      local d = s:sub(pos, pos)
+      if d == ']' then return arr, pos + 1 end
+      if d ~= ',' then decode_error(s, pos, "expected ',' or ']'") end
+      pos = pos + 1
+   end
+end
+
 decode_value = function(s, pos)
    pos = skip(s, pos)
    local c = s:sub(pos, pos)
-   if c == '{' then
-      local obj = {}
-      pos = skip(s, pos + 1)
-      if s:sub(pos, pos) == '}' then return obj, pos + 1 end
-      while true do
-         if s:sub(pos, pos) ~= '"' then decode_error(s, pos, 'expected a string key') end
-         local k
-         k, pos = decode_string(s, pos)
-         pos = skip(s, pos)
-         if s:sub(pos, pos) ~= ':' then decode_error(s, pos, "expected ':'") end
-         obj[k], pos = decode_value(s, pos + 1)
-         pos = skip(s, pos)
-         local d = s:sub(pos, pos)
-         if d == '}' then return obj, pos + 1 end
-         if d ~= ',' then decode_error(s, pos, "expected ',' or '}'") end
-         pos = skip(s, pos + 1)
-      end
-   elseif c == '[' then
-      local arr = M.array({})
-      pos = skip(s, pos + 1)
-      if s:sub(pos, pos) == ']' then return arr, pos + 1 end
-      while true do
-         arr[#arr + 1], pos = decode_value(s, pos)
-         pos = skip(s, pos)
-         local d = s:sub(pos, pos)
-         if d == ']' then return arr, pos + 1 end
-         if d ~= ',' then decode_error(s, pos, "expected ',' or ']'") end
-         pos = pos + 1
-      end
+   if c == '{' or c == '[' then
+      depth = depth + 1
+      if depth > MAX_DEPTH then decode_error(s, pos, string.format('nested deeper than %d levels', MAX_DEPTH)) end
+      local v, after = (c == '{' and decode_object or decode_array)(s, pos)
+      depth = depth - 1
+      return v, after
    elseif c == '"' then return decode_string(s, pos)
    elseif s:sub(pos, pos + 3) == 'true' then return true, pos + 4
    elseif s:sub(pos, pos + 4) == 'false' then return false, pos + 5
    elseif s:sub(pos, pos + 3) == 'null' then return M.null, pos + 4
-   else
-      local num = s:match('^-?%d+%.?%d*[eE]?[-+]?%d*', pos)
-      if not num or num == '' or not tonumber(num) then decode_error(s, pos, 'unexpected character') end
-      return tonumber(num), pos + #num
    end
+   -- JSON's number grammar exactly: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?
+   local int = s:match('^-?0', pos) or s:match('^-?[1-9]%d*', pos)
+   if not int then decode_error(s, pos, c == '' and 'unexpected end of input' or 'unexpected character') end
+   local j = pos + #int
+   if s:sub(j, j):match('%d') then decode_error(s, pos, 'a number with a leading zero') end
+   local frac = s:match('^%.%d+', j)
+   if not frac and s:sub(j, j) == '.' then decode_error(s, j, 'a number with no digits after its point') end
+   j = j + (frac and #frac or 0)
+   local exp = s:match('^[eE][-+]?%d+', j)
+   if not exp and s:sub(j, j):match('[eE]') then decode_error(s, j, 'a number with no digits in its exponent') end
+   j = j + (exp and #exp or 0)
+   return tonumber(s:sub(pos, j - 1)), j
 end
 
 function M.decode(s)
    if type(s) ~= 'string' then error('json: decode wants a string', 0) end
+   depth = 0
    local v, pos = decode_value(s, 1)
    pos = skip(s, pos)
    if pos <= #s then decode_error(s, pos, 'trailing characters') end

@@ -1,6 +1,6 @@
 -- fsdp-lua's entry point (run by build/fsdp-lua with the global `arg`).
 --   fsdp-lua RECIPE [--option value ...]   run a recipe (recipes/x.lua, a path, or a name)
---   fsdp-lua ckpt info DIR                 print a checkpoint's index
+--   fsdp-lua ckpt info|verify DIR          what resuming from DIR would do, and what it holds
 --   fsdp-lua plot RUN_DIR [--out FILE]     draw a run's metrics as an SVG
 --   fsdp-lua --help
 -- Errors are printed once, with the rank, and give exit status 1.
@@ -21,11 +21,32 @@ local function rank_prefix()
    return 'rank ' .. r
 end
 
+-- Before a job of several ranks is torn down, the message must have left
+-- this process: under mpiexec our stdout and stderr are pipes that hydra's
+-- proxy reads and forwards, and MPI_Abort kills every rank at once, so a
+-- message still in a pipe (ours, or that of a rank failing at the same
+-- moment) was lost. So: wait until the reader has taken every byte we wrote
+-- (FIONREAD on the pipe is 0; at most 2 s), then give the other ranks a
+-- grace period (FSDP_ABORT_GRACE seconds, 0.5) to do the same.
+local function drain_and_wait()
+   local ffi = require 'ffi'
+   pcall(ffi.cdef, 'int ioctl(int fd, unsigned long request, ...); int usleep(unsigned int usec);')
+   local pending = ffi.new('int[1]')
+   for _, fd in ipairs({2, 1}) do
+      for _ = 1, 200 do
+         if ffi.C.ioctl(fd, 0x541B, pending) ~= 0 or pending[0] <= 0 then break end -- FIONREAD; fails on a tty or file
+         ffi.C.usleep(10000)
+      end
+   end
+   local grace = tonumber(os.getenv('FSDP_ABORT_GRACE') or '') or 0.5
+   if grace > 0 then ffi.C.usleep(math.floor(math.min(grace, 60) * 1e6)) end
+end
+
 local function usage()
    return table.concat({
       'usage: fsdp-lua RECIPE [--option value ...]   run a recipe (e.g. recipes/train_mingpt.lua)',
       '       fsdp-lua RECIPE --help                  list the recipe\'s options',
-      '       fsdp-lua ckpt info DIR                  print a checkpoint\'s index',
+      '       fsdp-lua ckpt info|verify DIR           what resuming from DIR would do (verified), and what it holds',
       '       fsdp-lua prepare --tokenizer DIR --input PATH --output DIR   text/JSON/JSONL/YAML -> token shards',
       '       fsdp-lua export CKPT_DIR OUT_DIR [--dtype bf16]   a checkpoint -> a Hugging Face directory',
       '       fsdp-lua plan RECIPE --world-size N [--memory-per-rank 80GiB] [options]   per-rank memory before launching',
@@ -95,13 +116,17 @@ local function report(err)
    -- a progress bar on the screen is cleared first, so the error starts its own line
    local has_log, log = pcall(require, 'fsdp.log')
    if has_log and log.before_line then pcall(log.before_line) end
+   if os.getenv('FSDP_TRACEBACK') and type(err) == 'string' then msg = msg .. '\n' .. debug.traceback() end
+   io.stdout:flush()
    io.stderr:write(string.format('fsdp-lua: %s: error: %s\n', rank_prefix(), msg))
    io.stderr:flush()
    -- in a job of several ranks, take the others down instead of leaving
-   -- them waiting in a collective
+   -- them waiting in a collective, once every message is out
    local ok, dist = pcall(require, 'fsdp.dist')
-   if ok and dist.world and dist.world_size > 1 then dist.abort(1) end
-   if os.getenv('FSDP_TRACEBACK') and type(err) == 'string' then io.stderr:write(debug.traceback() .. '\n') end
+   if ok and dist.world and dist.world_size > 1 then
+      drain_and_wait()
+      dist.abort(1)
+   end
 end
 
 local function run(fn)

@@ -7,8 +7,10 @@
 -- file (recursively) is one; each line of a .jsonl / .jsonl.gz file gives
 -- its --field; every string scalar of a .yaml / .yml file is one. Files are
 -- visited in sorted path order and documents numbered from 0 in that order;
--- --start-index / --end-index keep a range of them. Every k-th document
--- (k = 1 / val-fraction) goes to the validation split. Workers tokenize in
+-- --start-index / --end-index keep a range of them. A share --val-fraction
+-- of them (every k-th when k = 1 / val-fraction is whole) goes to the
+-- validation split. Every option is range-checked first; YAML and JSON are
+-- read strictly (errors name the file and line). Workers tokenize in
 -- parallel (one process each); the shards are written in document order,
 -- so the output does not depend on the number of workers:
 --   DIR/train_000000.bin ...  DIR/val_000000.bin  DIR/meta.json
@@ -17,6 +19,7 @@
 local ffi = require 'ffi'
 local bind = require 'fsdp.ffi'
 local json = require 'fsdp.json'
+local yaml = require 'fsdp.yaml'
 local fs = require 'fsdp.fs'
 local cli = require 'fsdp.cli'
 local T = require 'fsdp.tensor'
@@ -75,38 +78,6 @@ local function strings_of(v, emit)
    end
 end
 
--- the string scalars of a YAML document: plain, quoted and block (| >) values
-local function yaml_strings(text, emit)
-   local lines = {}
-   for line in (text .. '\n'):gmatch('(.-)\r?\n') do lines[#lines + 1] = line end
-   local i = 1
-   while i <= #lines do
-      local line = lines[i]
-      local indent = #line:match('^ *')
-      local value = line:match('^%s*%-?%s*[^:#]-:%s+(.*)$') or line:match('^%s*%-%s+(.*)$')
-      if value and not line:match('^%s*#') then
-         value = value:gsub('%s+#.*$', '')
-         if value:match('^[|>][-+]?%s*$') then
-            local folded, block = value:sub(1, 1) == '>', {}
-            i = i + 1
-            while i <= #lines and (lines[i]:match('^%s*$') or #lines[i]:match('^ *') > indent) do
-               block[#block + 1] = lines[i]:gsub('^%s+', '')
-               i = i + 1
-            end
-            local s = table.concat(block, folded and ' ' or '\n')
-            if s:match('%S') then emit(s) end
-            i = i - 1
-         elseif value:match('^".*"$') then emit((value:sub(2, -2):gsub('\\n', '\n'):gsub('\\"', '"')))
-         elseif value:match("^'.*'$") then emit((value:sub(2, -2):gsub("''", "'")))
-         elseif value ~= '' and not value:match('^[%[{&*!]') and not tonumber(value)
-            and value ~= 'true' and value ~= 'false' and value ~= 'null' and value ~= '~' then
-            emit(value)
-         end
-      end
-      i = i + 1
-   end
-end
-
 local KINDS = {txt = 'txt', json = 'json', jsonl = 'jsonl', yaml = 'yaml', yml = 'yaml'}
 
 local function kind_of(path)
@@ -126,8 +97,8 @@ function M.documents(path, field, emit)
       strings_of(v, emit)
    elseif kind == 'jsonl' then
       local n = 0
-      for line in text:gmatch('[^\n]+') do
-         n = n + 1
+      for line in (text .. '\n'):gmatch('(.-)\r?\n') do
+         n = n + 1 -- every line counts, so the numbers are the file's
          if line:match('%S') then
             local ok, v = pcall(json.decode, line)
             if not ok then error(string.format('prepare: %s line %d: %s', path, n, v), 0) end
@@ -139,7 +110,9 @@ function M.documents(path, field, emit)
          end
       end
    elseif kind == 'yaml' then
-      yaml_strings(text, emit)
+      local ok, docs = pcall(yaml.decode, text, path)
+      if not ok then error('prepare: ' .. docs, 0) end
+      for _, d in ipairs(docs) do yaml.strings(d, emit) end
    end
 end
 
@@ -159,13 +132,17 @@ end
 -- chunk files handed to workers: [uint32 length][bytes] per document
 
 local function write_chunk(path, docs)
-   local f = assert(io.open(path, 'wb'))
+   local f, err = io.open(path, 'wb')
+   if not f then error('prepare: cannot create ' .. path .. ': ' .. tostring(err), 0) end
    local len = ffi.new('uint32_t[1]')
    for _, d in ipairs(docs) do
+      if #d >= 2 ^ 32 then error(string.format('prepare: a document of %d bytes is too long (4 GiB at most)', #d), 0) end
       len[0] = #d
-      f:write(ffi.string(len, 4), d)
+      local ok, werr = f:write(ffi.string(len, 4), d)
+      if not ok then f:close(); error('prepare: writing ' .. path .. ': ' .. tostring(werr), 0) end
    end
-   f:close()
+   local ok, cerr = f:close()
+   if not ok then error('prepare: writing ' .. path .. ': ' .. tostring(cerr), 0) end
 end
 
 local function read_chunk(path)
@@ -185,14 +162,19 @@ function M.worker(args)
    local opt = cli.parse('prepare --worker', {{'chunk', ''}, {'out', ''}, {'tokenizer', 'bytes'}, {'eos', -1}}, args)
    local tok = load_tokenizer(opt.tokenizer)
    local docs = read_chunk(opt.chunk)
-   local f = assert(io.open(opt.out, 'wb'))
+   local f, err = io.open(opt.out, 'wb')
+   if not f then error('prepare: cannot create ' .. opt.out .. ': ' .. tostring(err), 0) end
+   local function put(s)
+      local ok, e = f:write(s)
+      if not ok then error('prepare: writing ' .. opt.out .. ': ' .. tostring(e), 0) end
+   end
    local eos = ffi.new('int32_t[1]', opt.eos)
    local last = os.clock()
    for i, d in ipairs(docs) do
       local ids = tok:encode(d)
-      f:write(ffi.string(ids:cdata().data, ids:numel() * 4))
+      put(ffi.string(ids:cdata().data, ids:numel() * 4))
       ids:free()
-      if opt.eos >= 0 then f:write(ffi.string(eos, 4)) end
+      if opt.eos >= 0 then put(ffi.string(eos, 4)) end
       if os.clock() - last > 0.2 or i == #docs then
          local pf = io.open(opt.out .. '.progress', 'w')
          pf:write(i, '\n')
@@ -200,7 +182,8 @@ function M.worker(args)
          last = os.clock()
       end
    end
-   f:close()
+   local ok, cerr = f:close()
+   if not ok then error('prepare: writing ' .. opt.out .. ': ' .. tostring(cerr), 0) end
    return 0
 end
 
@@ -215,6 +198,52 @@ local function progress(done, total, t0)
    io.stdout:flush()
 end
 
+local function is_int(v) return v == math.floor(v) and math.abs(v) < 2 ^ 53 end
+
+-- every option in range before anything is read or written; errors name the
+-- option, the value and what is accepted
+function M.check_options(opt)
+   local function bad(name, v, want)
+      error(string.format('prepare: --%s %s: %s', name:gsub('_', '-'), tostring(v), want), 0)
+   end
+   if opt.input == '' or opt.output == '' then error('prepare: --input and --output are required', 0) end
+   if opt.tokenizer == '' then bad('tokenizer', "''", "wants a tokenizer.json, its directory, or 'bytes'") end
+   if opt.field == '' then bad('field', "''", 'wants the name of the JSONL field that holds the text') end
+   if not (opt.val_fraction >= 0 and opt.val_fraction < 1) then
+      bad('val_fraction', opt.val_fraction, 'must be in [0, 1) (the share of documents held out)')
+   end
+   if not (is_int(opt.workers) and opt.workers >= 0 and opt.workers <= 1024) then
+      bad('workers', opt.workers, 'must be an integer in [0, 1024] (0: one per core)')
+   end
+   if not (is_int(opt.start_index) and opt.start_index >= 0) then bad('start_index', opt.start_index, 'must be an integer >= 0') end
+   if not (is_int(opt.end_index) and (opt.end_index == -1 or opt.end_index > opt.start_index)) then
+      bad('end_index', opt.end_index, string.format('must be -1 (all) or an integer > --start-index %d', opt.start_index))
+   end
+   if not (is_int(opt.shard_tokens) and opt.shard_tokens >= 1 and opt.shard_tokens < 2 ^ 40) then
+      bad('shard_tokens', opt.shard_tokens, 'must be an integer >= 1 (tokens per training shard)')
+   end
+   -- the output inside the input would read its own meta.json next time
+   local function abs(p)
+      local h = io.popen('realpath -m ' .. fs.quote(p) .. ' 2>/dev/null')
+      local r = h:read('*l')
+      h:close()
+      return r or p
+   end
+   local ai, ao = abs(opt.input), abs(opt.output)
+   if fs.is_dir(opt.input) and (ao == ai or ao:sub(1, #ai + 1) == ai .. '/') then
+      bad('output', opt.output, 'is inside --input ' .. opt.input .. ' (its files would be read as input next time)')
+   end
+end
+
+-- document i (from 0) of the kept range goes to validation when the count
+-- of validation documents, i * f rounded down, steps up at it: exactly f of
+-- them over any long run, every 1/f-th when 1/f is a whole number
+local function is_val(i, f)
+   if f <= 0 then return false end
+   return math.floor((i + 1) * f + 1e-9) > math.floor(i * f + 1e-9)
+end
+M.is_val = is_val
+
 function M.main(args)
    -- --format sft: supervised fine-tuning data (lua/fsdp/prepare_sft.lua)
    for i, a in ipairs(args) do
@@ -223,7 +252,7 @@ function M.main(args)
    if args[1] == '--worker' then return M.worker({unpack(args, 2)}) end
    local opt, help = cli.parse('prepare', M.options, args)
    if not opt then print(help); return 0 end
-   if opt.input == '' or opt.output == '' then error('prepare: --input and --output are required', 0) end
+   M.check_options(opt)
    local tok = load_tokenizer(opt.tokenizer)
    local eos = -1
    if opt.append_eos and tok.eos_id and tok.eos_id >= 0 then eos = tok.eos_id end
@@ -232,13 +261,12 @@ function M.main(args)
    if #files == 0 then error('prepare: no .txt, .json, .jsonl(.gz) or .yaml files under ' .. opt.input, 0) end
 
    -- documents in order, the kept range, the validation share
-   local every = opt.val_fraction > 0 and math.max(2, math.floor(1 / opt.val_fraction + 0.5)) or 0
    local train_docs, val_docs, index, bytes = {}, {}, 0, 0
    for _, path in ipairs(files) do
       M.documents(path, opt.field, function(d)
          if index >= opt.start_index and (opt.end_index < 0 or index < opt.end_index) then
             local kept = index - opt.start_index
-            if every > 0 and kept % every == every - 1 then val_docs[#val_docs + 1] = d
+            if is_val(kept, opt.val_fraction) then val_docs[#val_docs + 1] = d
             else train_docs[#train_docs + 1] = d end
             bytes = bytes + #d
          end
@@ -247,7 +275,18 @@ function M.main(args)
    end
    local total = #train_docs + #val_docs
    if total == 0 then error(string.format('prepare: no documents in range %d..%d (found %d)', opt.start_index, opt.end_index, index), 0) end
+   local n_train = #train_docs
    fs.mkdirs(opt.output)
+   -- the shards of an earlier prepare into the same directory would be read
+   -- along with the new ones: they go first, said
+   local old = {}
+   for _, name in ipairs(fs.list(opt.output)) do
+      if name:match('^train_%d+%.bin$') or name:match('^val_%d+%.bin$') or name == 'meta.json' then old[#old + 1] = name end
+   end
+   if #old > 0 then
+      print(string.format('prepare: replacing %d file(s) of an earlier prepare in %s', #old, opt.output))
+      for _, name in ipairs(old) do os.remove(opt.output .. '/' .. name) end
+   end
    local work = opt.output .. '/.work-' .. fs.pid()
    fs.mkdirs(work)
 
@@ -271,13 +310,16 @@ function M.main(args)
 
    local exe = require('fsdp.ffi').root .. '/build/fsdp-lua'
    local t0 = os.time()
-   local running = {}
    for _, j in ipairs(jobs) do
-      local cmd = string.format('%s prepare --worker --chunk %s --out %s --tokenizer %s --eos %d; echo $? > %s.status',
+      -- the status is written under another name and renamed, so a reader
+      -- never sees it half-written; the subshell's pid tells a worker that
+      -- died without a status from one still running
+      local cmd = string.format('%s prepare --worker --chunk %s --out %s --tokenizer %s --eos %d; echo $? > %s.status.tmp; mv %s.status.tmp %s.status',
                                 fs.quote(exe), fs.quote(j.name .. '.chunk'), fs.quote(j.name .. '.tokens'),
-                                fs.quote(opt.tokenizer), eos, fs.quote(j.name))
-      running[#running + 1] = j
-      os.execute('(OMP_NUM_THREADS=1 ' .. cmd .. ') >' .. fs.quote(j.name .. '.log') .. ' 2>&1 &')
+                                fs.quote(opt.tokenizer), eos, fs.quote(j.name), fs.quote(j.name), fs.quote(j.name))
+      local h = io.popen('(OMP_NUM_THREADS=1 ' .. cmd .. ') >' .. fs.quote(j.name .. '.log') .. ' 2>&1 & echo $!')
+      j.pid = tonumber(h:read('*l'))
+      h:close()
    end
    -- wait, drawing progress
    while true do
@@ -286,12 +328,16 @@ function M.main(args)
          local p = fs.read(j.name .. '.tokens.progress')
          done = done + (tonumber(p and p:match('%d+')) or 0)
          local st = fs.read(j.name .. '.status')
+         if not st and j.pid and C.fsdp_pid_alive(j.pid) == 0 then
+            st = fs.read(j.name .. '.status') or 'died'
+         end
          if st then
             finished = finished + 1
             if tonumber(st) ~= 0 then
                local log = fs.read(j.name .. '.log') or ''
                fs.remove_tree(work)
-               error('prepare: a tokenizing worker failed: ' .. log, 0)
+               error(string.format('prepare: a tokenizing worker (%s) failed (%s): %s', j.name:match('[^/]+$'),
+                                   st == 'died' and 'it died without a status' or ('exit ' .. st:gsub('%s+$', '')), log), 0)
             end
          end
       end
@@ -315,8 +361,22 @@ function M.main(args)
    for _, split_name in ipairs({'train', 'val'}) do
       local cap = split_name == 'train' and opt.shard_tokens or math.huge
       local parts = {}
-      for _, j in ipairs(jobs) do if j.split == split_name then parts[#parts + 1] = fs.read(j.name .. '.tokens') end end
+      for _, j in ipairs(jobs) do
+         if j.split == split_name then
+            local part = fs.read(j.name .. '.tokens')
+            if not part or #part % 4 ~= 0 then
+               fs.remove_tree(work)
+               error(string.format('prepare: the worker output %s.tokens is %s', j.name, part and 'not whole tokens' or 'missing'), 0)
+            end
+            parts[#parts + 1] = part
+         end
+      end
       local all = table.concat(parts)
+      if split_name == 'train' and #all == 0 then
+         fs.remove_tree(work)
+         error(string.format('prepare: the %d training document(s) hold no tokens (empty texts%s)', n_train,
+                             eos < 0 and ', no end-of-text token' or ''), 0)
+      end
       local n = #all / 4
       local base = ffi.cast('const int32_t*', all)
       local first = 0

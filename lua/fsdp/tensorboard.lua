@@ -19,6 +19,7 @@ local bit = require 'bit'
 local fs = require 'fsdp.fs'
 local band, bor, bxor, bnot, rshift, ror = bit.band, bit.bor, bit.bxor, bit.bnot, bit.rshift, bit.ror
 
+pcall(ffi.cdef, 'int truncate(const char *path, long length);')
 pcall(ffi.cdef, [[
 typedef struct { long tv_sec; long tv_usec; } fsdp_tb_timeval;
 int gettimeofday(fsdp_tb_timeval *tv, void *tz);
@@ -165,17 +166,35 @@ function M.open(dir, opts)
    end
    local f, err = io.open(path, 'wb')
    if not f then return nil, 'tensorboard: cannot create ' .. path .. ': ' .. tostring(err) end
-   local w = setmetatable({path = path, file = f}, Writer)
+   local w = setmetatable({path = path, file = f, good = 0}, Writer)
    local ok, werr = w:write_event(M.encode_version_event(t))
-   if not ok then f:close(); return nil, werr end
+   if not ok then return nil, werr end
    return w
 end
 
+-- one record, flushed; on a failed write the file is cut back to its last
+-- whole record (self.note says how that went) and nil, err is returned
 function Writer:write_event(data)
    if not self.file then error('tensorboard: ' .. self.path .. ' is closed', 2) end
-   local ok, err = self.file:write(M.record(data))
+   local record = M.record(data)
+   local ok, err = self.file:write(record)
    if ok then ok, err = self.file:flush() end
-   if not ok then return nil, 'tensorboard: writing ' .. self.path .. ': ' .. tostring(err) end
+   -- stdio may miss a refused write (an EFBIG under a file size limit): the
+   -- position must show the whole record
+   if ok and self.file:seek('cur') ~= (self.good or 0) + #record then
+      ok, err = nil, 'the write was cut short'
+   end
+   if not ok then
+      pcall(self.file.close, self.file)
+      self.file = nil
+      if ffi.C.truncate(self.path, self.good or 0) == 0 then
+         self.note = string.format('the record it was writing is cut off (%d bytes of whole records kept)', self.good or 0)
+      else
+         self.note = 'its last record may be cut short'
+      end
+      return nil, 'tensorboard: writing ' .. self.path .. ': ' .. tostring(err)
+   end
+   self.good = (self.good or 0) + #record
    return true
 end
 

@@ -120,6 +120,7 @@ local SPECS = {
    {'stop_after', 0, 'stop this run after N steps, with a checkpoint (0: run to max_steps)', type = 'integer', min = 0},
    {'run_dir', 'runs/train_lm', 'metrics.jsonl and TensorBoard events (tb/) go here', type = 'path',
     aliases = {'logging_dir'}},
+   {'metrics_best_effort', false, 'a failed write of metrics.jsonl or the TensorBoard events is one loud warning, not an error'},
    {'on_nan', 'skip', 'a non-finite loss or gradient norm: skip the step or stop', choices = {'skip', 'stop'}},
    {'peak_flops', 0, 'FLOP/s that MFU is measured against (0: the GPU\'s bf16 peak, or this host\'s sgemm rate)',
     type = 'number', min = 0},
@@ -289,7 +290,7 @@ local function recipe(defaults)
       }
       local start_step = 0
       if opt.checkpoint_dir ~= '' then
-         local latest = ckpt.latest(opt.checkpoint_dir)
+         local latest = ckpt.find_resume(opt.checkpoint_dir, dist.checkpoint_comm())
          if latest then
             local saved, index = ckpt.resume(latest, sharded, state)
             start_step = saved.step
@@ -335,7 +336,7 @@ local function recipe(defaults)
          return dist.sum_number(total / n) / world
       end
 
-      local metrics = assert(require('fsdp.metrics').open(opt.run_dir, {rank = rank}))
+      local metrics = assert(require('fsdp.metrics').open(opt.run_dir, {rank = rank, best_effort = opt.metrics_best_effort}))
 
       -- one optimizer step (grad_accum_steps micro-batches); returns the
       -- mean loss, the gradient norm and whether the update was taken

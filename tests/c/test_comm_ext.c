@@ -73,7 +73,7 @@ static int fake_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t c
     int rc = begin(c, "all_gather", handle);
     if (!rc) {
         int64_t slice = count * fsdp_dtype_size(dtype);
-        for (int r = 0; r < SIZE; r++) memmove((char *)recv + r * slice, send, (size_t)slice);
+        for (int r = 0; slice > 0 && r < SIZE; r++) memmove((char *)recv + r * slice, send, (size_t)slice);
     }
     return rc;
 }

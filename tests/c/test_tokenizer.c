@@ -468,6 +468,25 @@ static void check_errors(void) {
     load_fails("dropout", "{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, \"vocab\": {}, \"merges\": []}}",
                (const char *[]){"model.dropout", "not supported", NULL});
 
+    /* as the tokenizers library: a BPE model without merges is refused
+     * ("Missing vocab/merges"); [] is fine */
+    load_fails("no merges", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}",
+               (const char *[]){"model.merges", "is missing", NULL});
+    load_fails("null merges", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": null}}",
+               (const char *[]){"model.merges", "is not an array", NULL});
+    /* an id of 1e9 is refused up front, not allocated for */
+    load_fails("sparse id", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1000000000}, \"merges\": []}}",
+               (const char *[]){"model.vocab", "id 1000000000 (of \"b\")", "ids must be dense", NULL});
+    load_fails("sparse added id",
+               "{\"added_tokens\": [{\"id\": 900000000, \"content\": \"<x>\"}], "
+               "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
+               (const char *[]){"added_tokens", "id 900000000", "ids must be dense", NULL});
+    /* a Replace normalizer without "content" after its regex compiled: an
+     * error, and (under ASan) no leak of the compiled regex */
+    load_fails("Replace without content",
+               tiny("{\"type\": \"Replace\", \"pattern\": {\"Regex\": \"a+\"}}", "null", "null", "BPE", ""),
+               (const char *[]){"normalizer", "\"content\" is missing", NULL});
+
     /* a good tiny tokenizer: both merge forms, encode / decode errors */
     const char *path = tmp("good.json");
     write_file(path, tiny("null", "null", "null", "BPE", "[\"a\", \"b\"]"));
@@ -476,6 +495,10 @@ static void check_errors(void) {
     if (!tok) return;
     int32_t ids[8];
     int64_t n = -1;
+    /* first thing encoded: a word that yields no ids (no unk token), which
+     * once copied 0 bytes from a NULL buffer (UBSan) */
+    CHECK(fsdp_tokenizer_encode(tok, "c", 1, 0, ids, 8, &n) == FSDP_OK && n == 0, "a word with no ids: n %lld",
+          (long long)n);
     CHECK(fsdp_tokenizer_encode(tok, "abab<s>b", 8, 0, ids, 8, &n) == FSDP_OK && n == 4 && ids[0] == 2 &&
           ids[1] == 2 && ids[2] == 3 && ids[3] == 1, "tiny encode: n %lld", (long long)n);
     CHECK(fsdp_tokenizer_encode(tok, "abab<s>b", 8, 0, ids, 3, &n) == FSDP_ERR_INVALID && n == 4 &&

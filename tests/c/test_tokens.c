@@ -132,22 +132,53 @@ static void test_bad_files(void) {
     CHECK(fsdp_tokens_open(&tf, dir) == FSDP_ERR_IO && error_has(dir, "not a regular file"), "a directory: %s",
           fsdp_last_error());
 
-    /* a uint32 token beyond int32, and one beyond the vocab, fail on read */
+    /* the largest count the header can hold: no overflow in the size check */
+    int32_t huge[4] = {20240520, 2, 0x7fffffff, (1 << 30) - 1};
+    write_raw(path, huge, 4, body, sizeof body);
+    CHECK(fsdp_tokens_open(&tf, path) == FSDP_ERR_FORMAT &&
+              error_has("2305843009213693951 tokens of 4 bytes (9223372036854776828 bytes", NULL),
+          "huge count: %s", fsdp_last_error());
+
+    /* a reserved header field that is not zero */
+    int32_t reserved[8] = {20240520, 1, 4, 0, 0, 0, 0, 99};
+    write_raw(path, reserved, 8, body, sizeof body);
+    CHECK(fsdp_tokens_open(&tf, path) == FSDP_ERR_FORMAT && error_has(path, "int 7 is 99, expected 0"),
+          "reserved field: %s", fsdp_last_error());
+
+    /* a uint32 token beyond int32, and one beyond the vocab, fail at open,
+     * naming the first bad position */
     uint32_t wide[3] = {7, 0x80000000u, 9};
     int32_t v2[5] = {20240520, 2, 3, 0, 0};
     write_raw(path, v2, 5, wide, sizeof wide);
-    int32_t out[3];
-    CHECK(fsdp_tokens_open(&tf, path) == FSDP_OK, "%s", fsdp_last_error());
-    CHECK(fsdp_tokens_read(&tf, out, 0, 1) == FSDP_OK && out[0] == 7, "read before the bad token");
-    CHECK(fsdp_tokens_read(&tf, out, 0, 3) == FSDP_ERR_FORMAT && error_has("2147483648 at position 1", NULL),
+    CHECK(fsdp_tokens_open(&tf, path) == FSDP_ERR_FORMAT && error_has(path, "token 2147483648 at position 1"),
           "token beyond int32: %s", fsdp_last_error());
-    fsdp_tokens_close(&tf);
+    CHECK(tf.map_base == NULL, "failed open leaves the struct empty");
     int32_t vocab[5] = {20240520, 1, 4, 0, 4};
     write_raw(path, vocab, 5, body, sizeof body);
-    CHECK(fsdp_tokens_open(&tf, path) == FSDP_OK, "%s", fsdp_last_error());
-    CHECK(fsdp_tokens_read(&tf, out, 1, 3) == FSDP_ERR_FORMAT && error_has("token 4 at position 3", NULL),
+    CHECK(fsdp_tokens_open(&tf, path) == FSDP_ERR_FORMAT &&
+              error_has(path, "token 4 at position 3 is not below the vocab size 4"),
           "token beyond the vocab: %s", fsdp_last_error());
+    vocab[4] = 5;
+    write_raw(path, vocab, 5, body, sizeof body);
+    CHECK(fsdp_tokens_open(&tf, path) == FSDP_OK && tf.max_token == 4, "vocab 5: %s", fsdp_last_error());
     fsdp_tokens_close(&tf);
+}
+
+/* the scan at open finds the largest id wherever it is, in a file long
+ * enough to take the parallel path */
+static void test_max_scan(void) {
+    enum { N = (1 << 22) + 37 };
+    int32_t *tokens = calloc(N, sizeof *tokens);
+    for (int64_t pos = 0; pos < N; pos += N / 5 + 3) {
+        for (int i = 0; i < N; i++) tokens[i] = i % 1000;
+        tokens[pos] = 60000;
+        CHECK(fsdp_tokens_write(tmp("scan.bin"), tokens, N, 2, 0) == FSDP_OK, "%s", fsdp_last_error());
+        fsdp_token_file tf;
+        CHECK(fsdp_tokens_open(&tf, tmp("scan.bin")) == FSDP_OK && tf.max_token == 60000,
+              "max at %lld: %lld (%s)", (long long)pos, (long long)tf.max_token, fsdp_last_error());
+        fsdp_tokens_close(&tf);
+    }
+    free(tokens);
 }
 
 static void test_write_errors(void) {
@@ -170,7 +201,8 @@ static void test_write_errors(void) {
     /* an empty file is valid */
     fsdp_token_file tf;
     CHECK(fsdp_tokens_write(tmp("empty.bin"), NULL, 0, 4, 100) == FSDP_OK, "%s", fsdp_last_error());
-    CHECK(fsdp_tokens_open(&tf, tmp("empty.bin")) == FSDP_OK && tf.n_tokens == 0 && tf.token_bytes == 4,
+    CHECK(fsdp_tokens_open(&tf, tmp("empty.bin")) == FSDP_OK && tf.n_tokens == 0 && tf.token_bytes == 4 &&
+              tf.max_token == -1,
           "empty file: %s", fsdp_last_error());
     fsdp_tokens_close(&tf);
 }
@@ -182,6 +214,7 @@ int main(void) {
     test_llmc_file();
     test_bad_files();
     test_write_errors();
+    test_max_scan();
     if (!check_failures) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

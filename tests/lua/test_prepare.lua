@@ -21,7 +21,7 @@ write(src .. '/notes.md', 'skipped: not a known extension')
 os.execute('gzip -c ' .. src .. '/sub/b.jsonl > ' .. src .. '/sub/c.jsonl.gz')
 -- the expected documents in order: a.txt, d.json (keys sorted: a..., n, z), e.yaml, sub/b.jsonl, sub/c.jsonl.gz
 local docs = {'First document, plain text.\nTwo lines.', 'first', 'nested', 'last key',
-              'a yaml title', 'block one\nblock two', 'quoted item',
+              'a yaml title', 'block one\nblock two\n', 'quoted item',
               'jsonl one', 'jsonl two', 'jsonl one', 'jsonl two'}
 
 local bin = fsdp.root .. '/build/fsdp-lua'
