@@ -18,6 +18,7 @@ local ops = require 'fsdp.ops'
 local T = require 'fsdp.tensor'
 local AG = require 'fsdp.autograd'
 local llama = require 'models.llama'
+local json = require 'fsdp.json'
 
 local M = {}
 
@@ -196,28 +197,45 @@ end
 M.hf_fields = {'sliding_window', 'num_local_experts', 'num_experts_per_tok', 'output_router_logits',
                'router_aux_loss_coef'}
 for _, k in ipairs(llama.hf_fields) do M.hf_fields[#M.hf_fields + 1] = k end
+M.config_keys = llama.extend_keys(llama.config_keys, {used = {'sliding_window', 'num_local_experts',
+   'num_experts_per_tok', 'output_router_logits', 'router_aux_loss_coef', 'router_jitter_noise'}})
 
--- a model from a config.json table (transformers' MixtralConfig fields).
--- router_jitter_noise (training-time noise on the router input) is not
--- implemented and must be 0.
+-- a model from a config.json table (transformers' MixtralConfig fields, 4.x
+-- or 5.x layout). router_jitter_noise (training-time noise on the router
+-- input) is not implemented and must be 0.
 function M.from_hf(hf)
    local cfg = llama.pick(hf, M.hf_fields, M.defaults)
    cfg.sliding_window = cfg.sliding_window or 0
    local jitter = hf.router_jitter_noise
-   if type(jitter) == 'number' and jitter ~= 0 then
-      error(string.format('mixtral: router_jitter_noise %g is not supported (0)', jitter), 0)
+   if jitter ~= nil and jitter ~= json.null and jitter ~= 0 then
+      error(string.format('mixtral: router_jitter_noise %s is not supported (0)', tostring(jitter)), 0)
    end
-   llama.check_rope_scaling(cfg.rope_scaling, 'mixtral')
    local model = Mixtral(cfg)
    model.hf_config = hf
    return model
+end
+
+-- the config.json of an export (see llama.hf_config)
+function M.to_hf_config(model, layout)
+   local fields = {'sliding_window', 'num_local_experts', 'num_experts_per_tok', 'output_router_logits',
+                   'router_aux_loss_coef'}
+   for _, k in ipairs(llama.scratch_fields) do fields[#fields + 1] = k end
+   local out = llama.hf_config(model, 'MixtralForCausalLM', 'mixtral', layout, fields)
+   if not model.hf_config then
+      out.router_jitter_noise = 0.0
+      json.set_float(out, 'router_jitter_noise')
+      if out.sliding_window == 0 then out.sliding_window = json.null end
+   end
+   return out
 end
 
 M.family = {
    architectures = {'MixtralForCausalLM'},
    model_types = {'mixtral'},
    from_hf = M.from_hf,
-   to_hf_config = function(model) return llama.hf_config(model, 'MixtralForCausalLM', 'mixtral') end,
+   to_hf_config = M.to_hf_config,
+   config_keys = M.config_keys,
+   unknown_keys = function(model) return model.config.rope_unknown end,
 }
 Mixtral.family = M.family
 

@@ -312,10 +312,10 @@ do
    write(d .. '/config.json', read(GOLDEN .. 'llama/config.json'))
    raises(function() load_all(d) end, {d, 'no model.safetensors'}, 'no weights')
    -- unsupported config values
-   d = case('dynamic_rope', 'llama')
-   edit_config(d .. '/config.json', function(c) c.rope_scaling = {type = 'dynamic', factor = 2} end)
-   raises(function() hf.build(d) end, {d .. '/config.json', "rope_scaling type 'dynamic'", 'linear, llama3'},
-            'unsupported rope scaling')
+   d = case('unknown_rope', 'llama')
+   edit_config(d .. '/config.json', function(c) c.rope_scaling = {type = 'proportional', factor = 2} end)
+   raises(function() hf.build(d) end, {d .. '/config.json', "rope_scaling.rope_type 'proportional' is not supported",
+            'default, linear, dynamic, yarn, llama3, longrope'}, 'unsupported rope type')
    d = case('gpt2_relu', 'gpt2')
    edit_config(d .. '/config.json', function(c) c.activation_function = 'relu' end)
    raises(function() hf.build(d) end, {d .. '/config.json', "activation_function 'relu'"}, 'gpt2 activation')
