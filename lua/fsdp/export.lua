@@ -7,7 +7,10 @@
 --   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]
 --
 -- CKPT_DIR is a checkpoint directory (its `latest` is followed) or a step
--- directory. The values are read slice by slice from the rank files, so the
+-- directory. config.json keeps the keys and the layout of the model's own
+-- (transformers 4.x: rope_theta, rope_scaling, torch_dtype; 5.x:
+-- rope_parameters, dtype) unless --config-layout says otherwise; a model
+-- from scratch is written in 5.x's layout. Floats stay floats. The values are read slice by slice from the rank files, so the
 -- export needs one copy of the model in memory, not one per old rank.
 local bind = require 'fsdp.ffi'
 local ckpt = require 'fsdp.checkpoint'
@@ -23,17 +26,36 @@ local M = {}
 M.options = {
    {'dtype', 'f32', 'dtype of the exported weights', choices = {'f32', 'bf16', 'f16'}},
    {'max_shard_size', '5GB', 'split model.safetensors into shards of at most this size'},
+   {'config_layout', 'auto', "config.json as transformers '4' (rope_theta, rope_scaling, torch_dtype) or '5' " ..
+    "(rope_parameters, dtype) writes it; auto: the layout the model came in, 5 for a model from scratch",
+    choices = {'auto', '4', '5'}},
 }
 
 local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
                          'generation_config.json', 'vocab.json', 'merges.txt'}
 
+-- the transformers layout ('4' or '5') an export of `model` is written in:
+-- `layout` when it is not 'auto', else the layout of the config.json the
+-- model was read from, else 5 (today's transformers)
+function M.layout_for(model, layout)
+   if layout and layout ~= 'auto' then return layout end
+   if model.hf_config then return require('fsdp.hf').config_layout(model.hf_config) end
+   return '5'
+end
+
 -- the model a checkpoint index describes (built, not materialized) and the
--- config.json of its export; the family comes from the model registry
-function M.model_of(index, where)
+-- config.json of its export in `layout` ('4', '5', or 'auto'); the family
+-- comes from the model registry. The dtype key is the one the layout uses:
+-- torch_dtype (4) or dtype (5), never both.
+function M.model_of(index, where, layout, dtype)
    local models = require 'models'
    local model = models.build(index.model, 'export: ' .. where .. '/index.json')
-   return model, models.family_of(model).to_hf_config(model)
+   layout = M.layout_for(model, layout)
+   local config = models.family_of(model).to_hf_config(model, layout)
+   config.torch_dtype, config.dtype = nil, nil
+   local name = ({f32 = 'float32', bf16 = 'bfloat16', f16 = 'float16'})[dtype or 'f32']
+   if layout == '4' then config.torch_dtype = name else config.dtype = name end
+   return model, config
 end
 
 -- every unit's flat parameters from the rank files: {unit name -> float*}
@@ -68,7 +90,7 @@ end
 function M.export(step_dir, out, opts)
    opts = opts or {}
    local index = ckpt.read_index(step_dir)
-   local model, hf_config = M.model_of(index, step_dir)
+   local model, hf_config = M.model_of(index, step_dir, opts.config_layout, opts.dtype)
    local units = read_units(step_dir, index)
    -- our parameter name -> (unit, offset) from the saved layout
    local where = {}
@@ -132,7 +154,6 @@ function M.export(step_dir, out, opts)
       bind.check(C.fsdp_file_write_atomic(out .. '/model.safetensors.index.json', text, #text), 'export')
    end
    for _, nt in ipairs(tensors) do nt[2]:free() end
-   hf_config.torch_dtype = ({f32 = 'float32', bf16 = 'bfloat16', f16 = 'float16'})[opts.dtype or 'f32']
    local text = json.encode(hf_config, '  ')
    bind.check(C.fsdp_file_write_atomic(out .. '/config.json', text, #text), 'export')
    -- tokenizer files of the model the run started from

@@ -48,13 +48,14 @@ end
 function Expert:forward(x) return self.w2(ops.swiglu(self.w1(x), self.w3(x))) end
 
 -- the sparse mixture of experts; `sink`, when given, collects each forward's
--- router logits and chosen experts (the model's auxiliary loss reads them)
+-- router logits and chosen experts at sink[layer] (the model's auxiliary
+-- loss reads them)
 local MoE = nn.class('MixtralSparseMoeBlock')
 M.MoE = MoE
-function MoE.new(cfg, sink)
+function MoE.new(cfg, sink, layer)
    local self = nn.Module.instance(MoE)
    local C, E = cfg.hidden_size, cfg.num_local_experts
-   self.n_experts, self.top_k, self.sink = E, cfg.num_experts_per_tok, sink
+   self.n_experts, self.top_k, self.sink, self.layer = E, cfg.num_experts_per_tok, sink, layer
    self:add('gate', nn.Linear(C, E, {bias = false, std = cfg.initializer_range}))
    local experts = self:add('experts', nn.ModuleList())
    for _ = 1, E do experts:append(Expert(C, cfg.intermediate_size, cfg.initializer_range)) end
@@ -68,11 +69,14 @@ function MoE:forward(x)
    local N = x:numel() / C
    local E, K = self.n_experts, self.top_k
    local x2 = ops.reshape(x, {N, C})
-   local logits = self.gate(x2) -- [N, E]
+   -- the router logits leave the block for the auxiliary loss: declared, so
+   -- that activation checkpointing keeps them and their gradient
+   local logits = AG.side_output(self.gate(x2)) -- [N, E]
    -- the top-k experts per token; softmax is monotonic, so the k largest
    -- logits are the k most probable experts, and the softmax of the chosen
    -- logits equals their probabilities renormalized to sum to one
    local top, chosen = ops.topk(logits, K)
+   chosen = AG.side_output(chosen)
    local weights = ops.reshape(ops.softmax(top), {N * K, 1})
    -- routing lists: per expert, the tokens (in order) and their slots n*K+j,
    -- made on the host (from a copy of the choices when x is on a GPU)
@@ -116,7 +120,7 @@ function MoE:forward(x)
          out = ops.scatter_add_rows(out, tok[e], h)
       end
    end
-   if self.sink then self.sink[#self.sink + 1] = {logits = logits, chosen = chosen} end
+   if self.sink then self.sink[self.layer or #self.sink + 1] = {logits = logits, chosen = chosen} end
    return ops.reshape(out, shape)
 end
 
@@ -137,7 +141,7 @@ function Mixtral.new(cfg)
    local self = nn.Module.instance(Mixtral)
    self.router = {} -- {logits, chosen} of every layer in the last forward
    local sink = self.router
-   return llama.build(self, c, function(cfg_) return MoE(cfg_, sink), 'block_sparse_moe' end)
+   return llama.build(self, c, function(cfg_, i) return MoE(cfg_, sink, i), 'block_sparse_moe' end)
 end
 
 function Mixtral:forward(idx)
@@ -156,9 +160,8 @@ function Mixtral:router_aux_loss()
    local count, rows = {}, 0
    for e = 0, E - 1 do count[e] = 0 end
    for _, l in ipairs(layers) do
-      if l.logits:is_freed() or (AG.is_enabled() and not l.logits.requires_grad) then
-         error('Mixtral: the router auxiliary loss needs every layer\'s router logits, which activation ' ..
-               'checkpointing does not keep: turn output_router_logits or checkpointing off', 0)
+      if l.logits:is_freed() then
+         error('Mixtral: the router logits of the last forward are gone (the step ended): run a forward first', 0)
       end
       local n = l.chosen:numel()
       local h = l.chosen:cpu()
