@@ -98,6 +98,10 @@ def greedy(model, prompt, n_new):
     KV cache and without (they differ where the RoPE frequencies depend on
     the length, as longrope's: the cache keeps keys rotated the old way);
     no token stops it"""
+    model = copy.deepcopy(model)
+    if getattr(model.config, "output_router_logits", False):
+        # no auxiliary loss while generating (4.49's breaks on the cached steps)
+        model.config.output_router_logits = False
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     ids = torch.tensor([prompt])

@@ -18,6 +18,8 @@ local json = require 'fsdp.json'
 local AdamW = require 'optim.adamw'
 local ffi = fsdp.ffi
 
+fsdp.set_num_threads(1) -- tiny models: more threads only spin
+
 local GOLDEN = fsdp.root .. '/tests/golden/hf/'
 local GOLDEN5 = fsdp.root .. '/tests/golden/hf5/'
 
