@@ -58,6 +58,23 @@ function M.model_of(index, where, layout, dtype)
    return model, config
 end
 
+-- A model from scratch has no token ids of its own: its config.json takes
+-- bos/eos/pad from the run's tokenizer, null where it has none (left out,
+-- transformers would put in its defaults, GPT-2's 50256 for instance)
+function M.set_token_ids(config, tokenizer_dir)
+   local tok
+   if type(tokenizer_dir) == 'string' and fs.exists(tokenizer_dir) then
+      local ok, t = pcall(require('fsdp.tokenizer').load, tokenizer_dir)
+      if ok then tok = t end
+   end
+   for key, field in pairs({bos_token_id = 'bos_id', eos_token_id = 'eos_id', pad_token_id = 'pad_id'}) do
+      if config[key] == nil or config[key] == json.null then
+         config[key] = tok and tok[field] or json.null
+      end
+   end
+   if tok then tok:free() end
+end
+
 -- every unit's flat parameters from the rank files: {unit name -> float*}
 local function read_units(path, index)
    local out, keep = {}, {}
@@ -91,6 +108,7 @@ function M.export(step_dir, out, opts)
    opts = opts or {}
    local index = ckpt.read_index(step_dir)
    local model, hf_config = M.model_of(index, step_dir, opts.config_layout, opts.dtype)
+   if not model.hf_config then M.set_token_ids(hf_config, index.tokenizer_dir) end
    local units = read_units(step_dir, index)
    -- our parameter name -> (unit, offset) from the saved layout
    local where = {}
