@@ -213,7 +213,15 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device)
    end
    if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
    local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
-   return model, tok
+   -- generation_config.json: its end-of-sequence ids stop generation, as in
+   -- transformers (settings recipes/generate.lua cannot honour are errors)
+   local gen_dir = model_dir ~= '' and model_dir or tokenizer_dir
+   local gen = gen_dir and require('fsdp.hf').read_generation_config(gen_dir)
+   if gen and tok.encode and tokenizer_dir then
+      if #gen.eos_ids > 0 then tok.eos_ids, tok.eos_id = gen.eos_ids, gen.eos_ids[1] end
+      tok.bos_id = gen.bos_id or tok.bos_id
+   end
+   return model, tok, gen
 end
 
 function M.main(args)

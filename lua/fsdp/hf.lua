@@ -150,6 +150,78 @@ function M.build(dir)
 end
 
 ---------------------------------------------------------------------------
+-- generation_config.json
+
+-- generation_config.json keys: token ids (read), sampling settings
+-- (recipes/generate.lua's options decide them), inert ones, and settings
+-- that change what is generated, which are read only with the value that
+-- changes nothing (key -> that value; nil: absent or null)
+local GEN_IDS = {bos_token_id = true, eos_token_id = true, pad_token_id = true}
+local GEN_SAMPLING = {do_sample = true, temperature = true, top_k = true, top_p = true}
+local GEN_INERT = {transformers_version = true, _from_model_config = true, use_cache = true, max_length = true,
+                   max_new_tokens = true, cache_implementation = true, output_attentions = true,
+                   output_hidden_states = true, output_scores = true, output_logits = true,
+                   return_dict_in_generate = true, num_return_sequences = true, decoder_start_token_id = true,
+                   length_penalty = true, early_stopping = true}
+local GEN_FIXED = {num_beams = 1, num_beam_groups = 1, repetition_penalty = 1, no_repeat_ngram_size = 0,
+                   encoder_no_repeat_ngram_size = 0, diversity_penalty = 0, typical_p = 1, epsilon_cutoff = 0,
+                   eta_cutoff = 0, min_new_tokens = 0, min_length = 0, penalty_alpha = false, min_p = false,
+                   bad_words_ids = false, force_words_ids = false, suppress_tokens = false,
+                   begin_suppress_tokens = false, forced_bos_token_id = false, forced_eos_token_id = false,
+                   sequence_bias = false, guidance_scale = false, exponential_decay_length_penalty = false,
+                   renormalize_logits = false, constraints = false, watermarking_config = false,
+                   assistant_model = false, prompt_lookup_num_tokens = false}
+
+-- Reads DIR/generation_config.json (nil when there is none): {eos_ids =
+-- {...}, bos_id, pad_id, sampling = {key -> value}, unknown = {...}}. A
+-- setting that changes what transformers' generate() gives and that
+-- recipes/generate.lua does not implement (beams, repetition penalties,
+-- forced or suppressed tokens, ...) is an error naming it and the file.
+function M.read_generation_config(dir)
+   local path = dir .. '/generation_config.json'
+   if not fs.exists(path) then return nil end
+   local cfg, err = json.read_file(path)
+   if not cfg then fail('%s', tostring(err)) end
+   if type(cfg) ~= 'table' then fail('%s: not a JSON object', path) end
+   local out = {eos_ids = {}, sampling = {}, unknown = {}, path = path}
+   local names = {}
+   for k in pairs(cfg) do names[#names + 1] = k end
+   table.sort(names)
+   for _, k in ipairs(names) do
+      local v = cfg[k]
+      if GEN_IDS[k] then
+         local list = type(v) == 'table' and v or {v}
+         for _, id in ipairs(list) do
+            if is_set(id) and (type(id) ~= 'number' or id < 0 or id ~= math.floor(id)) then
+               fail('%s: %s must be token ids, got %s', path, k, show(v))
+            end
+         end
+         if k == 'eos_token_id' then
+            for _, id in ipairs(list) do if is_set(id) then out.eos_ids[#out.eos_ids + 1] = id end end
+         elseif is_set(v) then
+            out[k == 'bos_token_id' and 'bos_id' or 'pad_id'] = list[1]
+         end
+      elseif GEN_SAMPLING[k] then
+         if is_set(v) then out.sampling[k] = v end
+      elseif GEN_FIXED[k] ~= nil then
+         local neutral = GEN_FIXED[k]
+         local ok = not is_set(v) or (neutral ~= false and v == neutral) or (type(v) == 'table' and next(v) == nil)
+         if not ok then
+            fail("%s: '%s' = %s changes what is generated and recipes/generate.lua does not implement it%s", path, k,
+                 show(v), neutral ~= false and (' (supported: ' .. tostring(neutral) .. ')') or '')
+         end
+      elseif not GEN_INERT[k] then
+         out.unknown[#out.unknown + 1] = k
+      end
+   end
+   local log = require 'fsdp.log'
+   if #out.unknown > 0 and log.rank == 0 and not log.quiet then
+      log.warn('%s: keys fsdp-lua does not know were ignored: %s', path, table.concat(out.unknown, ', '))
+   end
+   return out
+end
+
+---------------------------------------------------------------------------
 -- weights
 
 local SUPPORTED_DTYPES = {f32 = true, bf16 = true, f16 = true}
