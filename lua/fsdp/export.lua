@@ -4,7 +4,7 @@
 --   model.safetensors.index.json past --max-shard-size), and the tokenizer
 --   files of the model the run started from.
 --
---   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]
+--   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]
 --
 -- CKPT_DIR is a checkpoint directory (its `latest` is followed) or a step
 -- directory. config.json keeps the keys and the layout of the model's own
@@ -231,7 +231,9 @@ function M.main(args)
    end
    local opt, help = cli.parse('export', M.options, rest)
    if not opt then print('usage: fsdp-lua export CKPT_DIR OUT_DIR [options]\n' .. help); return 0 end
-   if #positional ~= 2 then error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]', 0) end
+   if #positional ~= 2 then
+      error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]', 0)
+   end
    local dir, out = positional[1], positional[2]
    local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
    if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end
