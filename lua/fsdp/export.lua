@@ -192,8 +192,9 @@ end
 -- tokenizer: from a Hugging Face directory (model_dir) or an fsdp-lua
 -- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
 -- a tokenizer.json or its directory, 'bytes', or '' for the model's own.
--- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it)
-function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device)
+-- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it).
+-- opts.generation: also read generation_config.json (returned third)
+function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts)
    local fsdp = require 'fsdp'
    if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
    local model, tokenizer_dir
@@ -213,11 +214,12 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device)
    end
    if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
    local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
-   -- generation_config.json: its end-of-sequence ids stop generation, as in
-   -- transformers (settings recipes/generate.lua cannot honour are errors)
+   -- for generation (opts.generation): generation_config.json's
+   -- end-of-sequence ids stop it, as in transformers (tok.eos_ids); settings
+   -- recipes/generate.lua cannot honour are errors
    local gen_dir = model_dir ~= '' and model_dir or tokenizer_dir
-   local gen = gen_dir and require('fsdp.hf').read_generation_config(gen_dir)
-   if gen and tok.encode and tokenizer_dir then
+   local gen = opts and opts.generation and gen_dir and require('fsdp.hf').read_generation_config(gen_dir)
+   if gen then
       if #gen.eos_ids > 0 then tok.eos_ids, tok.eos_id = gen.eos_ids, gen.eos_ids[1] end
       tok.bos_id = gen.bos_id or tok.bos_id
    end

@@ -130,7 +130,8 @@ end
 
 -- The model of a directory, built from its config.json, not materialized.
 -- Keys nothing reads are reported on rank 0 in one warning line; dropout
--- rates, which fine-tuning here does not apply, in one line.
+-- rates, which fine-tuning here does not apply, in one line (both on
+-- stderr).
 function M.build(dir)
    local c = M.load_config(dir)
    local unknown, rates = M.check_keys(c.config, c.family, c.path)
@@ -145,7 +146,10 @@ function M.build(dir)
       log.warn('%s: keys fsdp-lua does not know were ignored (they must not change the model): %s', c.path,
                table.concat(unknown, ', '))
    end
-   if #rates > 0 then log.info('%s: fine-tuning here applies no dropout (%s)', c.path, table.concat(rates, ', ')) end
+   if #rates > 0 and log.rank == 0 and not log.quiet then -- on stderr: generate.lua's stdout is its text
+      io.stderr:write(string.format('[%s] %s: fine-tuning here applies no dropout (%s)\n', log.stamp(), c.path,
+                                    table.concat(rates, ', ')))
+   end
    return model
 end
 

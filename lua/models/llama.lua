@@ -618,6 +618,9 @@ function M.hf_config(model, arch, model_type, layout, fields)
       local came = (is_set(out.rope_theta) or is_set(out.rope_scaling)) and not is_set(out.rope_parameters)
                    and '4' or '5'
       if layout and layout ~= came and model.config.rope then M.set_rope_layout(out, model.config.rope, layout) end
+      -- fields transformers declares float are written as floats even when
+      -- the config had an int (or came from an older fsdp-lua checkpoint)
+      for _, k in ipairs(FLOATS) do if type(out[k]) == 'number' then json.set_float(out, k) end end
    else
       local c = model.config
       out = {model_type = model_type}

@@ -156,6 +156,10 @@ function M.to_hf_config(model)
    local out
    if model.hf_config then
       out = json.copy(model.hf_config)
+      -- fields transformers declares float are written as floats
+      for _, k in ipairs({'layer_norm_epsilon', 'resid_pdrop', 'embd_pdrop', 'attn_pdrop', 'initializer_range'}) do
+         if type(out[k]) == 'number' then json.set_float(out, k) end
+      end
    else
       local c = model.config
       if c.bias == false then error('gpt2: a minGPT model without biases has no GPT2LMHeadModel export', 0) end

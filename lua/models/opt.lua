@@ -201,6 +201,10 @@ function M.to_hf_config(model)
    local out
    if model.hf_config then
       out = json.copy(model.hf_config)
+      -- fields transformers declares float are written as floats
+      for _, k in ipairs({'init_std', 'dropout', 'attention_dropout', 'layerdrop'}) do
+         if type(out[k]) == 'number' then json.set_float(out, k) end
+      end
    else
       out = {model_type = 'opt', dropout = 0.0, attention_dropout = 0.0, layerdrop = 0.0}
       for _, k in ipairs({'dropout', 'attention_dropout', 'layerdrop'}) do json.set_float(out, k) end

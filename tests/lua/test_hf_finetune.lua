@@ -214,5 +214,45 @@ do
    end
 end
 
+---------------------------------------------------------------------------
+-- generation_config.json: its end-of-sequence ids stop generate.lua where
+-- they stop transformers' generate() (the token is kept); a setting
+-- generate.lua cannot honour is an error naming it
+
+do
+   local base = golden .. 'hf5/llama'
+   local ex = st.open(base .. '/expected.safetensors')
+   local ids = ex:tensor('gen_ids'):totable()
+   ex:close()
+   local d = tmp .. '/gen_eos'
+   os.execute('mkdir -p ' .. fs.quote(d) .. ' && cp ' .. fs.quote(base) .. '/config.json ' .. fs.quote(base) ..
+              '/model.safetensors ' .. fs.quote(d) .. '/')
+   -- stop at the 4th generated token (any of the listed ids)
+   local stop_at = ids[9]
+   local first = 9
+   for i = 6, 9 do if ids[i] == stop_at then first = i; break end end
+   local f = io.open(d .. '/generation_config.json', 'w')
+   f:write(string.format('{"eos_token_id": [96, %d], "transformers_version": "5.24.0"}', stop_at))
+   f:close()
+   local want = {}
+   for i = 1, first do want[i] = string.char(ids[i]) end
+   local status, out, err = run(string.format(
+      "%s recipes/generate.lua --model %s --tokenizer bytes --prompt 'HELLO' --max-new-tokens 8 --temperature 0",
+      bin, d))
+   t.check(status == 0 and out == table.concat(want) .. '\n', 'generation_config eos: got %q, want %q\n%s', out,
+           table.concat(want), err)
+   f = io.open(d .. '/generation_config.json', 'w')
+   f:write('{"eos_token_id": 2, "num_beams": 4}')
+   f:close()
+   status, out, err = run(string.format("%s recipes/generate.lua --model %s --tokenizer bytes --prompt 'HELLO' " ..
+                                        "--max-new-tokens 2 --temperature 0", bin, d))
+   t.check(status ~= 0 and err:find(d .. '/generation_config.json', 1, true) and err:find("'num_beams'", 1, true),
+           'generation_config num_beams: want an error naming it, got %s:\n%s', tostring(status), err)
+   -- eval reads no generation settings
+   status, out, err = run(string.format('%s recipes/eval.lua --model %s --data %s --tokenizer bytes --seq-len 8 ' ..
+                                        '--batch-size 1 --batches 1', bin, d, tmp .. '/keys_data'))
+   t.check(status == 0, 'eval with a generation_config.json it does not need:\n%s%s', out, err)
+end
+
 os.execute('rm -rf ' .. fs.quote(tmp))
 return t.done()
