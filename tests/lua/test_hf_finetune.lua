@@ -173,10 +173,12 @@ do
    local data = tmp .. '/keys_data'
    write_data(data, ex:tensor('finetune_tokens'), 2, 13, 97)
    ex:close()
+   local n_runs = 0
    local function train(d)
+      n_runs = n_runs + 1
       return run(string.format('%s recipes/finetune_llama2.lua --model %s --data %s --batch-size 2 --seq-len 13 ' ..
                                '--grad-accum-steps 1 --max-steps 2 --param-dtype f32 --eval-every 0 --sample-tokens 0 ' ..
-                               '--run-dir %s/run', bin, d, data, d))
+                               '--run-dir %s/run%d', bin, d, data, tmp, n_runs))
    end
    local d = variant('unknown', function(c)
       c.my_custom_flag = true
