@@ -23,7 +23,7 @@ DIST_SRC := $(wildcard tests/c/dist_*.c)
 DIST_BIN := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(DIST_SRC))
 HEADERS  := $(wildcard engine/include/*.h engine/*.h kernels/*.h)
 
-.PHONY: all deps test test-c test-lua demo bench clean check-deps test-interop deps-interop
+.PHONY: all deps test test-c test-lua demo bench clean check-deps test-interop deps-interop venv
 
 all: $(BUILD)/libfsdp.so $(BUILD)/fsdp-lua $(BUILD)/fsdp_cdef.h $(TEST_BIN) $(DIST_BIN)
 
@@ -75,17 +75,36 @@ bench: deps-bench
 	$(MAKE) all
 	bash bench/run.sh
 
-# transformers loads our exports and gives our logits (Python only here:
-# Debian's torch + transformers from PyPI; not part of `make test`)
+# transformers loads our exports and gives our logits, with each version we
+# read: 4.49 (Debian's torch 1.13 + transformers from PyPI) and the current
+# 5.x (a venv: INTEROP_VENV, by default /work/venv where it exists, else one
+# `make venv` makes under build/; torch's PyPI wheel runs on the CPU). Python
+# only here: not part of `make test`.
+INTEROP_VENV ?= $(firstword $(wildcard /work/venv) $(BUILD)/venv)
+INTEROP_PY   := $(INTEROP_VENV)/bin/python
+INTEROP_DIR  := $(CURDIR)/$(BUILD)/interop
+
 deps-interop: deps-bench
 	@/usr/bin/python3 -c 'import transformers' 2>/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq python3-pip >/dev/null; \
 	  $$SUDO /usr/bin/python3 -m pip install -q --break-system-packages 'transformers==4.49.0' safetensors; }
 
-test-interop: deps-interop
+# a venv with the current torch, transformers and safetensors (also what
+# tests/golden/make_hf5_fixtures.py runs with). PYTHONDONTWRITEBYTECODE must
+# be empty for ensurepip with some Python builds (pyenv's).
+venv: $(BUILD)/venv/bin/python
+$(BUILD)/venv/bin/python:
+	PYTHONDONTWRITEBYTECODE= python3 -m venv $(BUILD)/venv
+	$(BUILD)/venv/bin/python -m pip install -q --upgrade pip
+	$(BUILD)/venv/bin/python -m pip install -q torch transformers safetensors
+
+test-interop: deps-interop $(INTEROP_PY)
 	$(MAKE) all
-	rm -rf $(BUILD)/interop && FSDP_EXPORT_TEST_DIR=$(CURDIR)/$(BUILD)/interop $(BUILD)/fsdp-lua tests/lua/test_export.lua
-	FSDP_EXPORT_TEST_DIR=$(CURDIR)/$(BUILD)/interop /usr/bin/python3 tests/interop/check_export.py
+	rm -rf $(BUILD)/interop
+	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) OMP_NUM_THREADS=1 $(BUILD)/fsdp-lua tests/lua/test_export.lua
+	OMP_NUM_THREADS=1 $(BUILD)/fsdp-lua tests/interop/export_fixtures.lua $(INTEROP_DIR)/fixtures
+	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) /usr/bin/python3 tests/interop/check_export.py
+	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) $(INTEROP_PY) tests/interop/check_export.py
 
 clean:
 	rm -rf $(BUILD)

@@ -101,29 +101,71 @@ function M.reset()
    T.end_step()
 end
 
+-- checkpointed forwards in progress (innermost last): {kept = {...}} while
+-- a unit's forward runs unrecorded, {kept = ..., replay = true, next = n}
+-- while backward recomputes it
+local regions = {}
+
 -- Activation checkpointing of one unit: y = fn(x) is computed without
--- keeping fn's intermediate activations; backward recomputes them.
+-- keeping fn's intermediate activations; backward recomputes them. Tensors
+-- fn declares with side_output are kept too, and the gradients they
+-- receive flow into the recomputation.
 function M.checkpoint(fn, x)
    if not enabled then return fn(x) end
    local mark = T.temp_mark()
+   local region = {kept = {}}
+   regions[#regions + 1] = region
    enabled = false
    local ok, y = pcall(fn, x)
    enabled = true
+   regions[#regions] = nil
    if not ok then error(y, 0) end
+   local kept = region.kept
+   for _, t in ipairs(kept) do t:keep() end -- out of the list release_since frees
    T.release_since(mark, y)
+   for _, t in ipairs(kept) do T.adopt(t) end -- temporaries of the step again
    y.requires_grad = true
    M.record(function()
-      if not y.grad then return end
+      local wanted = y.grad ~= nil
+      for _, t in ipairs(kept) do wanted = wanted or t.grad ~= nil end
+      if not wanted then return end
       if x.requires_grad then M.grad_of(x) end -- x's grad belongs to the outer step
       local mark2 = T.temp_mark()
       local from = n + 1
-      local y2 = fn(x)
+      regions[#regions + 1] = {kept = kept, replay = true, next = 0}
+      local ok2, y2 = pcall(fn, x)
+      regions[#regions] = nil
+      if not ok2 then error(y2, 0) end
       y2.grad = y.grad
       run_tape(from)
       y2.grad = nil
       T.release_since(mark2)
    end)
    return y
+end
+
+-- Declares t, made inside a unit's forward, as read outside the unit as
+-- well (Mixtral's router logits, which the auxiliary loss reads after the
+-- forward). Under activation checkpointing the unit's forward keeps t
+-- (f32: as needing a gradient); when backward recomputes the unit, the
+-- recomputed twin of t takes the gradient t received. Returns t; without
+-- checkpointing it does nothing. A unit must declare the same tensors, in
+-- the same order, every time it runs.
+function M.side_output(t)
+   local r = regions[#regions]
+   if not r then return t end
+   if r.replay then
+      r.next = r.next + 1
+      local first = r.kept[r.next]
+      if not first or first.dtype ~= t.dtype then
+         error('autograd: a checkpointed unit declared other side outputs when it was recomputed', 0)
+      end
+      if first.grad then t.grad = first.grad end
+      return t
+   end
+   r.kept[#r.kept + 1] = t
+   if t.dtype == 'f32' then t.requires_grad = true end
+   return t
 end
 
 return M

@@ -4,10 +4,13 @@
 --   model.safetensors.index.json past --max-shard-size), and the tokenizer
 --   files of the model the run started from.
 --
---   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]
+--   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]
 --
 -- CKPT_DIR is a checkpoint directory (its `latest` is followed) or a step
--- directory. The values are read slice by slice from the rank files, so the
+-- directory. config.json keeps the keys and the layout of the model's own
+-- (transformers 4.x: rope_theta, rope_scaling, torch_dtype; 5.x:
+-- rope_parameters, dtype) unless --config-layout says otherwise; a model
+-- from scratch is written in 5.x's layout. Floats stay floats. The values are read slice by slice from the rank files, so the
 -- export needs one copy of the model in memory, not one per old rank.
 local bind = require 'fsdp.ffi'
 local ckpt = require 'fsdp.checkpoint'
@@ -24,17 +27,53 @@ M.options = {
    {'dtype', 'f32', 'dtype of the exported weights', choices = {'f32', 'bf16', 'f16'},
     values = {bfloat16 = 'bf16', float16 = 'f16', fp16 = 'f16', float32 = 'f32', fp32 = 'f32'}},
    {'max_shard_size', '5GB', 'split model.safetensors into shards of at most this size', type = 'size', min = 1},
+   {'config_layout', 'auto', "config.json as transformers '4' (rope_theta, rope_scaling, torch_dtype) or '5' " ..
+    "(rope_parameters, dtype) writes it; auto: the layout the model came in, 5 for a model from scratch",
+    choices = {'auto', '4', '5'}},
 }
 
 local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
                          'generation_config.json', 'vocab.json', 'merges.txt'}
 
+-- the transformers layout ('4' or '5') an export of `model` is written in:
+-- `layout` when it is not 'auto', else the layout of the config.json the
+-- model was read from, else 5 (today's transformers)
+function M.layout_for(model, layout)
+   if layout and layout ~= 'auto' then return layout end
+   if model.hf_config then return require('fsdp.hf').config_layout(model.hf_config) end
+   return '5'
+end
+
 -- the model a checkpoint index describes (built, not materialized) and the
--- config.json of its export; the family comes from the model registry
-function M.model_of(index, where)
+-- config.json of its export in `layout` ('4', '5', or 'auto'); the family
+-- comes from the model registry. The dtype key is the one the layout uses:
+-- torch_dtype (4) or dtype (5), never both.
+function M.model_of(index, where, layout, dtype)
    local models = require 'models'
    local model = models.build(index.model, 'export: ' .. where .. '/index.json')
-   return model, models.family_of(model).to_hf_config(model)
+   layout = M.layout_for(model, layout)
+   local config = models.family_of(model).to_hf_config(model, layout)
+   config.torch_dtype, config.dtype = nil, nil
+   local name = ({f32 = 'float32', bf16 = 'bfloat16', f16 = 'float16'})[dtype or 'f32']
+   if layout == '4' then config.torch_dtype = name else config.dtype = name end
+   return model, config
+end
+
+-- A model from scratch has no token ids of its own: its config.json takes
+-- bos/eos/pad from the run's tokenizer, null where it has none (left out,
+-- transformers would put in its defaults, GPT-2's 50256 for instance)
+function M.set_token_ids(config, tokenizer_dir)
+   local tok
+   if type(tokenizer_dir) == 'string' and fs.exists(tokenizer_dir) then
+      local ok, t = pcall(require('fsdp.tokenizer').load, tokenizer_dir)
+      if ok then tok = t end
+   end
+   for key, field in pairs({bos_token_id = 'bos_id', eos_token_id = 'eos_id', pad_token_id = 'pad_id'}) do
+      if config[key] == nil or config[key] == json.null then
+         config[key] = tok and tok[field] or json.null
+      end
+   end
+   if tok then tok:free() end
 end
 
 -- every unit's flat parameters from the rank files: {unit name -> float*}
@@ -69,7 +108,8 @@ end
 function M.export(step_dir, out, opts)
    opts = opts or {}
    local index = ckpt.read_index(step_dir)
-   local model, hf_config = M.model_of(index, step_dir)
+   local model, hf_config = M.model_of(index, step_dir, opts.config_layout, opts.dtype)
+   if not model.hf_config then M.set_token_ids(hf_config, index.tokenizer_dir) end
    local units = read_units(step_dir, index)
    -- our parameter name -> (unit, offset) from the saved layout
    local where = {}
@@ -133,7 +173,6 @@ function M.export(step_dir, out, opts)
       bind.check(C.fsdp_file_write_atomic(out .. '/model.safetensors.index.json', text, #text), 'export')
    end
    for _, nt in ipairs(tensors) do nt[2]:free() end
-   hf_config.torch_dtype = ({f32 = 'float32', bf16 = 'bfloat16', f16 = 'float16'})[opts.dtype or 'f32']
    local text = json.encode(hf_config, '  ')
    bind.check(C.fsdp_file_write_atomic(out .. '/config.json', text, #text), 'export')
    -- tokenizer files of the model the run started from
@@ -154,8 +193,9 @@ end
 -- tokenizer: from a Hugging Face directory (model_dir) or an fsdp-lua
 -- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
 -- a tokenizer.json or its directory, 'bytes', or '' for the model's own.
--- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it)
-function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device)
+-- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it).
+-- opts.generation: also read generation_config.json (returned third)
+function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts)
    local fsdp = require 'fsdp'
    if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
    local model, tokenizer_dir
@@ -175,7 +215,16 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device)
    end
    if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
    local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
-   return model, tok
+   -- for generation (opts.generation): generation_config.json's
+   -- end-of-sequence ids stop it, as in transformers (tok.eos_ids); settings
+   -- recipes/generate.lua cannot honour are errors
+   local gen_dir = model_dir ~= '' and model_dir or tokenizer_dir
+   local gen = opts and opts.generation and gen_dir and require('fsdp.hf').read_generation_config(gen_dir)
+   if gen then
+      if #gen.eos_ids > 0 then tok.eos_ids, tok.eos_id = gen.eos_ids, gen.eos_ids[1] end
+      tok.bos_id = gen.bos_id or tok.bos_id
+   end
+   return model, tok, gen
 end
 
 function M.main(args)
@@ -185,7 +234,9 @@ function M.main(args)
    end
    local opt, help = cli.parse('export', M.options, rest)
    if not opt then print('usage: fsdp-lua export CKPT_DIR OUT_DIR [options]\n' .. help); return 0 end
-   if #positional ~= 2 then error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]', 0) end
+   if #positional ~= 2 then
+      error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]', 0)
+   end
    local dir, out = positional[1], positional[2]
    local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
    if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end

@@ -32,6 +32,77 @@ local function shape_str(s) return T.shape_str(s) end
 ---------------------------------------------------------------------------
 -- config
 
+-- Keys every transformers config may carry that do not change the model's
+-- math: bookkeeping, the heads of other tasks, and the generation settings
+-- old configs kept in config.json (generation_config.json is read by
+-- read_generation_config).
+local COMMON_INERT = {
+   'architectures', 'model_type', 'transformers_version', 'torch_dtype', 'dtype', '_name_or_path', '_commit_hash',
+   '_attn_implementation', '_attn_implementation_autoset', 'use_cache', 'output_hidden_states', 'output_attentions',
+   'return_dict', 'id2label', 'label2id', 'num_labels', 'problem_type', 'tokenizer_class', 'prefix',
+   'task_specific_params', 'finetuning_task', 'torchscript', 'use_bfloat16', 'tf_legacy_loss',
+   'chunk_size_feed_forward', 'is_decoder', 'cross_attention_hidden_size', 'tie_encoder_decoder', 'sep_token_id',
+   'decoder_start_token_id', 'max_length', 'min_length', 'do_sample', 'early_stopping', 'num_beams',
+   'num_beam_groups', 'diversity_penalty', 'temperature', 'top_k', 'top_p', 'typical_p', 'repetition_penalty',
+   'length_penalty', 'no_repeat_ngram_size', 'encoder_no_repeat_ngram_size', 'bad_words_ids',
+   'num_return_sequences', 'output_scores', 'return_dict_in_generate', 'forced_bos_token_id', 'forced_eos_token_id',
+   'remove_invalid_values', 'exponential_decay_length_penalty', 'suppress_tokens', 'begin_suppress_tokens',
+}
+
+local function is_set(v) return v ~= nil and v ~= json.null end
+local function empty(v) return not is_set(v) or (type(v) == 'table' and next(v) == nil) end
+
+-- Keys of any config that change the model and are read only with the
+-- value that does not: key -> {test(value) -> ok, what is supported}
+local COMMON_FIXED = {
+   is_encoder_decoder = {function(v) return not is_set(v) or v == false end, 'false (a decoder-only model)'},
+   add_cross_attention = {function(v) return not is_set(v) or v == false end, 'false'},
+   pruned_heads = {empty, 'none pruned'},
+   quantization_config = {function(v) return not is_set(v) end, 'none: quantized weights are not read'},
+   auto_map = {function(v) return not is_set(v) end, 'none: the model would run code of its own'},
+}
+
+local function set_of(list)
+   local s = {}
+   for _, k in ipairs(list or {}) do s[k] = true end
+   return s
+end
+local common_inert = set_of(COMMON_INERT)
+
+local function show(v)
+   if type(v) == 'table' then return json.encode(v) end
+   return tostring(v)
+end
+
+-- Every key of config table `cfg` (read from `path`) against what the
+-- family declares (family.config_keys: used, inert, dropout) and the keys
+-- of every config: a key that changes the model with a value fsdp-lua does
+-- not support is an error naming it and the file. Returns the keys nothing
+-- knows (sorted) and the dropout rates that are not 0 ("key value").
+function M.check_keys(cfg, family, path)
+   local keys = family.config_keys or {}
+   local used, inert, dropout = set_of(keys.used), set_of(keys.inert), set_of(keys.dropout)
+   local unknown, rates = {}, {}
+   local names = {}
+   for k in pairs(cfg) do names[#names + 1] = k end
+   table.sort(names)
+   for _, k in ipairs(names) do
+      local v = cfg[k]
+      local fixed = COMMON_FIXED[k]
+      if used[k] then -- the family reads and checks it
+      elseif fixed then
+         if not fixed[1](v) then
+            fail("%s: '%s' = %s changes the model and is not supported (supported: %s)", path, k, show(v), fixed[2])
+         end
+      elseif dropout[k] then
+         if is_set(v) and v ~= 0 then rates[#rates + 1] = k .. ' ' .. show(v) end
+      elseif not (inert[k] or common_inert[k]) then
+         unknown[#unknown + 1] = k
+      end
+   end
+   return unknown, rates
+end
+
 -- {arch = 'LlamaForCausalLM', family = <the registry's family>, config =
 -- <config.json as a table; JSON nulls are fsdp.json.null>, dir = dir}
 function M.load_config(dir)
@@ -45,13 +116,113 @@ function M.load_config(dir)
    return {arch = arch, family = family, config = cfg, dir = dir, path = path}
 end
 
--- the model of a directory, built from its config.json, not materialized
+-- which transformers layout a config.json is in: '5' (rope_parameters,
+-- dtype) or '4' (rope_theta / rope_scaling, torch_dtype)
+function M.config_layout(cfg)
+   if is_set(cfg.rope_parameters) then return '5' end
+   if is_set(cfg.rope_theta) or is_set(cfg.rope_scaling) then return '4' end
+   if cfg.dtype ~= nil and cfg.torch_dtype == nil then return '5' end
+   if cfg.torch_dtype ~= nil then return '4' end
+   local v = cfg.transformers_version
+   if type(v) == 'string' and tonumber(v:match('^(%d+)%.')) and tonumber(v:match('^(%d+)%.')) < 5 then return '4' end
+   return '5'
+end
+
+-- The model of a directory, built from its config.json, not materialized.
+-- Keys nothing reads are reported on rank 0 in one warning line; dropout
+-- rates, which fine-tuning here does not apply, in one line (both on
+-- stderr).
 function M.build(dir)
    local c = M.load_config(dir)
+   local unknown, rates = M.check_keys(c.config, c.family, c.path)
    local ok, model = pcall(c.family.from_hf, c.config)
    if not ok then fail('%s: %s', c.path, tostring(model)) end
-   model.hf = {arch = c.arch, dir = dir, config = c.config}
+   if c.family.unknown_keys then
+      for _, k in ipairs(c.family.unknown_keys(model) or {}) do unknown[#unknown + 1] = k end
+   end
+   model.hf = {arch = c.arch, dir = dir, config = c.config, unknown = unknown, layout = M.config_layout(c.config)}
+   local log = require 'fsdp.log'
+   if #unknown > 0 and log.rank == 0 and not log.quiet then
+      log.warn('%s: keys fsdp-lua does not know were ignored (they must not change the model): %s', c.path,
+               table.concat(unknown, ', '))
+   end
+   if #rates > 0 and log.rank == 0 and not log.quiet then -- on stderr: generate.lua's stdout is its text
+      io.stderr:write(string.format('[%s] %s: fine-tuning here applies no dropout (%s)\n', log.stamp(), c.path,
+                                    table.concat(rates, ', ')))
+   end
    return model
+end
+
+---------------------------------------------------------------------------
+-- generation_config.json
+
+-- generation_config.json keys: token ids (read), sampling settings
+-- (recipes/generate.lua's options decide them), inert ones, and settings
+-- that change what is generated, which are read only with the value that
+-- changes nothing (key -> that value; nil: absent or null)
+local GEN_IDS = {bos_token_id = true, eos_token_id = true, pad_token_id = true}
+local GEN_SAMPLING = {do_sample = true, temperature = true, top_k = true, top_p = true}
+local GEN_INERT = {transformers_version = true, _from_model_config = true, use_cache = true, max_length = true,
+                   max_new_tokens = true, cache_implementation = true, output_attentions = true,
+                   output_hidden_states = true, output_scores = true, output_logits = true,
+                   return_dict_in_generate = true, num_return_sequences = true, decoder_start_token_id = true,
+                   length_penalty = true, early_stopping = true}
+local GEN_FIXED = {num_beams = 1, num_beam_groups = 1, repetition_penalty = 1, no_repeat_ngram_size = 0,
+                   encoder_no_repeat_ngram_size = 0, diversity_penalty = 0, typical_p = 1, epsilon_cutoff = 0,
+                   eta_cutoff = 0, min_new_tokens = 0, min_length = 0, penalty_alpha = false, min_p = false,
+                   bad_words_ids = false, force_words_ids = false, suppress_tokens = false,
+                   begin_suppress_tokens = false, forced_bos_token_id = false, forced_eos_token_id = false,
+                   sequence_bias = false, guidance_scale = false, exponential_decay_length_penalty = false,
+                   renormalize_logits = false, constraints = false, watermarking_config = false,
+                   assistant_model = false, prompt_lookup_num_tokens = false}
+
+-- Reads DIR/generation_config.json (nil when there is none): {eos_ids =
+-- {...}, bos_id, pad_id, sampling = {key -> value}, unknown = {...}}. A
+-- setting that changes what transformers' generate() gives and that
+-- recipes/generate.lua does not implement (beams, repetition penalties,
+-- forced or suppressed tokens, ...) is an error naming it and the file.
+function M.read_generation_config(dir)
+   local path = dir .. '/generation_config.json'
+   if not fs.exists(path) then return nil end
+   local cfg, err = json.read_file(path)
+   if not cfg then fail('%s', tostring(err)) end
+   if type(cfg) ~= 'table' then fail('%s: not a JSON object', path) end
+   local out = {eos_ids = {}, sampling = {}, unknown = {}, path = path}
+   local names = {}
+   for k in pairs(cfg) do names[#names + 1] = k end
+   table.sort(names)
+   for _, k in ipairs(names) do
+      local v = cfg[k]
+      if GEN_IDS[k] then
+         local list = type(v) == 'table' and v or {v}
+         for _, id in ipairs(list) do
+            if is_set(id) and (type(id) ~= 'number' or id < 0 or id ~= math.floor(id)) then
+               fail('%s: %s must be token ids, got %s', path, k, show(v))
+            end
+         end
+         if k == 'eos_token_id' then
+            for _, id in ipairs(list) do if is_set(id) then out.eos_ids[#out.eos_ids + 1] = id end end
+         elseif is_set(v) then
+            out[k == 'bos_token_id' and 'bos_id' or 'pad_id'] = list[1]
+         end
+      elseif GEN_SAMPLING[k] then
+         if is_set(v) then out.sampling[k] = v end
+      elseif GEN_FIXED[k] ~= nil then
+         local neutral = GEN_FIXED[k]
+         local ok = not is_set(v) or (neutral ~= false and v == neutral) or (type(v) == 'table' and next(v) == nil)
+         if not ok then
+            fail("%s: '%s' = %s changes what is generated and recipes/generate.lua does not implement it%s", path, k,
+                 show(v), neutral ~= false and (' (supported: ' .. tostring(neutral) .. ')') or '')
+         end
+      elseif not GEN_INERT[k] then
+         out.unknown[#out.unknown + 1] = k
+      end
+   end
+   local log = require 'fsdp.log'
+   if #out.unknown > 0 and log.rank == 0 and not log.quiet then
+      log.warn('%s: keys fsdp-lua does not know were ignored: %s', path, table.concat(out.unknown, ', '))
+   end
+   return out
 end
 
 ---------------------------------------------------------------------------

@@ -1,7 +1,37 @@
 -- fsdp.json: a small JSON encoder/decoder for configs, indexes and metrics.
 -- Objects encode with sorted keys so files are stable; decode errors give
 -- the byte position.
+--
+-- Floats stay floats. Lua has one number type, but Python (transformers)
+-- tells 1000000.0 from 1000000 and refuses an int where a config field is a
+-- float. The decoder remembers, per object or array, which members were
+-- written as floats (a '.', an 'e' or an 'E' in the text); the encoder
+-- writes those as floats again (0.0, 1000000.0). json.copy keeps the
+-- marks; code that builds a table mark its float members with
+-- json.set_float(t, key). A number never marked is written as an integer
+-- when it has no fraction, as before.
 local M = {}
+
+-- container -> {key -> true} for members that are floats
+local float_marks = setmetatable({}, {__mode = 'k'})
+
+-- marks t[key] as a float (yes = false removes the mark); returns t
+function M.set_float(t, key, yes)
+   local m = float_marks[t]
+   if yes == false then
+      if m then m[key] = nil end
+      return t
+   end
+   if not m then m = {}; float_marks[t] = m end
+   m[key] = true
+   return t
+end
+
+-- whether t[key] is marked as a float
+function M.is_float(t, key)
+   local m = float_marks[t]
+   return m ~= nil and m[key] == true
+end
 
 local escapes = {['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
                  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t'}
@@ -17,6 +47,22 @@ end
 local array_mark = setmetatable({}, {__mode = 'k'})
 function M.array(t) array_mark[t] = true; return t end
 
+-- a deep copy of a decoded value: tables are copied with their array and
+-- float marks; json.null stays json.null
+function M.copy(v)
+   if type(v) ~= 'table' or v == M.null then return v end
+   local out = {}
+   for k, x in pairs(v) do out[k] = M.copy(x) end
+   if array_mark[v] then array_mark[out] = true end
+   local m = float_marks[v]
+   if m then
+      local c = {}
+      for k in pairs(m) do c[k] = true end
+      float_marks[out] = c
+   end
+   return out
+end
+
 local function is_array(t)
    if array_mark[t] then return true end
    local n = 0
@@ -26,28 +72,33 @@ local function is_array(t)
    return true
 end
 
-local function encode(v, indent, depth, out)
+-- as_float: v is a member marked as a float
+local function encode(v, indent, depth, out, as_float)
    local kind = type(v)
    if v == nil or v == M.null then out[#out + 1] = 'null'
    elseif kind == 'boolean' then out[#out + 1] = tostring(v)
    elseif kind == 'number' then
       if v ~= v or v == math.huge or v == -math.huge then out[#out + 1] = 'null'
-      elseif v == math.floor(v) and math.abs(v) < 2^53 then out[#out + 1] = string.format('%d', v)
+      elseif as_float and v == math.floor(v) and math.abs(v) < 1e15 then
+         out[#out + 1] = string.format('%.1f', v) -- 0.0, 1000000.0 (larger ones get an exponent below)
+      elseif v == math.floor(v) and math.abs(v) < 2^53 and not as_float then out[#out + 1] = string.format('%d', v)
       else
          local txt = string.format('%.15g', v) -- shortest of 15..17 digits that reads back exactly
          if tonumber(txt) ~= v then txt = string.format('%.16g', v) end
          if tonumber(txt) ~= v then txt = string.format('%.17g', v) end
+         if as_float and not txt:find('[.eEn]') then txt = txt .. '.0' end
          out[#out + 1] = txt
       end
    elseif kind == 'string' then out[#out + 1] = encode_string(v)
    elseif kind == 'table' then
       local nl = indent and ('\n' .. string.rep(indent, depth + 1)) or ''
       local close = indent and ('\n' .. string.rep(indent, depth)) or ''
+      local marks = float_marks[v]
       if is_array(v) then
          out[#out + 1] = '['
          for i = 1, #v do
             out[#out + 1] = (i > 1 and ',' or '') .. nl
-            encode(v[i], indent, depth + 1, out)
+            encode(v[i], indent, depth + 1, out, marks ~= nil and marks[i])
          end
          out[#out + 1] = (#v > 0 and close or '') .. ']'
       else
@@ -59,10 +110,10 @@ local function encode(v, indent, depth, out)
          table.sort(keys)
          out[#out + 1] = '{'
          for i, k in ipairs(keys) do
-            local val = v[k]
-            if val == nil then val = v[tonumber(k)] end
+            local val, key = v[k], k
+            if val == nil then key = tonumber(k); val = v[key] end
             out[#out + 1] = (i > 1 and ',' or '') .. nl .. encode_string(k) .. (indent and ': ' or ':')
-            encode(val, indent, depth + 1, out)
+            encode(val, indent, depth + 1, out, marks ~= nil and marks[key])
          end
          out[#out + 1] = (#keys > 0 and close or '') .. '}'
       end
@@ -149,7 +200,9 @@ local function decode_object(s, pos)
       k, pos = decode_string(s, pos)
       pos = skip(s, pos)
       if s:sub(pos, pos) ~= ':' then decode_error(s, pos, "expected ':'") end
-      obj[k], pos = decode_value(s, pos + 1)
+      local is_float
+      obj[k], pos, is_float = decode_value(s, pos + 1)
+      if is_float then M.set_float(obj, k) end
       pos = skip(s, pos)
       local d = s:sub(pos, pos)
       if d == '}' then return obj, pos + 1 end
@@ -163,7 +216,9 @@ local function decode_array(s, pos)
    pos = skip(s, pos + 1)
    if s:sub(pos, pos) == ']' then return arr, pos + 1 end
    while true do
-      arr[#arr + 1], pos = decode_value(s, pos)
+      local i, is_float = #arr + 1
+      arr[i], pos, is_float = decode_value(s, pos)
+      if is_float then M.set_float(arr, i) end
       pos = skip(s, pos)
       local d = s:sub(pos, pos)
       if d == ']' then return arr, pos + 1 end
@@ -197,7 +252,7 @@ decode_value = function(s, pos)
    local exp = s:match('^[eE][-+]?%d+', j)
    if not exp and s:sub(j, j):match('[eE]') then decode_error(s, j, 'a number with no digits in its exponent') end
    j = j + (exp and #exp or 0)
-   return tonumber(s:sub(pos, j - 1)), j
+   return tonumber(s:sub(pos, j - 1)), j, (frac or exp) ~= nil
 end
 
 function M.decode(s)

@@ -5,7 +5,7 @@
 --
 --   local tok = require('fsdp.tokenizer').load('models/Llama-2-7b-hf')  -- a directory or a tokenizer.json
 --   tok.vocab_size                      max id + 1
---   tok.bos_id, tok.eos_id, tok.pad_id  nil when the files name none
+--   tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id  nil when the files name none
 --   tok.add_bos, tok.add_eos            what encode(s, true) puts around the text
 --   tok:encode(s [, add_special])       -> i32 tensor (add_special: as tokenizers'
 --                                          add_special_tokens=True, <s> first for Llama 2)
@@ -13,7 +13,8 @@
 --   tok:token_to_id(s), tok:id_to_token(id)   nil when unknown
 --
 -- Given a directory, a tokenizer_config.json beside tokenizer.json (as
--- transformers writes it) decides bos / eos / pad when it names them.
+-- transformers writes it) decides bos / eos / unk / pad when it names them
+-- (M.read_config).
 -- A file that cannot be read or holds parts the C core does not implement
 -- raises an error naming the file and the field.
 local bind = require 'fsdp.ffi'
@@ -48,6 +49,39 @@ local function config_token(v)
    return nil
 end
 
+-- The fields of tokenizer_config.json that matter here: bos_token,
+-- eos_token, unk_token and pad_token name the special tokens (they win over
+-- tokenizer.json's); add_bos_token / add_eos_token say what encode(s, true)
+-- adds. transformers 4.x rebuilds the template from those two (Llama's
+-- fast tokenizer), transformers 5 and the tokenizers library keep
+-- tokenizer.json's: where they disagree, encode follows tokenizer.json and
+-- one warning line names the key. A named token missing from the
+-- vocabulary is reported the same way.
+function M.read_config(self, cfg, path)
+   local notes = {}
+   for _, kf in ipairs({{'bos_token', 'bos_id'}, {'eos_token', 'eos_id'}, {'unk_token', 'unk_id'},
+                        {'pad_token', 'pad_id'}}) do
+      local name = config_token(cfg[kf[1]])
+      local id = name and self:token_to_id(name)
+      if id then self[kf[2]] = id
+      elseif name then notes[#notes + 1] = string.format("%s '%s' is not in the vocabulary (ignored)", kf[1], name) end
+   end
+   for _, kf in ipairs({{'add_bos_token', 'add_bos', 'bos'}, {'add_eos_token', 'add_eos', 'eos'}}) do
+      local v = cfg[kf[1]]
+      if type(v) == 'boolean' and v ~= self[kf[2]] then
+         notes[#notes + 1] = string.format('%s is %s but tokenizer.json %s a %s token (followed, as transformers 5 ' ..
+                                           'does; transformers 4.x would %s)', kf[1], tostring(v),
+                                           self[kf[2]] and 'adds' or 'does not add', kf[3],
+                                           v and 'add it' or 'leave it out')
+      end
+   end
+   self.config_notes = notes
+   local log = require 'fsdp.log'
+   if #notes > 0 and log.rank == 0 and not log.quiet then
+      log.warn('%s: %s', path, table.concat(notes, '; '))
+   end
+end
+
 function M.load(path)
    if type(path) ~= 'string' then error('tokenizer: load wants a path, got ' .. type(path), 2) end
    local dir, file = nil, path
@@ -70,13 +104,7 @@ function M.load(path)
    local config = dir and dir .. '/tokenizer_config.json'
    if config and fs.exists(config) then
       local cfg = json.read_file(config)   -- unreadable: keep what tokenizer.json says
-      if type(cfg) == 'table' then
-         for key, field in pairs({bos_token = 'bos_id', eos_token = 'eos_id', pad_token = 'pad_id'}) do
-            local name = config_token(cfg[key])
-            local id = name and self:token_to_id(name)
-            if id then self[field] = id end
-         end
-      end
+      if type(cfg) == 'table' then M.read_config(self, cfg, config) end
    end
    return self
 end

@@ -10,7 +10,12 @@
 --   architectures  config.json "architectures" it reads (LlamaForCausalLM)
 --   model_types    config.json "model_type" values, when "architectures" is absent
 --   from_hf(cfg)   a model (built, not materialized) from a config.json table
---   to_hf_config(model)   the config.json table of an export of `model`
+--   to_hf_config(model [, layout])   the config.json table of an export of
+--                  `model`, in transformers' '4' or '5' layout (nil: the
+--                  layout the model came in)
+--   config_keys    optional: {used, inert, dropout} lists of config.json
+--                  keys (fsdp.hf reports every other key, see hf.check_keys)
+--   unknown_keys(model)   optional: keys inside config values nothing read
 --   saved(model)   optional: name, config a checkpoint stores (default: the
 --                  architecture and to_hf_config(model))
 --   from_saved(name, cfg) optional: the inverse of saved (default: from_hf)
@@ -138,9 +143,8 @@ function M.build(desc, where)
                           desc.name, M.supported()), 0)
    end
    if f.from_saved then return f.from_saved(desc.name, desc.config) end
-   local config = {}
-   for k, v in pairs(desc.config) do config[k] = v end
-   return f.from_hf(config)
+   -- a copy that keeps the JSON float marks (an export writes them back)
+   return f.from_hf(require('fsdp.json').copy(desc.config))
 end
 
 return M

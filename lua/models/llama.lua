@@ -18,11 +18,14 @@ local json = require 'fsdp.json'
 
 local M = {}
 
--- Hugging Face LlamaConfig's defaults for the fields used here
+-- Hugging Face LlamaConfig's defaults for the fields used here. RoPE
+-- settings come as transformers 4.x writes them (rope_theta, rope_scaling)
+-- or as 5.x does (rope_parameters: rope_type, rope_theta, factor, ...);
+-- config() turns either into one table, cfg.rope.
 M.defaults = {
    vocab_size = 32000, hidden_size = 4096, intermediate_size = 11008, num_hidden_layers = 32,
    num_attention_heads = 32, num_key_value_heads = nil, head_dim = nil, max_position_embeddings = 2048,
-   rms_norm_eps = 1e-6, rope_theta = 10000.0, rope_scaling = nil, tie_word_embeddings = false,
+   rms_norm_eps = 1e-6, rope_theta = 10000.0, rope_scaling = nil, rope_parameters = nil, tie_word_embeddings = false,
    attention_bias = false, mlp_bias = false, hidden_act = 'silu', pad_token_id = nil,
    sliding_window = nil, initializer_range = 0.02,
 }
@@ -95,7 +98,9 @@ local function preset_names()
 end
 
 -- a full configuration: defaults, then the preset (cfg.preset or cfg.size),
--- then every field of cfg; checked
+-- then every field of cfg; checked. cfg.rope is the RoPE table
+-- (M.rope_parameters) made from rope_parameters, or rope_theta and
+-- rope_scaling; cfg.rope_unknown the keys in it that nothing reads.
 function M.config(cfg, defaults, who)
    who = who or 'llama'
    cfg = cfg or {}
@@ -114,7 +119,7 @@ function M.config(cfg, defaults, who)
    out.head_dim = out.head_dim or out.hidden_size / out.num_attention_heads
    local function need(ok, fmt, ...) if not ok then error(who .. ': ' .. string.format(fmt, ...), 0) end end
    for _, k in ipairs({'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
-                       'num_key_value_heads', 'head_dim'}) do
+                       'num_key_value_heads', 'head_dim', 'max_position_embeddings'}) do
       local v = out[k]
       need(type(v) == 'number' and v >= 1 and v == math.floor(v), '%s must be a positive integer, got %s', k, tostring(v))
    end
@@ -123,11 +128,128 @@ function M.config(cfg, defaults, who)
         out.num_key_value_heads)
    need(out.head_dim % 2 == 0, 'head_dim %d must be even for rotary embeddings', out.head_dim)
    need(out.hidden_act == 'silu', "hidden_act '%s' is not supported (silu)", tostring(out.hidden_act))
+   need(type(out.rms_norm_eps) == 'number' and out.rms_norm_eps > 0, 'rms_norm_eps must be a positive number, got %s',
+        tostring(out.rms_norm_eps))
+   out.rope, out.rope_unknown = M.rope_parameters(out, who)
    return out
 end
 
 ---------------------------------------------------------------------------
--- rotary embedding tables (transformers' LlamaRotaryEmbedding)
+-- rotary embeddings (transformers' LlamaRotaryEmbedding and the rope init
+-- functions of its modeling_rope_utils.py)
+
+-- the rope_types read, and per type the parameters transformers reads for
+-- it (true: required)
+M.rope_types = {'default', 'linear', 'dynamic', 'yarn', 'llama3', 'longrope'}
+local ROPE_KEYS = {
+   default = {},
+   linear = {factor = true},
+   dynamic = {factor = true},
+   yarn = {factor = true, original_max_position_embeddings = false, attention_factor = false, beta_fast = false,
+           beta_slow = false, mscale = false, mscale_all_dim = false, truncate = false},
+   llama3 = {factor = true, low_freq_factor = true, high_freq_factor = true, original_max_position_embeddings = false},
+   longrope = {short_factor = true, long_factor = true, factor = false, attention_factor = false,
+               original_max_position_embeddings = false},
+}
+local ROPE_COMMON = {rope_type = true, type = true, rope_theta = true, partial_rotary_factor = true}
+
+local function is_set(v) return v ~= nil and v ~= json.null end
+
+-- The RoPE settings of a configuration c (a config.json table or a model
+-- configuration) in transformers 5's form: {rope_type, rope_theta, and the
+-- parameters of that type}, read from c.rope_parameters (5.x) or from
+-- c.rope_theta and c.rope_scaling (4.x), the way transformers 5
+-- standardizes them: rope_theta inside the table wins over the top-level
+-- one, 'type' is the old name of 'rope_type', original_max_position_embeddings
+-- defaults to max_position_embeddings and a top-level one wins (Phi-3's
+-- convention). Errors name the key; returns the table and the keys in it
+-- that no rope_type reads (the caller reports them).
+function M.rope_parameters(c, who)
+   who = who or 'llama'
+   local function fail(fmt, ...) error(who .. ': ' .. string.format(fmt, ...), 0) end
+   local rp_in, rs_in = c.rope_parameters, c.rope_scaling
+   if not is_set(rp_in) then rp_in = nil end
+   if not is_set(rs_in) then rs_in = nil end
+   if rp_in ~= nil and type(rp_in) ~= 'table' then fail('rope_parameters must be an object, got %s', tostring(rp_in)) end
+   if rs_in ~= nil and type(rs_in) ~= 'table' then fail('rope_scaling must be an object, got %s', tostring(rs_in)) end
+   if rp_in and rs_in then
+      fail('both rope_parameters (transformers 5) and rope_scaling (4.x) are set: keep one')
+   end
+   local src = rp_in or rs_in or {}
+   local key = rs_in and 'rope_scaling' or 'rope_parameters'
+   local kind = src.rope_type
+   if is_set(src.type) then
+      if is_set(kind) and kind ~= src.type then
+         fail("%s.rope_type '%s' and %s.type '%s' disagree", key, tostring(kind), key, tostring(src.type))
+      end
+      kind = src.type
+   end
+   if not is_set(kind) then kind = 'default' end
+   local allowed = ROPE_KEYS[kind]
+   if not allowed then
+      fail("%s.rope_type '%s' is not supported (%s)", key, tostring(kind), table.concat(M.rope_types, ', '))
+   end
+   local rp, unknown = {rope_type = kind}, {}
+   local theta = src.rope_theta
+   if not is_set(theta) then theta = c.rope_theta end
+   if not is_set(theta) then theta = 10000.0 end
+   if type(theta) ~= 'number' or theta <= 1 then fail('rope_theta must be a number > 1, got %s', tostring(theta)) end
+   rp.rope_theta = theta
+   local partial = src.partial_rotary_factor
+   if not is_set(partial) then partial = c.partial_rotary_factor end
+   if is_set(partial) and partial ~= 1 then
+      fail('partial_rotary_factor %s is not supported (rotary embeddings over the whole head, 1.0)', tostring(partial))
+   end
+   for k, v in pairs(src) do
+      if not ROPE_COMMON[k] then
+         if allowed[k] == nil then unknown[#unknown + 1] = key .. '.' .. k
+         elseif is_set(v) then rp[k] = v end
+      end
+   end
+   table.sort(unknown)
+   if (kind == 'yarn' or kind == 'llama3' or kind == 'longrope') then
+      if is_set(c.original_max_position_embeddings) then
+         rp.original_max_position_embeddings = c.original_max_position_embeddings
+      elseif rp.original_max_position_embeddings == nil then
+         rp.original_max_position_embeddings = c.max_position_embeddings
+      end
+   end
+   for k, required in pairs(allowed) do
+      if required and rp[k] == nil then fail("%s: rope_type '%s' needs '%s'", key, kind, k) end
+   end
+   local function number(k, positive)
+      local v = rp[k]
+      if v ~= nil and (type(v) ~= 'number' or (positive and v <= 0)) then
+         fail('%s.%s must be a %snumber, got %s', key, k, positive and 'positive ' or '', tostring(v))
+      end
+   end
+   for _, k in ipairs({'factor', 'low_freq_factor', 'high_freq_factor', 'attention_factor', 'mscale', 'mscale_all_dim'}) do
+      number(k, k ~= 'mscale' and k ~= 'mscale_all_dim')
+   end
+   number('beta_fast'); number('beta_slow')
+   local omp = rp.original_max_position_embeddings
+   if omp ~= nil and (type(omp) ~= 'number' or omp < 1 or omp ~= math.floor(omp)) then
+      fail('%s.original_max_position_embeddings must be a positive integer, got %s', key, tostring(omp))
+   end
+   if rp.truncate ~= nil and type(rp.truncate) ~= 'boolean' then
+      fail('%s.truncate must be true or false, got %s', key, tostring(rp.truncate))
+   end
+   if kind == 'llama3' and rp.high_freq_factor <= rp.low_freq_factor then
+      fail('%s.high_freq_factor %s must be larger than low_freq_factor %s', key, tostring(rp.high_freq_factor),
+           tostring(rp.low_freq_factor))
+   end
+   if kind == 'longrope' then
+      for _, k in ipairs({'short_factor', 'long_factor'}) do
+         local v = rp[k]
+         local ok = type(v) == 'table' and #v == c.head_dim / 2
+         for i = 1, ok and #v or 0 do ok = ok and type(v[i]) == 'number' and v[i] > 0 end
+         if not ok then
+            fail('%s.%s must be a list of head_dim/2 = %d positive numbers', key, k, c.head_dim / 2)
+         end
+      end
+   end
+   return rp, unknown
+end
 
 local f32buf = ffi.new('float[1]')
 -- rounds a Lua number to the nearest f32, as a torch float32 op would
@@ -136,43 +258,130 @@ local function f32(x)
    return f32buf[0]
 end
 
--- inv_freq[i], i < head_dim/2, computed the way transformers computes it:
--- in float32 (exponent, power, reciprocal each rounded to f32), then the
--- rope_scaling of the config ('linear' divides by factor; 'llama3' divides
--- the long wavelengths by factor and blends the middle band smoothly)
-function M.inv_freq(cfg)
-   local dim = cfg.head_dim
-   local base = cfg.rope_theta or 10000.0
-   local inv = {}
+-- RoPE's plain inverse frequencies in float32, as torch computes
+-- 1.0 / (base ** (arange(0, dim, 2).float() / dim))
+local function plain_inv_freq(dim, base)
+   local inv, fb = {}, f32(base)
    for i = 0, dim / 2 - 1 do
       local e = f32(f32(2 * i) / f32(dim))
-      inv[i + 1] = f32(1 / f32(f32(base) ^ e))
+      inv[i + 1] = f32(1 / f32(fb ^ e))
    end
-   local rs = cfg.rope_scaling
-   if rs == nil then return inv end
-   local kind = rs.rope_type or rs.type
-   if kind == 'default' then return inv end
+   return inv
+end
+
+-- the length past which a rope_type switches frequencies (dynamic, longrope)
+local function switch_length(cfg)
+   local rp = cfg.rope
+   if rp.rope_type == 'dynamic' then return cfg.max_position_embeddings end
+   if rp.rope_type == 'longrope' then return rp.original_max_position_embeddings end
+   return math.huge
+end
+
+-- inv_freq[i], i < head_dim/2, and the attention scaling that multiplies
+-- cos and sin, for a sequence of seq_len positions (only 'dynamic' and
+-- 'longrope' depend on it), computed as transformers' rope init functions
+-- do: in float32 where torch does (every tensor op rounded to f32), in
+-- double where Python does.
+function M.inv_freq(cfg, seq_len)
+   local rp = cfg.rope or M.rope_parameters(cfg)
+   local dim, base, kind = cfg.head_dim, rp.rope_theta, rp.rope_type
+   local mp = cfg.max_position_embeddings
+   if kind == 'default' then return plain_inv_freq(dim, base), 1 end
    if kind == 'linear' then
-      for i = 1, #inv do inv[i] = f32(inv[i] / rs.factor) end
-      return inv
+      local inv, ff = plain_inv_freq(dim, base), f32(rp.factor)
+      for i = 1, #inv do inv[i] = f32(inv[i] / ff) end
+      return inv, 1
+   end
+   if kind == 'dynamic' then
+      -- NTK-aware: past max_position_embeddings the base grows with the
+      -- length (transformers recomputes it from a length tensor, in f32)
+      local factor = rp.factor
+      if seq_len and seq_len > mp then
+         local x = f32(f32(factor) * f32(seq_len))
+         x = f32(x / f32(mp))
+         x = f32(x - f32(factor - 1))
+         x = f32(x ^ f32(dim / (dim - 2)))
+         base = f32(f32(base) * x)
+      else
+         base = base * ((factor * mp / mp) - (factor - 1)) ^ (dim / (dim - 2))
+      end
+      return plain_inv_freq(dim, base), 1
    end
    if kind == 'llama3' then
-      local factor, lo, hi = rs.factor, rs.low_freq_factor, rs.high_freq_factor
-      local old = rs.original_max_position_embeddings
-      local lo_wavelen, hi_wavelen = old / lo, old / hi
+      -- long wavelengths divided by factor, short ones kept, the band
+      -- between blended smoothly
+      local inv = plain_inv_freq(dim, base)
+      local factor, lo, hi = rp.factor, rp.low_freq_factor, rp.high_freq_factor
+      local old = rp.original_max_position_embeddings
+      local lo_wavelen, hi_wavelen = f32(old / lo), f32(old / hi)
+      local ff = f32(factor)
       for i = 1, #inv do
          local f = inv[i]
          local wavelen = f32(f32(1 / f) * f32(2 * math.pi))
-         local g = wavelen > lo_wavelen and f32(f / factor) or f
+         local g = wavelen > lo_wavelen and f32(f / ff) or f
          if not (wavelen < hi_wavelen) and not (wavelen > lo_wavelen) then
-            local smooth = f32(f32(f32(f32(1 / wavelen) * old) - lo) / (hi - lo))
-            g = f32(f32(f32(f32(1 - smooth) * g) / factor) + f32(smooth * g))
+            local smooth = f32(f32(f32(f32(1 / wavelen) * f32(old)) - f32(lo)) / f32(hi - lo))
+            g = f32(f32(f32(f32(1 - smooth) * g) / ff) + f32(smooth * g))
          end
          inv[i] = g
       end
-      return inv
+      return inv, 1
    end
-   error(string.format("llama: rope_scaling type '%s' is not supported (linear, llama3)", tostring(kind)), 0)
+   if kind == 'yarn' then
+      -- interpolated (divided by factor) low frequencies, extrapolated high
+      -- ones, a linear ramp between the correction dimensions; cos and sin
+      -- scaled by the attention factor
+      local orig = rp.original_max_position_embeddings
+      local factor = rp.factor
+      local function mscale(s, m)
+         if s <= 1 then return 1.0 end
+         return 0.1 * m * math.log(s) + 1.0
+      end
+      local att = rp.attention_factor
+      if att == nil then
+         if (rp.mscale or 0) ~= 0 and (rp.mscale_all_dim or 0) ~= 0 then
+            att = mscale(factor, rp.mscale) / mscale(factor, rp.mscale_all_dim)
+         else
+            att = mscale(factor, 1)
+         end
+      end
+      local beta_fast = (rp.beta_fast and rp.beta_fast ~= 0) and rp.beta_fast or 32
+      local beta_slow = (rp.beta_slow and rp.beta_slow ~= 0) and rp.beta_slow or 1
+      local function correction_dim(rotations)
+         return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(base))
+      end
+      local low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+      if rp.truncate ~= false then low, high = math.floor(low), math.ceil(high) end
+      low, high = math.max(low, 0), math.min(high, dim - 1)
+      if low == high then high = high + 0.001 end
+      local inv, fb, ff = {}, f32(base), f32(factor)
+      for i = 0, dim / 2 - 1 do
+         local pos_freq = f32(fb ^ f32(f32(2 * i) / f32(dim)))
+         local extrapolation = f32(1 / pos_freq)
+         local interpolation = f32(1 / f32(ff * pos_freq))
+         local ramp = f32(f32(f32(i) - f32(low)) / f32(high - low))
+         ramp = math.min(1, math.max(0, ramp))
+         local extra = f32(1 - ramp)
+         inv[i + 1] = f32(f32(interpolation * f32(1 - extra)) + f32(extrapolation * extra))
+      end
+      return inv, att
+   end
+   if kind == 'longrope' then
+      -- per-frequency factors: the long ones once the sequence is longer
+      -- than original_max_position_embeddings, else the short ones
+      local orig = rp.original_max_position_embeddings
+      local factor = rp.factor or mp / orig
+      local att = rp.attention_factor
+      if att == nil then att = factor <= 1 and 1.0 or math.sqrt(1 + math.log(factor) / math.log(orig)) end
+      local ext = (seq_len and seq_len > orig) and rp.long_factor or rp.short_factor
+      local inv, fb = {}, f32(base)
+      for i = 0, dim / 2 - 1 do
+         local p = f32(fb ^ f32(f32(2 * i) / f32(dim)))
+         inv[i + 1] = f32(1 / f32(f32(ext[i + 1]) * p))
+      end
+      return inv, att
+   end
+   error(string.format("llama: rope_type '%s' is not supported (%s)", tostring(kind), table.concat(M.rope_types, ', ')), 0)
 end
 
 local Rope = {}
@@ -180,36 +389,54 @@ Rope.__index = Rope
 M.Rope = Rope
 
 function M.rope(cfg)
-   return setmetatable({inv = M.inv_freq(cfg), half = cfg.head_dim / 2, n = 0}, Rope)
+   if not cfg.rope then cfg.rope = M.rope_parameters(cfg) end
+   return setmetatable({cfg = cfg, half = cfg.head_dim / 2, n = 0, version = 0}, Rope)
 end
 
--- cos, sin [n, head_dim/2] with n >= T_: rows are positions 0 .. n-1; the
--- angle pos * inv_freq is rounded to f32 before cos/sin, as transformers does.
--- dev: where they are wanted (-1, the host, by default; copies are cached)
+-- which frequency set a sequence of n positions uses ('base', or the
+-- length itself for dynamic past max_position_embeddings, 'long' for
+-- longrope past original_max_position_embeddings)
+function Rope:frequency_key(n)
+   if n <= switch_length(self.cfg) then return 'base' end
+   if self.cfg.rope.rope_type == 'dynamic' then return n end
+   return 'long'
+end
+
+-- cos, sin [n, head_dim/2] with n >= T_: rows are positions 0 .. n-1, for
+-- a sequence of T_ positions; the angle pos * inv_freq is rounded to f32
+-- before cos/sin, and cos/sin are multiplied by the attention scaling
+-- (yarn, longrope), as transformers does. dev: where they are wanted (-1,
+-- the host, by default; copies are cached)
 function Rope:tables(T_, dev)
    if dev and dev >= 0 then
       local host_cos, host_sin = self:tables(T_)
       local d = self.on_device
-      if not d or d.dev ~= dev or d.cos.shape[1] ~= host_cos.shape[1] then
+      if not d or d.dev ~= dev or d.version ~= self.version then
          if d then d.cos:free(); d.sin:free() end
-         d = {dev = dev, cos = host_cos:to_device(dev), sin = host_sin:to_device(dev)}
+         d = {dev = dev, cos = host_cos:to_device(dev), sin = host_sin:to_device(dev), version = self.version}
          self.on_device = d
       end
       return d.cos, d.sin
    end
-   if T_ > self.n then
+   local key = self:frequency_key(T_)
+   if T_ > self.n or key ~= self.key then
       if self.cos then self.cos:free(); self.sin:free() end
       local half = self.half
+      local inv, scale = M.inv_freq(self.cfg, T_)
+      self.inv, self.scale = inv, scale
       self.cos, self.sin = T.empty({T_, half}, 'f32'), T.empty({T_, half}, 'f32')
       local c, s = self.cos:ptr(), self.sin:ptr()
+      local fs = f32(scale)
       for pos = 0, T_ - 1 do
          for i = 0, half - 1 do
-            local angle = f32(pos * self.inv[i + 1])
-            c[pos * half + i] = math.cos(angle)
-            s[pos * half + i] = math.sin(angle)
+            local angle = f32(pos * inv[i + 1])
+            local cv, sv = math.cos(angle), math.sin(angle)
+            if scale ~= 1 then cv, sv = f32(cv) * fs, f32(sv) * fs end
+            c[pos * half + i] = cv
+            s[pos * half + i] = sv
          end
       end
-      self.n = T_
+      self.n, self.key, self.version = T_, key, self.version + 1
    end
    return self.cos, self.sin
 end
@@ -370,8 +597,32 @@ end
 -- the fields of a LlamaConfig-like table this model reads
 M.hf_fields = {'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
                'num_key_value_heads', 'head_dim', 'max_position_embeddings', 'rms_norm_eps', 'rope_theta',
-               'rope_scaling', 'tie_word_embeddings', 'attention_bias', 'mlp_bias', 'hidden_act', 'pad_token_id',
-               'initializer_range'}
+               'rope_scaling', 'rope_parameters', 'original_max_position_embeddings', 'partial_rotary_factor',
+               'tie_word_embeddings', 'attention_bias', 'mlp_bias', 'hidden_act', 'pad_token_id', 'initializer_range'}
+
+-- config.json keys by what they do here (fsdp.hf checks every key of a
+-- config against these and the keys every transformers config has):
+-- used: read; inert: known not to change the model's math; dropout:
+-- training-time dropout rates, which fsdp-lua does not apply
+M.config_keys = {
+   used = M.hf_fields,
+   inert = {'pretraining_tp', 'use_cache', 'bos_token_id', 'eos_token_id'},
+   dropout = {'attention_dropout'},
+}
+
+-- the keys of a family's config_keys plus `more` (lists of names)
+function M.extend_keys(base, more)
+   local out = {}
+   for part, names in pairs(base) do
+      out[part] = {}
+      for _, k in ipairs(names) do out[part][#out[part] + 1] = k end
+   end
+   for part, names in pairs(more) do
+      out[part] = out[part] or {}
+      for _, k in ipairs(names) do out[part][#out[part] + 1] = k end
+   end
+   return out
+end
 
 -- picks `fields` out of an HF config table over `defaults`: an absent field
 -- takes the default, a JSON null is Python's None (nil here)
@@ -386,53 +637,101 @@ function M.pick(hf, fields, defaults)
    return cfg
 end
 
--- checks a rope_scaling table (nil, linear or llama3)
-function M.check_rope_scaling(rs, who)
-   if rs == nil then return end
-   local kind = rs.rope_type or rs.type
-   if kind == 'default' then return end
-   local function need(k)
-      if type(rs[k]) ~= 'number' then
-         error(string.format("%s: rope_scaling '%s' needs a number '%s'", who, tostring(kind), k), 0)
-      end
-   end
-   if kind == 'linear' then need('factor')
-   elseif kind == 'llama3' then
-      for _, k in ipairs({'factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'}) do need(k) end
-   else
-      error(string.format("%s: rope_scaling type '%s' is not supported (linear, llama3)", who, tostring(kind)), 0)
-   end
-end
-
--- a model from a config.json table (transformers' LlamaConfig fields)
+-- a model from a config.json table (transformers' LlamaConfig fields, 4.x
+-- or 5.x layout)
 function M.from_hf(hf)
-   local cfg = M.pick(hf, M.hf_fields, M.defaults)
-   M.check_rope_scaling(cfg.rope_scaling, 'llama')
-   local model = Llama(cfg)
+   local model = Llama(M.pick(hf, M.hf_fields, M.defaults))
    model.hf_config = hf
    return model
 end
 
--- the config.json of an export: the one the model was read from (its keys
--- and layout kept), else the model's own configuration (a model from scratch)
-function M.hf_config(model, arch, model_type)
+-- the float members of the configurations written here (transformers 5
+-- refuses an int where its config declares a float)
+local FLOATS = {'rms_norm_eps', 'initializer_range', 'attention_dropout', 'router_aux_loss_coef',
+                'router_jitter_noise', 'rope_theta'}
+local ROPE_INTS = {original_max_position_embeddings = true, truncate = true}
+
+-- rope table (M.rope_parameters) -> a JSON object, its numbers floats
+local function rope_json(rp)
    local out = {}
-   if model.hf_config then
-      for k, v in pairs(model.hf_config) do out[k] = v end
+   for k, v in pairs(rp) do
+      if type(v) == 'table' then
+         local list = json.array({})
+         for i, x in ipairs(v) do list[i] = x; json.set_float(list, i) end
+         out[k] = list
+      else
+         out[k] = v
+         if type(v) == 'number' and not ROPE_INTS[k] then json.set_float(out, k) end
+      end
+   end
+   return out
+end
+
+-- Rewrites the RoPE keys of config table `out` (a copy) into `layout`:
+-- '5' rope_parameters (transformers 5); '4' rope_theta and rope_scaling
+-- (4.x). The values are the model's (cfg.rope).
+function M.set_rope_layout(out, rope, layout)
+   local rp = rope_json(rope)
+   out.rope_theta, out.rope_scaling, out.rope_parameters, out.partial_rotary_factor = nil, nil, nil, nil
+   if out.original_max_position_embeddings ~= nil then
+      out.original_max_position_embeddings = nil -- now inside the rope table
+   end
+   if layout == '4' then
+      out.rope_theta = rp.rope_theta
+      json.set_float(out, 'rope_theta')
+      rp.rope_theta = nil
+      if rp.rope_type == 'default' then out.rope_scaling = json.null else out.rope_scaling = rp end
    else
-      for k, v in pairs(model.config) do out[k] = v end
-      out.model_type = model_type
+      out.rope_parameters = rp
+   end
+   return out
+end
+
+-- the config.json of an export in `layout` ('4' or '5'; nil: the layout the
+-- model came in): the one the model was read from (its keys kept, floats
+-- still floats), else the model's own configuration written in full (a
+-- model from scratch; nil layout: transformers 5's). `fields` names what a
+-- configuration from scratch writes besides the RoPE keys.
+function M.hf_config(model, arch, model_type, layout, fields)
+   local out
+   if model.hf_config then
+      out = json.copy(model.hf_config)
+      local came = (is_set(out.rope_theta) or is_set(out.rope_scaling)) and not is_set(out.rope_parameters)
+                   and '4' or '5'
+      if layout and layout ~= came and model.config.rope then M.set_rope_layout(out, model.config.rope, layout) end
+      -- fields transformers declares float are written as floats even when
+      -- the config had an int (or came from an older fsdp-lua checkpoint)
+      for _, k in ipairs(FLOATS) do if type(out[k]) == 'number' then json.set_float(out, k) end end
+   else
+      local c = model.config
+      out = {model_type = model_type}
+      for _, k in ipairs(fields or M.scratch_fields) do
+         local v = c[k]
+         if v == nil then v = json.null end
+         out[k] = v
+      end
+      out.attention_dropout = 0.0
+      for _, k in ipairs(FLOATS) do if type(out[k]) == 'number' then json.set_float(out, k) end end
+      M.set_rope_layout(out, c.rope, layout or '5')
    end
    out.architectures = json.array({arch})
    return out
 end
+
+-- what a Llama from scratch writes (besides RoPE)
+M.scratch_fields = {'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
+                    'num_key_value_heads', 'head_dim', 'max_position_embeddings', 'rms_norm_eps',
+                    'tie_word_embeddings', 'attention_bias', 'mlp_bias', 'hidden_act', 'pad_token_id',
+                    'initializer_range'}
 
 -- the family in the model registry (lua/models/init.lua)
 M.family = {
    architectures = {'LlamaForCausalLM'},
    model_types = {'llama'},
    from_hf = M.from_hf,
-   to_hf_config = function(model) return M.hf_config(model, 'LlamaForCausalLM', 'llama') end,
+   to_hf_config = function(model, layout) return M.hf_config(model, 'LlamaForCausalLM', 'llama', layout) end,
+   config_keys = M.config_keys,
+   unknown_keys = function(model) return model.config.rope_unknown end,
 }
 Llama.family = M.family
 

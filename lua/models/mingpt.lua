@@ -214,23 +214,43 @@ function M.from_hf(hf)
 end
 
 -- the GPT2LMHeadModel config.json of an export: the one the model was read
--- from, else one made from the minGPT configuration
+-- from (its keys kept, floats still floats), else one made from the minGPT
+-- configuration (no dropout)
 function M.to_hf_config(model)
    local json = require 'fsdp.json'
-   local out = {}
+   local out
    if model.hf_config then
-      for k, v in pairs(model.hf_config) do out[k] = v end
+      out = json.copy(model.hf_config)
+      -- fields transformers declares float are written as floats
+      for _, k in ipairs({'layer_norm_epsilon', 'resid_pdrop', 'embd_pdrop', 'attn_pdrop', 'initializer_range'}) do
+         if type(out[k]) == 'number' then json.set_float(out, k) end
+      end
    else
       local c = model.config
       if c.bias == false then error('gpt2: a minGPT model without biases has no GPT2LMHeadModel export', 0) end
       out = {model_type = 'gpt2', vocab_size = c.vocab_size, n_positions = c.block_size, n_ctx = c.block_size,
-             n_embd = c.n_embd, n_layer = c.n_layer, n_head = c.n_head, n_inner = c.n_inner,
+             n_embd = c.n_embd, n_layer = c.n_layer, n_head = c.n_head, n_inner = c.n_inner or json.null,
              layer_norm_epsilon = c.layer_norm_eps, activation_function = 'gelu_new', tie_word_embeddings = true,
-             resid_pdrop = 0, embd_pdrop = 0, attn_pdrop = 0}
+             resid_pdrop = 0.0, embd_pdrop = 0.0, attn_pdrop = 0.0, initializer_range = 0.02}
+      for _, k in ipairs({'layer_norm_epsilon', 'resid_pdrop', 'embd_pdrop', 'attn_pdrop', 'initializer_range'}) do
+         json.set_float(out, k)
+      end
    end
    out.architectures = json.array({'GPT2LMHeadModel'})
    return out
 end
+
+-- config.json keys by what they do here (see models/llama.lua's config_keys)
+M.config_keys = {
+   used = {'vocab_size', 'n_positions', 'n_ctx', 'n_embd', 'n_layer', 'n_head', 'n_inner', 'activation_function',
+           'layer_norm_epsilon', 'tie_word_embeddings', 'scale_attn_weights', 'scale_attn_by_inverse_layer_idx'},
+   -- reorder_and_upcast_attn only upcasts to f32, where fsdp-lua computes
+   -- anyway; summary_* configure GPT2DoubleHeadsModel's head
+   inert = {'use_cache', 'bos_token_id', 'eos_token_id', 'pad_token_id', 'initializer_range',
+            'reorder_and_upcast_attn', 'summary_type', 'summary_use_proj', 'summary_activation',
+            'summary_proj_to_labels', 'summary_first_dropout'},
+   dropout = {'resid_pdrop', 'embd_pdrop', 'attn_pdrop'},
+}
 
 -- the family in the model registry (lua/models/init.lua). A model from
 -- scratch is saved in checkpoints as 'mingpt' with its own configuration; a
@@ -241,6 +261,7 @@ M.family = {
    model_types = {'gpt2'},
    from_hf = M.from_hf,
    to_hf_config = M.to_hf_config,
+   config_keys = M.config_keys,
    saved = function(model)
       if model.hf_config then return 'GPT2LMHeadModel', M.to_hf_config(model) end
       return 'mingpt', model.config

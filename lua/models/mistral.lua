@@ -3,6 +3,7 @@
 -- Face MistralForCausalLM's (the same as Llama's). Single-device code.
 local nn = require 'fsdp.nn'
 local llama = require 'models.llama'
+local json = require 'fsdp.json'
 
 local M = {}
 
@@ -39,23 +40,35 @@ end
 
 M.hf_fields = {'sliding_window'}
 for _, k in ipairs(llama.hf_fields) do M.hf_fields[#M.hf_fields + 1] = k end
+M.config_keys = llama.extend_keys(llama.config_keys, {used = {'sliding_window'}})
 
--- a model from a config.json table (transformers' MistralConfig fields); a
--- null sliding_window means full attention
+-- a model from a config.json table (transformers' MistralConfig fields, 4.x
+-- or 5.x layout); a null sliding_window means full attention
 function M.from_hf(hf)
    local cfg = llama.pick(hf, M.hf_fields, M.defaults)
    cfg.sliding_window = cfg.sliding_window or 0
-   llama.check_rope_scaling(cfg.rope_scaling, 'mistral')
    local model = Mistral(cfg)
    model.hf_config = hf
    return model
+end
+
+-- the config.json of an export (see llama.hf_config); sliding_window 0
+-- (full attention) is written as null
+function M.to_hf_config(model, layout)
+   local fields = {'sliding_window'}
+   for _, k in ipairs(llama.scratch_fields) do fields[#fields + 1] = k end
+   local out = llama.hf_config(model, 'MistralForCausalLM', 'mistral', layout, fields)
+   if out.sliding_window == 0 then out.sliding_window = json.null end
+   return out
 end
 
 M.family = {
    architectures = {'MistralForCausalLM'},
    model_types = {'mistral'},
    from_hf = M.from_hf,
-   to_hf_config = function(model) return llama.hf_config(model, 'MistralForCausalLM', 'mistral') end,
+   to_hf_config = M.to_hf_config,
+   config_keys = M.config_keys,
+   unknown_keys = function(model) return model.config.rope_unknown end,
 }
 Mistral.family = M.family
 

@@ -18,6 +18,7 @@ local ops = require 'fsdp.ops'
 local T = require 'fsdp.tensor'
 local AG = require 'fsdp.autograd'
 local llama = require 'models.llama'
+local json = require 'fsdp.json'
 
 local M = {}
 
@@ -58,13 +59,14 @@ end
 function Expert:forward(x) return self.w2(ops.swiglu(self.w1(x), self.w3(x))) end
 
 -- the sparse mixture of experts; `sink`, when given, collects each forward's
--- router logits and chosen experts (the model's auxiliary loss reads them)
+-- router logits and chosen experts at sink[layer] (the model's auxiliary
+-- loss reads them)
 local MoE = nn.class('MixtralSparseMoeBlock')
 M.MoE = MoE
-function MoE.new(cfg, sink)
+function MoE.new(cfg, sink, layer)
    local self = nn.Module.instance(MoE)
    local C, E = cfg.hidden_size, cfg.num_local_experts
-   self.n_experts, self.top_k, self.sink = E, cfg.num_experts_per_tok, sink
+   self.n_experts, self.top_k, self.sink, self.layer = E, cfg.num_experts_per_tok, sink, layer
    self:add('gate', nn.Linear(C, E, {bias = false, std = cfg.initializer_range}))
    local experts = self:add('experts', nn.ModuleList())
    for _ = 1, E do experts:append(Expert(C, cfg.intermediate_size, cfg.initializer_range)) end
@@ -78,11 +80,14 @@ function MoE:forward(x)
    local N = x:numel() / C
    local E, K = self.n_experts, self.top_k
    local x2 = ops.reshape(x, {N, C})
-   local logits = self.gate(x2) -- [N, E]
+   -- the router logits leave the block for the auxiliary loss: declared, so
+   -- that activation checkpointing keeps them and their gradient
+   local logits = AG.side_output(self.gate(x2)) -- [N, E]
    -- the top-k experts per token; softmax is monotonic, so the k largest
    -- logits are the k most probable experts, and the softmax of the chosen
    -- logits equals their probabilities renormalized to sum to one
    local top, chosen = ops.topk(logits, K)
+   chosen = AG.side_output(chosen)
    local weights = ops.reshape(ops.softmax(top), {N * K, 1})
    -- routing lists: per expert, the tokens (in order) and their slots n*K+j,
    -- made on the host (from a copy of the choices when x is on a GPU)
@@ -126,7 +131,7 @@ function MoE:forward(x)
          out = ops.scatter_add_rows(out, tok[e], h)
       end
    end
-   if self.sink then self.sink[#self.sink + 1] = {logits = logits, chosen = chosen} end
+   if self.sink then self.sink[self.layer or #self.sink + 1] = {logits = logits, chosen = chosen} end
    return ops.reshape(out, shape)
 end
 
@@ -147,7 +152,7 @@ function Mixtral.new(cfg)
    local self = nn.Module.instance(Mixtral)
    self.router = {} -- {logits, chosen} of every layer in the last forward
    local sink = self.router
-   return llama.build(self, c, function(cfg_) return MoE(cfg_, sink), 'block_sparse_moe' end)
+   return llama.build(self, c, function(cfg_, i) return MoE(cfg_, sink, i), 'block_sparse_moe' end)
 end
 
 function Mixtral:forward(idx, ctx)
@@ -166,9 +171,8 @@ function Mixtral:router_aux_loss()
    local count, rows = {}, 0
    for e = 0, E - 1 do count[e] = 0 end
    for _, l in ipairs(layers) do
-      if l.logits:is_freed() or (AG.is_enabled() and not l.logits.requires_grad) then
-         error('Mixtral: the router auxiliary loss needs every layer\'s router logits, which activation ' ..
-               'checkpointing does not keep: turn output_router_logits or checkpointing off', 0)
+      if l.logits:is_freed() then
+         error('Mixtral: the router logits of the last forward are gone (the step ended): run a forward first', 0)
       end
       local n = l.chosen:numel()
       local h = l.chosen:cpu()
@@ -211,28 +215,45 @@ end
 M.hf_fields = {'sliding_window', 'num_local_experts', 'num_experts_per_tok', 'output_router_logits',
                'router_aux_loss_coef'}
 for _, k in ipairs(llama.hf_fields) do M.hf_fields[#M.hf_fields + 1] = k end
+M.config_keys = llama.extend_keys(llama.config_keys, {used = {'sliding_window', 'num_local_experts',
+   'num_experts_per_tok', 'output_router_logits', 'router_aux_loss_coef', 'router_jitter_noise'}})
 
--- a model from a config.json table (transformers' MixtralConfig fields).
--- router_jitter_noise (training-time noise on the router input) is not
--- implemented and must be 0.
+-- a model from a config.json table (transformers' MixtralConfig fields, 4.x
+-- or 5.x layout). router_jitter_noise (training-time noise on the router
+-- input) is not implemented and must be 0.
 function M.from_hf(hf)
    local cfg = llama.pick(hf, M.hf_fields, M.defaults)
    cfg.sliding_window = cfg.sliding_window or 0
    local jitter = hf.router_jitter_noise
-   if type(jitter) == 'number' and jitter ~= 0 then
-      error(string.format('mixtral: router_jitter_noise %g is not supported (0)', jitter), 0)
+   if jitter ~= nil and jitter ~= json.null and jitter ~= 0 then
+      error(string.format('mixtral: router_jitter_noise %s is not supported (0)', tostring(jitter)), 0)
    end
-   llama.check_rope_scaling(cfg.rope_scaling, 'mixtral')
    local model = Mixtral(cfg)
    model.hf_config = hf
    return model
+end
+
+-- the config.json of an export (see llama.hf_config)
+function M.to_hf_config(model, layout)
+   local fields = {'sliding_window', 'num_local_experts', 'num_experts_per_tok', 'output_router_logits',
+                   'router_aux_loss_coef'}
+   for _, k in ipairs(llama.scratch_fields) do fields[#fields + 1] = k end
+   local out = llama.hf_config(model, 'MixtralForCausalLM', 'mixtral', layout, fields)
+   if not model.hf_config then
+      out.router_jitter_noise = 0.0
+      json.set_float(out, 'router_jitter_noise')
+      if out.sliding_window == 0 then out.sliding_window = json.null end
+   end
+   return out
 end
 
 M.family = {
    architectures = {'MixtralForCausalLM'},
    model_types = {'mixtral'},
    from_hf = M.from_hf,
-   to_hf_config = function(model) return llama.hf_config(model, 'MixtralForCausalLM', 'mixtral') end,
+   to_hf_config = M.to_hf_config,
+   config_keys = M.config_keys,
+   unknown_keys = function(model) return model.config.rope_unknown end,
 }
 Mixtral.family = M.family
 

@@ -218,6 +218,13 @@ M.hf_fields = {'vocab_size', 'hidden_size', 'num_hidden_layers', 'ffn_dim', 'max
                'activation_function', 'layer_norm_elementwise_affine', 'enable_bias', 'pad_token_id',
                'tie_word_embeddings', 'init_std'}
 
+-- config.json keys by what they do here (see llama.config_keys)
+M.config_keys = {
+   used = M.hf_fields,
+   inert = {'use_cache', 'bos_token_id', 'eos_token_id'},
+   dropout = {'dropout', 'attention_dropout', 'layerdrop', 'activation_dropout'},
+}
+
 -- a model from a config.json table (transformers' OPTConfig fields)
 function M.from_hf(hf)
    local cfg = llama.pick(hf, M.hf_fields, M.defaults)
@@ -227,11 +234,36 @@ function M.from_hf(hf)
    return model
 end
 
+-- the config.json of an export: the one the model was read from, else the
+-- model's configuration (OPTConfig's fields; no dropout)
+function M.to_hf_config(model)
+   local out
+   if model.hf_config then
+      out = json.copy(model.hf_config)
+      -- fields transformers declares float are written as floats
+      for _, k in ipairs({'init_std', 'dropout', 'attention_dropout', 'layerdrop'}) do
+         if type(out[k]) == 'number' then json.set_float(out, k) end
+      end
+   else
+      out = {model_type = 'opt', dropout = 0.0, attention_dropout = 0.0, layerdrop = 0.0}
+      for _, k in ipairs({'dropout', 'attention_dropout', 'layerdrop'}) do json.set_float(out, k) end
+      for _, k in ipairs(M.hf_fields) do
+         local v = model.config[k]
+         if v == nil or v == false and k == 'pad_token_id' then v = json.null end
+         out[k] = v
+      end
+      json.set_float(out, 'init_std')
+   end
+   out.architectures = json.array({'OPTForCausalLM'})
+   return out
+end
+
 M.family = {
    architectures = {'OPTForCausalLM'},
    model_types = {'opt'},
    from_hf = M.from_hf,
-   to_hf_config = function(model) return llama.hf_config(model, 'OPTForCausalLM', 'opt') end,
+   to_hf_config = M.to_hf_config,
+   config_keys = M.config_keys,
 }
 OPT.family = M.family
 

@@ -36,7 +36,10 @@ local opt = fsdp.options('recipes/generate.lua', {
 dist.init()
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
-                                                       device)
+                                                       device, {generation = true})
+-- the end-of-sequence ids (generation_config.json's, else the tokenizer's) stop it
+local eos = {}
+for _, id in ipairs(tok.eos_ids or {tok.eos_id}) do eos[id] = true end
 
 -- logits of the last position for token ids ctx (a Lua list), on the host;
 -- with a KV cache, ctx are the positions after the cached ones
@@ -73,7 +76,7 @@ if opt.kv_cache and n_prompt + opt.max_new_tokens <= math.min(limit, opt.context
       ids[#ids + 1] = sample.pick(logits:ptr(), V, opt.temperature, opt.top_k, rng, opt.top_p)
       logits:free()
       feed = {ids[#ids]}
-      if tok.eos_id and ids[#ids] == tok.eos_id then break end
+      if eos[ids[#ids]] then break end
    end
    cache:free()
    opt.max_new_tokens = 0
@@ -85,7 +88,7 @@ for _ = 1, opt.max_new_tokens do
    local logits = next_logits(ctx)
    ids[#ids + 1] = sample.pick(logits:ptr(), V, opt.temperature, opt.top_k, rng, opt.top_p)
    logits:free()
-   if tok.eos_id and ids[#ids] == tok.eos_id then break end
+   if eos[ids[#ids]] then break end
 end
 if dist.rank == 0 then
    io.write(tok:decode(ids), '\n')

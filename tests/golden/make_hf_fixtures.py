@@ -29,6 +29,10 @@ tests/golden/hf/<case>/:
                                  eps 1e-8, weight_decay 0.1 on parameters with 2 or
                                  more dimensions and 0 on the rest (optim/adamw.lua's
                                  rule), no clipping
+        finetune_tokens, finetune_losses, finetune_drift, gen_ids, gen_ids_nocache
+                                 the recipe fine-tune and greedy generation
+                                 references of hf_reference.py (see
+                                 make_hf5_fixtures.py)
 The llama case's weights are rounded to bf16 first, so its two variants
 hold the very same values and share its expected.safetensors:
     llama_sharded/  the same model saved with a small max_shard_size
@@ -40,9 +44,20 @@ import json
 import os
 import shutil
 
+import sys
+
 import torch
 import transformers
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_reference as ref  # noqa: E402
+
+# generate() asks whether the model is wrapped by torch's FSDP, and that
+# import fails with torch 1.13 on Python 3.11 (a dataclass with a mutable
+# default); nothing here is
+import transformers.generation.utils as _generation_utils  # noqa: E402
+_generation_utils.is_fsdp_managed_module = lambda module: False
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "hf")
@@ -181,11 +196,18 @@ def make_case(name):
     trained.zero_grad(set_to_none=True)
     expected["adamw_losses"] = adamw_losses(trained, ids, labels)
     model.zero_grad(set_to_none=True)
+    # the recipe fine-tune and greedy generation references (hf_reference.py)
+    tokens = ref.finetune_tokens(V, B, T)
+    expected["finetune_tokens"] = tokens.to(torch.int32)
+    expected["finetune_losses"], expected["finetune_drift"] = ref.finetune(model, tokens, B, T)
+    limit = model.config.max_position_embeddings
+    expected["gen_ids"], expected["gen_ids_nocache"] = ref.greedy(model, ref.PROMPT, min(8, limit - len(ref.PROMPT)))
 
     path = os.path.join(OUT, name)
     clean_dir(path)
     save(model, path)
-    meta = {"transformers": transformers.__version__, "torch": torch.__version__}
+    meta = {"transformers": transformers.__version__, "torch": torch.__version__,
+            "finetune": json.dumps(ref.FINETUNE), "B": str(B), "T": str(T)}
     save_file(expected, os.path.join(path, "expected.safetensors"), metadata=meta)
     print(f"{name}: loss {out.loss.item():.6f}, adamw {expected['adamw_losses'].tolist()}")
 

@@ -1,9 +1,11 @@
 -- Hugging Face models end to end: every fixture of tests/golden/hf (made by
--- tests/golden/make_hf_fixtures.py with transformers) is imported with
--- fsdp.hf and must give transformers' logits, loss and every parameter
--- gradient within 1e-4 relative (max |ours - theirs| / max |theirs|, per
--- tensor), and, sharded with strategy 'none', the losses of 5 AdamW steps
--- within 1e-5 relative. The sharded and bf16 copies of the llama fixture
+-- tests/golden/make_hf_fixtures.py with transformers 4.49) and of
+-- tests/golden/hf5 (make_hf5_fixtures.py, transformers 5: its config
+-- layout, other shapes, every rope_type; each rope case also with its
+-- config in the 4.x layout) is imported with fsdp.hf and must give
+-- transformers' logits, loss and every parameter gradient within 1e-4
+-- relative (max |ours - theirs| / max |theirs|, per tensor), and, sharded
+-- with strategy 'none', the losses of 5 AdamW steps within 1e-5 relative. The sharded and bf16 copies of the llama fixture
 -- load the same values. Then malformed directories: each a clear error
 -- naming the file and the tensor or field, never a crash.
 local fsdp = require 'fsdp'
@@ -16,7 +18,16 @@ local json = require 'fsdp.json'
 local AdamW = require 'optim.adamw'
 local ffi = fsdp.ffi
 
+fsdp.set_num_threads(1) -- tiny models: more threads only spin
+
 local GOLDEN = fsdp.root .. '/tests/golden/hf/'
+local GOLDEN5 = fsdp.root .. '/tests/golden/hf5/'
+
+-- a fixture's directory: 'llama' (tests/golden/hf) or 'hf5/llama'
+local function fixture(name)
+   local five = name:match('^hf5/(.*)$')
+   return five and (GOLDEN5 .. five) or (GOLDEN .. name)
+end
 
 -- case, the fixture whose expected.safetensors it uses
 local CASES = {
@@ -24,6 +35,9 @@ local CASES = {
    {'llama3', 'llama3'}, {'codellama', 'codellama'}, {'mistral', 'mistral'}, {'mixtral', 'mixtral'},
    {'opt', 'opt'}, {'opt_postnorm', 'opt_postnorm'}, {'gpt2', 'gpt2'},
 }
+local HF5 = {'llama', 'llama_linear', 'llama_dynamic', 'llama_yarn', 'llama_llama3', 'llama_longrope', 'mistral',
+             'mixtral', 'opt', 'gpt2'}
+for _, n in ipairs(HF5) do CASES[#CASES + 1] = {'hf5/' .. n, 'hf5/' .. n} end
 
 -- max |a - b| and max |b| over n floats (b read at b_index(i) when given)
 local function diff_scale(a, b, n, b_index)
@@ -58,11 +72,11 @@ local summary = {}
 ---------------------------------------------------------------------------
 -- parity with transformers
 
-local function check_case(name, ename)
-   local dir = GOLDEN .. name
+local function check_case(name, ename, dir)
+   dir = dir or fixture(name)
    t.check(not fs.exists(dir .. '/tokenizer.json') and not fs.exists(dir .. '/tokenizer.model'),
            '%s: fixtures carry no tokenizer (import must not need one)', name)
-   local ex = st.open(GOLDEN .. ename .. '/expected.safetensors')
+   local ex = st.open(fixture(ename) .. '/expected.safetensors')
    local ids, targets = ex:tensor('input_ids'), ex:tensor('targets')
    local want_logits = ex:tensor('logits')
    local want_loss = ex:tensor('loss'):item()
@@ -142,7 +156,7 @@ local function check_case(name, ename)
    t.check(step_worst <= 1e-5, '%s: AdamW losses differ from torch by %.3g relative', name, step_worst)
    hf.close(m2)
    ex:close()
-   summary[#summary + 1] = string.format('%-13s logits %.1e  loss %.1e  grads %.1e  adamw(5) %.1e', name, lrel,
+   summary[#summary + 1] = string.format('%-22s logits %.1e  loss %.1e  grads %.1e  adamw(5) %.1e', name, lrel,
                                          loss_rel, grad_worst, step_worst)
 end
 
@@ -151,6 +165,28 @@ for _, c in ipairs(CASES) do
    t.check(ok, '%s: %s', c[1], tostring(err))
    fsdp.autograd.reset()
 end
+
+-- the transformers 5 fixtures with their config.json in the 4.x layout
+-- (rope_theta, rope_scaling, torch_dtype; config_v4.json, which the
+-- fixture script checked gives transformers 5 the same model)
+local v4_root = tmpdir()
+local n_v4 = 0
+for _, n in ipairs(HF5) do
+   if fs.exists(GOLDEN5 .. n .. '/config_v4.json') then
+      local d = v4_root .. '/' .. n
+      copy_dir(GOLDEN5 .. n, d)
+      os.execute('mv ' .. fs.quote(d .. '/config_v4.json') .. ' ' .. fs.quote(d .. '/config.json'))
+      local cfg = json.read_file(d .. '/config.json')
+      t.check(cfg.rope_parameters == nil and cfg.rope_theta ~= nil and cfg.torch_dtype ~= nil,
+              '%s: config_v4.json is in the 4.x layout', n)
+      local ok, err = pcall(check_case, 'hf5/' .. n .. '@4.x', 'hf5/' .. n, d)
+      t.check(ok, '%s (4.x layout): %s', n, tostring(err))
+      fsdp.autograd.reset()
+      n_v4 = n_v4 + 1
+   end
+end
+t.check(n_v4 >= 8, 'only %d transformers 5 fixtures have a 4.x-layout config', n_v4)
+fs.remove_tree(v4_root)
 for _, line in ipairs(summary) do print(line) end
 
 ---------------------------------------------------------------------------
@@ -183,7 +219,7 @@ end
 -- llama3 rope scaling, does not match
 
 local function logits_rel(model, ename)
-   local ex = st.open(GOLDEN .. ename .. '/expected.safetensors')
+   local ex = st.open(fixture(ename) .. '/expected.safetensors')
    local ids, want = ex:tensor('input_ids'), ex:tensor('logits')
    local got = fsdp.no_grad(function() return model(ids) end)
    local r = rel_diff(got:ptr(), want:ptr(), want:numel())
@@ -206,34 +242,73 @@ do
    f = io.open(dir .. '/l/config.json', 'w'); f:write(json.encode(cfg)); f:close()
    r = logits_rel(hf.load(dir .. '/l'):materialize(), 'llama3')
    t.check(r > 1e-3, 'llama3 without its rope scaling should not match (rel %.3g)', r)
+   -- each transformers 5 rope case as plain RoPE (same theta); the windows of
+   -- the transformers 5 Mistral and Mixtral removed
+   for _, n in ipairs({'llama_linear', 'llama_dynamic', 'llama_yarn', 'llama_llama3', 'llama_longrope', 'mistral',
+                       'mixtral'}) do
+      copy_dir(GOLDEN5 .. n, dir .. '/' .. n)
+      local path = dir .. '/' .. n .. '/config.json'
+      cfg = json.read_file(path)
+      if cfg.sliding_window ~= nil then cfg.sliding_window = json.null
+      else cfg.rope_parameters = {rope_type = 'default', rope_theta = cfg.rope_parameters.rope_theta} end
+      f = io.open(path, 'w'); f:write(json.encode(cfg)); f:close()
+      r = logits_rel(hf.load(dir .. '/' .. n):materialize(), 'hf5/' .. n)
+      t.check(r > 1e-3, 'hf5/%s without its %s should not match (rel %.3g)', n,
+              cfg.sliding_window ~= nil and 'window' or 'rope scaling', r)
+   end
    fs.remove_tree(dir)
 end
 
 ---------------------------------------------------------------------------
--- Mixtral under activation checkpointing: without the auxiliary loss the
--- same loss and gradients, bit for bit; with it, a clear error (the router
--- logits of a checkpointed block are not kept)
+-- Mixtral under activation checkpointing, with its router auxiliary loss
+-- on: the same loss and every gradient, bit for bit, as without
+-- checkpointing (the router logits leave each checkpointed block, and
+-- their gradient flows into the recomputed block); also sharded
 
-do
-   local ex = st.open(GOLDEN .. 'mixtral/expected.safetensors')
-   local ids, targets = ex:tensor('input_ids'), ex:tensor('targets')
-   local ckpt = nn.checkpoint_units(hf.load(GOLDEN .. 'mixtral'):materialize())
-   t.raises(function() fsdp.backward(ckpt:loss(ids, targets)) end, {'Mixtral', 'activation checkpointing'},
-            'mixtral aux loss under checkpointing')
-   fsdp.autograd.reset()
-   ckpt:zero_grad()
-   local plain = hf.load(GOLDEN .. 'mixtral'):materialize()
-   ckpt.config.output_router_logits, plain.config.output_router_logits = false, false
-   local a = fsdp.backward(ckpt:loss(ids, targets))
-   local b = fsdp.backward(plain:loss(ids, targets))
-   t.check(a == b, 'checkpointed mixtral: loss %.9g vs %.9g', a, b)
-   local pa, pb, same = ckpt:named_parameters(), plain:named_parameters(), true
+local function same_grads(label, ma, mb)
+   local pa, pb, worst, first = ma:named_parameters(), mb:named_parameters(), 0, nil
    for i = 1, #pa do
       local x, y = pa[i][2].grad, pb[i][2].grad
-      t.check((x == nil) == (y == nil), 'checkpointed mixtral: %s grad presence differs', pa[i][1])
-      if x and y then for j = 0, x:numel() - 1 do same = same and x:ptr()[j] == y:ptr()[j] end end
+      t.check((x == nil) == (y == nil), '%s: %s grad presence differs', label, pa[i][1])
+      if x and y then
+         for j = 0, x:numel() - 1 do
+            local d = math.abs(x:ptr()[j] - y:ptr()[j])
+            if d > worst then worst, first = d, pa[i][1] end
+         end
+      end
    end
-   t.check(same, 'checkpointed mixtral: gradients differ')
+   t.check(worst == 0, '%s: gradients differ (by %g in %s)', label, worst, tostring(first))
+end
+
+for _, fixture in ipairs({'mixtral', 'hf5/mixtral'}) do
+   local dir = fixture:find('/') and (fsdp.root .. '/tests/golden/' .. fixture) or (GOLDEN .. fixture)
+   local ex = st.open(dir .. '/expected.safetensors')
+   local ids, targets = ex:tensor('input_ids'), ex:tensor('targets')
+   local plain = hf.load(dir):materialize()
+   local ckpt = nn.checkpoint_units(hf.load(dir):materialize())
+   t.check(plain.config.output_router_logits == true, '%s: the fixture has the auxiliary loss on', fixture)
+   local b = fsdp.backward(plain:loss(ids, targets))
+   local a = fsdp.backward(ckpt:loss(ids, targets))
+   t.check(a == b, '%s checkpointed: loss %.9g vs %.9g', fixture, a, b)
+   t.close(a, ex:tensor('loss'):item(), 1e-5, 0, '%s checkpointed: loss vs transformers', fixture)
+   same_grads(fixture .. ' checkpointed', ckpt, plain)
+   -- checkpointed and sharded (world of one, strategy full) through AdamW
+   -- steps: the losses of the unsharded plain model
+   local m1 = nn.checkpoint_units(hf.load(dir))
+   local s1 = fsdp.shard(m1, {strategy = 'full'})
+   local m2 = hf.load(dir)
+   local s2 = fsdp.shard(m2, {strategy = 'full'})
+   local o1 = AdamW.new(s1, {lr = 1e-3, betas = {0.9, 0.95}, weight_decay = 0.1})
+   local o2 = AdamW.new(s2, {lr = 1e-3, betas = {0.9, 0.95}, weight_decay = 0.1})
+   local same = true
+   for _ = 1, 3 do
+      s1:zero_grad(); s2:zero_grad()
+      local l1 = fsdp.backward(m1:loss(ids, targets))
+      local l2 = fsdp.backward(m2:loss(ids, targets))
+      same = same and l1 == l2
+      o1:step(); o2:step()
+   end
+   t.check(same, '%s: checkpointed + sharded AdamW steps differ from plain ones', fixture)
    ex:close()
 end
 
@@ -312,10 +387,10 @@ do
    write(d .. '/config.json', read(GOLDEN .. 'llama/config.json'))
    raises(function() load_all(d) end, {d, 'no model.safetensors'}, 'no weights')
    -- unsupported config values
-   d = case('dynamic_rope', 'llama')
-   edit_config(d .. '/config.json', function(c) c.rope_scaling = {type = 'dynamic', factor = 2} end)
-   raises(function() hf.build(d) end, {d .. '/config.json', "rope_scaling type 'dynamic'", 'linear, llama3'},
-            'unsupported rope scaling')
+   d = case('unknown_rope', 'llama')
+   edit_config(d .. '/config.json', function(c) c.rope_scaling = {type = 'proportional', factor = 2} end)
+   raises(function() hf.build(d) end, {d .. '/config.json', "rope_scaling.rope_type 'proportional' is not supported",
+            'default, linear, dynamic, yarn, llama3, longrope'}, 'unsupported rope type')
    d = case('gpt2_relu', 'gpt2')
    edit_config(d .. '/config.json', function(c) c.activation_function = 'relu' end)
    raises(function() hf.build(d) end, {d .. '/config.json', "activation_function 'relu'"}, 'gpt2 activation')
