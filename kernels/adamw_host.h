@@ -20,4 +20,20 @@ static inline int fsdp_adamw_prepare(const char *fn, const float *param, const f
     *bc2 = (float)(1.0 - pow((double)beta2, (double)t));
     return FSDP_OK;
 }
+
+/* the weight-decay runs of a slice of n elements: ndecay pairs [start, end)
+ * in decay[], in order, not overlapping, inside [0, n] */
+static inline int fsdp_adamw_check_runs(const char *fn, const int64_t *decay, int ndecay, int64_t n) {
+    FSDP_CHECK_ARG(ndecay >= 0, "%s: ndecay (%d) must not be negative", fn, ndecay);
+    FSDP_CHECK_ARG(ndecay == 0 || decay, "%s: decay is NULL but ndecay is %d", fn, ndecay);
+    int64_t prev = 0;
+    for (int r = 0; r < ndecay; r++) {
+        const int64_t a = decay[2 * r], b = decay[2 * r + 1];
+        FSDP_CHECK_ARG(a >= prev && a <= b && b <= n,
+                       "%s: decay run %d [%lld, %lld) is out of order or outside [0, %lld)", fn, r,
+                       (long long)a, (long long)b, (long long)n);
+        prev = b;
+    }
+    return FSDP_OK;
+}
 #endif

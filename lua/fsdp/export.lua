@@ -23,6 +23,7 @@ local M = {}
 M.options = {
    {'dtype', 'f32', 'dtype of the exported weights', choices = {'f32', 'bf16', 'f16'}},
    {'max_shard_size', '5GB', 'split model.safetensors into shards of at most this size'},
+   require('fsdp.threads').option,
 }
 
 local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
@@ -204,6 +205,7 @@ function M.main(args)
    local opt, help = cli.parse('export', M.options, rest)
    if not opt then print('usage: fsdp-lua export CKPT_DIR OUT_DIR [options]\n' .. help); return 0 end
    if #positional ~= 2 then error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB]', 0) end
+   require('fsdp.threads').setup(opt.threads)
    local dir, out = positional[1], positional[2]
    local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
    if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end

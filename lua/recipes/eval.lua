@@ -20,9 +20,11 @@ local opt = fsdp.options('recipes/eval.lua', {
    {'batches', 20, 'batches to evaluate (at most the split)'},
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto'},
+   require('fsdp.threads').option,
 }, arg)
 
 dist.init()
+require('fsdp.threads').setup(opt.threads)
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 if opt.data == '' then error('give --data', 0) end
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,

@@ -27,9 +27,11 @@ local opt = fsdp.options('recipes/generate.lua', {
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
    {'seed', 1337, 'random seed'},
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto'},
+   require('fsdp.threads').option,
 }, arg)
 
 dist.init()
+require('fsdp.threads').setup(opt.threads)
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
                                                        device)

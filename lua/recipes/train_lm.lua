@@ -102,10 +102,7 @@ if opt.model ~= '' and opt.size ~= '' then error('give --model DIR (fine-tune) o
 
 dist.init()
 local rank, world = dist.rank, dist.world_size
-if opt.threads > 0 then fsdp.set_num_threads(opt.threads)
-elseif not os.getenv('OMP_NUM_THREADS') then
-   fsdp.set_num_threads(math.max(1, math.floor(fsdp.get_num_threads() / dist.local_world_size)))
-end
+require('fsdp.threads').setup(opt.threads)
 -- `fsdp-lua plan` runs this recipe without allocating: no device to open
 local planning = require('fsdp.shard').plan_hook ~= nil
 local dev = planning and {kind = 'cpu', index = -1} or require('fsdp.device').get(opt.device, dist.local_rank, rank)
