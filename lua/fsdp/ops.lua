@@ -11,6 +11,7 @@ local ffi, check = bind.ffi, bind.check
 
 local M = {}
 local needs, record, grad_of, gp = AG.needs_grad, AG.record, AG.grad_of, AG.grad_ptr
+local write_grad = AG.write_grad
 local shape_str = T.shape_str
 local NULL = nil
 
@@ -82,8 +83,22 @@ function M.linear(x, w, b)
       record(function()
          local g = out.grad
          if not g then return end
-         check(Kn.matmul_backward(gp(x), gp(w), gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
-               'linear backward')
+         -- dx = g @ w and dw (+)= g^T @ x as products that write a fresh
+         -- gradient instead of adding to a zero-filled one
+         if x.requires_grad then
+            check(write_grad(x, function(dx, acc)
+               return Kn.matmul_forward(dx, g:ptr(), w:ptr(), NULL, rows, K, N, 0, 0, acc)
+            end), 'linear backward')
+         end
+         if w.requires_grad then
+            check(write_grad(w, function(dw, acc)
+               return Kn.matmul_forward(dw, g:ptr(), x:ptr(), NULL, N, K, rows, 1, 0, acc)
+            end), 'linear backward')
+         end
+         if b and b.requires_grad then
+            check(Kn.matmul_backward(NULL, NULL, gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
+                  'linear backward')
+         end
       end)
    end
    return out
