@@ -75,9 +75,9 @@ run() {
     local name="$1"; shift
     local out="$LOG/$(echo "$name" | tr ' /' '__').r$round.log" l
     l=$(load1)
-    if timeout "${RUN_TIMEOUT:-3600}" "$@" >"$out" 2>&1 && grep -q '^RESULT' "$out"; then
-        echo "$name|$l|$(grep '^RESULT' "$out" | tail -1)" >>"$RESULTS"
-        printf 'bench:   %-44s %s\n' "$name" "$(grep '^RESULT' "$out" | tail -1 | grep -o 'tok_s=[0-9.]*') (load $l)"
+    if timeout "${RUN_TIMEOUT:-3600}" "$@" >"$out" 2>&1 && grep -q 'RESULT ' "$out"; then
+        echo "$name|$l|$(grep -o 'RESULT .*' "$out" | tail -1)" >>"$RESULTS"
+        printf 'bench:   %-44s %s\n' "$name" "$(grep -o 'RESULT .*' "$out" | tail -1 | grep -o 'tok_s=[0-9.]*') (load $l)"
     else
         echo "$name|$l|failed" >>"$RESULTS"
         echo "bench:   $name failed (log: $out):" >&2
@@ -171,6 +171,11 @@ for _, key in ipairs(order) do
    if r.name == 'fsdp-lua' then ours[r.case] = r end
 end
 local last
+local best_ours, best_torch, cases = {}, {}, {}
+for _, key in ipairs(order) do
+   local c = rows[key].case
+   if not cases[c] then cases[c] = true; cases[#cases + 1] = c end
+end
 for _, key in ipairs(order) do
    local r = rows[key]
    if r.case ~= last and last then print() end
@@ -185,15 +190,33 @@ for _, key in ipairs(order) do
       local o = ours[r.case]
       if r.case:match('^2 ranks') then
          local one = rows[r.case .. '|fsdp-lua 1 rank x 2 threads']
-         if one and one.tmed and r.name:match('^fsdp%-lua %a+') and r.name ~= one.name then
-            ratio = string.format('%.2f vs 1x2', tmed / one.tmed)
+         if r.name:match('^fsdp%-lua') then
+            if one and one.tmed and r ~= one then ratio = string.format('%.2f vs 1x2', tmed / one.tmed) end
+            if r ~= one then best_ours[r.case] = math.max(best_ours[r.case] or 0, tmed) end
+         elseif best_ours[r.case] then
+            ratio = string.format('%.2fx', best_ours[r.case] / tmed)
          end
       elseif o and o ~= r and o.tmed then
          ratio = string.format('%.2fx', o.tmed / tmed)
       end
+      if not r.name:match('^fsdp%-lua') then
+         local b = best_torch[r.case]
+         if not b or tmed > b.tmed then best_torch[r.case] = r end
+      end
       print(string.format('%-14s %-30s %10.1f %10.1f %6.1f%% %9.0f %6.2f %12s', r.case, r.name, tmin, tmed,
                           peak > 0 and 100 * tmed * r.flop_per_tok / 1e9 / peak or 0, r.rss, r.load, ratio)
             .. (r.failed > 0 and string.format('  (%d run(s) failed)', r.failed) or ''))
+   end
+end
+print()
+for _, c in ipairs(cases) do
+   local b = best_torch[c]
+   local mine = c:match('^2 ranks') and best_ours[c] or (ours[c] and ours[c].tmed)
+   if b and mine then
+      local rss = ours[c] and ours[c].rss or 0
+      print(string.format('%-14s fsdp-lua%s / best PyTorch (%s): %.2fx tokens/s%s', c,
+                          c:match('^2 ranks') and ' (best strategy)' or '', b.name, mine / b.tmed,
+                          c:match('^2 ranks') and '' or string.format(', RSS %.0f vs %.0f MiB', rss, b.rss)))
    end
 end
 print()
