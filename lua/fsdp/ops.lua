@@ -483,7 +483,10 @@ M.LINEAR_CE_CHUNK_BYTES = 64 * 2^20
 -- gradient in place (softmax - onehot), goes into dx's rows (a GEMM) and
 -- into dweight (a GEMM adding over the chunks), so backward only scales by
 -- d loss / count. Three GEMMs, as unfused; memory: one chunk of logits, dx
--- [rows, C] and dweight [V, C] instead of logits and their gradient.
+-- [rows, C] and dweight [V, C] instead of logits and their gradient. Under
+-- fsdp.shard, call it where the head's linear was, inside the model's
+-- forward: a sharded unit's parameter gradients are bound only while that
+-- unit's backward runs.
 function M.linear_cross_entropy(x, weight, targets, ignore_index, opts)
    local op = 'linear_cross_entropy'
    want_f32(op, 'input', x); want_f32(op, 'weight', weight); want_i32(op, 'targets', targets)
