@@ -17,14 +17,15 @@ local opt = fsdp.options('bench/gemm_shapes.lua', {
    {'reps', 5, 'interleaved repetitions'},
    {'threads', 0, 'threads (0: the library default)'},
    {'bias', true, 'forward with the layer\'s bias, as GPT-2 has'},
+   {'layers', 'c_attn,attn.c_proj,c_fc,mlp.c_proj,lm_head', 'which layers to time'},
+   {'both_bias', false, 'time each forward with and without its bias'},
    {'clock', 'wall', 'wall time, or cpu: the CPU time of the process (all threads; less disturbed by other '
                      .. 'jobs on a shared machine, the rates are then per CPU-second)', choices = {'wall', 'cpu'}},
 }, arg)
 if opt.threads > 0 then fsdp.set_num_threads(opt.threads) end
 local M = opt.rows
-pcall(fsdp.ffi.cdef, 'typedef struct { long tv_sec; long tv_nsec; } gemm_timespec;'
-                     .. 'int clock_gettime(int, gemm_timespec *);')
-local ts = fsdp.ffi.new('gemm_timespec')
+require 'fsdp.run' -- declares clock_gettime with its fsdp_run_timespec
+local ts = fsdp.ffi.new('fsdp_run_timespec')
 local function now()
    if opt.clock == 'wall' then return fsdp.clock() end
    fsdp.ffi.C.clock_gettime(2, ts) -- CLOCK_PROCESS_CPUTIME_ID
@@ -49,8 +50,11 @@ do
       return C.fsdp_matmul_forward_cpu(o:ptr(), a:ptr(), b:ptr(), nil, sq, sq, sq, 0, 0, 0)
    end}
 end
+local wanted = {}
+for w in opt.layers:gmatch('[^,]+') do wanted[w] = true end
 for _, l in ipairs(layers) do
    local name, K, N = l[1], l[2], l[3]
+   if not wanted[name] then goto continue end
    local x, w, bias = rand(M * K), rand(N * K), rand(N)
    local y, dy, dx, dw = fsdp.empty({M * N}), rand(M * N), fsdp.empty({M * K}), fsdp.empty({N * K})
    local bp = (opt.bias and not l.nobias) and bias:ptr() or nil
@@ -64,6 +68,12 @@ for _, l in ipairs(layers) do
    cases[#cases + 1] = {name = name .. ' dw (TN)', flops = fl, f = function()
       return C.fsdp_matmul_forward_cpu(dw:ptr(), dy:ptr(), x:ptr(), nil, N, K, M, 1, 0, 1)
    end}
+   if opt.both_bias and not l.nobias then
+      cases[#cases + 1] = {name = name .. ' fwd (NT) ' .. (bp and 'no bias' or 'bias'), flops = fl, f = function()
+         return C.fsdp_matmul_forward_cpu(y:ptr(), x:ptr(), w:ptr(), bp == nil and bias:ptr() or nil, M, N, K, 0, 1, 0)
+      end}
+   end
+   ::continue::
 end
 
 for _, c in ipairs(cases) do assert(c.f() == 0, fsdp.ffi.string(C.fsdp_last_error())); c.t = {} end

@@ -20,14 +20,15 @@ local steps, clock_id = tonumber(arg[3] or 3), tonumber(arg[4] or 1)
 pcall(ffi.cdef, 'typedef struct { long tv_sec; long tv_nsec; } prof_timespec;'
                 .. 'int clock_gettime(int, prof_timespec *);')
 local ts = ffi.new('prof_timespec')
-local function now()
-   ffi.C.clock_gettime(clock_id, ts)
+local function clock(id)
+   ffi.C.clock_gettime(id, ts)
    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
+local function now() return clock(clock_id) end
 
 -- the timing proxy goes in before any module caches bind.C
 local real, spent, calls, timing = bind.C, {}, {}, false
--- GEMMs by phase and shape: {time, flops, calls}
+-- GEMMs by phase and shape: {time, flops, calls, wall time, CPU time}
 local phase, gemms = 'forward', {}
 local function gemm_flops(name, ...)
    local args = {...}
@@ -46,16 +47,17 @@ bind.C = setmetatable({}, {__index = function(proxy, name)
    if type(f) ~= 'cdata' then return f end
    local function timed(...)
       if not timing then return f(...) end
-      local t0 = now()
+      local t0, w0, c0 = now(), clock(1), clock(2)
       local a, b = f(...)
       local dt = now() - t0
+      local dw, dc = clock(1) - w0, clock(2) - c0
       spent[name] = (spent[name] or 0) + dt
       calls[name] = (calls[name] or 0) + 1
       local fl, key = gemm_flops(name, ...)
       if fl and fl > 0 then
-         local g = gemms[key] or {0, 0, 0}
+         local g = gemms[key] or {0, 0, 0, 0, 0}
          gemms[key] = g
-         g[1], g[2], g[3] = g[1] + dt, g[2] + fl, g[3] + 1
+         g[1], g[2], g[3], g[4], g[5] = g[1] + dt, g[2] + fl, g[3] + 1, g[4] + dw, g[5] + dc
       end
       return a, b
    end
@@ -130,16 +132,18 @@ print('GEMMs by phase and shape (M x N x K as the kernel gets them):')
 for _, k in ipairs(keys) do
    local g = gemms[k]
    local ph = k:match('^%a+')
-   local p = by_phase[ph] or {0, 0}
+   local p = by_phase[ph] or {0, 0, 0, 0}
    by_phase[ph] = p
-   p[1], p[2] = p[1] + g[1], p[2] + g[2]
-   print(string.format('  %-36s %8.1f ms %8.1f GFLOP/s%s  x%d', k, ms(g[1]), g[2] / g[1] / 1e9,
-                       peak > 0 and string.format(' %5.1f%%', 100 * g[2] / g[1] / 1e9 / peak) or '', g[3] / steps))
+   p[1], p[2], p[3], p[4] = p[1] + g[1], p[2] + g[2], p[3] + g[4], p[4] + g[5]
+   print(string.format('  %-36s %8.1f ms %8.1f GFLOP/s%s  x%d, %.2f threads busy (CPU / wall time)', k, ms(g[1]),
+                       g[2] / g[1] / 1e9, peak > 0 and string.format(' %5.1f%%', 100 * g[2] / g[1] / 1e9 / peak) or '',
+                       g[3] / steps, g[5] / g[4]))
 end
 for _, ph in ipairs({'forward', 'backward'}) do
    local p = by_phase[ph]
    if p then
-      print(string.format('  all %-8s GEMMs: %.1f ms, %.1f GFLOP/s%s', ph, ms(p[1]), p[2] / p[1] / 1e9,
-                          peak > 0 and string.format(' (%.1f%% of %.0f)', 100 * p[2] / p[1] / 1e9 / peak, peak) or ''))
+      print(string.format('  all %-8s GEMMs: %.1f ms, %.1f GFLOP/s%s, %.2f threads busy', ph, ms(p[1]),
+                          p[2] / p[1] / 1e9, peak > 0 and string.format(' (%.1f%% of %.0f)', 100 * p[2] / p[1] / 1e9 / peak,
+                                                                      peak) or '', p[4] / p[3]))
    end
 end
