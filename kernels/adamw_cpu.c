@@ -21,25 +21,25 @@ enum { ADAMW_BLOCK = 32768 };
 
 /* one run [lo, hi) with one weight decay; the loop the compiler vectorises */
 static void adamw_run(float *restrict param, float *restrict m, float *restrict v,
-                      const float *restrict grad, int64_t lo, int64_t hi, float lr, float beta1,
-                      float beta2, float eps, float weight_decay, float grad_scale, float bc1,
-                      float bc2) {
+                      const float *restrict grad, int64_t lo, int64_t hi, float beta1, float beta2,
+                      float eps, float decay, float grad_scale, float step_size, float inv_sqrt_bc2) {
     for (int64_t i = lo; i < hi; i++)
-        fsdp_adamw_update(&param[i], &m[i], &v[i], grad[i] * grad_scale, lr, beta1, beta2, eps,
-                          weight_decay, bc1, bc2);
+        fsdp_adamw_update(&param[i], &m[i], &v[i], grad[i] * grad_scale, beta1, beta2, eps, decay,
+                          step_size, inv_sqrt_bc2);
 }
 
 int fsdp_adamw_runs_cpu(float *param, float *m, float *v, const float *grad, int64_t n,
                         const int64_t *decay, int ndecay, float lr, float beta1, float beta2,
                         float eps, float weight_decay, float grad_scale, int64_t t) {
     const char *fn = "fsdp_adamw_runs_cpu";
-    float b1c = 1, b2c = 1;
-    int rc = fsdp_adamw_prepare(fn, param, m, v, grad, n, beta1, beta2, t, &b1c, &b2c);
+    fsdp_adamw_consts c = {1.0f, 1.0f};
+    int rc = fsdp_adamw_prepare(fn, param, m, v, grad, n, lr, beta1, beta2, t, &c);
     if (rc || n == 0) return rc;
     rc = fsdp_adamw_check_runs(fn, decay, ndecay, n);
     if (rc) return rc;
-    /* copies the parallel region can keep in registers (see the header) */
-    const float bc1 = b1c, bc2 = b2c;
+    /* plain locals the parallel region can keep in registers (see the header) */
+    const float step_size = c.step_size, inv_sqrt_bc2 = c.inv_sqrt_bc2;
+    const float keep = fsdp_adamw_decay(lr, 0.0f), shrink = fsdp_adamw_decay(lr, weight_decay);
     const int64_t nblocks = (n + ADAMW_BLOCK - 1) / ADAMW_BLOCK;
 
     /* blocks handed out one at a time: a thread that loses its core to
@@ -55,17 +55,19 @@ int fsdp_adamw_runs_cpu(float *param, float *m, float *v, const float *grad, int
             if (b <= at) continue;
             const int64_t a2 = a < hi ? a : hi, b2 = b < hi ? b : hi;
             if (at < a2) {
-                adamw_run(param, m, v, grad, at, a2, lr, beta1, beta2, eps, 0.0f, grad_scale, bc1, bc2);
+                adamw_run(param, m, v, grad, at, a2, beta1, beta2, eps, keep, grad_scale, step_size,
+                          inv_sqrt_bc2);
                 at = a2;
             }
             if (at < b2) {
-                adamw_run(param, m, v, grad, at, b2, lr, beta1, beta2, eps, weight_decay, grad_scale,
-                          bc1, bc2);
+                adamw_run(param, m, v, grad, at, b2, beta1, beta2, eps, shrink, grad_scale, step_size,
+                          inv_sqrt_bc2);
                 at = b2;
             }
         }
         if (at < hi)
-            adamw_run(param, m, v, grad, at, hi, lr, beta1, beta2, eps, 0.0f, grad_scale, bc1, bc2);
+            adamw_run(param, m, v, grad, at, hi, beta1, beta2, eps, keep, grad_scale, step_size,
+                      inv_sqrt_bc2);
     }
     return FSDP_OK;
 }
@@ -74,8 +76,8 @@ int fsdp_adamw_cpu(float *param, float *m, float *v, const float *grad, int64_t 
                    float lr, float beta1, float beta2, float eps, float weight_decay,
                    float grad_scale, int64_t t) {
     const int64_t all[2] = {0, n};
-    float b1c = 1, b2c = 1; /* the checks, with this function's name */
-    int rc = fsdp_adamw_prepare("fsdp_adamw_cpu", param, m, v, grad, n, beta1, beta2, t, &b1c, &b2c);
+    fsdp_adamw_consts c = {1.0f, 1.0f}; /* the checks, with this function's name */
+    int rc = fsdp_adamw_prepare("fsdp_adamw_cpu", param, m, v, grad, n, lr, beta1, beta2, t, &c);
     if (rc || n == 0) return rc;
     return fsdp_adamw_runs_cpu(param, m, v, grad, n, all, 1, lr, beta1, beta2, eps, weight_decay,
                                grad_scale, t);

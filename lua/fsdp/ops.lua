@@ -471,7 +471,7 @@ end
 
 -- bytes of logits one chunk of linear_cross_entropy may hold (the default
 -- chunk is as many rows as fit)
-M.LINEAR_CE_CHUNK_BYTES = 64 * 2^20
+M.LINEAR_CE_CHUNK_BYTES = 128 * 2^20
 
 -- The LM head and its loss without the [rows, vocab] logits: the mean
 -- cross-entropy of x[..., C] @ weight[V, C]^T against targets over the rows
