@@ -23,7 +23,7 @@ DIST_SRC := $(wildcard tests/c/dist_*.c)
 DIST_BIN := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(DIST_SRC))
 HEADERS  := $(wildcard engine/include/*.h engine/*.h kernels/*.h)
 
-.PHONY: all deps test test-c test-lua demo bench clean check-deps test-interop deps-interop venv
+.PHONY: all deps test test-c test-lua demo bench bench-venv vec-report clean check-deps test-interop deps-interop venv
 
 all: $(BUILD)/libfsdp.so $(BUILD)/fsdp-lua $(BUILD)/fsdp_cdef.h $(TEST_BIN) $(DIST_BIN)
 
@@ -71,9 +71,31 @@ demo: deps
 	$(MAKE) all
 	$(BUILD)/fsdp-lua recipes/train_mingpt.lua --max-steps 300
 
-bench: deps-bench
+# the current torch from PyPI for the peer bench: /work/venv when it is
+# there, else a venv of our own under build/ (CPU wheels)
+BENCH_VENV ?= $(if $(wildcard /work/venv/bin/python),/work/venv,$(BUILD)/venv)
+bench-venv:
+	@if $(BENCH_VENV)/bin/python -c 'import torch, transformers' 2>/dev/null; then \
+	  echo "bench-venv: $(BENCH_VENV) has torch and transformers"; \
+	else \
+	  python3 -m venv $(BUILD)/venv && \
+	  $(BUILD)/venv/bin/pip install -q --index-url https://download.pytorch.org/whl/cpu torch && \
+	  $(BUILD)/venv/bin/pip install -q transformers; \
+	fi
+
+bench: deps-bench bench-venv
 	$(MAKE) all
-	bash bench/run.sh
+	VENV=$(BENCH_VENV) bash bench/run.sh
+
+# GCC's vectorisation verdict on the loops of the hot CPU kernels (every
+# loop there should say "loop vectorized")
+VEC_KERNELS := kernels/adamw_cpu.c kernels/sumsq_cpu.c kernels/crossentropy_cpu.c kernels/elementwise_cpu.c \
+               kernels/activation_cpu.c kernels/layernorm_cpu.c kernels/rmsnorm_cpu.c
+vec-report:
+	@for f in $(VEC_KERNELS); do \
+	  $(CC) $(CFLAGS) -fopt-info-vec-optimized-missed -c $$f -o /dev/null 2>&1 | \
+	    grep -E "optimized: loop vectorized|missed: couldn't vectorize loop|missed: not vectorized: [a-z]" | sort -u; \
+	done
 
 # transformers loads our exports and gives our logits, with each version we
 # read: 4.49 (Debian's torch 1.13 + transformers from PyPI) and the current

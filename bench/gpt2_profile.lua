@@ -4,11 +4,13 @@
 -- zero_grad, each kernel's time and call count, the time outside kernels,
 -- and how many allocations missed the caching pool.
 --
---   fsdp-lua bench/gpt2_profile.lua [B] [T] [steps] [clock]
+--   fsdp-lua bench/gpt2_profile.lua [B] [T] [steps] [clock] [peak]
 --
 -- clock: 1 = wall time (default), 2 = CPU time of the process (all threads;
 -- less disturbed by other jobs on a shared machine). The wrappers cost a
--- little per call, so the step is a bit slower than in gpt2_cpu.lua.
+-- little per call, so the step is a bit slower than in gpt2_cpu.lua. Then
+-- the GEMMs by phase and shape with their rates (peak: GFLOP/s to show
+-- them against, e.g. bench/sgemm_peak.lua's with the same clock).
 local bind = require 'fsdp.ffi'
 local ffi = bind.ffi
 
@@ -18,22 +20,45 @@ local steps, clock_id = tonumber(arg[3] or 3), tonumber(arg[4] or 1)
 pcall(ffi.cdef, 'typedef struct { long tv_sec; long tv_nsec; } prof_timespec;'
                 .. 'int clock_gettime(int, prof_timespec *);')
 local ts = ffi.new('prof_timespec')
-local function now()
-   ffi.C.clock_gettime(clock_id, ts)
+local function clock(id)
+   ffi.C.clock_gettime(id, ts)
    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
+local function now() return clock(clock_id) end
 
 -- the timing proxy goes in before any module caches bind.C
 local real, spent, calls, timing = bind.C, {}, {}, false
+-- GEMMs by phase and shape: {time, flops, calls, wall time, CPU time}
+local phase, gemms = 'forward', {}
+local function gemm_flops(name, ...)
+   local args = {...}
+   if name == 'fsdp_matmul_forward_cpu' then
+      local M, N, K = args[5], args[6], args[7]
+      return 2 * M * N * K, string.format('%s %dx%dx%d%s%s', phase, M, N, K, args[8] ~= 0 and ' ta' or '',
+                                           args[9] ~= 0 and ' tb' or '')
+   elseif name == 'fsdp_matmul_backward_cpu' then
+      local M, N, K = args[7], args[8], args[9]
+      local n = (args[1] ~= nil and 1 or 0) + (args[2] ~= nil and 1 or 0)
+      return 2 * M * N * K * n, string.format('%s bwd %dx%dx%d', phase, M, N, K)
+   end
+end
 bind.C = setmetatable({}, {__index = function(proxy, name)
    local f = real[name]
    if type(f) ~= 'cdata' then return f end
    local function timed(...)
       if not timing then return f(...) end
-      local t0 = now()
+      local t0, w0, c0 = now(), clock(1), clock(2)
       local a, b = f(...)
-      spent[name] = (spent[name] or 0) + now() - t0
+      local dt = now() - t0
+      local dw, dc = clock(1) - w0, clock(2) - c0
+      spent[name] = (spent[name] or 0) + dt
       calls[name] = (calls[name] or 0) + 1
+      local fl, key = gemm_flops(name, ...)
+      if fl and fl > 0 then
+         local g = gemms[key] or {0, 0, 0, 0, 0}
+         gemms[key] = g
+         g[1], g[2], g[3], g[4], g[5] = g[1] + dt, g[2] + fl, g[3] + 1, g[4] + dw, g[5] + dc
+      end
       return a, b
    end
    rawset(proxy, name, timed)
@@ -58,8 +83,10 @@ end
 local phases = {0, 0, 0, 0}
 local function step()
    local t0 = now()
+   phase = 'forward'
    local loss = model:loss(x, y)
    local t1 = now()
+   phase = 'backward'
    fsdp.backward(loss)
    local t2 = now()
    optimizer:step(nil, clip.clip_factor(clip.global_norm(sharded), 1.0))
@@ -94,3 +121,29 @@ for _, name in ipairs(names) do
                        calls[name] / steps))
 end
 print(string.format('  %-36s %8.1f ms %6.1f%%', '(outside kernels)', ms(total - inside), 100 * (total - inside) / total))
+
+-- GEMM rates by phase and shape (against --peak / the square sgemm when given)
+local peak = tonumber(arg[5] or 0)
+local keys = {}
+for k in pairs(gemms) do keys[#keys + 1] = k end
+table.sort(keys, function(a, b) return gemms[a][1] > gemms[b][1] end)
+local by_phase = {}
+print('GEMMs by phase and shape (M x N x K as the kernel gets them):')
+for _, k in ipairs(keys) do
+   local g = gemms[k]
+   local ph = k:match('^%a+')
+   local p = by_phase[ph] or {0, 0, 0, 0}
+   by_phase[ph] = p
+   p[1], p[2], p[3], p[4] = p[1] + g[1], p[2] + g[2], p[3] + g[4], p[4] + g[5]
+   print(string.format('  %-36s %8.1f ms %8.1f GFLOP/s%s  x%d, %.2f threads busy (CPU / wall time)', k, ms(g[1]),
+                       g[2] / g[1] / 1e9, peak > 0 and string.format(' %5.1f%%', 100 * g[2] / g[1] / 1e9 / peak) or '',
+                       g[3] / steps, g[5] / g[4]))
+end
+for _, ph in ipairs({'forward', 'backward'}) do
+   local p = by_phase[ph]
+   if p then
+      print(string.format('  all %-8s GEMMs: %.1f ms, %.1f GFLOP/s%s, %.2f threads busy', ph, ms(p[1]),
+                          p[2] / p[1] / 1e9, peak > 0 and string.format(' (%.1f%% of %.0f)', 100 * p[2] / p[1] / 1e9 / peak,
+                                                                      peak) or '', p[4] / p[3]))
+   end
+end

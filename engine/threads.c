@@ -13,3 +13,7 @@ void fsdp_set_num_threads(int n) {
 }
 
 int fsdp_get_num_threads(void) { return omp_get_max_threads(); }
+
+/* the cores this process may run on (its affinity mask), whatever the
+ * thread count is set to */
+int fsdp_get_num_cores(void) { return omp_get_num_procs(); }

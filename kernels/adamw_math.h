@@ -5,7 +5,9 @@
  *   m  = b1 m + (1 - b1) g
  *   v  = b2 v + (1 - b2) g^2
  *   p -= lr * (m / bc1) / (sqrt(v / bc2) + eps),  bc1 = 1 - b1^t, bc2 = 1 - b2^t
- * The caller computes bc1 and bc2 once per step. */
+ * computed the way torch computes it: step_size = lr / bc1 and sqrt(bc2) once
+ * per step (in double on the host), then per element
+ *   p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps). */
 #ifndef FSDP_ADAMW_MATH_H
 #define FSDP_ADAMW_MATH_H
 #include <math.h>
@@ -40,16 +42,19 @@ FSDP_HD float fsdp_sqrtf_nonneg(float x) {
     return x < INFINITY ? s : x;
 }
 
-FSDP_HD void fsdp_adamw_update(float *p, float *m, float *v, float g, float lr, float beta1,
-                               float beta2, float eps, float weight_decay, float bc1, float bc2) {
+/* one element: g is the (scaled) gradient; step_size = lr / bc1,
+ * inv_sqrt_bc2 = 1 / sqrt(bc2) and decay = 1 - lr * wd come from the host
+ * (adamw_host.h), once per step and run. One division per element. */
+FSDP_HD void fsdp_adamw_update(float *p, float *m, float *v, float g, float beta1, float beta2,
+                               float eps, float decay, float step_size, float inv_sqrt_bc2) {
     /* multiply-adds spelled out (fsdp_fma), so every backend rounds alike */
     float mom = fsdp_fma(beta1, *m, (1.0f - beta1) * g);          /* first moment */
     float var = fsdp_fma(beta2, *v, (1.0f - beta2) * g * g);      /* second moment */
-    float mhat = mom / bc1;                                       /* bias corrections */
-    float vhat = var / bc2;
-    float step = lr * mhat / (fsdp_sqrtf_nonneg(vhat) + eps);
+    /* sqrt(v / bc2) + eps, as torch: sqrt(v) / sqrt(bc2) + eps */
+    float denom = fsdp_fma(fsdp_sqrtf_nonneg(var), inv_sqrt_bc2, eps);
+    float step = step_size * mom / denom;
     /* decoupled decay, then the step: p (1 - lr wd) - step */
-    *p = fsdp_fma(*p, fsdp_fma(-lr, weight_decay, 1.0f), -step);
+    *p = fsdp_fma(*p, decay, -step);
     *m = mom;
     *v = var;
 }

@@ -5,9 +5,12 @@
  * softmaxes), saves lse and writes loss = lse - logit[target]. Rows whose
  * target is ignore_index get loss 0 and no gradient; a target outside
  * [0, V) gives a NaN loss and no gradient (checked here, on the device).
- * Exponentials are exp_math.h's fsdp_expf, as in the CPU kernel. */
+ * Exponentials are exp_math.h's fsdp_expf, as in the CPU kernel. The
+ * in-place kernel (forward and backward of a chunk of the LM head at once)
+ * takes its per-element gradient from crossentropy_math.h. */
 #include "cuda_common.cuh"
 #include "exp_math.h"
+#include "crossentropy_math.h"
 
 /* ---- kernels ------------------------------------------------------------ */
 
@@ -94,6 +97,51 @@ static __global__ void crossentropy_backward_kernel(float *dlogits, const float 
     }
 }
 
+/* forward and backward of a row at once (ops.linear_cross_entropy's chunks):
+ * loss and lse as the forward kernel writes them, then the row of logits
+ * replaced by softmax - onehot(target); ignored rows become zeros. Every
+ * thread reads the target's logit before the block's reduction, whose
+ * barrier orders those reads before any write. */
+static __global__ void crossentropy_inplace_kernel(float *loss, float *lse, float *logits,
+                                                   const int32_t *targets, int V,
+                                                   int ignore_index) {
+    const int64_t row = blockIdx.x;
+    float *x = logits + row * V;
+    const int32_t t = targets[row];
+    if (t == ignore_index || t < 0 || t >= V) { /* the whole block */
+        for (int j = threadIdx.x; j < V; j += blockDim.x) x[j] = 0.0f;
+        if (threadIdx.x == 0) {
+            loss[row] = t == ignore_index ? 0.0f : NAN;
+            if (lse) lse[row] = 0.0f;
+        }
+        return;
+    }
+    const float xt = x[t];
+    /* 1. this thread's running max and sum of exp(x - max) */
+    float m = -INFINITY, s = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const float xj = x[j];
+        if (xj > m) {
+            s = fsdp_fma(s, fsdp_expf(m - xj), 1.0f);
+            m = xj;
+        } else if (!(xj == -INFINITY && m == -INFINITY)) {
+            s += fsdp_expf(xj - m);
+        }
+    }
+    /* 2. combined over the block (its barriers order the reads above
+     * before the writes below) */
+    const float row_lse = block_lse(m, s);
+    if (threadIdx.x == 0) {
+        loss[row] = row_lse - xt;
+        if (lse) lse[row] = row_lse;
+    }
+    /* 3. the row becomes its gradient */
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const float p = fsdp_crossentropy_prob(x[j], row_lse);
+        x[j] = j == t ? fsdp_crossentropy_target_grad(p) : p;
+    }
+}
+
 /* ---- launchers ---------------------------------------------------------- */
 
 /* threads per row: V rounded up to a warp, at most 1024 */
@@ -120,5 +168,15 @@ int fsdp_crossentropy_backward_cuda(float *dlogits, const float *dloss, const fl
     FSDP_CHECK_ARG(N > 0 && V > 0, "%s: N (%d) and V (%d) must be positive", fn, N, V);
     FSDP_LAUNCH(crossentropy_backward_kernel, N, row_threads(V), 0, stream, dlogits, dloss, logits,
                 lse, targets, V, ignore_index);
+    return fsdp_cuda_launched(fn);
+}
+
+int fsdp_crossentropy_inplace_cuda(float *loss, float *lse, float *logits, const int32_t *targets,
+                                   int N, int V, int ignore_index, fsdp_stream stream) {
+    const char *fn = "fsdp_crossentropy_inplace_cuda";
+    FSDP_CHECK_ARG(loss && logits && targets, "%s: loss, logits or targets is NULL", fn);
+    FSDP_CHECK_ARG(N > 0 && V > 0, "%s: N (%d) and V (%d) must be positive", fn, N, V);
+    FSDP_LAUNCH(crossentropy_inplace_kernel, N, row_threads(V), 0, stream, loss, lse, logits, targets, V,
+                ignore_index);
     return fsdp_cuda_launched(fn);
 }

@@ -2,13 +2,33 @@
  * OpenBLAS sgemm (row-major). op(a) is [M,K]: a is stored [M,K], or [K,M]
  * when trans_a. op(b) is [K,N]: b is stored [K,N], or [N,K] when trans_b. */
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
 #include "internal.h"
 
 /* columns per block when summing dout over rows for dbias */
 enum { DBIAS_BLOCK = 64 };
 
+/* Threads per product. A product of fewer than GEMM_PAR_MIN_FLOPS runs on
+ * one thread: it takes well under a millisecond there, and a second thread
+ * costs a wake-up and a join that, on a machine whose other core is busy,
+ * waits for the scheduler to give that thread a time slice (milliseconds).
+ * OpenBLAS's own cut-off (M N K <= 262144, half a MFLOP) is for idle
+ * machines. Debian's OpenBLAS is the OpenMP build: it takes OpenMP's thread
+ * count at each call, so the count is lowered around the call and restored. */
+#define GEMM_PAR_MIN_FLOPS 3.2e7
+
 static CBLAS_TRANSPOSE blas_op(int trans) { return trans ? CblasTrans : CblasNoTrans; }
+
+/* cblas_sgemm (row-major) on the threads its size deserves */
+static void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, const float *a, int lda,
+                  const float *b, int ldb, float beta, float *c, int ldc) {
+    const int nt = omp_get_max_threads();
+    const int one = nt > 1 && 2.0 * M * N * K < GEMM_PAR_MIN_FLOPS;
+    if (one) omp_set_num_threads(1);
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, 1.0f, a, lda, b, ldb, beta, c, ldc);
+    if (one) omp_set_num_threads(nt);
+}
 
 static int check_dims(const char *fn, int M, int N, int K) {
     FSDP_CHECK_ARG(M > 0, "%s: M must be > 0, got %d", fn, M);
@@ -39,8 +59,8 @@ int fsdp_matmul_forward_cpu(float *out, const float *a, const float *b, const fl
     }
 
     /* out = op(a) @ op(b) + beta * out; leading dims are the stored row lengths */
-    cblas_sgemm(CblasRowMajor, blas_op(trans_a), blas_op(trans_b), M, N, K, 1.0f,
-                a, trans_a ? M : K, b, trans_b ? K : N, beta, out, N);
+    sgemm(blas_op(trans_a), blas_op(trans_b), M, N, K, a, trans_a ? M : K, b, trans_b ? K : N, beta,
+          out, N);
     return FSDP_OK;
 }
 
@@ -59,22 +79,18 @@ int fsdp_matmul_backward_cpu(float *da, float *db, float *dbias, const float *do
      * transpose instead: da[K,M] += op(b) @ dout^T */
     if (da) {
         if (!trans_a)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, blas_op(!trans_b), M, K, N, 1.0f,
-                        dout, N, b, ldb, 1.0f, da, K);
+            sgemm(CblasNoTrans, blas_op(!trans_b), M, K, N, dout, N, b, ldb, 1.0f, da, K);
         else
-            cblas_sgemm(CblasRowMajor, blas_op(trans_b), CblasTrans, K, M, N, 1.0f,
-                        b, ldb, dout, N, 1.0f, da, M);
+            sgemm(blas_op(trans_b), CblasTrans, K, M, N, b, ldb, dout, N, 1.0f, da, M);
     }
 
     /* d op(b) = op(a)^T @ dout, [K,N]; when b is stored transposed, write
      * db[N,K] += dout^T @ op(a) */
     if (db) {
         if (!trans_b)
-            cblas_sgemm(CblasRowMajor, blas_op(!trans_a), CblasNoTrans, K, N, M, 1.0f,
-                        a, lda, dout, N, 1.0f, db, N);
+            sgemm(blas_op(!trans_a), CblasNoTrans, K, N, M, a, lda, dout, N, 1.0f, db, N);
         else
-            cblas_sgemm(CblasRowMajor, CblasTrans, blas_op(trans_a), N, K, M, 1.0f,
-                        dout, N, a, lda, 1.0f, db, K);
+            sgemm(CblasTrans, blas_op(trans_a), N, K, M, dout, N, a, lda, 1.0f, db, K);
     }
 
     /* dbias += column sums of dout; each thread owns a block of columns and

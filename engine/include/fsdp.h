@@ -54,6 +54,8 @@ void fsdp_clear_error(void);
 /* one threading runtime: sets OpenMP's and OpenBLAS's thread counts together */
 void fsdp_set_num_threads(int n);
 int fsdp_get_num_threads(void);
+/* the cores this process may run on (its CPU affinity mask) */
+int fsdp_get_num_cores(void);
 
 /* ---- signals (engine/signals.c) ----------------------------------------- *
  * The library never calls back into Lua: a handler only records the signal,
@@ -291,6 +293,12 @@ int fsdp_crossentropy_forward_cpu(float *loss, float *lse, const float *logits,
 int fsdp_crossentropy_backward_cpu(float *dlogits, const float *dloss, const float *logits,
                                    const float *lse, const int32_t *targets, int N, int V,
                                    int ignore_index);
+/* Forward and backward of N rows in one call (a chunk of the LM head in
+ * ops.linear_cross_entropy): loss[n] as the forward writes it, lse[n] too
+ * when lse is not NULL, and each row of logits replaced by its unscaled
+ * gradient softmax - onehot(target) (all zeros, loss 0, for ignore_index). */
+int fsdp_crossentropy_inplace_cpu(float *loss, float *lse, float *logits, const int32_t *targets,
+                                  int N, int V, int ignore_index);
 
 /* Fused AdamW step over a flat f32 segment. g is multiplied by grad_scale
  * first (clipping and loss-scale unscaling fold in here). step t >= 1 is used
@@ -298,9 +306,19 @@ int fsdp_crossentropy_backward_cpu(float *dlogits, const float *dloss, const flo
 int fsdp_adamw_cpu(float *param, float *m, float *v, const float *grad, int64_t n,
                    float lr, float beta1, float beta2, float eps, float weight_decay,
                    float grad_scale, int64_t t);
+/* The same step over a whole slice of n elements in one pass: the elements
+ * inside the ndecay runs decay[2r] .. decay[2r+1] (in order, disjoint, in
+ * [0, n]) take weight_decay, the others none (norms and biases). */
+int fsdp_adamw_runs_cpu(float *param, float *m, float *v, const float *grad, int64_t n,
+                        const int64_t *decay, int ndecay, float lr, float beta1, float beta2,
+                        float eps, float weight_decay, float grad_scale, int64_t t);
 /* sum of squares in double (global norm = sqrt of the sum over segments and
  * ranks); a NaN or inf element makes the result non-finite */
 double fsdp_sumsq_cpu(const float *x, int64_t n);
+/* y += alpha * x (as fsdp_axpy_cpu) and *sumsq = the sum of squares of the
+ * new y, in the same pass and with fsdp_sumsq_cpu's bits: a gradient slice
+ * gets its share of the global norm where it is finalised */
+int fsdp_axpy_sumsq_cpu(double *sumsq, float *y, float alpha, const float *x, int64_t n);
 
 /* ---- collectives (engine/comm.c) ---------------------------------------- *
  * One interface over several engines: MPI for host tensors (and bootstrap),
@@ -611,9 +629,15 @@ int fsdp_crossentropy_forward_cuda(float *loss, float *lse, const float *logits,
 int fsdp_crossentropy_backward_cuda(float *dlogits, const float *dloss, const float *logits,
                                     const float *lse, const int32_t *targets, int N, int V,
                                     int ignore_index, fsdp_stream stream);
+int fsdp_crossentropy_inplace_cuda(float *loss, float *lse, float *logits, const int32_t *targets,
+                                   int N, int V, int ignore_index, fsdp_stream stream);
 int fsdp_adamw_cuda(float *param, float *m, float *v, const float *grad, int64_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                     int64_t t, fsdp_stream stream);
+int fsdp_adamw_runs_cuda(float *param, float *m, float *v, const float *grad, int64_t n,
+                         const int64_t *decay, int ndecay, float lr, float beta1, float beta2,
+                         float eps, float weight_decay, float grad_scale, int64_t t,
+                         fsdp_stream stream); /* decay: host memory */
 /* *out (device memory) = sum of x[i]^2 in double */
 int fsdp_sumsq_cuda(double *out, const float *x, int64_t n, fsdp_stream stream);
 /* *out (device memory, f32) = sum of x[i], accumulated in double in a fixed

@@ -1,6 +1,7 @@
 -- fsdp.autograd: a tape of backward closures, recorded by ops in forward
 -- order and run in reverse by backward(). Gradients accumulate into t.grad,
--- which is created (zero) on first use; op results are step temporaries and
+-- which is created (zero) on first use, or left unfilled when the op's
+-- kernel writes all of it (write_grad); op results are step temporaries and
 -- so are their grads.
 --
 -- Activation checkpointing: checkpoint(fn, x) runs fn without recording and
@@ -52,6 +53,21 @@ function M.grad_of(t)
       t.grad = g
    end
    return g
+end
+
+-- the gradient buffer of t for a kernel that writes every element of it:
+-- when t has none yet it is allocated without the zero fill and the kernel
+-- writes (accumulate = 0), else it adds into t's buffer (accumulate = 1).
+-- f(ptr, accumulate) runs the kernel and returns its status; a fresh buffer
+-- is dropped again when it fails. Returns the status.
+function M.write_grad(t, f)
+   local g = t.grad
+   if g then return f(g:ptr(), 1) end
+   g = T.empty(t.shape, 'f32', t._temp ~= nil, t.device)
+   t.grad = g
+   local rc = f(g:ptr(), 0)
+   if rc ~= 0 then t.grad = nil; g:free() end
+   return rc
 end
 
 -- pointer to t's grad when t requires grad, else nil (kernels skip NULL)

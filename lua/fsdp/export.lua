@@ -30,6 +30,7 @@ M.options = {
    {'config_layout', 'auto', "config.json as transformers '4' (rope_theta, rope_scaling, torch_dtype) or '5' " ..
     "(rope_parameters, dtype) writes it; auto: the layout the model came in, 5 for a model from scratch",
     choices = {'auto', '4', '5'}},
+   require('fsdp.threads').option,
 }
 
 local TOKENIZER_FILES = {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
@@ -237,6 +238,7 @@ function M.main(args)
    if #positional ~= 2 then
       error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]', 0)
    end
+   require('fsdp.threads').setup(opt.threads)
    local dir, out = positional[1], positional[2]
    local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
    if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end

@@ -8,6 +8,8 @@ local args = {}
 for i = 1, #arg do args[i] = arg[i] end
 
 local root = FSDP_ROOT
+-- the OpenMP wait policy, which libgomp reads when libfsdp loads it
+require('fsdp.threads').before_load()
 
 local function exists(path)
    local f = io.open(path, 'r')

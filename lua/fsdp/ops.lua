@@ -11,6 +11,7 @@ local ffi, check = bind.ffi, bind.check
 
 local M = {}
 local needs, record, grad_of, gp = AG.needs_grad, AG.record, AG.grad_of, AG.grad_ptr
+local write_grad = AG.write_grad
 local shape_str = T.shape_str
 local NULL = nil
 
@@ -82,8 +83,22 @@ function M.linear(x, w, b)
       record(function()
          local g = out.grad
          if not g then return end
-         check(Kn.matmul_backward(gp(x), gp(w), gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
-               'linear backward')
+         -- dx = g @ w and dw (+)= g^T @ x as products that write a fresh
+         -- gradient instead of adding to a zero-filled one
+         if x.requires_grad then
+            check(write_grad(x, function(dx, acc)
+               return Kn.matmul_forward(dx, g:ptr(), w:ptr(), NULL, rows, K, N, 0, 0, acc)
+            end), 'linear backward')
+         end
+         if w.requires_grad then
+            check(write_grad(w, function(dw, acc)
+               return Kn.matmul_forward(dw, g:ptr(), x:ptr(), NULL, N, K, rows, 1, 0, acc)
+            end), 'linear backward')
+         end
+         if b and b.requires_grad then
+            check(Kn.matmul_backward(NULL, NULL, gp(b), g:ptr(), x:ptr(), w:ptr(), rows, N, K, 0, 1),
+                  'linear backward')
+         end
       end)
    end
    return out
@@ -513,6 +528,114 @@ function M.cross_entropy(logits, targets, ignore_index, denominator)
                                'cross_entropy backward')
          dloss:free()
          if not ok then error(err, 0) end
+      end)
+   end
+   return out
+end
+
+
+-- bytes of logits one chunk of linear_cross_entropy may hold (the default
+-- chunk is as many rows as fit)
+M.LINEAR_CE_CHUNK_BYTES = 128 * 2^20
+
+-- The LM head and its loss without the [rows, vocab] logits: the mean
+-- cross-entropy of x[..., C] @ weight[V, C]^T against targets over the rows
+-- whose target is not ignore_index, the same number as
+-- cross_entropy(linear(x, weight), targets, ignore_index). The head's GEMM
+-- and the loss run opts.chunk_rows rows at a time (default: the rows whose
+-- logits fit in LINEAR_CE_CHUNK_BYTES). With a gradient wanted, each chunk's
+-- backward runs right after its forward: the chunk of logits becomes its
+-- gradient in place (softmax - onehot), goes into dx's rows (a GEMM) and
+-- into dweight (a GEMM adding over the chunks), so backward only scales by
+-- d loss / count. Three GEMMs, as unfused; memory: one chunk of logits, dx
+-- [rows, C] and dweight [V, C] instead of logits and their gradient. Under
+-- fsdp.shard, call it where the head's linear was, inside the model's
+-- forward: a sharded unit's parameter gradients are bound only while that
+-- unit's backward runs.
+function M.linear_cross_entropy(x, weight, targets, ignore_index, opts)
+   local op = 'linear_cross_entropy'
+   want_f32(op, 'input', x); want_f32(op, 'weight', weight); want_i32(op, 'targets', targets)
+   if not targets:is_contiguous() then fail(op, 'targets must be contiguous') end
+   local Cc = x.shape[#x.shape]
+   if #weight.shape ~= 2 or weight.shape[2] ~= Cc then
+      fail(op, 'input %s has %d features but the weight is %s (vocab, features)', shape_str(x.shape), Cc,
+           shape_str(weight.shape))
+   end
+   local V, N = weight.shape[1], x:numel() / Cc
+   if targets:numel() ~= N then
+      fail(op, 'input %s has %d rows but targets %s have %d', shape_str(x.shape), N, shape_str(targets.shape),
+           targets:numel())
+   end
+   ignore_index = ignore_index or -100
+   opts = opts or {}
+   local R = opts.chunk_rows or math.max(1, math.floor(M.LINEAR_CE_CHUNK_BYTES / (4 * V)))
+   if type(R) ~= 'number' or R < 1 or R ~= math.floor(R) then
+      fail(op, 'chunk_rows must be a positive integer, got %s', tostring(opts.chunk_rows))
+   end
+   R = math.min(R, N)
+   local K, dev = kern(op, x, weight, targets)
+   -- targets checked and counted on the host (a device copy comes back)
+   local ht = targets:cpu()
+   local tp, count = ht:ptr(), 0
+   for i = 0, N - 1 do
+      local t = tp[i]
+      if t ~= ignore_index then
+         if t < 0 or t >= V then
+            if ht ~= targets then ht:free() end
+            fail(op, 'targets[%d] = %d is outside [0, %d) and is not ignore_index (%d)', i, t, V, ignore_index)
+         end
+         count = count + 1
+      end
+   end
+   if ht ~= targets then ht:free() end
+   local grad = needs(x, weight)
+   local losses = out_like({N}, dev)
+   local dx = grad and x.requires_grad and out_like(x.shape, dev) or nil
+   local dw = grad and weight.requires_grad and out_like(weight.shape, dev) or nil
+   local buf = T.empty({R, V}, 'f32', false, dev)
+   local lse = not grad and T.empty({R}, 'f32', false, dev) or nil
+   local xp, wp, tgt, lp, bp = x:ptr(), weight:ptr(), targets:ptr(), losses:ptr(), buf:ptr()
+   local ok, err = pcall(function()
+      for r0 = 0, N - 1, R do
+         local r = math.min(R, N - r0)
+         -- logits of rows [r0, r0 + r): x_c @ weight^T -> buf [r, V]
+         check(K.matmul_forward(bp, xp + r0 * Cc, wp, NULL, r, V, Cc, 0, 1, 0), op)
+         if grad then
+            -- the losses, and buf becomes d loss_row / d logits
+            check(K.crossentropy_inplace(lp + r0, NULL, bp, tgt + r0, r, V, ignore_index), op)
+            -- dx rows = buf @ weight: [r, V] @ [V, C]
+            if dx then check(K.matmul_forward(dx:ptr() + r0 * Cc, bp, wp, NULL, r, Cc, V, 0, 0, 0), op) end
+            -- dweight (+)= buf^T @ x_c: [V, r] @ [r, C], written by the first chunk
+            if dw then check(K.matmul_forward(dw:ptr(), bp, xp + r0 * Cc, NULL, V, Cc, r, 1, 0, r0 > 0 and 1 or 0), op) end
+         else
+            check(K.crossentropy_forward(lp + r0, lse:ptr(), bp, tgt + r0, r, V, ignore_index), op)
+         end
+      end
+   end)
+   buf:free()
+   if lse then lse:free() end
+   if not ok then error(err, 0) end
+   -- the mean over the counted rows, on the host (N numbers)
+   local hl = losses:cpu()
+   local hp, total = hl:ptr(), 0
+   for i = 0, N - 1 do total = total + hp[i] end -- ignored rows hold 0
+   if hl ~= losses then hl:free() end
+   local out = out_like({1}, dev)
+   out:fill(count > 0 and total / count or 0)
+   if result(out, x, weight) then
+      record(function()
+         if not out.grad or count == 0 then return end
+         local s = out.grad:item() / count
+         if dx then
+            if not x.grad and x._temp ~= nil then
+               -- first gradient of a step temporary: the buffer becomes it
+               check(K.scale(dx:ptr(), s, dx:ptr(), dx:numel()), op .. ' backward')
+               x.grad, dx = dx, nil
+            else
+               check(K.axpy(grad_of(x):ptr(), s, dx:ptr(), dx:numel()), op .. ' backward')
+            end
+         end
+         if dw then check(K.axpy(grad_of(weight):ptr(), s, dw:ptr(), dw:numel()), op .. ' backward') end
       end)
    end
    return out

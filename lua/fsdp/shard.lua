@@ -171,6 +171,7 @@ function FlatParam:gather(async)
 end
 
 local clock = require('fsdp.run').now
+local sq_out = require('fsdp.ffi').ffi.new('double[1]') -- fsdp_axpy_sumsq_cpu's result
 
 -- waits for a collective, adding the time to the owner's comm_wait
 local function timed_wait(owner, pending)
@@ -196,6 +197,7 @@ end
 -- before the unit's backward: parameters gathered, gradient views bound
 function FlatParam:pre_backward()
    self:wait_gather()
+   if self.resident then self.grad_sq = nil end -- its gradient changes now
    if not self.resident and not self.full_grad then
       self.full_grad = T.zeros({self.padded}, 'f32', nil, self.owner.device)
       self:bind_grads(self.full_grad)
@@ -207,13 +209,19 @@ function FlatParam:post_backward()
    local o = self.owner
    self:free_full()
    if not o.sync then return end -- accumulating: keep full_grad for the next micro-batch
+   -- the gradient slice's share of the global norm, taken where the slice
+   -- is final (clipping then reads grad_sq instead of passing over it again)
+   if self.resident and not o.replicate_group and self.grad_shard.device < 0 then
+      self.grad_sq = self.grad_shard:sumsq()
+   end
    if self.group_size == 1 and o.offload then
       -- unsharded and offloaded: the gradient comes down and is added on the host
       local full_grad = self.full_grad
       self.full_grad = nil
       unbind(self, 'grad')
       local h = full_grad:cpu()
-      check(kernels.cpu.axpy(self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'offload')
+      check(kernels.cpu.axpy_sumsq(sq_out, self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'offload')
+      if not o.replicate_group then self.grad_sq = sq_out[0] end
       h:free(); full_grad:free()
    end
    if self.group_size == 1 then
@@ -237,11 +245,19 @@ function FlatParam:post_backward()
       local K = kernels.for_device(self.grad_shard.device)
       local r = rd == 'f32' and recv or recv:clone('f32')
       local h = r:to_device(self.grad_shard.device) -- offloaded: the slice comes down
-      check(K.axpy(self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'reduce-scatter')
+      if h.device < 0 then -- on the host: add and take the norm's share in one pass
+         check(kernels.cpu.axpy_sumsq(sq_out, self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'reduce-scatter')
+         self.grad_sq = sq_out[0]
+      else
+         check(K.axpy(self.grad_shard:ptr(), 1, h:ptr(), self.shard_size), 'reduce-scatter')
+      end
       if h ~= r then h:free() end
       if r ~= recv then r:free() end
       send:free(); recv:free()
-      if o.replicate_group then o.replicate_group:all_reduce(self.grad_shard, 'avg') end
+      if o.replicate_group then
+         o.replicate_group:all_reduce(self.grad_shard, 'avg')
+         self.grad_sq = h.device < 0 and self.grad_shard:sumsq() or nil
+      end
    end)
 end
 
@@ -424,13 +440,13 @@ end
 function Sharded:set_sync(flag) self.sync = flag end
 
 function Sharded:zero_grad()
-   for _, u in ipairs(self.units) do u.grad_shard:zero() end
+   for _, u in ipairs(self.units) do u.grad_shard:zero(); u.grad_sq = nil end
 end
 
 -- sum of squares of the whole model's gradient (over the shard group)
 function Sharded:grad_sumsq()
-   local s = 0
-   for _, u in ipairs(self.units) do s = s + u.grad_shard:sumsq() end
+   local s = 0 -- a unit's share is mostly taken where its gradient was finalised (grad_sq)
+   for _, u in ipairs(self.units) do s = s + (u.grad_sq or u.grad_shard:sumsq()) end
    if self.shard_group then s = self.shard_group:sum_number(s) end
    return s
 end

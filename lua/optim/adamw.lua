@@ -1,13 +1,30 @@
--- AdamW over flat parameter shards (torch.optim.AdamW's update), one fused
--- kernel call per contiguous run of elements with the same weight decay.
--- State: exp_avg / exp_avg_sq shards, allocated once; the step count.
+-- AdamW over flat parameter shards (torch.optim.AdamW's update): one fused
+-- kernel call per unit slice, reading each element's gradient, parameter
+-- and moments once (fsdp_adamw_runs_*: the slice's matrices take weight
+-- decay, its norms and biases none). State: exp_avg / exp_avg_sq shards,
+-- allocated once; the step count.
 local bind = require 'fsdp.ffi'
 local T = require 'fsdp.tensor'
 local kernels = require 'fsdp.kernels'
-local C, check = bind.C, bind.check
+local ffi, check = bind.ffi, bind.check
 
 local AdamW = {}
 AdamW.__index = AdamW
+
+-- the slice's weight-decay runs as int64 pairs [start, end), neighbours merged
+local function decay_runs(u)
+   local runs = {}
+   for _, s in ipairs(u:segments()) do
+      if s.decay then
+         local last = runs[#runs]
+         if last and last[2] == s.offset then last[2] = s.offset + s.numel
+         else runs[#runs + 1] = {s.offset, s.offset + s.numel} end
+      end
+   end
+   local arr = ffi.new('int64_t[?]', math.max(1, 2 * #runs))
+   for i, r in ipairs(runs) do arr[2 * i - 2], arr[2 * i - 1] = r[1], r[2] end
+   return arr, #runs
+end
 
 -- sharded: the result of fsdp.shard; opts: lr, betas, eps, weight_decay
 function AdamW.new(sharded, opts)
@@ -22,18 +39,9 @@ function AdamW.new(sharded, opts)
       groups = {},
    }, AdamW)
    for _, u in ipairs(sharded.units) do
-      -- merge neighbouring segments that share the decay setting
-      local runs = {}
-      for _, s in ipairs(u:segments()) do
-         local last = runs[#runs]
-         if last and last.decay == s.decay and last.offset + last.numel == s.offset then
-            last.numel = last.numel + s.numel
-         else
-            runs[#runs + 1] = {offset = s.offset, numel = s.numel, decay = s.decay}
-         end
-      end
+      local decay, ndecay = decay_runs(u)
       self.groups[#self.groups + 1] = {
-         unit = u, runs = runs,
+         unit = u, decay = decay, ndecay = ndecay,
          exp_avg = T.zeros({u.shard_size}, 'f32', nil, u.shard.device),
          exp_avg_sq = T.zeros({u.shard_size}, 'f32', nil, u.shard.device),
       }
@@ -47,14 +55,11 @@ function AdamW:step(lr, grad_scale)
    lr = lr or self.lr
    self.t = self.t + 1
    for _, g in ipairs(self.groups) do
-      local p, gr = g.unit.shard:ptr(), g.unit.grad_shard:ptr()
-      local m, v = g.exp_avg:ptr(), g.exp_avg_sq:ptr()
-      local K = kernels.of(g.unit.shard)
-      for _, r in ipairs(g.runs) do
-         local o = r.offset
-         check(K.adamw(p + o, m + o, v + o, gr + o, r.numel, lr, self.beta1, self.beta2, self.eps,
-                                r.decay and self.weight_decay or 0, grad_scale or 1, self.t), 'adamw')
-      end
+      local u = g.unit
+      check(kernels.of(u.shard).adamw_runs(u.shard:ptr(), g.exp_avg:ptr(), g.exp_avg_sq:ptr(),
+                                           u.grad_shard:ptr(), u.shard_size, g.decay, g.ndecay, lr,
+                                           self.beta1, self.beta2, self.eps, self.weight_decay,
+                                           grad_scale or 1, self.t), 'adamw')
    end
 end
 

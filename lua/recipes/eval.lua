@@ -24,9 +24,11 @@ local opt = fsdp.options('recipes/eval.lua', {
    {'strategy', 'full', 'sharding over the ranks', choices = {'full', 'grad_op', 'none'}},
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto',
     check = fsdp.cli.checks.device},
+   require('fsdp.threads').option,
 }, arg)
 
 dist.init()
+require('fsdp.threads').setup(opt.threads)
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 if opt.data == '' then error('give --data', 0) end
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,

@@ -31,9 +31,11 @@ local opt = fsdp.options('recipes/generate.lua', {
    {'seed', 1337, 'random seed', type = 'integer', min = 0},
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto',
     check = fsdp.cli.checks.device},
+   require('fsdp.threads').option,
 }, arg)
 
 dist.init()
+require('fsdp.threads').setup(opt.threads)
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
                                                        device, {generation = true})

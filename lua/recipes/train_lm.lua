@@ -224,10 +224,7 @@ local function recipe(defaults)
    function R.run(opt)
       dist.init()
       local rank, world = dist.rank, dist.world_size
-      if opt.threads > 0 then fsdp.set_num_threads(opt.threads)
-      elseif not os.getenv('OMP_NUM_THREADS') then
-         fsdp.set_num_threads(math.max(1, math.floor(fsdp.get_num_threads() / dist.local_world_size)))
-      end
+      require('fsdp.threads').setup(opt.threads)
       local dev = require('fsdp.device').get(opt.device, dist.local_rank, rank)
       local device = dev.index -- -1: the host
       -- PyTorch FSDP's MixedPrecision(param_dtype=bf16) computes in bf16: so do the

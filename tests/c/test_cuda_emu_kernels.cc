@@ -290,6 +290,15 @@ static void test_crossentropy() {
         CHECK_OK(fsdp_crossentropy_backward_cuda(dg.data(), dloss.data(), logits.data(), sc.data(), t.data(),
                                                  s.N, s.V, -100, nullptr), "crossentropy backward");
         CHECK_BITS("crossentropy backward", dg, dc);
+        /* forward and backward in place (the chunked LM head) */
+        vec ic = logits, ig = logits, il(s.N), ilg(s.N), is(s.N), isg(s.N);
+        CHECK_OK(fsdp_crossentropy_inplace_cpu(il.data(), is.data(), ic.data(), t.data(), s.N, s.V, -100),
+                 "ce inplace cpu");
+        CHECK_OK(fsdp_crossentropy_inplace_cuda(ilg.data(), isg.data(), ig.data(), t.data(), s.N, s.V, -100,
+                                                nullptr), "crossentropy inplace");
+        CLOSE("crossentropy inplace loss", ilg, il, 1e-5, 1e-5);
+        CLOSE("crossentropy inplace lse", isg, is, 1e-6, 1e-6);
+        CLOSE("crossentropy inplace grad", ig, ic, 1e-5, 1e-6);
     }
     /* a target out of range: NaN loss on the device, no gradient */
     vec logits = uniform(2 * 10), loss(2), lse(2), d(20, 0.0f), dl(2, 1.0f);
@@ -319,6 +328,25 @@ static void test_adamw() {
         CHECK_BITS("adamw param", pg, pc);
         CHECK_BITS("adamw m", mg, mc);
         CHECK_BITS("adamw v", vg, vc);
+    }
+    /* a slice of decayed and undecayed runs in one call */
+    {
+        const long n = 3001;
+        const int64_t decay[] = {0, 7, 100, 2000, 2500, 3001};
+        vec p = uniform(n), m = uniform(n, -0.1f, 0.1f), v = uniform(n, 0, 0.01f), g = uniform(n);
+        vec pc = p, mc = m, vc = v, pg = p, mg = m, vg = v;
+        for (int64_t t = 1; t <= 2; t++) {
+            CHECK_OK(fsdp_adamw_runs_cpu(pc.data(), mc.data(), vc.data(), g.data(), n, decay, 3, 1e-3f, 0.9f,
+                                         0.95f, 1e-8f, 0.1f, 0.5f, t), "adamw_runs cpu");
+            CHECK_OK(fsdp_adamw_runs_cuda(pg.data(), mg.data(), vg.data(), g.data(), n, decay, 3, 1e-3f, 0.9f,
+                                          0.95f, 1e-8f, 0.1f, 0.5f, t, nullptr), "adamw_runs");
+        }
+        CHECK_BITS("adamw_runs param", pg, pc);
+        CHECK_BITS("adamw_runs m", mg, mc);
+        CHECK_BITS("adamw_runs v", vg, vc);
+        const int64_t bad[] = {5, 4};
+        CHECK(fsdp_adamw_runs_cuda(pg.data(), mg.data(), vg.data(), g.data(), n, bad, 1, 1e-3f, 0.9f, 0.95f,
+                                   1e-8f, 0.1f, 0.5f, 1, nullptr) == FSDP_ERR_INVALID, "a reversed run accepted");
     }
     vec z(4);
     CHECK(fsdp_adamw_cuda(z.data(), z.data(), z.data(), z.data(), 4, 1e-3f, 0.9f, 0.95f, 1e-8f, 0, 1, 0,

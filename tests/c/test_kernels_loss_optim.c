@@ -23,6 +23,12 @@ static void expect_error(int rc, const char *needle, const char *what) {
           fsdp_last_error(), needle);
 }
 
+/* a buffer for argument checks that fail before any element is touched */
+static float *p_dummy(void) {
+    static float buf[64];
+    return buf;
+}
+
 /* ---- cross-entropy -------------------------------------------------------- */
 
 enum { IGNORE = -100 };
@@ -110,6 +116,35 @@ static void test_crossentropy_small(void) {
     free(dlogits);
 }
 
+/* forward and backward in place (the chunked LM head's kernel): the loss
+ * and lse of the forward kernel and the gradient of the backward kernel with
+ * dloss = 1, to the bit; ignored rows all zeros */
+static void test_crossentropy_inplace(void) {
+    const int N = 9, V = 3001;
+    float *logits = randn((int64_t)N * V, 4.0f);
+    int32_t targets[9] = {0, IGNORE, 3000, 17, 17, IGNORE, 5, 2999, 1};
+    float loss[9], lse[9], ref_loss[9], ref_lse[9], ones[9];
+    for (int n = 0; n < N; n++) ones[n] = 1.0f;
+    float *dref = calloc((size_t)N * V, sizeof(float));
+    CHECK(fsdp_crossentropy_forward_cpu(ref_loss, ref_lse, logits, targets, N, V, IGNORE) == FSDP_OK, "fwd");
+    CHECK(fsdp_crossentropy_backward_cpu(dref, ones, logits, ref_lse, targets, N, V, IGNORE) == FSDP_OK, "bwd");
+    CHECK(fsdp_crossentropy_inplace_cpu(loss, lse, logits, targets, N, V, IGNORE) == FSDP_OK,
+          "crossentropy inplace: %s", fsdp_last_error());
+    CHECK(memcmp(loss, ref_loss, sizeof loss) == 0, "inplace loss differs from the forward kernel's");
+    int lse_same = 1;
+    for (int n = 0; n < N; n++) lse_same &= targets[n] == IGNORE || lse[n] == ref_lse[n];
+    CHECK(lse_same, "inplace lse differs from the forward kernel's");
+    CHECK(memcmp(logits, dref, (size_t)N * V * sizeof(float)) == 0,
+          "inplace gradient differs from the backward kernel's with dloss = 1");
+    /* lse is optional */
+    float *again = randn((int64_t)N * V, 4.0f);
+    CHECK(fsdp_crossentropy_inplace_cpu(loss, NULL, again, targets, N, V, IGNORE) == FSDP_OK, "NULL lse");
+    int32_t bad[9] = {0, IGNORE, 3001, 17, 17, IGNORE, 5, 2999, 1};
+    expect_error(fsdp_crossentropy_inplace_cpu(loss, lse, again, bad, N, V, IGNORE), "targets[2] = 3001",
+                 "target == V");
+    free(logits); free(dref); free(again);
+}
+
 /* GPT-2's vocabulary: forward vs reference, backward vs the closed form */
 static void test_crossentropy_gpt2_vocab(void) {
     const int N = 3, V = 50257;
@@ -178,6 +213,55 @@ static void test_adamw(void) {
     free(p); free(m); free(v); free(rp); free(rm); free(rv); free(fp); free(fm); free(fv);
 }
 
+/* fsdp_adamw_runs_cpu over a slice of decayed and undecayed runs gives the
+ * bits of one fsdp_adamw_cpu call per run, at 1 and 2 threads, with runs that
+ * start and end anywhere (thread blocks split them) */
+static void test_adamw_runs(void) {
+    const int64_t n = 100003;
+    const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.7f;
+    const int64_t decay[] = {0, 5, 17, 40000, 40001, 40002, 50000, 99999};
+    const int ndecay = 4;
+    float *g = randn(n, 1.0f);
+    for (int threads = 1; threads <= 2; threads++) {
+        float *p = randn(n, 1.0f), *m = randn(n, 0.1f), *v = randn(n, 0.1f);
+        for (int64_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+        float *p2 = malloc(n * sizeof(float)), *m2 = malloc(n * sizeof(float)), *v2 = malloc(n * sizeof(float));
+        memcpy(p2, p, n * sizeof(float)); memcpy(m2, m, n * sizeof(float)); memcpy(v2, v, n * sizeof(float));
+        int max_threads = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        for (int step = 1; step <= 2; step++) {
+            CHECK(fsdp_adamw_runs_cpu(p, m, v, g, n, decay, ndecay, lr, b1, b2, eps, wd, gs, step) == FSDP_OK,
+                  "adamw_runs: %s", fsdp_last_error());
+            int64_t at = 0;
+            for (int r = 0; r <= ndecay; r++) {
+                int64_t a = r < ndecay ? decay[2 * r] : n, b = r < ndecay ? decay[2 * r + 1] : n;
+                if (a > at) fsdp_adamw_cpu(p2 + at, m2 + at, v2 + at, g + at, a - at, lr, b1, b2, eps, 0.0f, gs, step);
+                if (b > a) fsdp_adamw_cpu(p2 + a, m2 + a, v2 + a, g + a, b - a, lr, b1, b2, eps, wd, gs, step);
+                at = b;
+            }
+        }
+        omp_set_num_threads(max_threads);
+        CHECK(memcmp(p, p2, n * sizeof(float)) == 0, "adamw_runs param differs from per-run calls (%d threads)", threads);
+        CHECK(memcmp(m, m2, n * sizeof(float)) == 0, "adamw_runs m differs (%d threads)", threads);
+        CHECK(memcmp(v, v2, n * sizeof(float)) == 0, "adamw_runs v differs (%d threads)", threads);
+        free(p); free(m); free(v); free(p2); free(m2); free(v2);
+    }
+    /* a decayed element really decays: with g = 0 and fresh moments only the decay acts */
+    float one[2] = {1.0f, 1.0f}, zm[2] = {0}, zv[2] = {0}, zg[2] = {0};
+    const int64_t first[] = {0, 1};
+    CHECK(fsdp_adamw_runs_cpu(one, zm, zv, zg, 2, first, 1, 0.5f, b1, b2, eps, 0.1f, 1.0f, 1) == FSDP_OK, "runs");
+    CHECK(one[0] == 1.0f - 0.5f * 0.1f && one[1] == 1.0f, "decay applied to %g %g", one[0], one[1]);
+    const int64_t bad[] = {10, 20, 15, 30};
+    expect_error(fsdp_adamw_runs_cpu(p_dummy(), p_dummy(), p_dummy(), p_dummy(), 40, bad, 2, lr, b1, b2, eps,
+                                     wd, gs, 1), "decay run 1", "overlapping runs");
+    const int64_t past[] = {10, 41};
+    expect_error(fsdp_adamw_runs_cpu(p_dummy(), p_dummy(), p_dummy(), p_dummy(), 40, past, 1, lr, b1, b2, eps,
+                                     wd, gs, 1), "outside [0, 40)", "a run past the end");
+    expect_error(fsdp_adamw_runs_cpu(p_dummy(), p_dummy(), p_dummy(), p_dummy(), 40, NULL, 1, lr, b1, b2, eps,
+                                     wd, gs, 1), "decay is NULL", "NULL runs");
+    free(g);
+}
+
 /* ---- sum of squares ------------------------------------------------------- */
 
 static void test_sumsq(void) {
@@ -207,6 +291,21 @@ static void test_sumsq(void) {
     CHECK(isinf(fsdp_sumsq_cpu(x, n)), "sumsq: an inf must give inf");
     x[n - 7] = saved;
 
+    /* y += a x with the norm's share in one pass: the bits of fsdp_axpy_cpu
+     * followed by fsdp_sumsq_cpu */
+    float *y = randn(n, 1.0f), *y2 = malloc(n * sizeof(float));
+    memcpy(y2, y, n * sizeof(float));
+    double fused = -1;
+    CHECK(fsdp_axpy_sumsq_cpu(&fused, y, 0.5f, x, n) == FSDP_OK, "axpy_sumsq: %s", fsdp_last_error());
+    fsdp_axpy_cpu(y2, 0.5f, x, n);
+    double apart = fsdp_sumsq_cpu(y2, n);
+    CHECK(memcmp(y, y2, n * sizeof(float)) == 0, "axpy_sumsq: y differs from fsdp_axpy_cpu's");
+    CHECK(memcmp(&fused, &apart, sizeof fused) == 0, "axpy_sumsq %.17g, apart %.17g", fused, apart);
+    CHECK(fsdp_axpy_sumsq_cpu(&fused, y, 1.0f, x, 0) == FSDP_OK && fused == 0.0, "axpy_sumsq of nothing");
+    expect_error(fsdp_axpy_sumsq_cpu(NULL, y, 1.0f, x, n), "sumsq is NULL", "NULL result");
+    expect_error(fsdp_axpy_sumsq_cpu(&fused, y, 1.0f, NULL, n), "fsdp_axpy_sumsq_cpu", "NULL x");
+    free(y); free(y2);
+
     /* bad arguments: NaN and a message */
     CHECK(isnan(fsdp_sumsq_cpu(x, -1)), "sumsq of n = -1 must be NaN");
     CHECK(strstr(fsdp_last_error(), "fsdp_sumsq_cpu") != NULL, "sumsq error message: '%s'",
@@ -218,7 +317,9 @@ int main(void) {
     fsdp_rng_seed(&rng, 42);
     test_crossentropy_small();
     test_crossentropy_gpt2_vocab();
+    test_crossentropy_inplace();
     test_adamw();
+    test_adamw_runs();
     test_sumsq();
     return check_exit("test_kernels_loss_optim");
 }

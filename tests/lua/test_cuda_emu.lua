@@ -128,6 +128,9 @@ do
    local tg = fsdp.from_table({0, 3, -100, 9, 2, 2}, {2, 3}, 'i32')
    tg.requires_grad = false
    compare('cross_entropy', function(l, y) return ops.cross_entropy(l, y) end, {randn({2, 3, 10}), tg})
+   compare('linear_cross_entropy chunks of 4', function(x, w, y)
+      return ops.linear_cross_entropy(x, w, y, -100, {chunk_rows = 4})
+   end, {randn({2, 3, 12}), randn({37, 12}), tg}, 1e-5)
 end
 -- mixture-of-experts routing ops
 do

@@ -1,0 +1,90 @@
+-- fsdp.threads: the one thread policy of every recipe and sub-command.
+--
+--   threads.before_load()      main.lua, before libfsdp (and OpenMP) is loaded:
+--                              the OpenMP wait policy
+--   threads.option             the option spec a recipe lists: --threads N
+--   threads.setup(n)           after dist.init(): this rank's thread count,
+--                              applied to OpenMP and OpenBLAS; returns it
+--
+-- The count. --threads N when given (N > 0), else OMP_NUM_THREADS when set,
+-- else the cores this process may use (its affinity mask) divided among the
+-- ranks on this node, at least 1. OpenBLAS is Debian's OpenMP build, so our
+-- kernels and its GEMMs share one pool of that size. When the node's ranks
+-- ask for more threads than it has cores, rank 0 of the node warns: threads
+-- that wait for each other at every kernel while the scheduler rotates them
+-- through too few cores make a step many times slower.
+--
+-- The wait policy. OpenMP's default keeps a thread that finished its share
+-- spinning for a while (libgomp: 300,000 spins) before it sleeps; on a
+-- machine where other processes want the cores, those spins take the time
+-- slices the other threads of the team need, and each of the hundreds of
+-- kernels of a step waits for a descheduled thread. Passive waiting (sleep
+-- at once) costs a few microseconds per kernel on an idle machine and keeps
+-- a busy one from halving the throughput; OMP_WAIT_POLICY or GOMP_SPINCOUNT
+-- in the environment take precedence. libgomp reads these when it is
+-- loaded, which is why main.lua sets them before anything loads libfsdp.
+local M = {}
+
+M.WAIT_POLICY = 'passive'
+
+M.option = {'threads', 0, 'threads per rank (0: OMP_NUM_THREADS, else the cores of this node / its ranks)',
+            type = 'integer', min = 0, aliases = {'num_threads'}}
+
+-- sets the OpenMP wait policy for this process and the ranks it launches,
+-- unless the environment chose one; must run before libfsdp is loaded
+function M.before_load()
+   if os.getenv('OMP_WAIT_POLICY') or os.getenv('GOMP_SPINCOUNT') then return end
+   local ffi = require 'ffi'
+   pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite);')
+   ffi.C.setenv('OMP_WAIT_POLICY', M.WAIT_POLICY, 0)
+end
+
+local function env_int(name)
+   local v = tonumber(os.getenv(name) or '')
+   if v and v >= 1 and v == math.floor(v) then return v end
+   return nil
+end
+
+-- the thread count for `requested` (the --threads value; 0 or nil: choose)
+-- on a node with `cores` cores and `ranks` local ranks: n and where it came from
+function M.choose(requested, cores, ranks)
+   requested = tonumber(requested) or 0
+   if requested < 0 or requested ~= math.floor(requested) then
+      error(string.format('--threads must be a whole number >= 0 (0: automatic), got %s', tostring(requested)), 0)
+   end
+   if requested > 0 then return requested, '--threads' end
+   local env = env_int('OMP_NUM_THREADS')
+   if env then return env, 'OMP_NUM_THREADS' end
+   return math.max(1, math.floor(cores / math.max(1, ranks))), 'cores / local ranks'
+end
+
+-- applies the policy to this rank; returns the thread count. opts.quiet:
+-- no warning (tests)
+function M.setup(requested, opts)
+   opts = opts or {}
+   local bind = require 'fsdp.ffi'
+   local C = bind.C
+   local dist = package.loaded['fsdp.dist']
+   local ranks, local_rank = 1, 0
+   if dist and dist.world then ranks, local_rank = dist.local_world_size, dist.local_rank end
+   local cores = tonumber(C.fsdp_get_num_cores())
+   local n, source = M.choose(requested, cores, ranks)
+   C.fsdp_set_num_threads(n)
+   M.threads, M.source, M.cores, M.ranks = n, source, cores, ranks
+   if local_rank == 0 and not opts.quiet then
+      local log = require 'fsdp.log'
+      if n * ranks > cores then
+         log.warn('%d rank(s) x %d thread(s) (%s) on %d core(s): the cores are oversubscribed and every kernel '
+                  .. 'waits for descheduled threads; use --threads %d', ranks, n, source, cores,
+                  math.max(1, math.floor(cores / ranks)))
+      end
+      local blas = os.getenv('OPENBLAS_NUM_THREADS')
+      if blas and tonumber(blas) ~= n then
+         log.warn('OPENBLAS_NUM_THREADS=%s is overridden: OpenBLAS shares the %d OpenMP thread(s) of %s', blas, n,
+                  source)
+      end
+   end
+   return n
+end
+
+return M
