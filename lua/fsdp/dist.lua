@@ -13,7 +13,13 @@ local ffi, C, check = bind.ffi, bind.C, bind.check
 
 local M = {rank = 0, world_size = 1, local_rank = 0, local_world_size = 1}
 
-local OPS = {sum = 0, avg = 1, max = 2}
+local OPS = {sum = C.FSDP_REDUCE_SUM, avg = C.FSDP_REDUCE_AVG, max = C.FSDP_REDUCE_MAX}
+
+local function op_code(op, fn)
+   local code = OPS[op or 'sum']
+   if not code then error(string.format("%s: unknown reduce op '%s' (sum, avg, max)", fn, tostring(op)), 3) end
+   return code
+end
 
 local Group = {}
 Group.__index = Group
@@ -163,13 +169,13 @@ function Group:reduce_scatter(recv, send, op, async, done)
       error(string.format('reduce_scatter: send has %d %s elements, want %d %s', send:numel(), send.dtype, n * self.size, recv.dtype), 2)
    end
    if C.fsdp_comm_reduce_scatter(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype],
-                                 OPS[op or 'sum'], start(async)) ~= 0 then fail() end
+                                 op_code(op, 'reduce_scatter'), start(async)) ~= 0 then fail() end
    return pending(async, done, self)
 end
 
 function Group:all_reduce(buf, op, async, done)
-   if C.fsdp_comm_all_reduce(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], OPS[op or 'sum'],
-                             start(async)) ~= 0 then fail() end
+   if C.fsdp_comm_all_reduce(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype],
+                             op_code(op, 'all_reduce'), start(async)) ~= 0 then fail() end
    return pending(async, done, self)
 end
 

@@ -13,6 +13,11 @@
 #      killed before a collective (rank 0 or not) makes the others fail naming
 #      it within seconds; a rank that never joins: FSDP_COMM_TIMEOUT=3 and the
 #      others name it
+#   7. interrupts (build/tests/dist_interrupt): a world of one; mpiexec -n 2
+#      and 3 (a rank alone in a barrier returns FSDP_ERR_INTERRUPTED within
+#      1 s of its flag, the others hear of it, and after fsdp_comm_resync the
+#      next collectives are in step, on the world and a sub-group); tcp with
+#      2 ranks (interrupted within 1 s, resync refused, the peer not hung)
 # Exits non-zero if any part fails.
 set -u
 cd "$(dirname "$0")/../.."
@@ -118,6 +123,22 @@ for r in 0 2; do
     sed 's/^/   | /' build/test-logs/comm_tcp_r$r.log
     grep -q "rank 0: collective all_reduce timed out after 3 s waiting for rank 1 (a peer may have died)" \
         build/test-logs/comm_tcp_r$r.log || fail "tcp: rank $r did not report rank 1's timeout"
+done
+
+# ---- 7. interrupts ----
+ibin=build/tests/dist_interrupt
+[ -x "$ibin" ] || fail "missing $ibin (run make all)"
+echo "== interrupts: world of one"
+"${no_launcher[@]}" timeout 60 "$ibin" || fail "interrupts, world of one"
+for n in 2 3; do
+    echo "== interrupts: mpiexec -n $n"
+    timeout 120 mpiexec -n "$n" "$ibin" || fail "interrupts, mpiexec -n $n"
+done
+echo "== interrupts: torchrun env, 2 ranks (tcp)"
+torchrun_like 2 "$ibin"
+for r in 0 1; do
+    sed 's/^/   | /' build/test-logs/comm_tcp_r$r.log
+    [ "${rcs[$r]}" -eq 0 ] || fail "interrupts, tcp: rank $r exited ${rcs[$r]}"
 done
 
 echo
