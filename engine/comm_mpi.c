@@ -34,11 +34,13 @@
 #include <mpi.h>
 #include "internal.h"
 #include "comm_ops.h"
+#include "comm_shm.h"
 
 enum { NOTICE_TAG = 7 };
 
 typedef struct mpi_ctx {
     MPI_Comm comm;       /* the collectives */
+    fsdp_shm *shm;       /* all ranks on this node: shared memory moves them */
     MPI_Comm ctl;        /* resync exchanges and (world) interrupt notices */
     /* world only: the posted notice receive and our sends */
     int64_t notice_in;
@@ -50,6 +52,7 @@ typedef struct mpi_ctx {
 
 /* a started collective and what follows its completion */
 typedef struct coll_op {
+    void *shm;           /* a collective of the shared-memory path, or NULL */
     MPI_Request req;
     void *avg_buf;       /* AVG: divide these avg_count elements by the group size */
     int64_t avg_count;
@@ -168,9 +171,25 @@ static int submit(const fsdp_comm *c, const char *name, coll_op *op, int rc, voi
     return FSDP_OK;
 }
 
+/* the collective on the shared-memory path, when the comm has one */
+static int shm_start(fsdp_comm *c, const char *name, int kind, void *recv, const void *send, int64_t count,
+                     int dtype, int op_code, int root, void **handle) {
+    coll_op *op = op_new(c, name, dtype);
+    if (!op) return FSDP_ERR_OOM;
+    int status = fsdp_shm_start(ctx_of(c)->shm, c, kind, recv, send, count, dtype, op_code, root, &op->shm);
+    if (status) {
+        op_free(op);
+        return status;
+    }
+    *handle = op;
+    return FSDP_OK;
+}
+
 static int mpi_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t count, int dtype, void **handle) {
     static const char name[] = "all_gather";
     *handle = NULL;
+    if (ctx_of(c)->shm && !mpi_done)
+        return shm_start(c, name, FSDP_SHM_ALL_GATHER, recv, send, count, dtype, 0, 0, handle);
     int status = check_mpi(c, name, count);
     if (status) return status;
     int64_t slice = count * fsdp_dtype_size(dtype), total = slice * fsdp_comm_size(c);
@@ -200,6 +219,8 @@ static int mpi_reduce_scatter(fsdp_comm *c, void *recv, const void *send, int64_
                               void **handle) {
     static const char name[] = "reduce_scatter";
     *handle = NULL;
+    if (ctx_of(c)->shm && !mpi_done)
+        return shm_start(c, name, FSDP_SHM_REDUCE_SCATTER, recv, send, count, dtype, op_code, 0, handle);
     int status = check_mpi(c, name, count);
     if (status) return status;
     int64_t slice = count * fsdp_dtype_size(dtype), total = slice * fsdp_comm_size(c);
@@ -227,6 +248,8 @@ static int mpi_reduce_scatter(fsdp_comm *c, void *recv, const void *send, int64_
 static int mpi_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int op_code, void **handle) {
     static const char name[] = "all_reduce";
     *handle = NULL;
+    if (ctx_of(c)->shm && !mpi_done)
+        return shm_start(c, name, FSDP_SHM_ALL_REDUCE, buf, NULL, count, dtype, op_code, 0, handle);
     int status = check_mpi(c, name, count);
     if (status) return status;
     coll_op *op = op_new(c, name, dtype);
@@ -240,6 +263,8 @@ static int mpi_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int
 static int mpi_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int root, void **handle) {
     static const char name[] = "broadcast";
     *handle = NULL;
+    if (ctx_of(c)->shm && !mpi_done)
+        return shm_start(c, name, FSDP_SHM_BROADCAST, buf, NULL, count, dtype, 0, root, handle);
     int status = check_mpi(c, name, count);
     if (status) return status;
     coll_op *op = op_new(c, name, dtype);
@@ -251,6 +276,7 @@ static int mpi_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int 
 static int mpi_barrier(fsdp_comm *c, void **handle) {
     static const char name[] = "barrier";
     *handle = NULL;
+    if (ctx_of(c)->shm && !mpi_done) return shm_start(c, name, FSDP_SHM_BARRIER, NULL, NULL, 0, FSDP_U8, 0, 0, handle);
     int status = check_mpi(c, name, 0);
     if (status) return status;
     coll_op *op = op_new(c, name, FSDP_U8);
@@ -271,6 +297,7 @@ static void op_finish(const fsdp_comm *c, coll_op *op) {
 
 static int mpi_test(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, int *done) {
     coll_op *op = handle;
+    if (op->shm) return fsdp_shm_test(ctx_of(c)->shm, op->shm, done);
     *done = 1;
     if (op->req == MPI_REQUEST_NULL) return FSDP_OK;
     int flag = 0;
@@ -282,11 +309,17 @@ static int mpi_test(fsdp_comm *c, void *handle, const char *name, int64_t nbytes
 }
 
 static int mpi_wait(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, double timeout_s, int *pending) {
+    coll_op *op = handle;
+    if (op->shm) return fsdp_shm_wait(ctx_of(c)->shm, c, op->shm, name, nbytes, timeout_s, pending);
     double spin_s = (double)nbytes / 1e8 > 1.0 ? (double)nbytes / 1e8 : 1.0;
     return fsdp_comm_poll(c, handle, name, nbytes, timeout_s, spin_s, pending);
 }
 
-static void mpi_request_free(fsdp_comm *c, void *handle) { op_free(handle); }
+static void mpi_request_free(fsdp_comm *c, void *handle) {
+    coll_op *op = handle;
+    if (op->shm) fsdp_shm_release(ctx_of(c)->shm, op->shm);
+    op_free(op);
+}
 
 /* ---- the control channel ------------------------------------------------------ */
 
@@ -366,6 +399,7 @@ static fsdp_comm *mpi_split(fsdp_comm *parent, int color, int key);
 
 static void ctx_free(mpi_ctx *x) {
     if (!x) return;
+    fsdp_shm_free(x->shm);
     if (!mpi_done) {
         if (x->comm != MPI_COMM_NULL) MPI_Comm_free(&x->comm);
         if (x->ctl != MPI_COMM_NULL) MPI_Comm_free(&x->ctl);
@@ -413,6 +447,7 @@ static mpi_ctx *ctx_new(const fsdp_comm *for_messages, MPI_Comm comm) {
         return NULL;
     }
     MPI_Comm_set_errhandler(x->ctl, MPI_ERRORS_RETURN);
+    x->shm = fsdp_shm_new(x->comm);
     return x;
 }
 

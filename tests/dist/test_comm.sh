@@ -3,7 +3,9 @@
 #   1. run directly: a world of one, the self backend
 #   2. WORLD_SIZE=2 without an MPI launcher nor MASTER_ADDR/MASTER_PORT:
 #      refused with a clear message
-#   3. under mpiexec -n 2, 3, 4: every collective checked on every rank
+#   3. under mpiexec -n 2, 3, 4: every collective checked on every rank, and
+#      150 random ones with up to 5 in flight; with the shared-memory path
+#      (default ring and a 1 MB ring) and with MPI alone
 #   4. a rank killed (SIGKILL) before a collective: the job must end non-zero
 #      within 60 s instead of hanging
 #   5. a rank that never joins a collective: with FSDP_COMM_TIMEOUT=3 the
@@ -44,10 +46,17 @@ echo "== WORLD_SIZE=2 without an MPI launcher"
 "${no_launcher[@]}" RANK=0 WORLD_SIZE=2 timeout 120 "$bin" --expect-launcher-error || fail "launcher error"
 
 # ---- 3. mpiexec ----
+# ranks on one machine go through shared memory (engine/comm_shm.c): with
+# its default ring, with a 1 MB ring (big collectives stream through it and
+# wrap), and MPI alone (FSDP_COMM_SHM=0)
 for n in 2 3 4; do
     echo "== mpiexec -n $n"
     timeout 120 mpiexec -n "$n" "$bin" || fail "mpiexec -n $n"
+    echo "== mpiexec -n $n, FSDP_COMM_SHM_MB=1"
+    FSDP_COMM_SHM_MB=1 timeout 120 mpiexec -n "$n" "$bin" || fail "mpiexec -n $n, 1 MB ring"
 done
+echo "== mpiexec -n 3, FSDP_COMM_SHM=0 (MPI moves the data)"
+FSDP_COMM_SHM=0 timeout 120 mpiexec -n 3 "$bin" || fail "mpiexec -n 3 without shared memory"
 
 # ---- 4. a rank dies ----
 echo "== mpiexec -n 3, rank 1 killed before a collective"
