@@ -292,8 +292,13 @@ end
 -- are in step again and the flag is cleared everywhere. Device (NCCL)
 -- groups cannot resync.
 function M.interrupt() C.fsdp_comm_interrupt() end
+
+-- true when this rank's flag is set or another rank's notice came (a loop
+-- polls it between ops)
 function M.interrupted() return C.fsdp_comm_interrupted() ~= 0 end
 
+-- collective over every rank: brings every host group back in step after an
+-- interrupt and clears the flag (timeout_s: FSDP_COMM_TIMEOUT by default)
 function M.resync(timeout_s)
    M.init()
    -- sub-groups first, the world last (its resync clears the flag)

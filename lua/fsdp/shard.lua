@@ -291,13 +291,6 @@ local function wrap_forward(self, module, fp, is_root)
    end
 end
 
--- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
--- device (-1: the host, N: cuda:N, whose backend fsdp.device loaded),
--- prefetch (how many blocks ahead to gather while one computes, in forward
--- and backward: default 1; 0 or false: none; each holds one more gathered
--- block), async_reduce (default true), cpu_offload (keep shards and
--- optimizer state in host memory: what the CPU backend always does; the
--- CUDA backend honours it)
 -- opts.prefetch as a depth: nil/true 1, false 0, else a whole number >= 0
 function M.prefetch_depth(p)
    if p == nil or p == true then return 1 end
@@ -309,6 +302,13 @@ function M.prefetch_depth(p)
    return p
 end
 
+-- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
+-- device (-1: the host, N: cuda:N, whose backend fsdp.device loaded),
+-- prefetch (how many blocks ahead to gather while one computes, in forward
+-- and backward: default 1; 0 or false: none; each holds one more gathered
+-- block), async_reduce (default true), cpu_offload (keep shards and
+-- optimizer state in host memory: what the CPU backend always does; the
+-- CUDA backend honours it)
 function M.shard(model, opts)
    opts = opts or {}
    dist.init()
