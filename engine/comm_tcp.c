@@ -265,8 +265,20 @@ static int fail_comm(fsdp_comm *c, int status) {
     tcp_ctx *t = fsdp_comm_ext_ctx(c);
     snprintf(t->why, sizeof t->why, "%s", fsdp_last_error());
     t->broken = 1;
-    if (t->rank == 0)
+    if (t->rank == 0) {
         for (int r = 1; r < t->size; r++) send_error(t, t->fd[r], r, t->why);
+        /* End our side after the error, and read what the others sent for
+         * this collective: closing a socket with unread input resets the
+         * connection, and a reset can drop the error before its reader gets
+         * it (it would then blame rank 0 instead of the rank at fault). */
+        double until = fsdp_now_s() + 0.2;
+        for (int r = 1; r < t->size; r++) {
+            if (t->fd[r] < 0) continue;
+            shutdown(t->fd[r], SHUT_WR);
+            char sink[4096];
+            while (wait_fd(t->fd[r], POLLIN, until, 0) == 1 && recv(t->fd[r], sink, sizeof sink, MSG_DONTWAIT) > 0) {}
+        }
+    }
     /* an interrupted rank leaves for good: closing tells the peers now
      * instead of after their timeout */
     if (status == FSDP_ERR_INTERRUPTED) close_all(t);
