@@ -143,6 +143,10 @@ for n in 2 3; do
     echo "== interrupts: mpiexec -n $n"
     timeout 120 mpiexec -n "$n" "$ibin" || fail "interrupts, mpiexec -n $n"
 done
+echo "== interrupts: mpiexec -n 3, FSDP_COMM_SHM_MB=1 (the cancelled collective streams through the rings)"
+FSDP_COMM_SHM_MB=1 timeout 120 mpiexec -n 3 "$ibin" || fail "interrupts, mpiexec -n 3, 1 MB ring"
+echo "== interrupts: mpiexec -n 2, FSDP_COMM_SHM=0 (MPI)"
+FSDP_COMM_SHM=0 timeout 120 mpiexec -n 2 "$ibin" || fail "interrupts, mpiexec -n 2, MPI"
 echo "== interrupts: torchrun env, 2 ranks (tcp)"
 torchrun_like 2 "$ibin"
 for r in 0 1; do
