@@ -180,7 +180,13 @@ local function timed_wait(owner, pending)
 end
 
 function FlatParam:wait_gather()
-   if self.pending_gather then timed_wait(self.owner, self.pending_gather) end
+   local p = self.pending_gather
+   if p then
+      timed_wait(self.owner, p)
+      -- (done() clears it too; a gather cancelled by dist.resync() after an
+      -- interrupt has no done() left to run, so gather again below)
+      self.pending_gather = nil
+   end
    if not self.gathered then self:gather(false) end
 end
 
