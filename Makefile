@@ -8,7 +8,7 @@ CC       ?= gcc
 ARCH     ?= -march=native
 OPT      ?= -O3
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wno-sign-compare
-CFLAGS   += $(OPT) $(ARCH) -g -std=gnu11 -fPIC -fopenmp $(WARN) -Iengine/include -Iengine -Ikernels \
+CFLAGS   += $(OPT) $(ARCH) -g -std=gnu11 -fPIC -fvisibility=hidden -fopenmp $(WARN) -Iengine/include -Iengine -Ikernels \
             -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/luajit-2.1 \
             -I/usr/include/x86_64-linux-gnu/mpich
 LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lmpich -ljansson -lpcre2-8 -lz -lm -lpthread
@@ -31,8 +31,15 @@ $(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# Built with -fvisibility=hidden: the library exports what fsdp.h declares
+# (and the backend interface of engine/comm_ops.h and engine/internal.h, for
+# libfsdp_cuda); tests/lua/test_exports.lua checks it with nm.
 $(BUILD)/libfsdp.so: $(LIB_OBJ)
 	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LDLIBS)
+
+# The C tests link the objects themselves, so they may test internals too.
+$(BUILD)/libfsdp.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
 
 # The Lua cdefs come from the public header, preprocessed; never hand-copied.
 $(BUILD)/fsdp_cdef.h: engine/include/fsdp.h
@@ -43,9 +50,9 @@ $(BUILD)/fsdp-lua: launch/fsdp-lua.c
 	@mkdir -p $(BUILD)
 	$(CC) $(OPT) -g -std=gnu11 $(WARN) -I/usr/include/luajit-2.1 $< -o $@ -lluajit-5.1 -lm -ldl
 
-$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(BUILD)/libfsdp.so
+$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(BUILD)/libfsdp.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/c $< -o $@ -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -lfsdp $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/c $< -o $@ $(BUILD)/libfsdp.a $(LDLIBS)
 
 # Debian packages for the build and the tests; idempotent, installs only what
 # is missing (root or sudo needed then).

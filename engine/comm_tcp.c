@@ -44,11 +44,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include "internal.h"
 #include "comm_ops.h"
-#include "dtype_math.h"
 
 enum { WIRE_MAGIC = 0x54445346u }; /* "FSDT" */
 enum { K_HELLO = 1, K_WELCOME, K_ERROR, K_ALL_GATHER, K_REDUCE_SCATTER, K_ALL_REDUCE, K_BROADCAST,
@@ -97,22 +95,22 @@ static const char *what_of(uint32_t kind) {
     }
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- socket I/O with deadlines ------------------------------------------ */
 
-/* Waits for events on fd until deadline: 1 ready, 0 timed out, -1 poll error.
- * Hang-ups and errors count as ready: the read or write then reports them. */
-static int wait_fd(int fd, short events, double deadline) {
+enum { WAIT_INTERRUPTED = -2 };
+
+/* Waits for events on fd until deadline: 1 ready, 0 timed out, -1 poll error,
+ * WAIT_INTERRUPTED when interruptible and fsdp_comm_interrupt was called
+ * (checked every 50 ms). Hang-ups and errors count as ready: the read or
+ * write then reports them. */
+static int wait_fd(int fd, short events, double deadline, int interruptible) {
     for (;;) {
-        double left = deadline - now_s();
+        double left = deadline - fsdp_now_s();
         if (left <= 0) return 0;
+        if (interruptible && fsdp_comm_interrupt_check()) return WAIT_INTERRUPTED;
         struct pollfd p = {fd, events, 0};
         int ms = left > 3600.0 ? 3600 * 1000 : (int)(left * 1000.0) + 1;
+        if (interruptible && ms > 50) ms = 50;
         int n = poll(&p, 1, ms);
         if (n > 0) return 1;
         if (n < 0 && errno != EINTR) return -1;
@@ -122,6 +120,9 @@ static int wait_fd(int fd, short events, double deadline) {
 /* What went wrong on the link to peer, as an FSDP_ERR_COMM naming both ranks.
  * err: 0 = closed by the peer, ETIMEDOUT = our deadline, else errno. */
 static int link_fail(const tcp_ctx *t, int peer, const char *what, int err) {
+    if (err == WAIT_INTERRUPTED)
+        return fsdp_error(FSDP_ERR_INTERRUPTED, "rank %d: interrupted while waiting in %s for rank %d (a tcp comm"
+                          " cannot resync: it refuses further collectives)", t->rank, what, peer);
     if (err == 0 || err == ECONNRESET || err == EPIPE)
         return fsdp_error(FSDP_ERR_COMM, "rank %d: %s: rank %d closed its connection (it may have died)", t->rank,
                           what, peer);
@@ -131,6 +132,9 @@ static int link_fail(const tcp_ctx *t, int peer, const char *what, int err) {
     return fsdp_error(FSDP_ERR_COMM, "rank %d: %s: connection to rank %d failed: %s", t->rank, what, peer,
                       strerror(err));
 }
+
+/* the waits of collectives may be interrupted; joining and error replies not */
+static int is_collective(const char *what) { return strncmp(what, "collective ", 11) == 0; }
 
 /* writes n bytes to peer's socket by deadline; partial writes and EINTR go on */
 static int send_all(const tcp_ctx *t, int fd, int peer, const void *p, int64_t n, double deadline,
@@ -142,8 +146,9 @@ static int send_all(const tcp_ctx *t, int fd, int peer, const void *p, int64_t n
         if (w > 0) { s += w; n -= w; continue; }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return link_fail(t, peer, what, errno);
-        int ready = wait_fd(fd, POLLOUT, deadline);
+        int ready = wait_fd(fd, POLLOUT, deadline, is_collective(what));
         if (ready == 0) return link_fail(t, peer, what, ETIMEDOUT);
+        if (ready == WAIT_INTERRUPTED) return link_fail(t, peer, what, WAIT_INTERRUPTED);
         if (ready < 0) return link_fail(t, peer, what, errno);
     }
     return FSDP_OK;
@@ -160,8 +165,9 @@ static int recv_all(const tcp_ctx *t, int fd, int peer, void *p, int64_t n, doub
         if (got == 0) return link_fail(t, peer, what, 0);
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return link_fail(t, peer, what, errno);
-        int ready = wait_fd(fd, POLLIN, deadline);
+        int ready = wait_fd(fd, POLLIN, deadline, is_collective(what));
         if (ready == 0) return link_fail(t, peer, what, ETIMEDOUT);
+        if (ready == WAIT_INTERRUPTED) return link_fail(t, peer, what, WAIT_INTERRUPTED);
         if (ready < 0) return link_fail(t, peer, what, errno);
     }
     return FSDP_OK;
@@ -194,7 +200,7 @@ static void send_error(const tcp_ctx *t, int fd, int peer, const char *msg) {
     wire_head h = head_of(t, K_ERROR, 0, 0, 0, (int64_t)strlen(msg));
     char keep[1024];
     snprintf(keep, sizeof keep, "%s", fsdp_last_error()); /* a failed send must not replace the message */
-    if (send_msg(t, fd, peer, &h, msg, now_s() + 1.0, "sending an error")) fsdp_error(FSDP_ERR_COMM, "%s", keep);
+    if (send_msg(t, fd, peer, &h, msg, fsdp_now_s() + 1.0, "sending an error")) fsdp_error(FSDP_ERR_COMM, "%s", keep);
 }
 
 /* reads an error reply's text (h->nbytes of it) into buf */
@@ -217,63 +223,6 @@ static void set_socket_options(int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-}
-
-/* ---- reductions ---------------------------------------------------------- */
-
-/* acc[i] = acc[i] (+ or max) in[i] for n elements; AVG adds (divided later) */
-static void combine(void *acc, const void *in, int64_t n, int dtype, int op) {
-    int is_max = op == FSDP_REDUCE_MAX;
-    switch (dtype) {
-    case FSDP_F32: {
-        float *a = acc;
-        const float *b = in;
-        if (is_max) for (int64_t i = 0; i < n; i++) a[i] = b[i] > a[i] ? b[i] : a[i];
-        else for (int64_t i = 0; i < n; i++) a[i] = a[i] + b[i];
-        break;
-    }
-    case FSDP_BF16: case FSDP_F16:
-        /* widen to f32, combine, round back: the MPI backend's half ops */
-        for (int64_t i = 0; i < n; i++) {
-            float x = fsdp_load_as_f32(acc, i, dtype), y = fsdp_load_as_f32(in, i, dtype);
-            fsdp_store_from_f32(acc, i, dtype, is_max ? (y > x ? y : x) : x + y);
-        }
-        break;
-    case FSDP_I32: {
-        int32_t *a = acc;
-        const int32_t *b = in;
-        if (is_max) for (int64_t i = 0; i < n; i++) a[i] = b[i] > a[i] ? b[i] : a[i];
-        else for (int64_t i = 0; i < n; i++) a[i] = (int32_t)((uint32_t)a[i] + (uint32_t)b[i]);
-        break;
-    }
-    case FSDP_I64: {
-        int64_t *a = acc;
-        const int64_t *b = in;
-        if (is_max) for (int64_t i = 0; i < n; i++) a[i] = b[i] > a[i] ? b[i] : a[i];
-        else for (int64_t i = 0; i < n; i++) a[i] = (int64_t)((uint64_t)a[i] + (uint64_t)b[i]);
-        break;
-    }
-    case FSDP_U16: {
-        uint16_t *a = acc;
-        const uint16_t *b = in;
-        if (is_max) for (int64_t i = 0; i < n; i++) a[i] = b[i] > a[i] ? b[i] : a[i];
-        else for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + b[i]);
-        break;
-    }
-    default: {
-        uint8_t *a = acc;
-        const uint8_t *b = in;
-        if (is_max) for (int64_t i = 0; i < n; i++) a[i] = b[i] > a[i] ? b[i] : a[i];
-        else for (int64_t i = 0; i < n; i++) a[i] = (uint8_t)(a[i] + b[i]);
-        break;
-    }
-    }
-}
-
-/* AVG: the sum divided by the group size in f32, as comm.c does for MPI */
-static void divide(void *buf, int64_t n, int dtype, int size) {
-    float d = (float)size;
-    for (int64_t i = 0; i < n; i++) fsdp_store_from_f32(buf, i, dtype, fsdp_load_as_f32(buf, i, dtype) / d);
 }
 
 /* ---- one collective ------------------------------------------------------ */
@@ -316,8 +265,23 @@ static int fail_comm(fsdp_comm *c, int status) {
     tcp_ctx *t = fsdp_comm_ext_ctx(c);
     snprintf(t->why, sizeof t->why, "%s", fsdp_last_error());
     t->broken = 1;
-    if (t->rank == 0)
+    if (t->rank == 0) {
         for (int r = 1; r < t->size; r++) send_error(t, t->fd[r], r, t->why);
+        /* End our side after the error, and read what the others sent for
+         * this collective: closing a socket with unread input resets the
+         * connection, and a reset can drop the error before its reader gets
+         * it (it would then blame rank 0 instead of the rank at fault). */
+        double until = fsdp_now_s() + 0.2;
+        for (int r = 1; r < t->size; r++) {
+            if (t->fd[r] < 0) continue;
+            shutdown(t->fd[r], SHUT_WR);
+            char sink[4096];
+            while (wait_fd(t->fd[r], POLLIN, until, 0) == 1 && recv(t->fd[r], sink, sizeof sink, MSG_DONTWAIT) > 0) {}
+        }
+    }
+    /* an interrupted rank leaves for good: closing tells the peers now
+     * instead of after their timeout */
+    if (status == FSDP_ERR_INTERRUPTED) close_all(t);
     return status;
 }
 
@@ -326,7 +290,7 @@ static int fail_comm(fsdp_comm *c, int status) {
 static int leaf_run(fsdp_comm *c, const coll *k, const void *mine, void *result) {
     tcp_ctx *t = fsdp_comm_ext_ctx(c);
     const char *name = kind_name(k->kind), *what = what_of(k->kind);
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     int fd = t->fd[0];
     wire_head h = head_of(t, k->kind, k->dtype, k->arg, k->count, k->up);
     int rc = send_msg(t, fd, 0, &h, mine, deadline, what);
@@ -341,7 +305,7 @@ static int leaf_run(fsdp_comm *c, const coll *k, const void *mine, void *result)
         return fail_comm(c, fsdp_error(FSDP_ERR_COMM, "rank %d: %s: rank 0 sent a malformed reply", t->rank, name));
     if (r.kind == K_ERROR) {
         char msg[600];
-        recv_error_text(t, fd, 0, &r, msg, sizeof msg, now_s() + 1.0);
+        recv_error_text(t, fd, 0, &r, msg, sizeof msg, fsdp_now_s() + 1.0);
         return fail_comm(c, fsdp_error(FSDP_ERR_COMM, "rank %d: collective %s failed on rank 0: %s", t->rank, name,
                                        msg));
     }
@@ -404,7 +368,7 @@ static int tcp_all_gather(fsdp_comm *c, void *recv, const void *send, int64_t co
         t->seq++;
         return rc;
     }
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     char *out = recv;
     if (slice > 0 && (const char *)send != out) memmove(out, send, (size_t)slice);
     for (int r = 1; r < t->size && !rc; r++) {
@@ -427,10 +391,10 @@ static int root_reduce(fsdp_comm *c, const coll *k, void *acc, int64_t n, double
     for (int r = 1; r < t->size && !rc; r++) {
         rc = root_read_head(c, k, r, k->up, deadline);
         if (!rc) rc = recv_all(t, t->fd[r], r, in, k->up, deadline, what_of(k->kind));
-        if (!rc) combine(acc, in, n, k->dtype, k->arg);
+        if (!rc) fsdp_reduce_combine(acc, in, n, k->dtype, k->arg);
     }
     free(in);
-    if (!rc && k->arg == FSDP_REDUCE_AVG && t->size > 1) divide(acc, n, k->dtype, t->size);
+    if (!rc && k->arg == FSDP_REDUCE_AVG) fsdp_reduce_divide(acc, n, k->dtype, t->size);
     return rc;
 }
 
@@ -447,7 +411,7 @@ static int tcp_reduce_scatter(fsdp_comm *c, void *recv, const void *send, int64_
         t->seq++;
         return rc;
     }
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     char *acc = tmp_alloc(c, total, "reduce_scatter");
     if (!acc) return fail_comm(c, FSDP_ERR_OOM);
     if (total > 0) memcpy(acc, send, (size_t)total);
@@ -471,7 +435,7 @@ static int tcp_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int
         t->seq++;
         return rc;
     }
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     rc = root_reduce(c, &k, buf, count, deadline);
     for (int r = 1; r < t->size && !rc; r++) rc = root_reply(c, &k, r, buf, deadline);
     t->seq++;
@@ -492,7 +456,7 @@ static int tcp_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int 
         t->seq++;
         return rc;
     }
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     for (int r = 1; r < t->size && !rc; r++) {
         int64_t up = r == root ? nbytes : 0;
         rc = root_read_head(c, &k, r, up, deadline);
@@ -507,8 +471,9 @@ static int tcp_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int 
     return rc ? fail_comm(c, rc) : FSDP_OK;
 }
 
-static int tcp_barrier(fsdp_comm *c) {
+static int tcp_barrier(fsdp_comm *c, void **handle) {
     tcp_ctx *t = fsdp_comm_ext_ctx(c);
+    *handle = NULL;
     int rc = check_usable(c, "barrier");
     if (rc) return rc;
     coll k = {K_BARRIER, FSDP_U8, 0, 0, 0, 0};
@@ -517,7 +482,7 @@ static int tcp_barrier(fsdp_comm *c) {
         t->seq++;
         return rc;
     }
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     for (int r = 1; r < t->size && !rc; r++) rc = root_read_head(c, &k, r, 0, deadline);
     for (int r = 1; r < t->size && !rc; r++) rc = root_reply(c, &k, r, NULL, deadline);
     t->seq++;
@@ -525,11 +490,6 @@ static int tcp_barrier(fsdp_comm *c) {
 }
 
 /* every collective completes at its start: there is never a handle to wait on */
-static int tcp_wait(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, double timeout_s, int *pending) {
-    *pending = 0;
-    return FSDP_OK;
-}
-
 static int tcp_test(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, int *done) {
     *done = 1;
     return FSDP_OK;
@@ -551,8 +511,17 @@ static fsdp_comm *tcp_split(fsdp_comm *c, int color, int key) {
 }
 
 static const fsdp_comm_ops tcp_ops = {
-    "tcp",        tcp_all_gather, tcp_reduce_scatter, tcp_all_reduce, tcp_broadcast, tcp_barrier,
-    tcp_wait,     tcp_test,       tcp_request_free,   tcp_comm_free,  tcp_split,     1 /* host memory */
+    .name = "tcp",
+    .all_gather = tcp_all_gather,
+    .reduce_scatter = tcp_reduce_scatter,
+    .all_reduce = tcp_all_reduce,
+    .broadcast = tcp_broadcast,
+    .barrier = tcp_barrier,
+    .test = tcp_test,
+    .request_free = tcp_request_free,
+    .comm_free = tcp_comm_free,
+    .split = tcp_split,
+    .host = 1,
 };
 
 /* ---- joining ------------------------------------------------------------- */
@@ -566,7 +535,7 @@ static int root_accept(tcp_ctx *t, int port, double deadline) {
     fcntl(ls, F_SETFL, fcntl(ls, F_GETFL) | O_NONBLOCK);
     int joined = 0, rc = FSDP_OK;
     while (joined < t->size - 1 && !rc) {
-        int ready = wait_fd(ls, POLLIN, deadline);
+        int ready = wait_fd(ls, POLLIN, deadline, 0);
         if (ready <= 0) {
             char missing[256] = "";
             size_t len = 0;
@@ -581,7 +550,7 @@ static int root_accept(tcp_ctx *t, int port, double deadline) {
         set_socket_options(fd);
         wire_head h;
         /* a stray connection that says nothing or something else is dropped */
-        double hello_by = now_s() + 10.0 < deadline ? now_s() + 10.0 : deadline;
+        double hello_by = fsdp_now_s() + 10.0 < deadline ? fsdp_now_s() + 10.0 : deadline;
         if (recv_all(t, fd, -1, &h, sizeof h, hello_by, "hello") != FSDP_OK || h.magic != WIRE_MAGIC ||
             h.kind != K_HELLO) {
             close(fd);
@@ -607,7 +576,7 @@ static int root_accept(tcp_ctx *t, int port, double deadline) {
         joined++;
     }
     close(ls);
-    double answer_by = now_s() + 10.0;
+    double answer_by = fsdp_now_s() + 10.0;
     if (rc) {
         char msg[600];
         snprintf(msg, sizeof msg, "%s", fsdp_last_error());
@@ -647,8 +616,8 @@ static int leaf_connect(tcp_ctx *t, const char *addr, int port, double deadline)
             if (connect(s, a->ai_addr, a->ai_addrlen) != 0) {
                 err = errno;
                 if (err == EINPROGRESS || err == EINTR) {
-                    double by = now_s() + 5.0 < deadline ? now_s() + 5.0 : deadline;
-                    if (wait_fd(s, POLLOUT, by) == 1) {
+                    double by = fsdp_now_s() + 5.0 < deadline ? fsdp_now_s() + 5.0 : deadline;
+                    if (wait_fd(s, POLLOUT, by, 0) == 1) {
                         socklen_t len = sizeof err;
                         if (getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
                     } else {
@@ -661,7 +630,7 @@ static int leaf_connect(tcp_ctx *t, const char *addr, int port, double deadline)
         }
         if (res) freeaddrinfo(res);
         if (fd >= 0) break;
-        if (now_s() >= deadline)
+        if (fsdp_now_s() >= deadline)
             return fsdp_error(FSDP_ERR_COMM, "rank %d: tcp comm: could not reach rank 0 at %s:%d within %g s (%s);"
                               " is rank 0 running, and are MASTER_ADDR and the port right?", t->rank, addr, port,
                               t->timeout_s, last);
@@ -677,7 +646,7 @@ static int leaf_connect(tcp_ctx *t, const char *addr, int port, double deadline)
     if (rc) return rc;
     if (w.magic == WIRE_MAGIC && w.kind == K_ERROR) {
         char msg[600];
-        recv_error_text(t, fd, 0, &w, msg, sizeof msg, now_s() + 1.0);
+        recv_error_text(t, fd, 0, &w, msg, sizeof msg, fsdp_now_s() + 1.0);
         return fsdp_error(FSDP_ERR_COMM, "rank %d: tcp comm: rank 0 refused the job: %s", t->rank, msg);
     }
     if (w.magic != WIRE_MAGIC || w.kind != K_WELCOME || w.arg != t->size)
@@ -705,7 +674,7 @@ fsdp_comm *fsdp_comm_tcp_world(int rank, int size, const char *addr, int port, d
     t->rank = rank;
     t->size = size;
     t->timeout_s = timeout_s > 0 ? timeout_s : fsdp_comm_default_timeout();
-    double deadline = now_s() + t->timeout_s;
+    double deadline = fsdp_now_s() + t->timeout_s;
     int rc = FSDP_OK;
     if (size > 1) rc = rank == 0 ? root_accept(t, port, deadline) : leaf_connect(t, addr, port, deadline);
     fsdp_comm *c = rc ? NULL : fsdp_comm_ext_new(&tcp_ops, t, rank, size, NULL);

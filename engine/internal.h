@@ -2,13 +2,52 @@
 #ifndef FSDP_INTERNAL_H
 #define FSDP_INTERNAL_H
 
+#include <sched.h>
+#include <time.h>
 #include "fsdp.h"
 
+/* libfsdp is built with -fvisibility=hidden: it exports what fsdp.h declares
+ * and, for backend libraries that link it (libfsdp_cuda), the functions in
+ * the `visibility push(default)` regions here and in comm_ops.h. */
+
+#pragma GCC visibility push(default)
 /* Records a printf-style message for fsdp_last_error() and returns code, so
  * callers write: return fsdp_error(FSDP_ERR_INVALID, "...", ...); */
 int fsdp_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* same, returning NULL, for constructors */
 void *fsdp_error_null(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#pragma GCC visibility pop
+
+/* seconds on the monotonic clock (deadlines and timeouts) */
+static inline double fsdp_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The pause between two polls of something a peer or a device finishes:
+ * yield the core for the first spin_s seconds (it is usually over soon),
+ * then sleep 50 us doubling to 1 ms, so a late peer does not burn a core. */
+typedef struct fsdp_backoff {
+    double start, spin_s;
+    long sleep_ns;
+} fsdp_backoff;
+
+static inline void fsdp_backoff_init(fsdp_backoff *b, double spin_s) {
+    b->start = fsdp_now_s();
+    b->spin_s = spin_s;
+    b->sleep_ns = 50 * 1000;
+}
+
+static inline void fsdp_backoff_pause(fsdp_backoff *b) {
+    if (fsdp_now_s() - b->start < b->spin_s) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, b->sleep_ns};
+    nanosleep(&ts, NULL);
+    b->sleep_ns = b->sleep_ns * 2 < 1000 * 1000 ? b->sleep_ns * 2 : 1000 * 1000;
+}
 
 /* raw allocator with stats and a caching pool (engine/alloc.c) */
 void *fsdp_mem_alloc(int device, int64_t nbytes);
@@ -32,7 +71,9 @@ typedef struct fsdp_device_ops {
     void (*host_free)(void *ptr);
 } fsdp_device_ops;
 /* installs ops (NULL uninstalls); the struct must outlive its use */
+#pragma GCC visibility push(default)
 void fsdp_set_device_ops(const fsdp_device_ops *ops);
+#pragma GCC visibility pop
 /* the installed ops, or NULL with an error naming the device */
 const fsdp_device_ops *fsdp_device_ops_for(int device);
 

@@ -10,22 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include "internal.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* reads until '\n' or EOF, at most cap-1 bytes; -1 on timeout/error */
 static int read_line(int fd, char *buf, int cap, double deadline) {
     int n = 0;
     while (n < cap - 1) {
         struct pollfd p = {fd, POLLIN, 0};
-        int left = (int)((deadline - now_s()) * 1000);
+        int left = (int)((deadline - fsdp_now_s()) * 1000);
         if (left <= 0 || poll(&p, 1, left) <= 0) return -1;
         ssize_t got = read(fd, buf + n, 1);
         if (got <= 0) break;
@@ -68,12 +61,12 @@ int fsdp_tcp_listen(int port, int backlog) {
 int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, double timeout_s) {
     int fd = fsdp_tcp_listen(port, 64);
     if (fd < 0) return fsdp_error(FSDP_ERR_IO, "rendezvous: cannot listen on port %d: %s", port, strerror(errno));
-    double deadline = now_s() + timeout_s;
+    double deadline = fsdp_now_s() + timeout_s;
     int served = 0;
     char *done = calloc((size_t)n_lines, 1);
     while (served < n_lines - 1) {
         struct pollfd p = {fd, POLLIN, 0};
-        int left = (int)((deadline - now_s()) * 1000);
+        int left = (int)((deadline - fsdp_now_s()) * 1000);
         if (left <= 0 || poll(&p, 1, left) <= 0) {
             close(fd);
             free(done);
@@ -83,7 +76,7 @@ int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, doubl
         int c = accept(fd, NULL, NULL);
         if (c < 0) continue;
         char buf[32];
-        int k = read_line(c, buf, sizeof buf, now_s() + 10) < 0 ? -1 : atoi(buf);
+        int k = read_line(c, buf, sizeof buf, fsdp_now_s() + 10) < 0 ? -1 : atoi(buf);
         if (k >= 1 && k < n_lines && !done[k]) {
             write_all(c, lines[k], strlen(lines[k]));
             write_all(c, "\n", 1);
@@ -100,7 +93,7 @@ int fsdp_rendezvous_serve(int port, const char *const *lines, int n_lines, doubl
 }
 
 int fsdp_rendezvous_fetch(const char *addr, int port, int node_rank, char *buf, int64_t cap, double timeout_s) {
-    double deadline = now_s() + timeout_s;
+    double deadline = fsdp_now_s() + timeout_s;
     char service[16];
     snprintf(service, sizeof service, "%d", port);
     for (;;) {
@@ -128,7 +121,7 @@ int fsdp_rendezvous_fetch(const char *addr, int port, int node_rank, char *buf, 
         }
         if (fd >= 0) close(fd);
         freeaddrinfo(res);
-        if (now_s() > deadline)
+        if (fsdp_now_s() > deadline)
             return fsdp_error(FSDP_ERR_COMM, "rendezvous: node rank %d could not reach %s:%d within %.0f s", node_rank,
                               addr, port, timeout_s);
         usleep(200000);

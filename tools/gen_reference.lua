@@ -274,6 +274,8 @@ local ENVIRONMENT = {
    {'FSDP_TCP_PORT', 'the tcp backend\'s port instead of MASTER_PORT + 1'},
    {'LOCAL_RANK, LOCAL_WORLD_SIZE', 'ranks on this node (also read from MPI_LOCALRANKID / MPI_LOCALNRANKS, SLURM_LOCALID / SLURM_NTASKS_PER_NODE, OMPI_COMM_WORLD_LOCAL_*); the default hybrid shard group size'},
    {'FSDP_COMM_TIMEOUT', 'seconds a collective may wait for a peer before it fails with an error naming the rank (default 600)'},
+   {'FSDP_COMM_SHM', 'MPI ranks that share one machine move collectives through shared memory (engine/comm_shm.c); 0 leaves it all to MPI'},
+   {'FSDP_COMM_SHM_MB', 'the shared-memory ring per rank and communicator, in MiB (default 64); bigger collectives stream through it'},
    {'FSDP_TRACEBACK', 'set to print a Lua traceback with an error'},
    {'FSDP_TTY_COLUMNS', 'set by the launcher when its output is a terminal: rank 0 then draws the progress bar (its stdout is a pipe to mpiexec) at most this wide'},
    {'COLUMNS, TERM', 'the terminal width when it cannot be asked; TERM=dumb turns the progress bar off'},

@@ -11,8 +11,10 @@
  *     so the collective sees everything queued on compute before it.
  * A started collective's handle is an event recorded on the collective
  * stream after it. fsdp_comm_wait polls that event and the communicator's
- * async error; on timeout or error it aborts the communicator (a hung NCCL
- * kernel cannot be cancelled otherwise) and the comm fails from then on.
+ * async error (comm.c's fsdp_comm_poll); on timeout or error it aborts the
+ * communicator (a hung NCCL kernel cannot be cancelled otherwise) and the
+ * comm fails from then on. An interrupt (fsdp_comm_interrupt) ends the wait
+ * but not the collective; an NCCL comm cannot resync.
  * fsdp_cuda_stream_wait_request makes another stream wait for the event.
  *
  * Data movement (all_gather, broadcast) goes as bytes, so every dtype works;
@@ -25,10 +27,8 @@
  * (fsdp_comm_broadcast of bytes) or over the TCP rendezvous of
  * engine/rendezvous.c as hex text. */
 #include <nccl.h>
-#include <sched.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <new>
 #include <vector>
 #include "cuda_engine.cuh"
@@ -55,28 +55,6 @@ struct nccl_op {
 };
 
 extern const fsdp_comm_ops nccl_ops;
-
-double now_s() {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* pause between polls: yield the core for the first 20 ms (a collective
- * usually ends within them), then sleep 50 us doubling to 1 ms */
-struct backoff {
-    double start = now_s();
-    long sleep_ns = 50 * 1000;
-    void pause() {
-        if (now_s() - start < 0.02) {
-            sched_yield();
-            return;
-        }
-        struct timespec ts = {0, sleep_ns};
-        nanosleep(&ts, NULL);
-        sleep_ns = sleep_ns * 2 < 1000 * 1000 ? sleep_ns * 2 : 1000 * 1000;
-    }
-};
 
 /* makes the comm's device current until the end of the scope */
 struct device_guard {
@@ -114,15 +92,16 @@ void abort_comm(nccl_ctx *x, const char *why) {
  * error, at most timeout_s. Returns ncclInProgress on timeout. */
 ncclResult_t settle(ncclComm_t comm, ncclResult_t r, double timeout_s) {
     if (r != ncclInProgress) return r;
-    const double deadline = now_s() + timeout_s;
-    backoff b;
+    const double deadline = fsdp_now_s() + timeout_s;
+    fsdp_backoff b;
+    fsdp_backoff_init(&b, 0.02);
     for (;;) {
         ncclResult_t state = ncclSuccess;
         ncclResult_t q = ncclCommGetAsyncError(comm, &state);
         if (q != ncclSuccess) return q;
         if (state != ncclInProgress) return state;
-        if (now_s() >= deadline) return ncclInProgress;
-        b.pause();
+        if (fsdp_now_s() >= deadline) return ncclInProgress;
+        fsdp_backoff_pause(&b);
     }
 }
 
@@ -218,7 +197,7 @@ int start(fsdp_comm *c, const char *name, int64_t nbytes, Issue issue, void **ha
     if (!rc) rc = cuda_call(c, name, "cudaEventRecord (compute stream)", cudaEventRecord(x->ready, x->compute));
     if (!rc) rc = cuda_call(c, name, "cudaStreamWaitEvent", cudaStreamWaitEvent(x->coll, x->ready, 0));
     if (rc) return rc;
-    const double t0 = now_s();
+    const double t0 = fsdp_now_s();
     rc = issue(x);
     if (rc) return rc;
     nccl_op *op = new (std::nothrow) nccl_op;
@@ -332,45 +311,23 @@ int op_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int root, vo
     }, handle);
 }
 
+/* comm.c's poll over op_test (which aborts on device and NCCL errors); a
+ * timeout aborts too, since a hung NCCL kernel cannot be cancelled, while an
+ * interrupt leaves the collective running (pending) */
 int op_wait(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, double timeout_s, int *pending) {
     nccl_ctx *x = ctx_of(c);
     nccl_op *op = (nccl_op *)handle;
-    *pending = 0; /* never left running: a timeout aborts */
+    *pending = 0;
     if (x->aborted) return aborted_error(c, x, name, nbytes);
-    const double deadline = now_s() + timeout_s;
-    backoff b;
-    char msg[600], reason[400];
-    for (;;) {
-        cudaError_t e = cudaEventQuery(op->done);
-        if (e == cudaSuccess) return FSDP_OK;
-        const double elapsed = now_s() - op->start_s;
-        if (e != cudaErrorNotReady) { /* the device failed (often a fault of an earlier kernel) */
-            cudaGetLastError();
-            snprintf(msg, sizeof msg, "%s of %lld bytes failed after %.3f s: the device reports %s (%s)", name,
-                     (long long)nbytes, elapsed, cudaGetErrorString(e), cudaGetErrorName(e));
-            abort_comm(x, msg);
-            return fsdp_error(FSDP_ERR_DEVICE, "%s: %s; the NCCL communicator was aborted", fsdp_comm_who(c), msg);
-        }
-        ncclResult_t state = ncclSuccess;
-        ncclResult_t q = ncclCommGetAsyncError(x->comm, &state);
-        if (q != ncclSuccess) state = q;
-        if (state != ncclSuccess && state != ncclInProgress) {
-            nccl_reason(reason, sizeof reason, x->comm, state);
-            snprintf(msg, sizeof msg, "%s of %lld bytes failed after %.3f s: NCCL reports %s", name,
-                     (long long)nbytes, elapsed, reason);
-            abort_comm(x, msg);
-            return fsdp_error(FSDP_ERR_COMM, "%s: %s; the NCCL communicator was aborted", fsdp_comm_who(c), msg);
-        }
-        if (now_s() >= deadline) {
-            snprintf(msg, sizeof msg, "%s of %lld bytes timed out: not done %.3f s after it started (waited %g s;"
-                     " a peer may have died or stopped calling collectives)", name, (long long)nbytes, elapsed,
-                     timeout_s);
-            abort_comm(x, msg);
-            return fsdp_error(FSDP_ERR_COMM, "%s: collective %s; the NCCL communicator was aborted",
-                              fsdp_comm_who(c), msg);
-        }
-        b.pause();
-    }
+    int rc = fsdp_comm_poll(c, handle, name, nbytes, timeout_s, 0.02, pending);
+    if (!*pending || rc == FSDP_ERR_INTERRUPTED) return rc;
+    *pending = 0;
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s of %lld bytes timed out: not done %.3f s after it started (waited %g s;"
+             " a peer may have died or stopped calling collectives)", name, (long long)nbytes,
+             fsdp_now_s() - op->start_s, timeout_s);
+    abort_comm(x, msg);
+    return fsdp_error(FSDP_ERR_COMM, "%s: collective %s; the NCCL communicator was aborted", fsdp_comm_who(c), msg);
 }
 
 int op_test(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, int *done) {
@@ -395,7 +352,7 @@ int op_test(fsdp_comm *c, void *handle, const char *name, int64_t nbytes, int *d
         char reason[400], msg[600];
         nccl_reason(reason, sizeof reason, x->comm, state);
         snprintf(msg, sizeof msg, "%s of %lld bytes failed after %.3f s: NCCL reports %s", name, (long long)nbytes,
-                 now_s() - op->start_s, reason);
+                 fsdp_now_s() - op->start_s, reason);
         abort_comm(x, msg);
         return fsdp_error(FSDP_ERR_COMM, "%s: %s; the NCCL communicator was aborted", fsdp_comm_who(c), msg);
     }
@@ -411,19 +368,13 @@ void op_request_free(fsdp_comm *c, void *handle) {
     delete op;
 }
 
-/* an all_reduce of one int32 that the host waits for */
-int op_barrier(fsdp_comm *c) {
+/* an all_reduce of one int32; comm.c waits for it on the host */
+int op_barrier(fsdp_comm *c, void **handle) {
     const char *name = "barrier";
-    void *handle = NULL;
-    int rc = start(c, name, 4, [&](nccl_ctx *x) -> int {
+    return start(c, name, 4, [&](nccl_ctx *x) -> int {
         return nccl_call(c, x, "ncclAllReduce", name, 4,
                          ncclAllReduce(x->scratch, x->scratch, 1, ncclInt32, ncclSum, x->comm, x->coll));
-    }, &handle);
-    if (rc) return rc;
-    int pending = 0;
-    rc = op_wait(c, handle, name, 4, fsdp_comm_default_timeout(), &pending);
-    op_request_free(c, handle);
-    return rc;
+    }, handle);
 }
 
 /* releases what make_comm built; a live communicator is finalized (pending
@@ -459,6 +410,8 @@ const fsdp_comm_ops nccl_ops = {
     op_comm_free,
     nullptr, /* split: refused */
     0,       /* device memory */
+    nullptr, /* resync_exchange: cannot resync */
+    nullptr, /* notify: interrupts stay local */
 };
 
 /* the NCCL ctx of c, or NULL + FSDP_ERR_INVALID naming fn */

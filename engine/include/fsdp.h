@@ -25,6 +25,10 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* libfsdp (and libfsdp_cuda) are built with -fvisibility=hidden: what this
+ * header declares is exported, nothing else of the library is (backend
+ * libraries get the few entries of engine/comm_ops.h and internal.h too) */
+#pragma GCC visibility push(default)
 #endif
 
 /* ---- version, status, errors ------------------------------------------- */
@@ -321,7 +325,7 @@ double fsdp_sumsq_cpu(const float *x, int64_t n);
 int fsdp_axpy_sumsq_cpu(double *sumsq, float *y, float alpha, const float *x, int64_t n);
 
 /* ---- collectives (engine/comm.c) ---------------------------------------- *
- * One interface over several engines: MPI for host tensors (and bootstrap),
+ * One interface over several backends: MPI for host tensors (and bootstrap),
  * `tcp` for host tensors in jobs started by torchrun alone (engine/comm_tcp.c:
  * a star through rank 0, no MPI), a `self` backend for a world of one, NCCL
  * for CUDA tensors (libfsdp_cuda:
@@ -329,7 +333,9 @@ int fsdp_axpy_sumsq_cpu(double *sumsq, float *y, float alpha, const float *x, in
  * pointers and their requests complete when the device is done).
  * Counts are in elements of dtype. A NULL request pointer means blocking;
  * otherwise *req receives a handle to fsdp_comm_wait / fsdp_comm_test, which
- * frees it on completion. Errors name this rank and, when known, the peer. */
+ * frees it on completion. Errors name this rank and, when known, the peer.
+ * A started collective's buffers must stay allocated until its request is
+ * over (a wait that times out or is interrupted leaves it running). */
 
 typedef struct fsdp_comm fsdp_comm;
 typedef struct fsdp_comm_request fsdp_comm_request;
@@ -354,7 +360,8 @@ fsdp_comm *fsdp_comm_tcp_world(int rank, int size, const char *addr, int port, d
 /* sub-group of the ranks passing the same color, ordered by key (hybrid;
  * mpi and self only) */
 fsdp_comm *fsdp_comm_split(fsdp_comm *parent, int color, int key);
-void fsdp_comm_free(fsdp_comm *c);     /* sub-groups only; the world lives on */
+/* sub-groups only (the world lives on); no request of c may be outstanding */
+void fsdp_comm_free(fsdp_comm *c);
 int fsdp_comm_rank(const fsdp_comm *c);
 int fsdp_comm_size(const fsdp_comm *c);
 const char *fsdp_comm_backend(const fsdp_comm *c); /* "mpi", "tcp", "self" or "nccl" */
@@ -370,7 +377,8 @@ int fsdp_comm_all_reduce(fsdp_comm *c, void *buf, int64_t count, int dtype, int 
 int fsdp_comm_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int root,
                         fsdp_comm_request **req);
 int fsdp_comm_barrier(fsdp_comm *c);
-/* waits at most timeout_s seconds (<= 0: the default, FSDP_COMM_TIMEOUT or 600) */
+/* waits at most timeout_s seconds (<= 0: the default, FSDP_COMM_TIMEOUT or
+ * 600); a timeout or an interrupt leaves the request valid */
 int fsdp_comm_wait(fsdp_comm_request *req, double timeout_s);
 int fsdp_comm_test(fsdp_comm_request *req, int *done);
 /* bytes this rank has sent through collectives of c (volume accounting) */
@@ -380,6 +388,53 @@ int64_t fsdp_comm_bytes_sent(const fsdp_comm *c);
 void fsdp_comm_abort(int code);
 /* MPI_Finalize when MPI was initialized */
 int fsdp_comm_finalize(void);
+
+/* Interrupts: waits that a user (Ctrl-C in a REPL) can cancel.
+ *
+ * fsdp_comm_interrupt() only sets a flag, so a signal handler may call it
+ * (Lua may too). Every wait of a collective polls the flag at least every
+ * 50 ms: a blocking collective, fsdp_comm_barrier or fsdp_comm_wait then
+ * returns FSDP_ERR_INTERRUPTED ("rank 0: interrupted while waiting in
+ * barrier") instead of waiting for peers that may never come. The
+ * collective is NOT cancelled by that: MPI cannot cancel a started
+ * collective, so it stays running, its request valid, its buffers in use.
+ *
+ * Collective interrupt: on the mpi backend a rank whose flag is set tells
+ * every other rank of the world (at its next wait or fsdp_comm_interrupted
+ * call), and a rank that hears of it sets its own flag: its waits return
+ * FSDP_ERR_INTERRUPTED too, and fsdp_comm_interrupted() says 1 at its next
+ * safe point (a loop between ops polls it). The tcp and nccl backends only
+ * see the local flag (a launcher that signals every rank covers them).
+ *
+ * Making the comms usable again (every rank agrees to cancel):
+ *   1. every rank stops what it does once fsdp_comm_interrupted() or a
+ *      wait says so, and keeps the buffers of its unfinished collectives;
+ *   2. every rank calls fsdp_comm_resync(g) for each group g it uses: the
+ *      sub-groups first, the world last. resync is collective over g: the
+ *      ranks compare how many collectives each started on g and a rank that
+ *      is behind joins the ones it missed with scratch buffers (the others
+ *      described them: at most 64 apart), so every collective of g ends;
+ *      the world's resync then clears the flag on every rank.
+ *   3. a request that was outstanding then says FSDP_ERR_INTERRUPTED
+ *      ("cancelled") to its fsdp_comm_wait / fsdp_comm_test, which frees
+ *      it; the contents of its buffers are unspecified. Requests every rank
+ *      had started before the interrupt complete normally. The next
+ *      collective on g is in step on every rank.
+ * resync's waits are bounded by the timeout and never interrupted. The mpi
+ * and self backends resync; tcp and nccl refuse (FSDP_ERR_UNSUPPORTED:
+ * their comms must be made anew, or the job restarted).
+ * A REPL makes Ctrl-C on rank 0 a collective interrupt this way: its
+ * SIGINT handler calls fsdp_comm_interrupt(); every rank's loop polls
+ * fsdp_comm_interrupted() between statements and ops; all then run step 2
+ * and return to the prompt. */
+enum { FSDP_ERR_INTERRUPTED = 8 }; /* a wait gave up on an interrupt */
+/* sets this process's interrupt flag; async-signal-safe */
+void fsdp_comm_interrupt(void);
+/* 1 when the flag is set here or a peer's notice came (and passes ours on) */
+int fsdp_comm_interrupted(void);
+/* collective over c after an interrupt: see above; timeout_s <= 0: the
+ * default. FSDP_OK when every collective of c has ended and c is in step. */
+int fsdp_comm_resync(fsdp_comm *c, double timeout_s);
 
 /* ---- CPU kernels: mixture-of-experts routing (kernels/moe_cpu.c) -------- *
  * Row-major [rows, C] matrices; index vectors are int32 and are checked
@@ -860,6 +915,7 @@ int fsdp_tokens_write(const char *path, const int32_t *tokens, int64_t n, int to
 int fsdp_tokens_read(const fsdp_token_file *tf, int32_t *out, int64_t start, int64_t n);
 
 #ifndef FSDP_CDEF
+#pragma GCC visibility pop
 #ifdef __cplusplus
 }
 #endif

@@ -13,14 +13,29 @@ local ffi, C, check = bind.ffi, bind.C, bind.check
 
 local M = {rank = 0, world_size = 1, local_rank = 0, local_world_size = 1}
 
-local OPS = {sum = 0, avg = 1, max = 2}
+local OPS = {sum = C.FSDP_REDUCE_SUM, avg = C.FSDP_REDUCE_AVG, max = C.FSDP_REDUCE_MAX}
+
+local function op_code(op, fn)
+   local code = OPS[op or 'sum']
+   if not code then error(string.format("%s: unknown reduce op '%s' (sum, avg, max)", fn, tostring(op)), 3) end
+   return code
+end
 
 local Group = {}
 Group.__index = Group
 M.Group = Group
 
+-- every group made here, for resync (weak: a freed group drops out); groups
+-- are made collectively, so their serial numbers agree across ranks
+local groups = setmetatable({}, {__mode = 'k'})
+local n_groups = 0
+
 local function wrap_group(c, name)
-   return setmetatable({c = c, name = name, rank = C.fsdp_comm_rank(c), size = C.fsdp_comm_size(c)}, Group)
+   n_groups = n_groups + 1
+   local g = setmetatable({c = c, name = name, rank = C.fsdp_comm_rank(c), size = C.fsdp_comm_size(c),
+                           serial = n_groups}, Group)
+   groups[g] = true
+   return g
 end
 
 local function env_int(...)
@@ -76,8 +91,14 @@ function Group:on_device(device)
    return g
 end
 
--- the C core's comm errors already name the rank
-local function fail()
+-- Collectives an interrupt left running: their buffers (tensors) and
+-- requests must live until dist.resync() (see Interrupts below).
+local in_flight = {}
+
+-- the C core's comm errors already name the rank; keep: what an
+-- interrupted collective still uses
+local function fail(status, ...)
+   if status == C.FSDP_ERR_INTERRUPTED then in_flight[#in_flight + 1] = {...} end
    error(bind.last_error(), 0)
 end
 
@@ -99,7 +120,15 @@ function Pending:wait()
          if lib.fsdp_cuda_stream_wait_request(nil, req) ~= 0 then fail() end
          g.outstanding[#g.outstanding + 1] = req
          if #g.outstanding > 16 then g:reap() end -- forward-only loops never reach drain
-      elseif C.fsdp_comm_wait(req, 0) ~= 0 then fail() end
+      else
+         local status = C.fsdp_comm_wait(req, 0)
+         if status ~= 0 then
+            -- still running after an interrupt (or a timeout): the request
+            -- stays valid, and so must what it writes into
+            if status == C.FSDP_ERR_INTERRUPTED then self.req = req end
+            fail(status, self)
+         end
+      end
    end
    if self.done then local f = self.done; self.done = nil; f() end
 end
@@ -152,7 +181,9 @@ function Group:all_gather(recv, send, async, done)
    if recv:numel() ~= n * self.size or recv.dtype ~= send.dtype then
       error(string.format('all_gather: recv has %d %s elements, want %d %s', recv:numel(), recv.dtype, n * self.size, send.dtype), 2)
    end
-   if C.fsdp_comm_all_gather(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype], start(async)) ~= 0 then fail() end
+   local status = C.fsdp_comm_all_gather(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype],
+                                         start(async))
+   if status ~= 0 then fail(status, recv, send) end
    return pending(async, done, self)
 end
 
@@ -162,25 +193,29 @@ function Group:reduce_scatter(recv, send, op, async, done)
    if send:numel() ~= n * self.size or recv.dtype ~= send.dtype then
       error(string.format('reduce_scatter: send has %d %s elements, want %d %s', send:numel(), send.dtype, n * self.size, recv.dtype), 2)
    end
-   if C.fsdp_comm_reduce_scatter(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype],
-                                 OPS[op or 'sum'], start(async)) ~= 0 then fail() end
+   local status = C.fsdp_comm_reduce_scatter(self.c, recv:cdata().data, send:cdata().data, n, T.DTYPES[send.dtype],
+                                             op_code(op, 'reduce_scatter'), start(async))
+   if status ~= 0 then fail(status, recv, send) end
    return pending(async, done, self)
 end
 
 function Group:all_reduce(buf, op, async, done)
-   if C.fsdp_comm_all_reduce(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], OPS[op or 'sum'],
-                             start(async)) ~= 0 then fail() end
+   local status = C.fsdp_comm_all_reduce(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype],
+                                         op_code(op, 'all_reduce'), start(async))
+   if status ~= 0 then fail(status, buf) end
    return pending(async, done, self)
 end
 
 function Group:broadcast(buf, root, async)
-   if C.fsdp_comm_broadcast(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], root or 0,
-                            start(async)) ~= 0 then fail() end
+   local status = C.fsdp_comm_broadcast(self.c, buf:cdata().data, buf:numel(), T.DTYPES[buf.dtype], root or 0,
+                                        start(async))
+   if status ~= 0 then fail(status, buf) end
    return pending(async)
 end
 
 function Group:barrier()
-   if C.fsdp_comm_barrier(self.c) ~= 0 then fail() end
+   local status = C.fsdp_comm_barrier(self.c)
+   if status ~= 0 then fail(status) end
 end
 
 function Group:bytes_sent() return tonumber(C.fsdp_comm_bytes_sent(self.c)) end
@@ -245,6 +280,44 @@ function M.checkpoint_comm()
    M.init()
    return {rank = M.rank, world_size = M.world_size, barrier = M.barrier,
            broadcast_string = M.broadcast_string}
+end
+
+-- Interrupts (the protocol is in engine/include/fsdp.h). dist.interrupt()
+-- sets this rank's flag (a SIGINT handler in C may too); a collective
+-- waiting on peers then raises "rank R: interrupted while waiting in ...",
+-- and on MPI every other rank hears of it: its waits raise the same, and
+-- dist.interrupted() says true at its next check. Once every rank has
+-- stopped, every rank calls dist.resync(): the collectives the interrupt
+-- left running end (their tensors were kept alive until then), the groups
+-- are in step again and the flag is cleared everywhere. Device (NCCL)
+-- groups cannot resync.
+function M.interrupt() C.fsdp_comm_interrupt() end
+
+-- true when this rank's flag is set or another rank's notice came (a loop
+-- polls it between ops)
+function M.interrupted() return C.fsdp_comm_interrupted() ~= 0 end
+
+-- collective over every rank: brings every host group back in step after an
+-- interrupt and clears the flag (timeout_s: FSDP_COMM_TIMEOUT by default)
+function M.resync(timeout_s)
+   M.init()
+   -- sub-groups first, the world last (its resync clears the flag)
+   local list = {}
+   for g in pairs(groups) do if g ~= M.world and not g.device then list[#list + 1] = g end end
+   table.sort(list, function(a, b) return a.serial < b.serial end)
+   list[#list + 1] = M.world
+   for _, g in ipairs(list) do
+      if C.fsdp_comm_resync(g.c, timeout_s or 0) ~= 0 then error(bind.last_error(), 0) end
+   end
+   -- the requests an interrupt left are over now: free them (they say cancelled)
+   for _, kept in ipairs(in_flight) do
+      local p = kept[1]
+      if getmetatable(p) == Pending and p.req ~= nil then
+         C.fsdp_comm_wait(p.req, 0)
+         p.req, p.done = nil, nil
+      end
+   end
+   in_flight = {}
 end
 
 function M.abort(code) C.fsdp_comm_abort(code or 1) end

@@ -181,7 +181,13 @@ local function timed_wait(owner, pending)
 end
 
 function FlatParam:wait_gather()
-   if self.pending_gather then timed_wait(self.owner, self.pending_gather) end
+   local p = self.pending_gather
+   if p then
+      timed_wait(self.owner, p)
+      -- (done() clears it too; a gather cancelled by dist.resync() after an
+      -- interrupt has no done() left to run, so gather again below)
+      self.pending_gather = nil
+   end
    if not self.gathered then self:gather(false) end
 end
 
@@ -285,19 +291,20 @@ local function wrap_forward(self, module, fp, is_root)
    module.forward = function(m, ...)
       local units = self.units
       fp:wait_gather()
-      -- prefetch the next unit in forward order
-      local nxt = units[fp.index + 2]
-      if self.prefetch and nxt and not is_root then nxt:gather(true) end
-      if is_root and self.prefetch and units[2] then units[2]:gather(true) end
+      -- prefetch the next `prefetch` blocks in forward order (units[i + 1]
+      -- is block i; the root, units[1], runs first)
+      local first = is_root and 2 or fp.index + 2
+      for i = first, math.min(first + self.prefetch - 1, #units) do units[i]:gather(true) end
       local recording = AG.is_enabled()
       if recording then AG.record(function() fp:post_backward() end) end
       local a, b, c = inner(m, ...)
       if recording then
          AG.record(function()
             fp:pre_backward()
-            -- prefetch the unit whose backward comes next (the one before)
-            local prev = units[fp.index]
-            if self.prefetch and prev and prev.index > 0 and not prev.gathered then prev:gather(true) end
+            -- prefetch the blocks whose backward comes next (the ones before)
+            for i = fp.index, math.max(fp.index - self.prefetch + 1, 2), -1 do
+               if not units[i].gathered then units[i]:gather(true) end
+            end
          end)
       end
       -- ZeRO-3 frees a block right away; the root stays until its backward
@@ -348,11 +355,24 @@ function M.group_size(strategy, W, group)
    return W
 end
 
+-- opts.prefetch as a depth: nil/true 1, false 0, else a whole number >= 0
+function M.prefetch_depth(p)
+   if p == nil or p == true then return 1 end
+   if p == false then return 0 end
+   if type(p) ~= 'number' or p < 0 or p ~= math.floor(p) then
+      error(string.format('shard: prefetch must be a whole number of blocks >= 0 (or true/false), got %s',
+                          tostring(p)), 3)
+   end
+   return p
+end
+
 -- opts: strategy, param_dtype, reduce_dtype, seed, hybrid_group_size,
 -- device (-1: the host, N: cuda:N, whose backend fsdp.device loaded),
--- prefetch (default true), async_reduce (default true), cpu_offload (keep
--- shards and optimizer state in host memory: what the CPU backend always
--- does; the CUDA backend honours it)
+-- prefetch (how many blocks ahead to gather while one computes, in forward
+-- and backward: default 1; 0 or false: none; each holds one more gathered
+-- block), async_reduce (default true), cpu_offload (keep shards and
+-- optimizer state in host memory: what the CPU backend always does; the
+-- CUDA backend honours it)
 function M.shard(model, opts)
    opts = opts or {}
    dist.init()
@@ -371,7 +391,7 @@ function M.shard(model, opts)
    local self = setmetatable({
       model = model, strategy = strategy, units = {}, sync = true, pending = {}, comm_wait = 0,
       param_dtype = opts.param_dtype or 'f32', reduce_dtype = opts.reduce_dtype or 'f32',
-      prefetch = opts.prefetch ~= false, async_reduce = opts.async_reduce ~= false,
+      prefetch = M.prefetch_depth(opts.prefetch), async_reduce = opts.async_reduce ~= false,
       reshard_after_forward = strategy == 'full' or strategy == 'hybrid_full',
       cpu_offload = opts.cpu_offload or false, device = opts.device or -1,
    }, Sharded)

@@ -22,8 +22,15 @@ local Tensor = {}
 Tensor.__index = Tensor
 M.Tensor = Tensor
 
-local DTYPES = {f32 = 0, bf16 = 1, f16 = 2, i32 = 3, i64 = 4, u16 = 5, u8 = 6}
-local DTYPE_NAMES = {[0] = 'f32', 'bf16', 'f16', 'i32', 'i64', 'u16', 'u8'}
+-- dtype codes and names come from the C core (fsdp.h's enum, fsdp_dtype_name)
+local DTYPES, DTYPE_NAMES, dtype_list = {}, {}, {}
+for code = 0, C.FSDP_NUM_DTYPES - 1 do
+   local name = ffi.string(C.fsdp_dtype_name(code))
+   DTYPES[name], DTYPE_NAMES[code] = code, name
+   dtype_list[#dtype_list + 1] = name
+end
+dtype_list = table.concat(dtype_list, ', ')
+local HOST = C.FSDP_CPU -- device code of host memory
 local PTR_TYPES = {f32 = 'float*', bf16 = 'uint16_t*', f16 = 'uint16_t*', i32 = 'int32_t*',
                    i64 = 'int64_t*', u16 = 'uint16_t*', u8 = 'uint8_t*'}
 M.DTYPES, M.DTYPE_NAMES = DTYPES, DTYPE_NAMES
@@ -34,8 +41,7 @@ local stride_buf = ffi.new('int64_t[8]')
 local function dtype_code(dtype)
    local code = DTYPES[dtype or 'f32']
    if not code then
-      error(string.format("unknown dtype '%s' (expected one of f32, bf16, f16, i32, i64, u16, u8)",
-                          tostring(dtype)), 3)
+      error(string.format("unknown dtype '%s' (expected one of %s)", tostring(dtype), dtype_list), 3)
    end
    return code
 end
@@ -73,12 +79,12 @@ M.wrap = wrap
 -- device: -1 (default) for the host, N for cuda:N
 function M.empty(shape, dtype, temporary, device)
    local nd = fill_shape(shape)
-   return wrap(C.fsdp_tensor_new(dtype_code(dtype), device or -1, nd, shape_buf), temporary)
+   return wrap(C.fsdp_tensor_new(dtype_code(dtype), device or HOST, nd, shape_buf), temporary)
 end
 
 function M.zeros(shape, dtype, temporary, device)
    local nd = fill_shape(shape)
-   return wrap(C.fsdp_tensor_zeros(dtype_code(dtype), device or -1, nd, shape_buf), temporary)
+   return wrap(C.fsdp_tensor_zeros(dtype_code(dtype), device or HOST, nd, shape_buf), temporary)
 end
 
 function M.full(shape, value, dtype, device)
@@ -96,7 +102,7 @@ end
 
 -- 'cpu' or 'cuda:N'
 function M.device_name(device)
-   return (device or -1) < 0 and 'cpu' or ('cuda:' .. device)
+   return (device or HOST) < 0 and 'cpu' or ('cuda:' .. device)
 end
 
 -- a tensor from a (nested or flat) Lua table of numbers
@@ -305,7 +311,7 @@ function Tensor:to_device(device)
 end
 
 -- the host copy (self for a host tensor)
-function Tensor:cpu() return self:to_device(-1) end
+function Tensor:cpu() return self:to_device(HOST) end
 
 function Tensor:to(dtype)
    if dtype == self.dtype then return self end
@@ -433,12 +439,12 @@ function M.is_tensor(x) return getmetatable(x) == Tensor end
 -- memory statistics of the host allocator (bytes), or of cuda:device's
 local stats = ffi.new('fsdp_mem_stats')
 function M.memory_stats(device)
-   check(C.fsdp_mem_get_stats(device or -1, stats), 'memory_stats')
+   check(C.fsdp_mem_get_stats(device or HOST, stats), 'memory_stats')
    return {current = tonumber(stats.current), peak = tonumber(stats.peak),
            reserved = tonumber(stats.reserved), n_allocs = tonumber(stats.n_allocs),
            n_misses = tonumber(stats.n_misses)}
 end
-function M.reset_peak_memory(device) C.fsdp_mem_reset_peak(device or -1) end
-function M.empty_cache(device) C.fsdp_mem_empty_cache(device or -1) end
+function M.reset_peak_memory(device) C.fsdp_mem_reset_peak(device or HOST) end
+function M.empty_cache(device) C.fsdp_mem_empty_cache(device or HOST) end
 
 return M

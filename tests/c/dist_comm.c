@@ -287,6 +287,112 @@ static void test_outstanding(fsdp_comm *c) {
     free(g_send); free(g_recv); free(rs_send); free(rs_recv); free(ar); free(bc); free(mx);
 }
 
+/* ---- many collectives in flight, random kinds and sizes ------------------ */
+
+/* One of the random collectives: its buffers and what it must hold. */
+struct rnd_op {
+    int kind, dtype, op, root;
+    int64_t count;
+    void *send, *recv;
+    fsdp_comm_request *req;
+};
+
+static uint64_t rnd_next(uint64_t *x) {
+    *x ^= *x << 13; *x ^= *x >> 7; *x ^= *x << 17;
+    return *x;
+}
+
+/* waits for o, checks its result, frees its buffers */
+static void rnd_finish(fsdp_comm *c, struct rnd_op *o, int i) {
+    int rank = fsdp_comm_rank(c), size = fsdp_comm_size(c);
+    char what[64];
+    snprintf(what, sizeof what, "random op %d (kind %d, %s x %lld)", i, o->kind, fsdp_dtype_name(o->dtype),
+             (long long)o->count);
+    int rc = o->req ? fsdp_comm_wait(o->req, 0) : FSDP_OK;
+    RCHECK(rc == FSDP_OK, "%s: %s", what, fsdp_last_error());
+    if (rc == FSDP_OK) {
+        if (o->kind == 0) {
+            struct gather_ctx g = {o->dtype, o->count};
+            check_elems(what, o->recv, size * o->count, o->dtype, want_gather, &g);
+        } else if (o->kind == 1) {
+            struct reduce_ctx r = {o->dtype, o->op, size, rank * o->count};
+            check_elems(what, o->recv, o->count, o->dtype, want_reduce, &r);
+        } else if (o->kind == 2) {
+            struct reduce_ctx r = {o->dtype, o->op, size, 0};
+            check_elems(what, o->recv, o->count, o->dtype, want_reduce, &r);
+        } else if (o->kind == 3) {
+            struct bcast_ctx b = {o->dtype, o->root};
+            check_elems(what, o->recv, o->count, o->dtype, want_bcast, &b);
+        }
+    }
+    /* the buffers go right away: nothing may write into them any more */
+    free(o->send);
+    free(o->recv);
+    memset(o, 0, sizeof *o);
+}
+
+/* Every rank draws the same sequence: 150 collectives of random kind,
+ * dtype, op and size (up to 2.4 MB, beyond a small shared-memory ring), up
+ * to 5 left outstanding and finished in random order. */
+static void test_random(fsdp_comm *c) {
+    int rank = fsdp_comm_rank(c), size = fsdp_comm_size(c);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    struct rnd_op live[5];
+    memset(live, 0, sizeof live);
+    static const int reduce_dtypes[] = {FSDP_F32, FSDP_BF16, FSDP_F16, FSDP_I32};
+    for (int i = 0; i < 150; i++) {
+        int slot = (int)(rnd_next(&x) % 5);
+        if (live[slot].kind || live[slot].recv || live[slot].req) rnd_finish(c, &live[slot], i);
+        struct rnd_op *o = &live[slot];
+        o->kind = (int)(rnd_next(&x) % 5);
+        o->count = (int64_t)(rnd_next(&x) % 5 == 0 ? rnd_next(&x) % 600000 : rnd_next(&x) % 3000);
+        o->dtype = o->kind == 0 || o->kind == 3 ? (int)(rnd_next(&x) % FSDP_NUM_DTYPES)
+                                                : reduce_dtypes[rnd_next(&x) % 4];
+        o->op = (int)(rnd_next(&x) % 3);
+        if (o->op == FSDP_REDUCE_AVG && o->dtype == FSDP_I32) o->op = FSDP_REDUCE_SUM;
+        o->root = (int)(rnd_next(&x) % size);
+        int async = rnd_next(&x) % 3 != 0;
+        int es = fsdp_dtype_size(o->dtype);
+        int rc = FSDP_OK;
+        fsdp_comm_request **req = async ? &o->req : NULL;
+        switch (o->kind) {
+        case 0:
+            o->send = junk(o->count, o->dtype);
+            o->recv = junk(size * o->count, o->dtype);
+            for (int64_t j = 0; j < o->count; j++) put(o->send, j, o->dtype, value(o->dtype, rank, j));
+            rc = fsdp_comm_all_gather(c, o->recv, o->send, o->count, o->dtype, req);
+            break;
+        case 1:
+            o->send = junk(size * o->count, o->dtype);
+            o->recv = junk(o->count, o->dtype);
+            for (int64_t j = 0; j < size * o->count; j++) put(o->send, j, o->dtype, value(o->dtype, rank, j));
+            rc = fsdp_comm_reduce_scatter(c, o->recv, o->send, o->count, o->dtype, o->op, req);
+            break;
+        case 2:
+            o->recv = junk(o->count, o->dtype);
+            for (int64_t j = 0; j < o->count; j++) put(o->recv, j, o->dtype, value(o->dtype, rank, j));
+            rc = fsdp_comm_all_reduce(c, o->recv, o->count, o->dtype, o->op, req);
+            break;
+        case 3:
+            o->recv = junk(o->count, o->dtype);
+            if (rank == o->root)
+                for (int64_t j = 0; j < o->count; j++) put(o->recv, j, o->dtype, value(o->dtype, o->root, j));
+            rc = fsdp_comm_broadcast(c, o->recv, o->count, o->dtype, o->root, req);
+            break;
+        default:
+            rc = fsdp_comm_barrier(c);
+            o->kind = 4;
+            break;
+        }
+        (void)es;
+        RCHECK(rc == FSDP_OK, "random op %d (kind %d): start: %s", i, o->kind, fsdp_last_error());
+        if (rc != FSDP_OK) return;
+        if (!async) rnd_finish(c, o, i);
+    }
+    for (int k = 0; k < 5; k++)
+        if (live[k].kind || live[k].recv || live[k].req) rnd_finish(c, &live[k], 150 + k);
+}
+
 /* ---- sub-groups --------------------------------------------------------- */
 
 static void test_split(fsdp_comm *world) {
@@ -479,6 +585,7 @@ int main(int argc, char **argv) {
     test_errors(world);
     test_suite(world);
     test_outstanding(world);
+    test_random(world);
     test_split(world);
     test_bytes_sent(world);
     RCHECK(fsdp_comm_barrier(world) == FSDP_OK, "final barrier: %s", fsdp_last_error());

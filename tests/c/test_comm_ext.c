@@ -106,8 +106,9 @@ static int fake_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int
     return begin(c, "broadcast", handle);
 }
 
-static int fake_barrier(fsdp_comm *c) {
+static int fake_barrier(fsdp_comm *c, void **handle) {
     ctx(c)->barriers++;
+    *handle = NULL;
     return FSDP_OK;
 }
 
@@ -147,13 +148,13 @@ static void fake_comm_free(fsdp_comm *c) { ctx(c)->comm_frees++; }
 
 static const fsdp_comm_ops fake_ops = {
     "fake", fake_all_gather, fake_reduce_scatter, fake_all_reduce, fake_broadcast, fake_barrier,
-    fake_wait, fake_test, fake_request_free, fake_comm_free, NULL, 0,
+    fake_wait, fake_test, fake_request_free, fake_comm_free, NULL, 0, NULL, NULL,
 };
 
 /* the same without broadcast and barrier */
 static const fsdp_comm_ops partial_ops = {
     "partial", fake_all_gather, fake_reduce_scatter, fake_all_reduce, NULL, NULL,
-    fake_wait, fake_test, fake_request_free, fake_comm_free, NULL, 0,
+    fake_wait, fake_test, fake_request_free, fake_comm_free, NULL, 0, NULL, NULL,
 };
 
 static int error_has(const char *a, const char *b) {
@@ -167,11 +168,11 @@ static int error_has(const char *a, const char *b) {
 
 static void test_new(void) {
     fake f = {0};
-    fsdp_comm_ops no_wait = fake_ops;
-    no_wait.wait = NULL;
+    fsdp_comm_ops no_test = fake_ops;
+    no_test.test = NULL;
     CHECK(fsdp_comm_ext_new(NULL, &f, 0, 1, NULL) == NULL && error_has("ops table", NULL), "NULL ops: %s",
           fsdp_last_error());
-    CHECK(fsdp_comm_ext_new(&no_wait, &f, 0, 1, NULL) == NULL && error_has("wait", NULL), "no wait: %s",
+    CHECK(fsdp_comm_ext_new(&no_test, &f, 0, 1, NULL) == NULL && error_has("test", NULL), "no test: %s",
           fsdp_last_error());
     CHECK(fsdp_comm_ext_new(&fake_ops, &f, 4, 4, NULL) == NULL && error_has("rank 4 of 4", NULL),
           "rank out of range: %s", fsdp_last_error());

@@ -3,7 +3,9 @@
 #   1. run directly: a world of one, the self backend
 #   2. WORLD_SIZE=2 without an MPI launcher nor MASTER_ADDR/MASTER_PORT:
 #      refused with a clear message
-#   3. under mpiexec -n 2, 3, 4: every collective checked on every rank
+#   3. under mpiexec -n 2, 3, 4: every collective checked on every rank, and
+#      150 random ones with up to 5 in flight; with the shared-memory path
+#      (default ring and a 1 MB ring) and with MPI alone
 #   4. a rank killed (SIGKILL) before a collective: the job must end non-zero
 #      within 60 s instead of hanging
 #   5. a rank that never joins a collective: with FSDP_COMM_TIMEOUT=3 the
@@ -13,6 +15,11 @@
 #      killed before a collective (rank 0 or not) makes the others fail naming
 #      it within seconds; a rank that never joins: FSDP_COMM_TIMEOUT=3 and the
 #      others name it
+#   7. interrupts (build/tests/dist_interrupt): a world of one; mpiexec -n 2
+#      and 3 (a rank alone in a barrier returns FSDP_ERR_INTERRUPTED within
+#      1 s of its flag, the others hear of it, and after fsdp_comm_resync the
+#      next collectives are in step, on the world and a sub-group); tcp with
+#      2 ranks (interrupted within 1 s, resync refused, the peer not hung)
 # Exits non-zero if any part fails.
 set -u
 cd "$(dirname "$0")/../.."
@@ -39,10 +46,17 @@ echo "== WORLD_SIZE=2 without an MPI launcher"
 "${no_launcher[@]}" RANK=0 WORLD_SIZE=2 timeout 120 "$bin" --expect-launcher-error || fail "launcher error"
 
 # ---- 3. mpiexec ----
+# ranks on one machine go through shared memory (engine/comm_shm.c): with
+# its default ring, with a 1 MB ring (big collectives stream through it and
+# wrap), and MPI alone (FSDP_COMM_SHM=0)
 for n in 2 3 4; do
     echo "== mpiexec -n $n"
     timeout 120 mpiexec -n "$n" "$bin" || fail "mpiexec -n $n"
+    echo "== mpiexec -n $n, FSDP_COMM_SHM_MB=1"
+    FSDP_COMM_SHM_MB=1 timeout 120 mpiexec -n "$n" "$bin" || fail "mpiexec -n $n, 1 MB ring"
 done
+echo "== mpiexec -n 3, FSDP_COMM_SHM=0 (MPI moves the data)"
+FSDP_COMM_SHM=0 timeout 120 mpiexec -n 3 "$bin" || fail "mpiexec -n 3 without shared memory"
 
 # ---- 4. a rank dies ----
 echo "== mpiexec -n 3, rank 1 killed before a collective"
@@ -118,6 +132,26 @@ for r in 0 2; do
     sed 's/^/   | /' build/test-logs/comm_tcp_r$r.log
     grep -q "rank 0: collective all_reduce timed out after 3 s waiting for rank 1 (a peer may have died)" \
         build/test-logs/comm_tcp_r$r.log || fail "tcp: rank $r did not report rank 1's timeout"
+done
+
+# ---- 7. interrupts ----
+ibin=build/tests/dist_interrupt
+[ -x "$ibin" ] || fail "missing $ibin (run make all)"
+echo "== interrupts: world of one"
+"${no_launcher[@]}" timeout 60 "$ibin" || fail "interrupts, world of one"
+for n in 2 3; do
+    echo "== interrupts: mpiexec -n $n"
+    timeout 120 mpiexec -n "$n" "$ibin" || fail "interrupts, mpiexec -n $n"
+done
+echo "== interrupts: mpiexec -n 3, FSDP_COMM_SHM_MB=1 (the cancelled collective streams through the rings)"
+FSDP_COMM_SHM_MB=1 timeout 120 mpiexec -n 3 "$ibin" || fail "interrupts, mpiexec -n 3, 1 MB ring"
+echo "== interrupts: mpiexec -n 2, FSDP_COMM_SHM=0 (MPI)"
+FSDP_COMM_SHM=0 timeout 120 mpiexec -n 2 "$ibin" || fail "interrupts, mpiexec -n 2, MPI"
+echo "== interrupts: torchrun env, 2 ranks (tcp)"
+torchrun_like 2 "$ibin"
+for r in 0 1; do
+    sed 's/^/   | /' build/test-logs/comm_tcp_r$r.log
+    [ "${rcs[$r]}" -eq 0 ] || fail "interrupts, tcp: rank $r exited ${rcs[$r]}"
 done
 
 echo

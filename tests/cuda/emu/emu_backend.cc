@@ -133,7 +133,10 @@ int emu_broadcast(fsdp_comm *c, void *buf, int64_t count, int dtype, int root, v
     *handle = nullptr;
     return fsdp_comm_broadcast(boot_of(c), buf, count, dtype, root, nullptr);
 }
-int emu_barrier(fsdp_comm *c) { return fsdp_comm_barrier(boot_of(c)); }
+int emu_barrier(fsdp_comm *c, void **handle) {
+    *handle = nullptr;
+    return fsdp_comm_barrier(boot_of(c));
+}
 int emu_wait(fsdp_comm *, void *, const char *, int64_t, double, int *pending) {
     *pending = 0; /* every collective finished at its start */
     return FSDP_OK;
@@ -147,7 +150,7 @@ void emu_comm_free(fsdp_comm *c) { delete (emu_nccl *)fsdp_comm_ext_ctx(c); }
 
 const fsdp_comm_ops emu_ops = {"nccl",   emu_all_gather, emu_reduce_scatter, emu_all_reduce,
                                emu_broadcast, emu_barrier, emu_wait, emu_test, emu_request_free,
-                               emu_comm_free, nullptr, 0};
+                               emu_comm_free, nullptr, 0, nullptr, nullptr};
 
 }  // namespace
 
