@@ -584,15 +584,17 @@ int fsdp_fill_cuda(void *dst, int dtype, double value, int64_t n, fsdp_stream st
 /* dbias[N] += column sums of dout[M, N] (dtype f32, bf16 or f16; sums in f32) */
 int fsdp_bias_backward_cuda(void *dbias, const void *dout, int M, int N, int dtype,
                             fsdp_stream stream);
-/* plain causal GQA attention with sliding window: the fallback when cuDNN
- * cannot run a shape; HD <= 256 */
-int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
-                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
-                                int ldk, int ldv, int window, float scale, fsdp_stream stream);
-int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
-                                 const float *q, const float *k, const float *v, const float *out,
-                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
-                                 int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* plain causal GQA attention with sliding window, in f32 (kernels/
+ * attention_cuda.cu): what fsdp_attention_*_cuda runs in f32, with a window,
+ * or when cuDNN declines a shape; HD <= 256 */
+int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
+                                    const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                    int ldk, int ldv, int window, float scale, fsdp_stream stream);
+int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                     const float *q, const float *k, const float *v,
+                                     const float *out, const float *lse, int B, int T, int NH,
+                                     int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                     float scale, fsdp_stream stream);
 /* decoding attention over a KV cache, as fsdp_attention_decode_cpu (the
  * same bits: both run attention_math.h's row) */
 int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
@@ -627,16 +629,19 @@ int fsdp_topk_forward_cuda(float *values, int32_t *indices, const float *inp, in
 int fsdp_topk_backward_cuda(float *dinp, const float *dvalues, const int32_t *indices, int N, int C,
                             int K, fsdp_stream stream);
 
-/* GEMM through cuBLASLt (kernels/matmul_cuda.cu), row-major like the CPU
+/* GEMM through cuBLASLt (kernels/matmul_cublas.cu), row-major like the CPU
  * kernel; a, b, out, bias and pre_gelu share dtype (f32, bf16 or f16),
  * accumulation is f32. gelu != 0 fuses out = gelu(op(a) op(b) + bias) and,
- * when pre_gelu is not NULL, saves the pre-activation [M, N] there. */
-int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b,
-                             const void *bias, int M, int N, int K, int trans_a, int trans_b,
-                             int accumulate, int gelu, int dtype, fsdp_stream stream);
-int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
-                              const void *b, int M, int N, int K, int trans_a, int trans_b,
-                              int dtype, fsdp_stream stream);
+ * when pre_gelu is not NULL, saves the pre-activation [M, N] there.
+ * FSDP_ERR_UNSUPPORTED when cuBLASLt has no algorithm for the call (nothing
+ * was launched then). The raw entry points: fsdp_matmul_*_cuda below are
+ * what the ops call. */
+int fsdp_matmul_forward_cublaslt(void *out, void *pre_gelu, const void *a, const void *b,
+                                 const void *bias, int M, int N, int K, int trans_a, int trans_b,
+                                 int accumulate, int gelu, int dtype, fsdp_stream stream);
+int fsdp_matmul_backward_cublaslt(void *da, void *db, void *dbias, const void *dout, const void *a,
+                                  const void *b, int M, int N, int K, int trans_a, int trans_b,
+                                  int dtype, fsdp_stream stream);
 /* 1: f32 GEMMs may use TF32 tensor cores (inputs rounded to 10 mantissa
  * bits, f32 accumulation), like torch.backends.cuda.matmul.allow_tf32;
  * 0 (the default): full f32 */
@@ -669,6 +674,44 @@ int fsdp_attention_backward_cudnn(void *dq, void *dk, void *dv, const void *dout
                                   const void *k, const void *v, const void *out, const float *lse,
                                   int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
                                   float scale, int dtype, fsdp_stream stream);
+
+/* The compute-dtype policy (engine/cuda/policy_cuda.cu): GEMM and attention
+ * with exactly the CPU kernels' arguments plus the stream, as the ops call
+ * them. Tensors are f32; the compute dtype (f32 by default; bf16 or f16 is
+ * what PyTorch FSDP's MixedPrecision(param_dtype=bf16) does to a module's
+ * math) says what the tensor cores see:
+ *   f32     GEMMs through cuBLASLt in f32 (fsdp_cuda_set_tf32 applies), our
+ *           SIMT kernel when cuBLASLt declines a call; attention by our f32
+ *           kernel;
+ *   bf16/f16 operands are rounded to the compute dtype in stream-ordered
+ *           scratch, the GEMM runs on cuBLASLt in that dtype with f32
+ *           accumulation and its result (rounded once to the dtype) is
+ *           widened back to f32 (gradients added in f32); a call cuBLASLt
+ *           declines in that dtype runs in f32 as above. Attention goes to
+ *           cuDNN's flash SDPA in that dtype (lse stays f32); with a window,
+ *           or for a shape cuDNN declines, our f32 kernel runs. A declined
+ *           shape is remembered (per device, shape, strides and dtype), so
+ *           its backward and later calls go straight to the f32 kernel.
+ * A change of the compute dtype applies to later calls; the forward and the
+ * backward of one op should see the same one. */
+int fsdp_cuda_set_compute_dtype(int dtype); /* FSDP_F32, FSDP_BF16 or FSDP_F16 */
+int fsdp_cuda_get_compute_dtype(void);
+int fsdp_matmul_forward_cuda(float *out, const float *a, const float *b, const float *bias, int M,
+                             int N, int K, int trans_a, int trans_b, int accumulate,
+                             fsdp_stream stream);
+int fsdp_matmul_backward_cuda(float *da, float *db, float *dbias, const float *dout, const float *a,
+                              const float *b, int M, int N, int K, int trans_a, int trans_b,
+                              fsdp_stream stream);
+int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                int ldk, int ldv, int window, float scale, fsdp_stream stream);
+int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                 const float *q, const float *k, const float *v, const float *out,
+                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
+                                 int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* shapes cuDNN declined so far (all devices), and forgetting them */
+int64_t fsdp_cuda_declined_shapes(void);
+void fsdp_cuda_clear_declined_shapes(void);
 
 /* NCCL collectives (engine/cuda/comm_nccl.cu). An NCCL comm is an fsdp_comm:
  * fsdp_comm_all_gather / reduce_scatter / all_reduce / broadcast / barrier /
