@@ -275,6 +275,15 @@ int fsdp_crossentropy_forward_cpu(float *loss, float *lse, const float *logits,
 int fsdp_crossentropy_backward_cpu(float *dlogits, const float *dloss, const float *logits,
                                    const float *lse, const int32_t *targets, int N, int V,
                                    int ignore_index);
+/* The loss of a batch (kernels/crossentropy_mean_cpu.c): *out = the mean of
+ * loss[n] over the rows whose target is not ignore_index (0 when none is),
+ * summed in double; *count = how many rows that is. Backward: dloss[n] +=
+ * *dout / *count for those rows. Outputs, not host numbers, so that on a
+ * device the count never comes to the host. */
+int fsdp_crossentropy_mean_forward_cpu(float *out, int32_t *count, const float *loss,
+                                       const int32_t *targets, int N, int ignore_index);
+int fsdp_crossentropy_mean_backward_cpu(float *dloss, const float *dout, const int32_t *count,
+                                        const int32_t *targets, int N, int ignore_index);
 
 /* Fused AdamW step over a flat f32 segment. g is multiplied by grad_scale
  * first (clipping and loss-scale unscaling fold in here). step t >= 1 is used
@@ -470,6 +479,20 @@ int fsdp_cuda_stream_synchronize(fsdp_stream s);
  * queued on stream; a pageable host buffer makes it synchronous */
 int fsdp_cuda_memcpy(void *dst, const void *src, int64_t nbytes, fsdp_stream stream);
 int fsdp_cuda_memset(void *dst, int byte, int64_t nbytes, fsdp_stream stream);
+/* nbytes of device memory into host memory, waiting for them (and for the
+ * work queued on stream before): the one read a training step needs */
+int fsdp_cuda_read(void *host, const void *src, int64_t nbytes, fsdp_stream stream);
+/* Host synchronisations with the device since the library was loaded: the
+ * times the host waited for queued device work and the data it made.
+ * Counted once each: fsdp_cuda_synchronize, fsdp_cuda_stream_synchronize,
+ * fsdp_cuda_event_synchronize, fsdp_cuda_read, fsdp_cuda_memcpy from device
+ * into pageable host memory, and a tensor copy from a device to the host
+ * (Tensor:cpu(), item(), get(), totable()). A step of training on the GPU
+ * should need one: its read of the loss and gradient norm. */
+int64_t fsdp_cuda_sync_count(void);
+/* tensor copies from the host to a device, which wait for their stream so
+ * the host buffer may be reused at once (a data loader's batches) */
+int64_t fsdp_cuda_upload_sync_count(void);
 
 /* Events and pinned host memory (engine/cuda/stream_cuda.cu). An event
  * orders streams without blocking the host: record it on one stream, make
@@ -568,6 +591,12 @@ int fsdp_crossentropy_forward_cuda(float *loss, float *lse, const float *logits,
 int fsdp_crossentropy_backward_cuda(float *dlogits, const float *dloss, const float *logits,
                                     const float *lse, const int32_t *targets, int N, int V,
                                     int ignore_index, fsdp_stream stream);
+int fsdp_crossentropy_mean_forward_cuda(float *out, int32_t *count, const float *loss,
+                                        const int32_t *targets, int N, int ignore_index,
+                                        fsdp_stream stream);
+int fsdp_crossentropy_mean_backward_cuda(float *dloss, const float *dout, const int32_t *count,
+                                         const int32_t *targets, int N, int ignore_index,
+                                         fsdp_stream stream);
 int fsdp_adamw_cuda(float *param, float *m, float *v, const float *grad, int64_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                     int64_t t, fsdp_stream stream);

@@ -7,8 +7,8 @@
 -- Names and arguments are those of the CPU kernels (engine/include/fsdp.h)
 -- without the _cpu suffix. The cuda table calls the same-named _cuda entry
 -- point of build/libfsdp_cuda.so with the backend's stream appended; the
--- one special case is sumsq(x), which returns a Lua number on both (the
--- device writes a double that is copied back).
+-- special case is sumsq(x), which returns a Lua number on both (the device
+-- writes a double that is read back; sumsq_many reads many at once).
 --
 -- The GPU's mixed-precision policy lives in the CUDA library
 -- (engine/cuda/policy_cuda.cu): fsdp_matmul_*_cuda and fsdp_attention_*_cuda
@@ -55,17 +55,32 @@ function M.install_cuda(lib, device)
       return w
    end})
 
-   local scratch, host = nil, ffi.new('double[1]')
-   function cuda.sumsq(x)
-      if scratch == nil then
-         scratch = ffi.cast('double*', lib.fsdp_cuda_alloc(x.device, 8, stream))
-         if scratch == nil then error('sumsq: ' .. bind.last_error(), 2) end
-      end
-      bind.check(lib.fsdp_sumsq_cuda(scratch, x:ptr(), x:numel(), stream), 'sumsq')
-      bind.check(lib.fsdp_cuda_memcpy(host, scratch, 8, stream), 'sumsq')
-      bind.check(lib.fsdp_cuda_stream_synchronize(stream), 'sumsq')
-      return tonumber(host[0])
+   -- sumsq_read: device doubles the sums are written to, and their host copy
+   local slots, nslots, host = nil, 0, nil
+   local function reserve(n)
+      if n <= nslots then return end
+      if slots ~= nil then lib.fsdp_cuda_free(slots) end
+      slots = ffi.cast('double*', lib.fsdp_cuda_alloc(cuda.device, 8 * n, stream))
+      if slots == nil then nslots = 0; error('sumsq: ' .. bind.last_error(), 3) end
+      host, nslots = ffi.new('double[?]', n), n
    end
+   -- the sums of squares of the device tensors xs and the values of the
+   -- one-element f32 device tensors vals, with one read (one host
+   -- synchronisation) for all of them
+   function cuda.sumsq_read(xs, vals)
+      local nx, n = #xs, #xs + #vals
+      reserve(math.max(n, 1))
+      for i, x in ipairs(xs) do bind.check(lib.fsdp_sumsq_cuda(slots + i - 1, x:ptr(), x:numel(), stream), 'sumsq') end
+      for j, v in ipairs(vals) do -- the f32 into the first 4 bytes of its slot (a device copy)
+         bind.check(lib.fsdp_cuda_memcpy(slots + nx + j - 1, v:ptr(), 4, stream), 'sumsq')
+      end
+      bind.check(lib.fsdp_cuda_read(host, slots, 8 * n, stream), 'sumsq')
+      local sums, out = {}, {}
+      for i = 1, nx do sums[i] = tonumber(host[i - 1]) end
+      for j = 1, #vals do out[j] = tonumber(ffi.cast('float*', host + nx + j - 1)[0]) end
+      return sums, out
+   end
+   function cuda.sumsq(x) return cuda.sumsq_read({x}, {})[1] end
    return cuda
 end
 
@@ -97,5 +112,31 @@ end
 function M.of(x) return M.for_device(x.device) end
 
 function M.sumsq(x) return M.of(x).sumsq(x) end
+
+-- The sums of squares of the contiguous f32 tensors in list (on any
+-- devices) and the values of the one-element f32 tensors in values
+-- (optional), as two tables of Lua numbers. What lives on the GPU comes back
+-- in one read: a model's gradient norm (one sum per unit) and its loss cost
+-- one host synchronisation, not one per tensor.
+function M.sumsq_many(list, values)
+   values = values or {}
+   local sums, vals, dx, dxi, dv, dvi = {}, {}, {}, {}, {}, {}
+   for i, x in ipairs(list) do
+      if not x:is_contiguous() then error('kernels.sumsq_many: tensor ' .. i .. ' is not contiguous', 2) end
+      if x.device < 0 then sums[i] = M.cpu.sumsq(x) else local k = #dx + 1; dx[k], dxi[k] = x, i end
+   end
+   for j, v in ipairs(values) do
+      if v:numel() ~= 1 or v.dtype ~= 'f32' then
+         error('kernels.sumsq_many: value ' .. j .. ' is not a one-element f32 tensor', 2)
+      end
+      if v.device < 0 then vals[j] = v:item() else local k = #dv + 1; dv[k], dvi[k] = v, j end
+   end
+   if #dx + #dv > 0 then
+      local s, v = M.for_device((dx[1] or dv[1]).device).sumsq_read(dx, dv)
+      for k, i in ipairs(dxi) do sums[i] = s[k] end
+      for k, j in ipairs(dvi) do vals[j] = v[k] end
+   end
+   return sums, vals
+end
 
 return M

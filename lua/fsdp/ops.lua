@@ -450,24 +450,20 @@ function M.cross_entropy(logits, targets, ignore_index)
    local K, dev = kern(op, logits, targets)
    local losses, lse = out_like({N}, dev), out_like({N}, dev)
    check(K.crossentropy_forward(losses:ptr(), lse:ptr(), logits:ptr(), targets:ptr(), N, V, ignore_index), op)
-   -- the mean over the counted rows, on the host (N numbers)
-   local ht, hl = targets:cpu(), losses:cpu()
-   local tp, lp = ht:ptr(), hl:ptr()
-   local count, total = 0, 0
-   for i = 0, N - 1 do
-      if tp[i] ~= ignore_index then count = count + 1; total = total + lp[i] end
-   end
-   if ht ~= targets then ht:free() end
-   if hl ~= losses then hl:free() end
-   local out = out_like({1}, dev)
-   out:fill(count > 0 and total / count or 0)
+   -- the mean over the counted rows, where the tensors live: the count stays
+   -- there too, so a device copies nothing to the host
+   local out, count = out_like({1}, dev), T.empty({1}, 'i32', true, dev)
+   check(K.crossentropy_mean_forward(out:ptr(), count:ptr(), losses:ptr(), targets:ptr(), N, ignore_index), op)
    if result(out, logits) then
       record(function()
-         if not out.grad or count == 0 then return end
-         local dloss = T.full({N}, out.grad:item() / count, 'f32', dev)
-         local ok, err = pcall(check, K.crossentropy_backward(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(),
-                                                                        lse:ptr(), targets:ptr(), N, V, ignore_index),
-                               'cross_entropy backward')
+         if not out.grad then return end
+         local dloss = T.zeros({N}, 'f32', nil, dev)
+         local ok, err = pcall(function()
+            check(K.crossentropy_mean_backward(dloss:ptr(), out.grad:ptr(), count:ptr(), targets:ptr(), N,
+                                               ignore_index), 'cross_entropy backward')
+            check(K.crossentropy_backward(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(), lse:ptr(), targets:ptr(),
+                                          N, V, ignore_index), 'cross_entropy backward')
+         end)
          dloss:free()
          if not ok then error(err, 0) end
       end)

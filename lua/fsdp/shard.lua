@@ -427,10 +427,14 @@ function Sharded:zero_grad()
    for _, u in ipairs(self.units) do u.grad_shard:zero() end
 end
 
--- sum of squares of the whole model's gradient (over the shard group)
+-- sum of squares of the whole model's gradient (over the shard group); on
+-- a GPU the units' sums come back in one read (kernels.sumsq_many)
 function Sharded:grad_sumsq()
+   local grads = {}
+   for i, u in ipairs(self.units) do grads[i] = u.grad_shard end
+   local sums = kernels.sumsq_many(grads)
    local s = 0
-   for _, u in ipairs(self.units) do s = s + u.grad_shard:sumsq() end
+   for i = 1, #grads do s = s + sums[i] end
    if self.shard_group then s = self.shard_group:sum_number(s) end
    return s
 end

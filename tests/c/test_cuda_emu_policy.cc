@@ -17,9 +17,13 @@
  *   - a shape cuDNN declines runs the f32 kernel (same bits) and is cached:
  *     its backward and later forwards do not ask cuDNN again, per shape and
  *     dtype; clearing the cache asks again;
- *   - bad arguments and a bad compute dtype are errors naming the call. */
+ *   - bad arguments and a bad compute dtype are errors naming the call;
+ * and the counter of host synchronisations (fsdp_cuda_sync_count): reads
+ * and synchronize calls count one each, uploads, device-to-device copies,
+ * copies into pinned memory and kernel launches none. */
 #include <stdint.h>
 #include <string.h>
+#include <string>
 #include <vector>
 #include "fsdp.h"
 #include "check.h"
@@ -258,6 +262,46 @@ void test_attention() {
     printf("attention: window and f32 compute never ask cuDNN; a declined shape is asked once per dtype\n");
 }
 
+/* ---- host synchronisations, counted ---------------------------------------------- */
+
+void test_sync_counts() {
+    vec x = uniform(64);
+    dev d(x), e{vec(64, 0.0f)};
+    vec h(64);
+    float *pinned = (float *)fsdp_cuda_host_alloc(64 * 4);
+    fsdp_event ev = nullptr;
+    CHECK(fsdp_cuda_event_create(&ev, 0) == FSDP_OK, "event: %s", fsdp_last_error());
+    struct step { const char *what; int64_t want; } steps[] = {
+        {"upload (host -> device)", 0}, {"device -> device", 0}, {"device -> pinned host", 0},
+        {"device -> pageable host", 1}, {"fsdp_cuda_read", 1}, {"stream synchronize", 1},
+        {"device synchronize", 1}, {"event synchronize", 1}, {"event query", 0}, {"kernel launch", 0}};
+    for (const step &st : steps) {
+        const int64_t c0 = fsdp_cuda_sync_count(), u0 = fsdp_cuda_upload_sync_count();
+        int rc = FSDP_OK, done = 0;
+        const std::string w = st.what;
+        if (w == "upload (host -> device)") rc = fsdp_cuda_memcpy(e.p, x.data(), 256, nullptr);
+        else if (w == "device -> device") rc = fsdp_cuda_memcpy(e.p, d.p, 256, nullptr);
+        else if (w == "device -> pinned host") rc = fsdp_cuda_memcpy(pinned, d.p, 256, nullptr);
+        else if (w == "device -> pageable host") rc = fsdp_cuda_memcpy(h.data(), d.p, 256, nullptr);
+        else if (w == "fsdp_cuda_read") rc = fsdp_cuda_read(h.data(), d.p, 256, nullptr);
+        else if (w == "stream synchronize") rc = fsdp_cuda_stream_synchronize(nullptr);
+        else if (w == "device synchronize") rc = fsdp_cuda_synchronize();
+        else if (w == "event synchronize") rc = fsdp_cuda_event_record(ev, nullptr) || fsdp_cuda_event_synchronize(ev);
+        else if (w == "event query") rc = fsdp_cuda_event_record(ev, nullptr) || fsdp_cuda_event_query(ev, &done);
+        else rc = fsdp_scale_cuda(e.p, 2.0f, d.p, 64, nullptr);
+        CHECK(rc == FSDP_OK, "%s: %s", st.what, fsdp_last_error());
+        CHECK(fsdp_cuda_sync_count() - c0 == st.want, "%s counted %lld host synchronisations, want %lld", st.what,
+              (long long)(fsdp_cuda_sync_count() - c0), (long long)st.want);
+        CHECK(fsdp_cuda_upload_sync_count() == u0, "%s counted an upload", st.what);
+    }
+    CHECK(!memcmp(h.data(), x.data(), 256), "fsdp_cuda_read read other bytes");
+    CHECK(fsdp_cuda_read(h.data(), nullptr, 4, nullptr) == FSDP_ERR_INVALID, "a NULL source read");
+    fsdp_cuda_event_destroy(ev);
+    fsdp_cuda_host_free(pinned);
+    printf("sync counts: reads and synchronize calls count one each; uploads, device copies, copies into pinned "
+           "memory and launches none\n");
+}
+
 /* ---- errors ------------------------------------------------------------------------ */
 
 void test_errors() {
@@ -291,5 +335,6 @@ int main() {
     test_errors();
     test_gemm();
     test_attention();
+    test_sync_counts();
     return check_exit("test_cuda_emu_policy");
 }

@@ -1,0 +1,20 @@
+/* loss_mean_math.h - the per-row gradient of a mean over counted rows (the
+ * cross-entropy loss over the tokens whose target is not ignore_index),
+ * shared by crossentropy_mean_cpu.c and crossentropy_mean_cuda.cu so both
+ * give the same bits: dout / count in double, rounded once (what the Lua
+ * op computed on the host before the count moved to the device). */
+#ifndef FSDP_LOSS_MEAN_MATH_H
+#define FSDP_LOSS_MEAN_MATH_H
+#include <stdint.h>
+#include "fsdp_hd.h"
+
+/* d loss[n] for a counted row of a mean over count rows (0 when none count) */
+FSDP_HD float fsdp_mean_row_grad(float dout, int32_t count) {
+    return count > 0 ? (float)((double)dout / (double)count) : 0.0f;
+}
+
+/* the mean itself from the sum (in double) and the count */
+FSDP_HD float fsdp_mean_of(double total, int32_t count) {
+    return count > 0 ? (float)(total / (double)count) : 0.0f;
+}
+#endif
