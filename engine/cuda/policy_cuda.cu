@@ -78,10 +78,7 @@ struct scratch {
     int up(float *dst, const void *src, int64_t n, int dtype, bool add) {
         if (rc || !dst) return rc;
         if (!add) return rc = fsdp_cast_cuda(dst, FSDP_F32, src, dtype, n, stream);
-        float *wide = (float *)get(n * 4);
-        if (!wide) return rc;
-        if ((rc = fsdp_cast_cuda(wide, FSDP_F32, src, dtype, n, stream))) return rc;
-        return rc = fsdp_axpy_cuda(dst, 1.0f, wide, n, stream);
+        return rc = fsdp_cast_add_cuda(dst, src, dtype, n, stream);
     }
 };
 

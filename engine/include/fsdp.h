@@ -205,6 +205,11 @@ int fsdp_rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const fl
                              int N, int C, float eps);
 int fsdp_rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp,
                               const float *weight, const float *rstd, int N, int C);
+/* sum = a + b, then out = rmsnorm(sum) * weight saving rstd (a residual add
+ * and the next block's norm; kernels/add_rmsnorm_cpu.c). Backward is
+ * fsdp_rmsnorm_backward_* with inp = sum; its input gradient is a's and b's. */
+int fsdp_add_rmsnorm_forward_cpu(float *sum, float *out, float *rstd, const float *a, const float *b,
+                                 const float *weight, int N, int C, float eps);
 
 /* pointwise activations over n elements */
 int fsdp_gelu_forward_cpu(float *out, const float *inp, int64_t n);   /* tanh approximation */
@@ -562,6 +567,9 @@ int fsdp_rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const f
 int fsdp_rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
                                const float *weight, const float *rstd, int N, int C,
                                fsdp_stream stream);
+int fsdp_add_rmsnorm_forward_cuda(float *sum, float *out, float *rstd, const float *a,
+                                  const float *b, const float *weight, int N, int C, float eps,
+                                  fsdp_stream stream);
 int fsdp_gelu_forward_cuda(float *out, const float *inp, int64_t n, fsdp_stream stream);
 int fsdp_gelu_backward_cuda(float *dinp, const float *dout, const float *inp, int64_t n,
                             fsdp_stream stream);
@@ -581,6 +589,9 @@ int fsdp_scale_cuda(float *out, float alpha, const float *x, int64_t n, fsdp_str
 int fsdp_mul_cuda(float *out, const float *a, const float *b, int64_t n, fsdp_stream stream);
 int fsdp_cast_cuda(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n,
                    fsdp_stream stream);
+/* dst (f32) += src (f32, bf16 or f16) widened: the bits of a cast to f32
+ * followed by fsdp_axpy_cuda with alpha 1, in one pass */
+int fsdp_cast_add_cuda(float *dst, const void *src, int src_dtype, int64_t n, fsdp_stream stream);
 int fsdp_rope_forward_cuda(float *out, const float *inp, const float *cos, const float *sin,
                            int B, int T, int NH, int HD, int ld, fsdp_stream stream);
 int fsdp_rope_backward_cuda(float *dinp, const float *dout, const float *cos, const float *sin,

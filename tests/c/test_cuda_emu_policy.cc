@@ -262,6 +262,27 @@ void test_attention() {
     printf("attention: window and f32 compute never ask cuDNN; a declined shape is asked once per dtype\n");
 }
 
+/* the policy adds 16-bit gradients into f32 ones with fsdp_cast_add_cuda:
+ * the bits of a cast to f32 then an axpy with alpha 1 */
+void test_cast_add() {
+    for (int dt : {FSDP_BF16, FSDP_F16}) {
+        const int n = 1031;
+        vec y = uniform(n), src = uniform(n, -3, 3);
+        std::vector<uint16_t> h16(n);
+        fsdp_cast_cpu(h16.data(), dt, src.data(), FSDP_F32, n);
+        dev a(y), b(y), wide{vec(n)}, half{vec(n / 2 + 1)};
+        CHECK(fsdp_cuda_memcpy(half.p, h16.data(), 2 * n, nullptr) == FSDP_OK, "upload");
+        CHECK(fsdp_cast_cuda(wide.p, FSDP_F32, half.p, dt, n, nullptr) == FSDP_OK, "cast: %s", fsdp_last_error());
+        CHECK(fsdp_axpy_cuda(a.p, 1.0f, wide.p, n, nullptr) == FSDP_OK, "axpy: %s", fsdp_last_error());
+        CHECK(fsdp_cast_add_cuda(b.p, half.p, dt, n, nullptr) == FSDP_OK, "cast_add: %s", fsdp_last_error());
+        CHECK(same_bits(a.get(), b.get()), "%s: cast_add differs from cast + axpy", fsdp_dtype_name(dt));
+        CHECK(!same_bits(b.get(), y), "%s: cast_add added nothing", fsdp_dtype_name(dt));
+    }
+    dev z{vec(4)};
+    CHECK(fsdp_cast_add_cuda(z.p, z.p, FSDP_I32, 4, nullptr) == FSDP_ERR_INVALID, "cast_add from i32 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_cast_add_cuda"), "message: %s", fsdp_last_error());
+}
+
 /* ---- host synchronisations, counted ---------------------------------------------- */
 
 void test_sync_counts() {
@@ -335,6 +356,7 @@ int main() {
     test_errors();
     test_gemm();
     test_attention();
+    test_cast_add();
     test_sync_counts();
     return check_exit("test_cuda_emu_policy");
 }
