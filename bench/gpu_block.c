@@ -63,7 +63,7 @@ static void *dev_weight(long n, float a) {
 
 /* y[M, N] (bf16) = x[M, K] (bf16) @ W^T, W stored [N, K] */
 static void linear(void *y, const void *x, const void *w, int M, int N, int K) {
-    CALL(fsdp_matmul_forward_cuda(y, NULL, x, w, NULL, M, N, K, 0, 1, 0, 0, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_forward_cublaslt(y, NULL, x, w, NULL, M, N, K, 0, 1, 0, 0, FSDP_BF16, NULL));
 }
 
 static void to16(void *dst, const float *src, long n) { CALL(fsdp_cast_cuda(dst, FSDP_BF16, src, FSDP_F32, n, NULL)); }
@@ -104,8 +104,8 @@ static void forward(block *b) {
         if (cudnn_ok) printf("cuDNN attention declined, using the f32 kernel: %s\n", fsdp_last_error());
         cudnn_ok = 0;
         to32(b->v32, b->v, N * CKV);
-        CALL(fsdp_attention_forward_cuda(b->att32, b->lse, b->q32, b->k32, b->v32, B, T, NH, NKV, HD, C, CKV, CKV,
-                                         0, scale, NULL));
+        CALL(fsdp_attention_forward_f32_cuda(b->att32, b->lse, b->q32, b->k32, b->v32, B, T, NH, NKV, HD, C, CKV,
+                                             CKV, 0, scale, NULL));
         to16(b->att, b->att32, N * C);
     } else {
         CALL(rc);
@@ -145,19 +145,20 @@ static void backward(block *b) {
     /* MLP: y = x2 + Wd act */
     CALL(fsdp_cuda_memcpy(b->dx2, b->dy, 4 * N * C, NULL));
     to16(b->d16, b->dy, N * C);
-    CALL(fsdp_matmul_backward_cuda(b->dact, b->dwd, NULL, b->d16, b->actb, b->wd, N, C, FFN, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->dact, b->dwd, NULL, b->d16, b->actb, b->wd, N, C, FFN, 0, 1, FSDP_BF16,
+                                       NULL));
     to32(b->tmp2, b->dact, N * FFN);
     CALL(fsdp_swiglu_backward_cuda(b->dgate, b->dup, b->tmp2, b->gate, b->up, N * FFN, NULL));
     to16(b->g16, b->dgate, N * FFN);
     to16(b->u16, b->dup, N * FFN);
-    CALL(fsdp_matmul_backward_cuda(b->dh, b->dwg, NULL, b->g16, b->h2b, b->wg, N, FFN, C, 0, 1, FSDP_BF16, NULL));
-    CALL(fsdp_matmul_backward_cuda(b->dh, b->dwu, NULL, b->u16, b->h2b, b->wu, N, FFN, C, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->dh, b->dwg, NULL, b->g16, b->h2b, b->wg, N, FFN, C, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->dh, b->dwu, NULL, b->u16, b->h2b, b->wu, N, FFN, C, 0, 1, FSDP_BF16, NULL));
     to32(b->tmp, b->dh, N * C);
     CALL(fsdp_rmsnorm_backward_cuda(b->dx2, b->dn2w, b->tmp, b->x2, b->n2w, b->rstd2, N, C, NULL));
     /* attention: x2 = x + Wo att */
     CALL(fsdp_axpy_cuda(b->dx, 1.0f, b->dx2, N * C, NULL));
     to16(b->d16, b->dx2, N * C);
-    CALL(fsdp_matmul_backward_cuda(b->datt, b->dwo, NULL, b->d16, b->att, b->wo, N, C, C, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->datt, b->dwo, NULL, b->d16, b->att, b->wo, N, C, C, 0, 1, FSDP_BF16, NULL));
     if (cudnn_ok) {
         CALL(fsdp_attention_backward_cudnn(b->dq, b->dk, b->dv, b->datt, b->q, b->k, b->v, b->att, b->lse, B, T, NH,
                                            NKV, HD, C, CKV, CKV, scale, FSDP_BF16, NULL));
@@ -169,8 +170,8 @@ static void backward(block *b) {
         CALL(fsdp_cuda_memset(b->dq_raw, 0, 4 * N * C, NULL));
         CALL(fsdp_cuda_memset(b->dk_raw, 0, 4 * N * CKV, NULL));
         CALL(fsdp_cuda_memset(b->dv_raw, 0, 4 * N * CKV, NULL));
-        CALL(fsdp_attention_backward_cuda(b->dq_raw, b->dk_raw, b->dv_raw, b->tmp2, b->q32, b->k32, b->v32, b->att32,
-                                          b->lse, B, T, NH, NKV, HD, C, CKV, CKV, 0, scale, NULL));
+        CALL(fsdp_attention_backward_f32_cuda(b->dq_raw, b->dk_raw, b->dv_raw, b->tmp2, b->q32, b->k32, b->v32,
+                                              b->att32, b->lse, B, T, NH, NKV, HD, C, CKV, CKV, 0, scale, NULL));
         to16(b->dv, b->dv_raw, N * CKV);
     }
     /* un-rotate dq and dk, then the three projections */
@@ -179,9 +180,9 @@ static void backward(block *b) {
     to16(b->dq, b->dq32, N * C);
     to16(b->dk, b->dk32, N * CKV);
     CALL(fsdp_cuda_memset(b->dh, 0, 2 * N * C, NULL));
-    CALL(fsdp_matmul_backward_cuda(b->dh, b->dwq, NULL, b->dq, b->h1b, b->wq, N, C, C, 0, 1, FSDP_BF16, NULL));
-    CALL(fsdp_matmul_backward_cuda(b->dh, b->dwk, NULL, b->dk, b->h1b, b->wk, N, CKV, C, 0, 1, FSDP_BF16, NULL));
-    CALL(fsdp_matmul_backward_cuda(b->dh, b->dwv, NULL, b->dv, b->h1b, b->wv, N, CKV, C, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->dh, b->dwq, NULL, b->dq, b->h1b, b->wq, N, C, C, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->dh, b->dwk, NULL, b->dk, b->h1b, b->wk, N, CKV, C, 0, 1, FSDP_BF16, NULL));
+    CALL(fsdp_matmul_backward_cublaslt(b->dh, b->dwv, NULL, b->dv, b->h1b, b->wv, N, CKV, C, 0, 1, FSDP_BF16, NULL));
     to32(b->tmp, b->dh, N * C);
     CALL(fsdp_rmsnorm_backward_cuda(b->dx, b->dn1w, b->tmp, b->x, b->n1w, b->rstd1, N, C, NULL));
 }

@@ -1,6 +1,7 @@
 /* attention_cuda.cu - plain causal self-attention with grouped-query heads
- * and an optional sliding window, in f32: the fallback for shapes cuDNN's
- * flash attention does not take. Layouts, masking and the saved lse are
+ * and an optional sliding window, in f32 (fsdp_attention_*_f32_cuda): what
+ * engine/cuda/policy_cuda.cu runs in f32, with a window, and for shapes
+ * cuDNN's flash attention does not take. Layouts, masking and the saved lse are
  * those of attention_cpu.c (attention_math.h decides which keys a query sees).
  *
  * One warp per query row (b, h, t), rows ordered with t fastest so the warps
@@ -230,10 +231,10 @@ static unsigned row_blocks(int64_t rows) { return (unsigned)((rows + ATT_WARPS -
 
 #define CHECK_PTR(fn, p) FSDP_CHECK_ARG((p) != NULL, "%s: %s is NULL", fn, #p)
 
-int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
+int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
                                 const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
                                 int ldk, int ldv, int window, float scale, fsdp_stream stream) {
-    const char *fn = "fsdp_attention_forward_cuda";
+    const char *fn = "fsdp_attention_forward_f32_cuda";
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     CHECK_PTR(fn, q);
@@ -246,11 +247,11 @@ int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const fl
     return fsdp_cuda_launched(fn);
 }
 
-int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
                                  const float *q, const float *k, const float *v, const float *out,
                                  const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
                                  int ldk, int ldv, int window, float scale, fsdp_stream stream) {
-    const char *fn = "fsdp_attention_backward_cuda";
+    const char *fn = "fsdp_attention_backward_f32_cuda";
     CHECK_PTR(fn, dout);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);

@@ -19,9 +19,9 @@
  * A built plan is cached per shape and device. Anything cuDNN declines (no
  * engine for the shape or the GPU, a graph this cuDNN version does not fuse)
  * is FSDP_ERR_UNSUPPORTED with cuDNN's reason, so the caller can fall back
- * to fsdp_attention_*_cuda. Backward keeps the library's contract: cuDNN
- * writes its gradients to scratch buffers that are then added into dq, dk
- * and dv (NULL ones skipped).
+ * to fsdp_attention_*_f32_cuda (engine/cuda/policy_cuda.cu does). Backward
+ * keeps the library's contract: cuDNN writes its gradients to scratch
+ * buffers that are then added into dq, dk and dv (NULL ones skipped).
  *
  * Not run by the emulation tests (it needs cuDNN and a GPU); tests/cuda
  * checks it against the CPU kernel. Debug a refused graph with

@@ -12,6 +12,13 @@ static __global__ void cast_kernel(void *dst, const void *src, int64_t n) {
     if (i < n) fsdp_store_from_f32(dst, i, DST, fsdp_load_as_f32(src, i, SRC));
 }
 
+/* dst (f32) += src widened from SRC: a 16-bit gradient added into its f32 one */
+template <int SRC>
+static __global__ void cast_add_kernel(float *dst, const void *src, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] += fsdp_load_as_f32(src, i, SRC);
+}
+
 /* ---- launchers ---------------------------------------------------------- */
 
 static int is_float_dtype(int dtype) {
@@ -45,6 +52,21 @@ int fsdp_cast_cuda(void *dst, int dst_dtype, const void *src, int src_dtype, int
     case FSDP_F16 * 3 + FSDP_F32: kernel = cast_kernel<FSDP_F16, FSDP_F32>; break;
     default: kernel = cast_kernel<FSDP_F16, FSDP_BF16>; break;
     }
+    const int64_t blocks = fsdp_cuda_grid(n, FSDP_EW_THREADS);
+    FSDP_CUDA_CHECK_GRID(fn, blocks);
+    FSDP_LAUNCH(kernel, (unsigned)blocks, FSDP_EW_THREADS, 0, stream, dst, src, n);
+    return fsdp_cuda_launched(fn);
+}
+
+int fsdp_cast_add_cuda(float *dst, const void *src, int src_dtype, int64_t n, fsdp_stream stream) {
+    const char *fn = "fsdp_cast_add_cuda";
+    FSDP_CUDA_CHECK_N(fn, n);
+    FSDP_CHECK_ARG(is_float_dtype(src_dtype), "%s: src dtype %d is not f32, bf16 or f16", fn, src_dtype);
+    if (n == 0) return FSDP_OK;
+    FSDP_CHECK_ARG(dst && src, "%s: dst and src must not be NULL", fn);
+    void (*kernel)(float *, const void *, int64_t) =
+        src_dtype == FSDP_BF16 ? cast_add_kernel<FSDP_BF16> : src_dtype == FSDP_F16 ? cast_add_kernel<FSDP_F16>
+                                                                                    : cast_add_kernel<FSDP_F32>;
     const int64_t blocks = fsdp_cuda_grid(n, FSDP_EW_THREADS);
     FSDP_CUDA_CHECK_GRID(fn, blocks);
     FSDP_LAUNCH(kernel, (unsigned)blocks, FSDP_EW_THREADS, 0, stream, dst, src, n);

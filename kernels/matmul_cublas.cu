@@ -14,6 +14,10 @@
  * approximation) fuses as the GELU_BIAS epilogue; GELU_AUX_BIAS also stores
  * the pre-activation for backward.
  *
+ * These are the raw entry points (fsdp_matmul_*_cublaslt); the ops call
+ * engine/cuda/policy_cuda.cu's fsdp_matmul_*_cuda, which picks the compute
+ * dtype and falls back to the SIMT kernel when this says UNSUPPORTED.
+ *
  * One cuBLASLt handle per device; one 32 MiB workspace per (device, stream),
  * since two streams must not share one. The chosen algorithm is cached per
  * shape, dtype, epilogue and operand alignment. Not run by the emulation
@@ -205,10 +209,10 @@ int check_common(const char *fn, int M, int N, int K, int dtype) {
 
 }  // namespace
 
-int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b,
+int fsdp_matmul_forward_cublaslt(void *out, void *pre_gelu, const void *a, const void *b,
                              const void *bias, int M, int N, int K, int trans_a, int trans_b,
                              int accumulate, int gelu, int dtype, fsdp_stream stream) {
-    const char *fn = "fsdp_matmul_forward_cuda";
+    const char *fn = "fsdp_matmul_forward_cublaslt";
     int rc = check_common(fn, M, N, K, dtype);
     if (rc) return rc;
     FSDP_CHECK_ARG(out && a && b, "%s: out, a and b must not be NULL", fn);
@@ -221,10 +225,10 @@ int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const voi
                      accumulate ? 1.0f : 0.0f, gelu, dtype, stream);
 }
 
-int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
+int fsdp_matmul_backward_cublaslt(void *da, void *db, void *dbias, const void *dout, const void *a,
                               const void *b, int M, int N, int K, int trans_a, int trans_b,
                               int dtype, fsdp_stream stream) {
-    const char *fn = "fsdp_matmul_backward_cuda";
+    const char *fn = "fsdp_matmul_backward_cublaslt";
     int rc = check_common(fn, M, N, K, dtype);
     if (rc) return rc;
     FSDP_CHECK_ARG(dout, "%s: dout must not be NULL", fn);

@@ -17,10 +17,19 @@ void *op_alloc(int device, int64_t nbytes) { return fsdp_cuda_alloc(device, nbyt
 
 void op_release(void *ptr) { fsdp_cuda_free(ptr); }
 
+/* a copy touching the host waits for the stream, and is counted once: a
+ * read of device data (to the host), or an upload (the host buffer may be
+ * reused when it returns) */
 int op_copy(void *dst, int dst_device, const void *src, int src_device, int64_t nbytes) {
-    int rc = fsdp_cuda_memcpy(dst, src, nbytes, current);
-    if (rc == FSDP_OK && (dst_device == FSDP_CPU || src_device == FSDP_CPU))
-        rc = fsdp_cuda_stream_synchronize(current);
+    const char *fn = "tensor copy";
+    if (nbytes == 0) return FSDP_OK;
+    int rc = fsdp_cuda_check(cudaMemcpyAsync(dst, src, (size_t)nbytes, cudaMemcpyDefault, current), fn,
+                             "cudaMemcpyAsync");
+    if (rc == FSDP_OK && (dst_device == FSDP_CPU || src_device == FSDP_CPU)) {
+        if (dst_device == FSDP_CPU) fsdp_cuda_count_sync();
+        else fsdp_cuda_count_upload_sync();
+        rc = fsdp_cuda_check(cudaStreamSynchronize(current), fn, "cudaStreamSynchronize");
+    }
     return rc;
 }
 

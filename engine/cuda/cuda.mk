@@ -3,7 +3,8 @@
 # 1. Emulation tests (part of `make all`, run by tests/run.sh): our kernels
 #    (kernels/*_cuda.cu) compiled as C++ by g++ against the fiber emulation of
 #    CUDA in tests/cuda/emu/cuda_emu.h, with AddressSanitizer, and linked into
-#    build/tests/test_cuda_emu_* with the CPU library as the reference.
+#    build/tests/test_cuda_emu_* with the CPU library as the reference
+#    (test_cuda_emu_policy instead calls build/libfsdp_cuda_emu.so, as Lua does).
 # 2. build/libfsdp_cuda_emu.so (part of `make all`): the CUDA backend as
 #    Lua loads it (engine/cuda/*.cu but NCCL, our kernels, and
 #    tests/cuda/emu/emu_backend.cc in place of cuBLASLt, cuDNN and NCCL),
@@ -61,6 +62,14 @@ $(BUILD)/emu/%.o: %.cu $(CUDA_HEADERS)
 $(BUILD)/tests/test_cuda_emu_%: tests/c/test_cuda_emu_%.cc $(CUDA_EMU_OBJ) $(CUDA_HEADERS) $(BUILD)/libfsdp.so
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) $< $(CUDA_EMU_OBJ) -o $@ -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -lfsdp
+
+# the policy test calls the emulated backend library as Lua does (no ASan:
+# the library is not instrumented)
+$(BUILD)/tests/test_cuda_emu_policy: tests/c/test_cuda_emu_policy.cc tests/c/check.h $(HEADERS) \
+		$(BUILD)/libfsdp_cuda_emu.so
+	@mkdir -p $(dir $@)
+	$(CXX) $(OPT) $(ARCH) -g -std=gnu++17 $(WARN) -Iengine/include -Itests/c $< -o $@ -L$(BUILD) \
+		-Wl,-rpath,'$$ORIGIN/..' -lfsdp_cuda_emu -lfsdp
 
 $(BUILD)/emu-lib/%.o: %.cu $(CUDA_HEADERS)
 	@mkdir -p $(dir $@)

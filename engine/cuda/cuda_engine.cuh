@@ -24,4 +24,14 @@ static inline int fsdp_cuda_check(cudaError_t e, const char *fn, const char *wha
 
 /* this process's rank for messages (alloc_cuda.cu) */
 int fsdp_cuda_rank(void);
+
+/* Host waits on the device, for fsdp_cuda_sync_count and
+ * fsdp_cuda_upload_sync_count (device_cuda.cu): every path of the backend
+ * that blocks the host until queued device work is done calls one of these
+ * once. */
+void fsdp_cuda_count_sync(void);
+void fsdp_cuda_count_upload_sync(void);
+/* 1 for device (or managed) memory, 0 for host memory; *pageable (when not
+ * NULL) = 1 for host memory that is not page-locked */
+int fsdp_cuda_is_device_ptr(const void *p, int *pageable);
 #endif

@@ -2,7 +2,30 @@
  * call returns an FSDP status; the runtime's reason is in the message. */
 #include <stdio.h>
 #include <string.h>
+#include <atomic>
 #include "cuda_engine.cuh"
+
+/* ---- host synchronisations, counted ------------------------------------ */
+
+namespace {
+std::atomic<long long> host_syncs{0}, upload_syncs{0};
+}
+
+void fsdp_cuda_count_sync(void) { host_syncs++; }
+void fsdp_cuda_count_upload_sync(void) { upload_syncs++; }
+int64_t fsdp_cuda_sync_count(void) { return host_syncs.load(); }
+int64_t fsdp_cuda_upload_sync_count(void) { return upload_syncs.load(); }
+
+int fsdp_cuda_is_device_ptr(const void *p, int *pageable) {
+    cudaPointerAttributes a;
+    memset(&a, 0, sizeof a);
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* an unknown pointer: plain host memory */
+        a.type = cudaMemoryTypeUnregistered;
+    }
+    if (pageable) *pageable = a.type == cudaMemoryTypeUnregistered;
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
 
 int fsdp_cuda_device_count(int *count) {
     FSDP_CHECK_ARG(count, "fsdp_cuda_device_count: count is NULL");
@@ -65,6 +88,7 @@ int64_t fsdp_cuda_struct_size(const char *name) {
 }
 
 int fsdp_cuda_synchronize(void) {
+    fsdp_cuda_count_sync();
     return fsdp_cuda_check(cudaDeviceSynchronize(), "fsdp_cuda_synchronize", "cudaDeviceSynchronize");
 }
 
@@ -80,6 +104,7 @@ int fsdp_cuda_stream_destroy(fsdp_stream s) {
 }
 
 int fsdp_cuda_stream_synchronize(fsdp_stream s) {
+    fsdp_cuda_count_sync();
     return fsdp_cuda_check(cudaStreamSynchronize(s), "fsdp_cuda_stream_synchronize",
                            "cudaStreamSynchronize");
 }
@@ -89,8 +114,24 @@ int fsdp_cuda_memcpy(void *dst, const void *src, int64_t nbytes, fsdp_stream str
     FSDP_CHECK_ARG(nbytes >= 0, "%s: nbytes (%lld) is negative", fn, (long long)nbytes);
     if (nbytes == 0) return FSDP_OK;
     FSDP_CHECK_ARG(dst && src, "%s: dst or src is NULL", fn);
+    /* from the device into pageable memory the copy returns when it is done:
+     * the host waited */
+    int pageable = 0;
+    if (!fsdp_cuda_is_device_ptr(dst, &pageable) && pageable && fsdp_cuda_is_device_ptr(src, NULL))
+        fsdp_cuda_count_sync();
     return fsdp_cuda_check(cudaMemcpyAsync(dst, src, (size_t)nbytes, cudaMemcpyDefault, stream), fn,
                            "cudaMemcpyAsync");
+}
+
+int fsdp_cuda_read(void *host, const void *src, int64_t nbytes, fsdp_stream stream) {
+    const char *fn = "fsdp_cuda_read";
+    FSDP_CHECK_ARG(nbytes >= 0, "%s: nbytes (%lld) is negative", fn, (long long)nbytes);
+    FSDP_CHECK_ARG(host && src, "%s: host or src is NULL", fn);
+    fsdp_cuda_count_sync();
+    int rc = fsdp_cuda_check(cudaMemcpyAsync(host, src, (size_t)nbytes, cudaMemcpyDefault, stream), fn,
+                             "cudaMemcpyAsync");
+    if (rc) return rc;
+    return fsdp_cuda_check(cudaStreamSynchronize(stream), fn, "cudaStreamSynchronize");
 }
 
 int fsdp_cuda_memset(void *dst, int byte, int64_t nbytes, fsdp_stream stream) {

@@ -43,6 +43,7 @@ int fsdp_cuda_stream_wait_event(fsdp_stream stream, fsdp_event e) {
 
 int fsdp_cuda_event_synchronize(fsdp_event e) {
     FSDP_CHECK_ARG(e, "fsdp_cuda_event_synchronize: event is NULL");
+    fsdp_cuda_count_sync();
     return fsdp_cuda_check(cudaEventSynchronize(e), "fsdp_cuda_event_synchronize", "cudaEventSynchronize");
 }
 

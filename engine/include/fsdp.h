@@ -211,6 +211,11 @@ int fsdp_rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const fl
                              int N, int C, float eps);
 int fsdp_rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp,
                               const float *weight, const float *rstd, int N, int C);
+/* sum = a + b, then out = rmsnorm(sum) * weight saving rstd (a residual add
+ * and the next block's norm; kernels/add_rmsnorm_cpu.c). Backward is
+ * fsdp_rmsnorm_backward_* with inp = sum; its input gradient is a's and b's. */
+int fsdp_add_rmsnorm_forward_cpu(float *sum, float *out, float *rstd, const float *a, const float *b,
+                                 const float *weight, int N, int C, float eps);
 
 /* pointwise activations over n elements */
 int fsdp_gelu_forward_cpu(float *out, const float *inp, int64_t n);   /* tanh approximation */
@@ -303,6 +308,16 @@ int fsdp_crossentropy_backward_cpu(float *dlogits, const float *dloss, const flo
  * gradient softmax - onehot(target) (all zeros, loss 0, for ignore_index). */
 int fsdp_crossentropy_inplace_cpu(float *loss, float *lse, float *logits, const int32_t *targets,
                                   int N, int V, int ignore_index);
+/* The loss of a batch (kernels/crossentropy_mean_cpu.c): *out = the mean of
+ * loss[n] over the rows whose target is not ignore_index (0 when none is),
+ * summed in double; *count = how many rows that is. Backward: dloss[n] +=
+ * *dout / *count for those rows. Outputs, not host numbers, so that on a
+ * device the count never comes to the host. denominator > 0 divides by it
+ * instead of the count (the sum of the losses over a given number). */
+int fsdp_crossentropy_mean_forward_cpu(float *out, int32_t *count, const float *loss,
+                                       const int32_t *targets, int N, int ignore_index, double denominator);
+int fsdp_crossentropy_mean_backward_cpu(float *dloss, const float *dout, const int32_t *count,
+                                        const int32_t *targets, int N, int ignore_index, double denominator);
 
 /* Fused AdamW step over a flat f32 segment. g is multiplied by grad_scale
  * first (clipping and loss-scale unscaling fold in here). step t >= 1 is used
@@ -586,6 +601,20 @@ int fsdp_cuda_stream_synchronize(fsdp_stream s);
  * queued on stream; a pageable host buffer makes it synchronous */
 int fsdp_cuda_memcpy(void *dst, const void *src, int64_t nbytes, fsdp_stream stream);
 int fsdp_cuda_memset(void *dst, int byte, int64_t nbytes, fsdp_stream stream);
+/* nbytes of device memory into host memory, waiting for them (and for the
+ * work queued on stream before): the one read a training step needs */
+int fsdp_cuda_read(void *host, const void *src, int64_t nbytes, fsdp_stream stream);
+/* Host synchronisations with the device since the library was loaded: the
+ * times the host waited for queued device work and the data it made.
+ * Counted once each: fsdp_cuda_synchronize, fsdp_cuda_stream_synchronize,
+ * fsdp_cuda_event_synchronize, fsdp_cuda_read, fsdp_cuda_memcpy from device
+ * into pageable host memory, and a tensor copy from a device to the host
+ * (Tensor:cpu(), item(), get(), totable()). A step of training on the GPU
+ * should need one: its read of the loss and gradient norm. */
+int64_t fsdp_cuda_sync_count(void);
+/* tensor copies from the host to a device, which wait for their stream so
+ * the host buffer may be reused at once (a data loader's batches) */
+int64_t fsdp_cuda_upload_sync_count(void);
 
 /* Events and pinned host memory (engine/cuda/stream_cuda.cu). An event
  * orders streams without blocking the host: record it on one stream, make
@@ -655,6 +684,9 @@ int fsdp_rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const f
 int fsdp_rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
                                const float *weight, const float *rstd, int N, int C,
                                fsdp_stream stream);
+int fsdp_add_rmsnorm_forward_cuda(float *sum, float *out, float *rstd, const float *a,
+                                  const float *b, const float *weight, int N, int C, float eps,
+                                  fsdp_stream stream);
 int fsdp_gelu_forward_cuda(float *out, const float *inp, int64_t n, fsdp_stream stream);
 int fsdp_gelu_backward_cuda(float *dinp, const float *dout, const float *inp, int64_t n,
                             fsdp_stream stream);
@@ -674,6 +706,9 @@ int fsdp_scale_cuda(float *out, float alpha, const float *x, int64_t n, fsdp_str
 int fsdp_mul_cuda(float *out, const float *a, const float *b, int64_t n, fsdp_stream stream);
 int fsdp_cast_cuda(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n,
                    fsdp_stream stream);
+/* dst (f32) += src (f32, bf16 or f16) widened: the bits of a cast to f32
+ * followed by fsdp_axpy_cuda with alpha 1, in one pass */
+int fsdp_cast_add_cuda(float *dst, const void *src, int src_dtype, int64_t n, fsdp_stream stream);
 int fsdp_rope_forward_cuda(float *out, const float *inp, const float *cos, const float *sin,
                            int B, int T, int NH, int HD, int ld, fsdp_stream stream);
 int fsdp_rope_backward_cuda(float *dinp, const float *dout, const float *cos, const float *sin,
@@ -686,6 +721,12 @@ int fsdp_crossentropy_backward_cuda(float *dlogits, const float *dloss, const fl
                                     int ignore_index, fsdp_stream stream);
 int fsdp_crossentropy_inplace_cuda(float *loss, float *lse, float *logits, const int32_t *targets,
                                    int N, int V, int ignore_index, fsdp_stream stream);
+int fsdp_crossentropy_mean_forward_cuda(float *out, int32_t *count, const float *loss,
+                                        const int32_t *targets, int N, int ignore_index,
+                                        double denominator, fsdp_stream stream);
+int fsdp_crossentropy_mean_backward_cuda(float *dloss, const float *dout, const int32_t *count,
+                                         const int32_t *targets, int N, int ignore_index,
+                                         double denominator, fsdp_stream stream);
 int fsdp_adamw_cuda(float *param, float *m, float *v, const float *grad, int64_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                     int64_t t, fsdp_stream stream);
@@ -706,15 +747,17 @@ int fsdp_fill_cuda(void *dst, int dtype, double value, int64_t n, fsdp_stream st
 /* dbias[N] += column sums of dout[M, N] (dtype f32, bf16 or f16; sums in f32) */
 int fsdp_bias_backward_cuda(void *dbias, const void *dout, int M, int N, int dtype,
                             fsdp_stream stream);
-/* plain causal GQA attention with sliding window: the fallback when cuDNN
- * cannot run a shape; HD <= 256 */
-int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
-                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
-                                int ldk, int ldv, int window, float scale, fsdp_stream stream);
-int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
-                                 const float *q, const float *k, const float *v, const float *out,
-                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
-                                 int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* plain causal GQA attention with sliding window, in f32 (kernels/
+ * attention_cuda.cu): what fsdp_attention_*_cuda runs in f32, with a window,
+ * or when cuDNN declines a shape; HD <= 256 */
+int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
+                                    const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                    int ldk, int ldv, int window, float scale, fsdp_stream stream);
+int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                     const float *q, const float *k, const float *v,
+                                     const float *out, const float *lse, int B, int T, int NH,
+                                     int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                     float scale, fsdp_stream stream);
 /* decoding attention over a KV cache, as fsdp_attention_decode_cpu (the
  * same bits: both run attention_math.h's row) */
 int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
@@ -749,16 +792,19 @@ int fsdp_topk_forward_cuda(float *values, int32_t *indices, const float *inp, in
 int fsdp_topk_backward_cuda(float *dinp, const float *dvalues, const int32_t *indices, int N, int C,
                             int K, fsdp_stream stream);
 
-/* GEMM through cuBLASLt (kernels/matmul_cuda.cu), row-major like the CPU
+/* GEMM through cuBLASLt (kernels/matmul_cublas.cu), row-major like the CPU
  * kernel; a, b, out, bias and pre_gelu share dtype (f32, bf16 or f16),
  * accumulation is f32. gelu != 0 fuses out = gelu(op(a) op(b) + bias) and,
- * when pre_gelu is not NULL, saves the pre-activation [M, N] there. */
-int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b,
-                             const void *bias, int M, int N, int K, int trans_a, int trans_b,
-                             int accumulate, int gelu, int dtype, fsdp_stream stream);
-int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
-                              const void *b, int M, int N, int K, int trans_a, int trans_b,
-                              int dtype, fsdp_stream stream);
+ * when pre_gelu is not NULL, saves the pre-activation [M, N] there.
+ * FSDP_ERR_UNSUPPORTED when cuBLASLt has no algorithm for the call (nothing
+ * was launched then). The raw entry points: fsdp_matmul_*_cuda below are
+ * what the ops call. */
+int fsdp_matmul_forward_cublaslt(void *out, void *pre_gelu, const void *a, const void *b,
+                                 const void *bias, int M, int N, int K, int trans_a, int trans_b,
+                                 int accumulate, int gelu, int dtype, fsdp_stream stream);
+int fsdp_matmul_backward_cublaslt(void *da, void *db, void *dbias, const void *dout, const void *a,
+                                  const void *b, int M, int N, int K, int trans_a, int trans_b,
+                                  int dtype, fsdp_stream stream);
 /* 1: f32 GEMMs may use TF32 tensor cores (inputs rounded to 10 mantissa
  * bits, f32 accumulation), like torch.backends.cuda.matmul.allow_tf32;
  * 0 (the default): full f32 */
@@ -791,6 +837,44 @@ int fsdp_attention_backward_cudnn(void *dq, void *dk, void *dv, const void *dout
                                   const void *k, const void *v, const void *out, const float *lse,
                                   int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
                                   float scale, int dtype, fsdp_stream stream);
+
+/* The compute-dtype policy (engine/cuda/policy_cuda.cu): GEMM and attention
+ * with exactly the CPU kernels' arguments plus the stream, as the ops call
+ * them. Tensors are f32; the compute dtype (f32 by default; bf16 or f16 is
+ * what PyTorch FSDP's MixedPrecision(param_dtype=bf16) does to a module's
+ * math) says what the tensor cores see:
+ *   f32     GEMMs through cuBLASLt in f32 (fsdp_cuda_set_tf32 applies), our
+ *           SIMT kernel when cuBLASLt declines a call; attention by our f32
+ *           kernel;
+ *   bf16/f16 operands are rounded to the compute dtype in stream-ordered
+ *           scratch, the GEMM runs on cuBLASLt in that dtype with f32
+ *           accumulation and its result (rounded once to the dtype) is
+ *           widened back to f32 (gradients added in f32); a call cuBLASLt
+ *           declines in that dtype runs in f32 as above. Attention goes to
+ *           cuDNN's flash SDPA in that dtype (lse stays f32); with a window,
+ *           or for a shape cuDNN declines, our f32 kernel runs. A declined
+ *           shape is remembered (per device, shape, strides and dtype), so
+ *           its backward and later calls go straight to the f32 kernel.
+ * A change of the compute dtype applies to later calls; the forward and the
+ * backward of one op should see the same one. */
+int fsdp_cuda_set_compute_dtype(int dtype); /* FSDP_F32, FSDP_BF16 or FSDP_F16 */
+int fsdp_cuda_get_compute_dtype(void);
+int fsdp_matmul_forward_cuda(float *out, const float *a, const float *b, const float *bias, int M,
+                             int N, int K, int trans_a, int trans_b, int accumulate,
+                             fsdp_stream stream);
+int fsdp_matmul_backward_cuda(float *da, float *db, float *dbias, const float *dout, const float *a,
+                              const float *b, int M, int N, int K, int trans_a, int trans_b,
+                              fsdp_stream stream);
+int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                int ldk, int ldv, int window, float scale, fsdp_stream stream);
+int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                 const float *q, const float *k, const float *v, const float *out,
+                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
+                                 int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* shapes cuDNN declined so far (all devices), and forgetting them */
+int64_t fsdp_cuda_declined_shapes(void);
+void fsdp_cuda_clear_declined_shapes(void);
 
 /* NCCL collectives (engine/cuda/comm_nccl.cu). An NCCL comm is an fsdp_comm:
  * fsdp_comm_all_gather / reduce_scatter / all_reduce / broadcast / barrier /

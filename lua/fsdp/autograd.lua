@@ -85,14 +85,28 @@ local function run_tape(from)
    end
 end
 
+local function want_scalar(loss)
+   if loss:numel() ~= 1 then
+      error(string.format('backward: the loss must have one element, it has %d', loss:numel()), 3)
+   end
+end
+
 -- Backpropagates from a scalar loss (seeded with `scale`, default 1), then
 -- ends the step: every temporary (activations, their grads, the loss) is
 -- freed. Returns the loss value. Parameter grads stay.
 function M.backward(loss, scale)
-   if loss:numel() ~= 1 then
-      error(string.format('backward: the loss must have one element, it has %d', loss:numel()), 2)
-   end
+   want_scalar(loss)
    local value = loss:item()
+   M.backward_no_read(loss, scale)
+   return value
+end
+
+-- backward without reading the loss: on a GPU, reading it is a host
+-- synchronisation, and a step needs none until it reads its numbers for
+-- the log (add the loss into a tensor kept across the step first, and read
+-- it with the gradient norm: kernels.sumsq_many)
+function M.backward_no_read(loss, scale)
+   want_scalar(loss)
    if loss.requires_grad then
       M.grad_of(loss):fill(scale or 1)
       local ok, err = pcall(function()
@@ -107,7 +121,6 @@ function M.backward(loss, scale)
    end
    tape, n = {}, 0
    T.end_step()
-   return value
 end
 
 -- Drops the tape and frees the step's temporaries without a backward

@@ -504,28 +504,25 @@ function M.cross_entropy(logits, targets, ignore_index, denominator)
    local K, dev = kern(op, logits, targets)
    local losses, lse = out_like({N}, dev), out_like({N}, dev)
    check(K.crossentropy_forward(losses:ptr(), lse:ptr(), logits:ptr(), targets:ptr(), N, V, ignore_index), op)
-   -- the mean over the counted rows, on the host (N numbers)
-   local ht, hl = targets:cpu(), losses:cpu()
-   local tp, lp = ht:ptr(), hl:ptr()
-   local count, total = 0, 0
-   for i = 0, N - 1 do
-      if tp[i] ~= ignore_index then count = count + 1; total = total + lp[i] end
-   end
-   if ht ~= targets then ht:free() end
-   if hl ~= losses then hl:free() end
-   if denominator ~= nil and not (type(denominator) == 'number' and denominator > 0) then
+   if denominator ~= nil and not (type(denominator) == 'number' and denominator > 0 and denominator < math.huge) then
       fail(op, 'the denominator must be a positive number, got %s', tostring(denominator))
    end
-   local denom = denominator or count
-   local out = out_like({1}, dev)
-   out:fill(count > 0 and total / denom or 0)
+   -- the mean over the counted rows (or their sum over the denominator),
+   -- where the tensors live: the count stays there too, so a device copies
+   -- nothing to the host
+   local out, count = out_like({1}, dev), T.empty({1}, 'i32', true, dev)
+   check(K.crossentropy_mean_forward(out:ptr(), count:ptr(), losses:ptr(), targets:ptr(), N, ignore_index,
+                                     denominator or 0), op)
    if result(out, logits) then
       record(function()
-         if not out.grad or count == 0 then return end
-         local dloss = T.full({N}, out.grad:item() / denom, 'f32', dev)
-         local ok, err = pcall(check, K.crossentropy_backward(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(),
-                                                                        lse:ptr(), targets:ptr(), N, V, ignore_index),
-                               'cross_entropy backward')
+         if not out.grad then return end
+         local dloss = T.zeros({N}, 'f32', nil, dev)
+         local ok, err = pcall(function()
+            check(K.crossentropy_mean_backward(dloss:ptr(), out.grad:ptr(), count:ptr(), targets:ptr(), N,
+                                               ignore_index, denominator or 0), 'cross_entropy backward')
+            check(K.crossentropy_backward(grad_of(logits):ptr(), dloss:ptr(), logits:ptr(), lse:ptr(), targets:ptr(),
+                                          N, V, ignore_index), 'cross_entropy backward')
+         end)
          dloss:free()
          if not ok then error(err, 0) end
       end)

@@ -463,10 +463,19 @@ function Sharded:zero_grad()
    for _, u in ipairs(self.units) do u.grad_shard:zero(); u.grad_sq = nil end
 end
 
--- sum of squares of the whole model's gradient (over the shard group)
+-- sum of squares of the whole model's gradient (over the shard group); on
+-- a GPU the units' sums come back in one read (kernels.sumsq_many)
 function Sharded:grad_sumsq()
-   local s = 0 -- a unit's share is mostly taken where its gradient was finalised (grad_sq)
-   for _, u in ipairs(self.units) do s = s + (u.grad_sq or u.grad_shard:sumsq()) end
+   -- a unit's share is mostly taken where its gradient was finalised
+   -- (grad_sq); the others' come in one call (one read on a GPU)
+   local s, grads = 0, {}
+   for _, u in ipairs(self.units) do
+      if u.grad_sq then s = s + u.grad_sq else grads[#grads + 1] = u.grad_shard end
+   end
+   if #grads > 0 then
+      local sums = kernels.sumsq_many(grads)
+      for i = 1, #grads do s = s + sums[i] end
+   end
    if self.shard_group then s = self.shard_group:sum_number(s) end
    return s
 end

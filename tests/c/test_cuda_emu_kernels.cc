@@ -460,7 +460,7 @@ static void test_attention() {
         vec oc(rows * C), og(rows * C), lc((long)s.B * s.NH * s.T), lg(lc.size());
         CHECK_OK(fsdp_attention_forward_cpu(oc.data(), lc.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
                                             ldk, ldv, s.window, scale), "attention cpu");
-        CHECK_OK(fsdp_attention_forward_cuda(og.data(), lg.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
+        CHECK_OK(fsdp_attention_forward_f32_cuda(og.data(), lg.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
                                              ldk, ldv, s.window, scale, nullptr), "attention forward");
         CLOSE("attention out", og, oc, 1e-5, 1e-5);
         CLOSE("attention lse", lg, lc, 1e-5, 1e-5);
@@ -472,7 +472,7 @@ static void test_attention() {
         CHECK_OK(fsdp_attention_backward_cpu(dqc.data(), dkc.data(), dvc.data(), dout.data(), q, k, v,
                                              oc.data(), lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk,
                                              ldv, s.window, scale), "attention bwd cpu");
-        CHECK_OK(fsdp_attention_backward_cuda(dqg.data(), dkg.data(), dvg.data(), dout.data(), q, k, v,
+        CHECK_OK(fsdp_attention_backward_f32_cuda(dqg.data(), dkg.data(), dvg.data(), dout.data(), q, k, v,
                                               oc.data(), lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk,
                                               ldv, s.window, scale, nullptr), "attention backward");
         CLOSE("attention dq", dqg, dqc, 1e-4, 1e-5);
@@ -480,7 +480,7 @@ static void test_attention() {
         CLOSE("attention dv", dvg, dvc, 1e-4, 1e-5);
         /* dk alone (dq, dv NULL) gives the same dk increment */
         vec dk2 = uniform(nk), dk3 = dk2;
-        CHECK_OK(fsdp_attention_backward_cuda(nullptr, dk2.data(), nullptr, dout.data(), q, k, v, oc.data(),
+        CHECK_OK(fsdp_attention_backward_f32_cuda(nullptr, dk2.data(), nullptr, dout.data(), q, k, v, oc.data(),
                                               lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk, ldv,
                                               s.window, scale, nullptr), "attention dk only");
         CHECK_OK(fsdp_attention_backward_cpu(nullptr, dk3.data(), nullptr, dout.data(), q, k, v, oc.data(),
@@ -489,9 +489,9 @@ static void test_attention() {
         CLOSE("attention dk only", dk2, dk3, 1e-4, 1e-5);
     }
     vec z(1024);
-    CHECK(fsdp_attention_forward_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), 1, 1, 1, 1, 300, 300,
+    CHECK(fsdp_attention_forward_f32_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), 1, 1, 1, 1, 300, 300,
                                       300, 300, 0, 1.0f, nullptr) == FSDP_ERR_INVALID, "HD 300 accepted");
-    CHECK(strstr(fsdp_last_error(), "fsdp_attention_forward_cuda"), "message: %s", fsdp_last_error());
+    CHECK(strstr(fsdp_last_error(), "fsdp_attention_forward_f32_cuda"), "message: %s", fsdp_last_error());
 }
 
 /* ---- mixture-of-experts routing (moe_cuda.cu) ------------------------------ */

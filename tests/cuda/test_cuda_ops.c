@@ -316,8 +316,8 @@ static void matmul_case(int M, int N, int K, int ta, int tb, int dtype, int gelu
     char what[96];
     snprintf(what, sizeof what, "matmul %s M%d N%d K%d ta%d tb%d gelu%d", fsdp_dtype_name(dtype), M, N, K,
              ta, tb, gelu);
-    int rc = fsdp_matmul_forward_cuda(d_out, d_pre, dev[0], dev[1], dev[2], M, N, K, ta, tb, 0, gelu, dtype,
-                                      NULL);
+    int rc = fsdp_matmul_forward_cublaslt(d_out, d_pre, dev[0], dev[1], dev[2], M, N, K, ta, tb, 0, gelu, dtype,
+                                          NULL);
     CHECK(rc == FSDP_OK, "%s: %s", what, fsdp_last_error());
     void *h16 = malloc(es * no);
     float *h = malloc(4 * no);
@@ -332,7 +332,8 @@ static void matmul_case(int M, int N, int K, int ta, int tb, int dtype, int gelu
         fsdp_cuda_memset(d_dbias, 0, es * N, NULL);
         float *da = calloc(na, 4), *db = calloc(nb, 4), *dbias = calloc(N, 4);
         fsdp_matmul_backward_cpu(da, db, dbias, dout, a, b, M, N, K, ta, tb);
-        rc = fsdp_matmul_backward_cuda(d_da, d_db, d_dbias, dev[3], dev[0], dev[1], M, N, K, ta, tb, dtype, NULL);
+        rc = fsdp_matmul_backward_cublaslt(d_da, d_db, d_dbias, dev[3], dev[0], dev[1], M, N, K, ta, tb, dtype,
+                                           NULL);
         CHECK(rc == FSDP_OK, "%s backward: %s", what, fsdp_last_error());
         float *want[] = {da, db, dbias};
         void *got[] = {d_da, d_db, d_dbias};
@@ -556,10 +557,10 @@ static void test_attention(void) {
         fsdp_cuda_memset(d_dq, 0, 4 * rows * C, NULL);
         fsdp_cuda_memset(d_dk, 0, 4 * rows * CKV, NULL);
         fsdp_cuda_memset(d_dv, 0, 4 * rows * CKV, NULL);
-        OK(fsdp_attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV, HD, C, CKV, CKV, window,
-                                       scale, NULL));
-        OK(fsdp_attention_backward_cuda(d_dq, d_dk, d_dv, d_dout, d_q, d_k, d_v, d_out, d_lse, B, T, NH, NKV,
-                                        HD, C, CKV, CKV, window, scale, NULL));
+        OK(fsdp_attention_forward_f32_cuda(d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV, HD, C, CKV, CKV, window,
+                                           scale, NULL));
+        OK(fsdp_attention_backward_f32_cuda(d_dq, d_dk, d_dv, d_dout, d_q, d_k, d_v, d_out, d_lse, B, T, NH, NKV,
+                                            HD, C, CKV, CKV, window, scale, NULL));
         float *h = downf(d_out, rows * C);
         CLOSE("attention out", h, out, rows * C, TOL_RED);
         free(h); h = downf(d_lse, (long)B * NH * T);
@@ -615,6 +616,67 @@ static void test_attention(void) {
     free(q); free(k); free(v); free(out); free(lse); free(dout); free(dq); free(dk); free(dv);
 }
 
+/* ---- the compute-dtype policy (engine/cuda/policy_cuda.cu) ---------------------- */
+
+/* GEMM and attention through the ops' entry points: f32 tensors, math in the
+ * compute dtype on cuBLASLt and cuDNN, against the CPU in f32 */
+static void test_policy(void) {
+    const int M = 200, N = 136, K = 72;
+    float *a = uniform((long)M * K, -1, 1), *b = uniform((long)K * N, -1, 1), *bias = uniform(N, -1, 1);
+    float *dout = uniform((long)M * N, -1, 1), *out = malloc(4L * M * N);
+    float *da = calloc((size_t)M * K, 4), *db = calloc((size_t)K * N, 4), *dbias = calloc(N, 4);
+    fsdp_matmul_forward_cpu(out, a, b, bias, M, N, K, 0, 1 /* b stored [N, K]: a Linear */, 0);
+    fsdp_matmul_backward_cpu(da, db, dbias, dout, a, b, M, N, K, 0, 1);
+    float *d_a = UPF(a, (long)M * K), *d_b = UPF(b, (long)K * N), *d_bias = UPF(bias, N);
+    float *d_dout = UPF(dout, (long)M * N);
+    float *d_out = UPF(NULL, (long)M * N), *d_da = UPF(NULL, (long)M * K), *d_db = UPF(NULL, (long)K * N);
+    float *d_dbias = UPF(NULL, N);
+    const int dts[] = {FSDP_F32, FSDP_BF16, FSDP_F16};
+    for (int i = 0; i < 3; i++) {
+        OK(fsdp_cuda_set_compute_dtype(dts[i]));
+        fsdp_cuda_memset(d_da, 0, 4L * M * K, NULL);
+        fsdp_cuda_memset(d_db, 0, 4L * K * N, NULL);
+        fsdp_cuda_memset(d_dbias, 0, 4L * N, NULL);
+        OK(fsdp_matmul_forward_cuda(d_out, d_a, d_b, d_bias, M, N, K, 0, 1, 0, NULL));
+        OK(fsdp_matmul_backward_cuda(d_da, d_db, d_dbias, d_dout, d_a, d_b, M, N, K, 0, 1, NULL));
+        const double rel = dts[i] == FSDP_F32 ? 1e-4 : 2e-2, abs_tol = dts[i] == FSDP_F32 ? 1e-4 : 5e-2;
+        float *h = downf(d_out, (long)M * N);
+        CLOSE("policy matmul out", h, out, (long)M * N, rel, abs_tol);
+        free(h); h = downf(d_da, (long)M * K);
+        CLOSE("policy matmul da", h, da, (long)M * K, rel, abs_tol);
+        free(h); h = downf(d_db, (long)K * N);
+        CLOSE("policy matmul db", h, db, (long)K * N, rel, abs_tol);
+        free(h); h = downf(d_dbias, N);
+        CLOSE("policy matmul dbias", h, dbias, N, 1e-4, 1e-4); /* column sums stay f32 */
+        free(h);
+    }
+    float *all[] = {d_a, d_b, d_bias, d_dout, d_out, d_da, d_db, d_dbias};
+    for (int i = 0; i < 8; i++) fsdp_cuda_free(all[i]);
+    free(a); free(b); free(bias); free(dout); free(out); free(da); free(db); free(dbias);
+
+    /* attention in bf16: cuDNN where it takes the shape, else the f32 kernel */
+    const int B = 2, T = 128, NH = 4, NKV = 2, HD = 64, C = NH * HD, CKV = NKV * HD;
+    const long rows = (long)B * T;
+    float *q = uniform(rows * C, -1, 1), *k = uniform(rows * CKV, -1, 1), *v = uniform(rows * CKV, -1, 1);
+    float *o = malloc(4 * rows * C), *lse = malloc(4L * B * NH * T);
+    fsdp_attention_forward_cpu(o, lse, q, k, v, B, T, NH, NKV, HD, C, CKV, CKV, 0, 0.125f);
+    float *d_q = UPF(q, rows * C), *d_k = UPF(k, rows * CKV), *d_v = UPF(v, rows * CKV);
+    float *d_o = UPF(NULL, rows * C), *d_lse = UPF(NULL, (long)B * NH * T);
+    OK(fsdp_cuda_set_compute_dtype(FSDP_BF16));
+    const int64_t declined0 = fsdp_cuda_declined_shapes();
+    OK(fsdp_attention_forward_cuda(d_o, d_lse, d_q, d_k, d_v, B, T, NH, NKV, HD, C, CKV, CKV, 0, 0.125f, NULL));
+    printf("policy attention bf16: %s\n", fsdp_cuda_declined_shapes() > declined0 ? "cuDNN declined, f32 kernel"
+                                                                               : "cuDNN");
+    float *h = downf(d_o, rows * C);
+    CLOSE("policy attention bf16 out", h, o, rows * C, TOL_16);
+    free(h);
+    OK(fsdp_cuda_set_compute_dtype(FSDP_F32));
+    float *all2[] = {d_q, d_k, d_v, d_o, d_lse};
+    for (int i = 0; i < 5; i++) fsdp_cuda_free(all2[i]);
+    free(q); free(k); free(v); free(o); free(lse);
+    CHECK(fsdp_cuda_set_compute_dtype(FSDP_I32) == FSDP_ERR_INVALID, "compute dtype i32 accepted");
+}
+
 /* ---- the allocator and errors -------------------------------------------------- */
 
 static void test_allocator(void) {
@@ -667,6 +729,7 @@ int main(void) {
     test_moe();
     test_fill_sum();
     test_attention();
+    test_policy();
     test_allocator();
     OK(fsdp_cuda_synchronize());
     return check_exit("test_cuda_ops");

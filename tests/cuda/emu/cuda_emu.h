@@ -616,12 +616,51 @@ inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
     *ms = (float)(b->t_ms - a->t_ms);
     return cudaSuccess;
 }
+namespace fsdp_emu {
+inline std::vector<std::pair<uintptr_t, size_t>> pinned; /* (start, bytes) of cudaHostAlloc blocks */
+}
 inline cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
     *p = malloc(n ? n : 1);  /* host memory: never protected */
+    if (*p) fsdp_emu::pinned.push_back({(uintptr_t)*p, n ? n : 1});
     return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaHostAlloc(p, n, 0); }
-inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+inline cudaError_t cudaFreeHost(void *p) {
+    for (size_t i = 0; i < fsdp_emu::pinned.size(); i++)
+        if (fsdp_emu::pinned[i].first == (uintptr_t)p) {
+            fsdp_emu::pinned[i] = fsdp_emu::pinned.back();
+            fsdp_emu::pinned.pop_back();
+            break;
+        }
+    free(p);
+    return cudaSuccess;
+}
+/* what a pointer is: the arena's device memory, a cudaHostAlloc block
+ * ("pinned"), or other host memory (kernel tests: device memory is malloc,
+ * and is reported as host memory) */
+enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2,
+                      cudaMemoryTypeManaged = 3 };
+struct cudaPointerAttributes { cudaMemoryType type; int device; void *devicePointer, *hostPointer; };
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *a, const void *p) {
+    const uintptr_t u = (uintptr_t)p;
+    a->type = cudaMemoryTypeUnregistered;
+    a->device = 0;
+    a->devicePointer = a->hostPointer = nullptr;
+#ifdef FSDP_EMU_DEVICE_ARENA
+    if (fsdp_emu::arena.base && u >= (uintptr_t)fsdp_emu::arena.base &&
+        u < (uintptr_t)fsdp_emu::arena.base + fsdp_emu::arena.cap) {
+        a->type = cudaMemoryTypeDevice;
+        a->devicePointer = (void *)p;
+        return cudaSuccess;
+    }
+#endif
+    for (const auto &b : fsdp_emu::pinned)
+        if (u >= b.first && u < b.first + b.second) {
+            a->type = cudaMemoryTypeHost;
+            a->hostPointer = a->devicePointer = (void *)p;
+        }
+    return cudaSuccess;
+}
 
 /* the scope object lives to the end of the full expression: device memory
  * is open for the whole launch */

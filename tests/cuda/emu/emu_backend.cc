@@ -11,6 +11,11 @@
  *     cuBLASLt's f32 accumulation does (no GELU epilogue);
  *   - cuDNN attention says FSDP_ERR_UNSUPPORTED, as cuDNN does for a shape
  *     it has no engine for, so callers take the fallback attention kernel;
+ *   - two test hooks (extern "C", not in fsdp.h) let the policy tests see
+ *     the fallbacks: fsdp_emu_refuse_gemm(M, N, K) makes the emulated
+ *     cuBLASLt decline GEMMs of that forward shape, as cuBLASLt does when
+ *     it has no algorithm, and fsdp_emu_library_calls counts the calls
+ *     made to the emulated cuBLASLt and cuDNN;
  *   - NCCL is an ext backend of the comm interface (engine/comm_ops.h) that
  *     runs each collective, blocking, over the bootstrap comm (MPI or self)
  *     with device memory opened for the call: the emulated device is host
@@ -24,6 +29,33 @@ namespace {
 const char *const WHY = "not in the emulated CUDA backend (tests/cuda/emu); on a GPU cuBLASLt runs it";
 const char *const NO_CUDNN = "cuDNN is not in the emulated CUDA backend (tests/cuda/emu): use the "
                              "fallback kernel";
+}
+
+/* ---- test hooks ---------------------------------------------------------------- */
+namespace {
+int refuse_m = -1, refuse_n = -1, refuse_k = -1;
+int64_t cublaslt_calls, cudnn_calls;
+
+/* FSDP_ERR_UNSUPPORTED (nothing launched) when the test asked to refuse this shape */
+int refused(const char *fn, int M, int N, int K) {
+    if (M != refuse_m || N != refuse_n || K != refuse_k) return FSDP_OK;
+    return fsdp_error(FSDP_ERR_UNSUPPORTED, "%s: cuBLASLt has no algorithm for M=%d N=%d K=%d (refused by "
+                      "fsdp_emu_refuse_gemm)", fn, M, N, K);
+}
+}  // namespace
+
+/* the emulated cuBLASLt declines GEMMs of forward shape (M, N, K) from now
+ * on (its backward too); M = -1: declines nothing */
+extern "C" void fsdp_emu_refuse_gemm(int M, int N, int K) {
+    refuse_m = M;
+    refuse_n = N;
+    refuse_k = K;
+}
+
+/* calls made so far to the emulated cuBLASLt (*gemm) and cuDNN (*attention) entry points */
+extern "C" void fsdp_emu_library_calls(int64_t *gemm, int64_t *attention) {
+    if (gemm) *gemm = cublaslt_calls;
+    if (attention) *attention = cudnn_calls;
 }
 
 /* bf16/f16 GEMMs as cuBLASLt computes them: operands widened to f32 (exact),
@@ -44,11 +76,13 @@ struct f32_copy { /* an f32 scratch copy of a 16-bit operand (or zeros) */
 };
 }  // namespace
 
-int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const void *b, const void *bias,
+int fsdp_matmul_forward_cublaslt(void *out, void *pre_gelu, const void *a, const void *b, const void *bias,
                              int M, int N, int K, int trans_a, int trans_b, int accumulate, int gelu,
                              int dtype, fsdp_stream stream) {
+    cublaslt_calls++;
+    if (int rc = refused("fsdp_matmul_forward_cublaslt", M, N, K)) return rc;
     if (gelu || (dtype != FSDP_F32 && dtype != FSDP_BF16 && dtype != FSDP_F16))
-        return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_forward_cuda: %s %s: %s",
+        return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_forward_cublaslt: %s %s: %s",
                           fsdp_dtype_name(dtype) ? fsdp_dtype_name(dtype) : "?",
                           gelu ? "with the GELU epilogue" : "GEMM", WHY);
     if (dtype == FSDP_F32)
@@ -64,11 +98,13 @@ int fsdp_matmul_forward_cuda(void *out, void *pre_gelu, const void *a, const voi
     return rc ? rc : fsdp_cast_cuda(out, dtype, out32.p, FSDP_F32, (int64_t)M * N, stream);
 }
 
-int fsdp_matmul_backward_cuda(void *da, void *db, void *dbias, const void *dout, const void *a,
+int fsdp_matmul_backward_cublaslt(void *da, void *db, void *dbias, const void *dout, const void *a,
                               const void *b, int M, int N, int K, int trans_a, int trans_b, int dtype,
                               fsdp_stream stream) {
+    cublaslt_calls++;
+    if (int rc = refused("fsdp_matmul_backward_cublaslt", M, N, K)) return rc;
     if (dtype != FSDP_F32 && dtype != FSDP_BF16 && dtype != FSDP_F16)
-        return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_backward_cuda: %s GEMM: %s",
+        return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_matmul_backward_cublaslt: %s GEMM: %s",
                           fsdp_dtype_name(dtype) ? fsdp_dtype_name(dtype) : "?", WHY);
     if (dtype == FSDP_F32)
         return fsdp_matmul_backward_simt_cuda((float *)da, (float *)db, (float *)dbias, (const float *)dout,
@@ -92,6 +128,7 @@ int fsdp_cuda_set_tf32(int allow) { return FSDP_OK; } /* the SIMT GEMM is f32 on
 int fsdp_attention_forward_cudnn(void *out, float *lse, const void *q, const void *k, const void *v,
                                  int B, int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv,
                                  float scale, int dtype, fsdp_stream stream) {
+    cudnn_calls++;
     return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_attention_forward_cudnn: %s", NO_CUDNN);
 }
 
@@ -99,6 +136,7 @@ int fsdp_attention_backward_cudnn(void *dq, void *dk, void *dv, const void *dout
                                   const void *k, const void *v, const void *out, const float *lse, int B,
                                   int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv, float scale,
                                   int dtype, fsdp_stream stream) {
+    cudnn_calls++;
     return fsdp_error(FSDP_ERR_UNSUPPORTED, "fsdp_attention_backward_cudnn: %s", NO_CUDNN);
 }
 
