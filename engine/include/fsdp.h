@@ -66,8 +66,18 @@ int fsdp_get_num_cores(void);
  * and the training loop polls between steps (SLURM's SIGTERM/SIGUSR1 before
  * preemption, SIGINT in the REPL). */
 
-/* start recording signum (SIGTERM, SIGUSR1, SIGINT, ...); 0 or an error */
+/* start recording signum (SIGTERM, SIGUSR1, SIGINT, ...), unblocking it;
+ * 0 or an error */
 int fsdp_signal_watch(int signum);
+/* the same, for one delivery: the next one takes the default action (a
+ * second Ctrl-C during training ends the process at once) */
+int fsdp_signal_watch_once(int signum);
+/* a watched signum also sets the collectives' interrupt flag
+ * (fsdp_comm_interrupt) when it arrives: Ctrl-C in the REPL; 0: none */
+int fsdp_signal_interrupts(int signum);
+/* blocks (block != 0) or unblocks signum for this thread, and so for the
+ * programs it execs (the launcher keeps Ctrl-C from mpiexec this way) */
+int fsdp_signal_block(int signum, int block);
 /* the last recorded signal (0 if none); clear != 0 resets it */
 int fsdp_signal_pending(int clear);
 

@@ -13,6 +13,13 @@ local M = {}
 local RANK_PREFIX = '[rank %r] '
 
 pcall(ffi.cdef, 'int execvp(const char *file, char *const argv[]);')
+pcall(ffi.cdef, [[
+int fork(void);
+int waitpid(int pid, int *status, int options);
+int kill(int pid, int sig);
+int usleep(unsigned int usec);
+void _exit(int status);
+]])
 
 -- The launcher's flags, before the recipe, with torchrun's spellings:
 -- underscores or dashes (--nproc_per_node), `--flag value` or `--flag=value`.
@@ -187,6 +194,11 @@ function M.exec(opts, rest, self_exe)
       add('-n', tostring(n))
    end
    if rest[1] ~= '-i' then add('-prepend-pattern', RANK_PREFIX) end -- the REPL prints on rank 0 only
+   local pidfile
+   if rest[1] == '-i' then -- rank 0 says where Ctrl-C should go (M.repl_job)
+      pidfile = os.tmpname()
+      add('-genv', 'FSDP_REPL_PIDFILE', pidfile)
+   end
    add('-genv', 'LOCAL_WORLD_SIZE', tostring(n))
    -- rank 0 draws a progress bar when this terminal is where its lines go
    -- (through mpiexec its stdout is a pipe): tell it, with the width it
@@ -203,6 +215,7 @@ function M.exec(opts, rest, self_exe)
    for _, a in ipairs(rest) do add(a) end
    io.stdout:flush()
    if restarts > 0 then return M.supervise(argv, restarts) end
+   if pidfile then return M.repl_job(argv, pidfile) end
    local cargv = ffi.new('char*[?]', #argv + 1)
    local keep = {}
    for i, a in ipairs(argv) do
@@ -284,6 +297,62 @@ end
 -- raised), runs it again, up to K times; the recipe resumes from its
 -- checkpoint directory's `latest`. A job that ends with status 0 (done, or
 -- preempted with a checkpoint) is not restarted.
+-- argv as a NULL-terminated char*[] (and what keeps its strings alive)
+local function c_argv(argv)
+   local cargv = ffi.new('char*[?]', #argv + 1)
+   local keep = {}
+   for i, a in ipairs(argv) do
+      keep[i] = ffi.new('char[?]', #a + 1, a)
+      cargv[i - 1] = keep[i]
+   end
+   cargv[#argv] = nil
+   return cargv, keep
+end
+
+-- The REPL under the launcher. mpiexec (hydra) forwards the first Ctrl-C
+-- to the ranks and aborts the job on the second, which would end a session
+-- at the second interrupted statement. So this process stays: mpiexec runs
+-- as its child with SIGINT blocked (the mask survives exec; a rank
+-- unblocks it when it watches it), and each Ctrl-C this process receives
+-- goes to rank 0 alone (its pid is in pidfile), where it becomes the
+-- collective interrupt every rank observes (fsdp.repl). SIGTERM still ends
+-- the job: it goes to mpiexec, which passes it on.
+function M.repl_job(argv, pidfile)
+   local C = require('fsdp.ffi').C
+   local cargv, keep = c_argv(argv)
+   local pid = ffi.C.fork()
+   if pid < 0 then error('launcher: cannot fork to start ' .. argv[1], 0) end
+   if pid == 0 then
+      C.fsdp_signal_block(2, 1)
+      ffi.C.execvp(argv[1], cargv)
+      ffi.C._exit(127)
+   end
+   local _ = keep
+   C.fsdp_signal_watch(2)
+   C.fsdp_signal_watch(15)
+   local status = ffi.new('int[1]')
+   local rank0
+   while true do
+      local done = ffi.C.waitpid(pid, status, 1) -- WNOHANG
+      if done == pid then break end
+      local sig = C.fsdp_signal_pending(1)
+      if sig == 15 then ffi.C.kill(pid, 15)
+      elseif sig == 2 then
+         if not rank0 then
+            local f = io.open(pidfile, 'r')
+            rank0 = f and tonumber(f:read('*l') or '')
+            if f then f:close() end
+         end
+         if rank0 then ffi.C.kill(rank0, 2) end
+      end
+      ffi.C.usleep(20000)
+   end
+   os.remove(pidfile)
+   local st = status[0]
+   if st % 128 ~= 0 then return 128 + st % 128 end -- killed by a signal
+   return math.floor(st / 256) % 256
+end
+
 function M.supervise(argv, restarts)
    local quoted = {}
    for i, a in ipairs(argv) do quoted[i] = fs.quote(a) end

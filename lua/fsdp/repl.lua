@@ -20,11 +20,43 @@ void free(void *p);
 int isatty(int fd);
 ]])
 
-local function line_reader()
+local show = require 'fsdp.repl_show'
+
+pcall(ffi.cdef, [[
+typedef char *fsdp_rl_compentry(const char *text, int state);
+char *strdup(const char *s);
+]])
+
+-- readline on a terminal (line editing, history, tab completion over the
+-- names in env and their fields); plain reads otherwise
+local function line_reader(env)
    if ffi.C.isatty(0) == 1 then
       local ok, rl = pcall(ffi.load, 'readline')
       if not ok then ok, rl = pcall(ffi.load, 'libreadline.so.8') end
       if ok then
+         pcall(ffi.cdef, [[
+         extern fsdp_rl_compentry *rl_completion_entry_function;
+         extern const char *rl_basic_word_break_characters;
+         extern int rl_completion_append_character;
+         ]])
+         local matches = {}
+         -- readline asks for match `state` (0 first); strings it frees
+         local entry = ffi.cast('fsdp_rl_compentry *', function(text, state)
+            if state == 0 then
+               local okc, list = pcall(show.complete, env, ffi.string(text))
+               matches = okc and list or {}
+            end
+            local m = matches[state + 1]
+            if not m then return nil end
+            return ffi.C.strdup(m)
+         end)
+         M._keep_entry = entry
+         pcall(function()
+            rl.rl_completion_entry_function = entry
+            M._breaks = ffi.new('char[?]', 32, ' \t\n"\'><=;|&{(,+-*/%^#~[]')
+            rl.rl_basic_word_break_characters = M._breaks
+            rl.rl_completion_append_character = 0
+         end)
          return function(prompt)
             local p = rl.readline(prompt)
             if p == nil then return nil end
@@ -75,20 +107,68 @@ end
 
 local function format_values(res, n)
    local parts = {}
-   for i = 2, n do parts[#parts + 1] = tostring(res[i]) end
+   for i = 2, n do
+      local ok, s = pcall(show.show, res[i])
+      parts[#parts + 1] = ok and s or tostring(res[i])
+   end
    return table.concat(parts, '\t')
+end
+
+-- help() and show() at the prompt (rank 0 prints)
+function M.install_helpers(env)
+   if rawget(env, 'help') == nil then
+      rawset(env, 'help', function(x)
+         if dist.rank == 0 then print(show.help_text(x)) end
+      end)
+   end
+   if rawget(env, 'show') == nil then rawset(env, 'show', function(x) return show.show(x) end) end
+end
+
+-- an outcome that the interrupt caused
+local function interrupt_error(e)
+   e = tostring(e)
+   return e == 'interrupted' or e:find('interrupted while waiting', 1, true) ~= nil
+      or e:find('cancelled by fsdp_comm_resync', 1, true) ~= nil
+end
+
+-- Ctrl-C. The launcher sends it to rank 0 alone (its pid goes to
+-- FSDP_REPL_PIDFILE); without the launcher, mpiexec sends it to every rank.
+-- While a statement runs the handler also sets the collectives' interrupt
+-- flag (fsdp_signal_interrupts): a wait on peers gives up within 50 ms,
+-- the other ranks hear of it (fsdp.dist.interrupted) at their next wait or
+-- at the count hook below, and every rank leaves the statement. Then:
+--   1. settle: a barrier on the REPL's own group (interruptible, so a rank
+--      stuck in a collective its peers never join is freed by Ctrl-C);
+--   2. resync, always (collective, never interrupted): the collectives the
+--      interrupt left running end, every group is in step again and the
+--      flag is cleared on every rank;
+--   3. the outcomes are gathered and rank 0 prints them.
+-- At the prompt Ctrl-C only clears the line being read.
+local function arm(on) C.fsdp_signal_interrupts(on and 2 or 0) end
+
+local function hook()
+   if C.fsdp_comm_interrupted() ~= 0 then error('interrupted', 2) end
 end
 
 -- runs the prompt until Ctrl-D; env: the environment statements run in
 function M.run(env)
    dist.init()
    local rank = dist.rank
-   bind.check(C.fsdp_signal_watch(2), 'repl') -- SIGINT interrupts a statement
+   bind.check(C.fsdp_signal_watch(2), 'repl')
+   local pidfile = os.getenv('FSDP_REPL_PIDFILE')
+   if rank == 0 and pidfile then
+      pcall(ffi.cdef, 'int getpid(void);')
+      local f = io.open(pidfile, 'w')
+      if f then f:write(tostring(ffi.C.getpid()), '\n'); f:close() end
+   end
+   -- the REPL's own group: its settle barrier never meets a statement's collectives
+   local ctl = dist.world_size > 1 and dist.world:split(0, rank, 'repl') or nil
    env = env or setmetatable({}, {__index = _G})
-   local read = rank == 0 and line_reader() or nil
+   M.install_helpers(env)
+   local read = rank == 0 and line_reader(env) or nil
    if rank == 0 then
-      print(string.format('fsdp-lua %s: %d rank(s); every statement runs on every rank. Ctrl-D to leave.',
-                          'REPL', dist.world_size))
+      print(string.format('fsdp-lua %s: %d rank(s); every statement runs on every rank. help() for help, ' ..
+                          'Ctrl-C interrupts, Ctrl-D leaves.', 'REPL', dist.world_size))
    end
    while true do
       -- rank 0 reads one complete statement
@@ -108,38 +188,44 @@ function M.run(env)
       local msg = dist.broadcast_string(src == nil and '\0exit' or ('\0run' .. src))
       if msg == '\0exit' then break end
       src = msg:sub(5)
-      -- every rank runs it; the hook turns Ctrl-C into an error
+      -- every rank runs it; Ctrl-C (or a peer's notice) makes it an error
       local outcome
       local f, err = compile(src)
+      C.fsdp_signal_watch(2) -- again: a recipe run at the prompt may have changed it
+      C.fsdp_signal_pending(1)
+      arm(true)
       if not f then
          outcome = 'E' .. tostring(err)
       else
          setfenv(f, env)
-         jit.off(f, true) -- interpreted, so the count hook below sees loops typed at the prompt
-         C.fsdp_signal_pending(1)
-         debug.sethook(function()
-            if C.fsdp_signal_pending(0) == 2 then
-               C.fsdp_signal_pending(1)
-               error('interrupted', 2)
-            end
-         end, '', 10000)
+         jit.off(f, true) -- interpreted, so the count hook sees loops typed at the prompt
+         debug.sethook(hook, '', 10000)
          local res = {xpcall(f, function(e) return tostring(e) end)}
          debug.sethook()
          local n = table.maxn(res)
          if res[1] then outcome = 'V' .. (n > 1 and format_values(res, n) or '')
+         elseif C.fsdp_comm_interrupted() ~= 0 or interrupt_error(res[2]) then outcome = 'I' .. tostring(res[2])
          else outcome = 'E' .. tostring(res[2]) end
       end
+      if ctl then pcall(ctl.barrier, ctl) end
+      arm(false)
+      dist.resync()
+      C.fsdp_signal_pending(1)
       -- rank 0 prints its values and everyone's errors
       T.end_step()
       local all = gather_strings(outcome)
       if rank == 0 then
+         local interrupted = false
          for r, o in ipairs(all) do
-            if o:sub(1, 1) == 'E' then
+            local kind = o:sub(1, 1)
+            if kind == 'I' then interrupted = true
+            elseif kind == 'E' then
                io.stdout:write(string.format('[rank %d] error: %s\n', r - 1, o:sub(2)))
             elseif r == 1 and #o > 1 then
                io.stdout:write(o:sub(2), '\n')
             end
          end
+         if interrupted then io.stdout:write('interrupted\n') end
          io.stdout:flush()
       end
    end

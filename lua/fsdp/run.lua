@@ -55,10 +55,13 @@ local SIGNAL_NAMES = {[15] = 'SIGTERM', [10] = 'SIGUSR1', [2] = 'SIGINT'}
 local Preemption = {}
 Preemption.__index = Preemption
 
--- watches the given signals (default SIGTERM and SIGUSR1)
+-- watches the given signals (default SIGTERM and SIGUSR1, SLURM's, and
+-- SIGINT: Ctrl-C stops a run as SIGTERM does, at the same step on every
+-- rank, with a checkpoint; a second Ctrl-C ends the process at once)
 function M.preemption(names)
-   for _, n in ipairs(names or {'SIGTERM', 'SIGUSR1'}) do
-      bind.check(C.fsdp_signal_watch(SIGNALS[n]), 'preemption')
+   for _, n in ipairs(names or {'SIGTERM', 'SIGUSR1', 'SIGINT'}) do
+      if n == 'SIGINT' then bind.check(C.fsdp_signal_watch_once(SIGNALS[n]), 'preemption')
+      else bind.check(C.fsdp_signal_watch(SIGNALS[n]), 'preemption') end
    end
    return setmetatable({}, Preemption)
 end

@@ -2,6 +2,8 @@
 --  * SIGTERM (what SLURM sends) during a run: every rank finishes its step,
 --    a checkpoint is written, the job exits 0 saying so; the same command
 --    resumes and its losses continue exactly as an uninterrupted run's;
+--  * Ctrl-C (SIGINT through mpiexec) likewise: checkpoint, exit 0, how to
+--    resume; two Ctrl-C in a row end a one-process run at once;
 --  * --max-restarts 1 with a rank killed mid-run: the launcher restarts the
 --    job, it resumes from `latest` and completes, and its final parameters
 --    equal the uninterrupted run's.
@@ -62,6 +64,34 @@ do -- SIGTERM
    local same = true
    for s = 1, 120 do if got[s] ~= ref[s] then same = false; print('step', s, got[s], ref[s]) break end end
    t.check(same, 'losses after the preemption differ from the uninterrupted run')
+end
+
+do -- Ctrl-C: mpiexec passes the first to every rank; the run stops as on SIGTERM
+   local m = background('int', '--nproc-per-node 2')
+   t.check(wait_for(m .. '.run/metrics.jsonl', '"step":30,', 120), 'the job did not reach step 30')
+   for _, pid in ipairs(pids('mpiexec.*' .. m .. '.run')) do os.execute('kill -INT ' .. pid) end
+   local status = wait_for(m .. '.status', '\n', 60)
+   t.check(status and tonumber(status) == 0, 'a job stopped by Ctrl-C exits 0, got %s', tostring(status))
+   local log = fs.read(m .. '.log') or ''
+   local stopped = tonumber(log:match('SIGINT received: stopped after step (%d+)'))
+   t.check(stopped ~= nil, 'the job should say it stopped on Ctrl-C (SIGINT):\n%s', log)
+   t.check(stopped and fs.is_dir(string.format('%s/step_%08d', m, stopped)), 'a checkpoint of step %s exists',
+           tostring(stopped))
+   t.check(log:find('run the same command to resume', 1, true), 'the job says how to resume:\n%s', log)
+end
+
+do -- a second Ctrl-C ends a run at once (one process, no launcher)
+   local m = dir .. '/int2'
+   os.execute(string.format('(OMP_NUM_THREADS=1 %s %s --max-steps 100000 --checkpoint-dir %s --run-dir %s.run > %s.log 2>&1; ' ..
+                            'echo $? > %s.status) &', D.bin, 'recipes/train_mingpt.lua --preset gpt-mini --batch-size 16 --seq-len 256 --eval-every 0 --log-every 1 ' ..
+                            '--sample-tokens 0 --max-steps 100000', m, m, m, m))
+   t.check(wait_for(m .. '.run/metrics.jsonl', '"step":2,', 120), 'the one-process job did not reach step 2')
+   local ps = pids('train_mingpt.*' .. m .. '.run')
+   for _, pid in ipairs(ps) do os.execute('kill -INT ' .. pid .. '; sleep 0.3; kill -INT ' .. pid) end
+   local status = wait_for(m .. '.status', '\n', 30)
+   t.check(status and tonumber(status) == 130, 'two Ctrl-C end the process at once (exit 130), got %s', tostring(status))
+   local log = fs.read(m .. '.log') or ''
+   t.check(not log:find('stopped after step', 1, true), 'the second Ctrl-C should not wait for the checkpoint:\n%s', log)
 end
 
 do -- a killed rank with --max-restarts 1
