@@ -742,8 +742,10 @@ function M.generate()
        'it returns, its top-level locals, and those of a recipe it runs such as train_lm.lua, are copied into the ' ..
        "prompt's environment), then reads Lua statements on rank 0; every rank runs each statement. In scope: `fsdp`, " ..
        '`dist`, `nn`, `ops`, `print` (prints on rank 0) and `printall` (every rank, prefixed). An expression ' ..
-       "prints its value; an error is shown with the rank that raised it. Ctrl-C interrupts a statement, " ..
-       'Ctrl-D ends every rank. Line editing and history come from readline when stdin is a terminal.', '')
+       "prints its value (tensors as torch prints them, models as a tree); an error is shown with the rank that " ..
+       'raised it. `help()` and `help(x)` print reference text. Ctrl-C interrupts a statement on every rank (also ' ..
+       'inside a collective) and the communicators are resynchronised; Ctrl-D ends every rank. Line editing, ' ..
+       'history and tab completion come from readline when the terminal is there (under the launcher too).', '')
 
    -- recipes
    add('## Recipes', '')

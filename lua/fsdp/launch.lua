@@ -19,6 +19,11 @@ int waitpid(int pid, int *status, int options);
 int kill(int pid, int sig);
 int usleep(unsigned int usec);
 void _exit(int status);
+int isatty(int fd);
+char *ttyname(int fd);
+int open(const char *path, int flags, ...);
+int dup2(int oldfd, int newfd);
+int close(int fd);
 ]])
 
 -- The launcher's flags, before the recipe, with torchrun's spellings:
@@ -319,11 +324,21 @@ end
 -- the job: it goes to mpiexec, which passes it on.
 function M.repl_job(argv, pidfile)
    local C = require('fsdp.ffi').C
+   -- on a terminal, rank 0 reads and writes it directly (line editing,
+   -- history, tab completion) and mpiexec reads nothing
+   local tty = ffi.C.isatty(0) == 1 and ffi.C.ttyname(0) ~= nil and ffi.string(ffi.C.ttyname(0)) or nil
+   if tty then table.insert(argv, 2, '-genv'); table.insert(argv, 3, 'FSDP_REPL_TTY'); table.insert(argv, 4, tty) end
+   local saved = tty and io.popen('stty -g 2>/dev/null'):read('*l')
    local cargv, keep = c_argv(argv)
+   io.stdout:flush()
    local pid = ffi.C.fork()
    if pid < 0 then error('launcher: cannot fork to start ' .. argv[1], 0) end
    if pid == 0 then
       C.fsdp_signal_block(2, 1)
+      if tty then
+         local null = ffi.C.open('/dev/null', 0)
+         if null >= 0 then ffi.C.dup2(null, 0); ffi.C.close(null) end
+      end
       ffi.C.execvp(argv[1], cargv)
       ffi.C._exit(127)
    end
@@ -348,6 +363,8 @@ function M.repl_job(argv, pidfile)
       ffi.C.usleep(20000)
    end
    os.remove(pidfile)
+   -- a rank that ended inside readline may have left the terminal raw
+   if saved and saved ~= '' then os.execute('stty ' .. saved .. ' 2>/dev/null') end
    local st = status[0]
    if st % 128 ~= 0 then return 128 + st % 128 end -- killed by a signal
    return math.floor(st / 256) % 256

@@ -43,6 +43,7 @@ local function line_reader(env)
          -- readline asks for match `state` (0 first); strings it frees
          local entry = ffi.cast('fsdp_rl_compentry *', function(text, state)
             if state == 0 then
+               rl.rl_completion_append_character = 0 -- readline resets it before each completion
                local okc, list = pcall(show.complete, env, ffi.string(text))
                matches = okc and list or {}
             end
@@ -52,6 +53,8 @@ local function line_reader(env)
          end)
          M._keep_entry = entry
          pcall(function()
+            pcall(ffi.cdef, 'int rl_variable_bind(const char *variable, const char *value);')
+            rl.rl_variable_bind('enable-bracketed-paste', 'off')
             rl.rl_completion_entry_function = entry
             M._breaks = ffi.new('char[?]', 32, ' \t\n"\'><=;|&{(,+-*/%^#~[]')
             rl.rl_basic_word_break_characters = M._breaks
@@ -160,6 +163,20 @@ function M.run(env)
       pcall(ffi.cdef, 'int getpid(void);')
       local f = io.open(pidfile, 'w')
       if f then f:write(tostring(ffi.C.getpid()), '\n'); f:close() end
+   end
+   -- under the launcher on a terminal, rank 0 takes the terminal itself
+   -- (mpiexec passes only pipes): readline works, and its output stays in
+   -- order with the prompt
+   local tty = os.getenv('FSDP_REPL_TTY')
+   if rank == 0 and tty and ffi.C.isatty(0) ~= 1 then
+      pcall(ffi.cdef, 'int open(const char *path, int flags, ...); int dup2(int oldfd, int newfd); int close(int fd);')
+      local fd = ffi.C.open(tty, 2 + 256) -- O_RDWR | O_NOCTTY
+      if fd >= 0 then
+         io.stdout:flush()
+         ffi.C.dup2(fd, 0)
+         ffi.C.dup2(fd, 1)
+         ffi.C.close(fd)
+      end
    end
    -- the REPL's own group: its settle barrier never meets a statement's collectives
    local ctl = dist.world_size > 1 and dist.world:split(0, rank, 'repl') or nil

@@ -40,6 +40,9 @@ step('m', '6.9K parameters (6864)', 'and its parameter count')
 step('help(dist.resync)', 'brings every host group back in step', 'help(function) prints its reference text')
 step('help("kv_cache")', 'KVCache:advance(T_)', 'help("name") lists a module\'s entries')
 step('help()', 'Ctrl-C interrupts a statement on every rank', 'help() prints the overview')
+-- tab completion (rank 0 reads the terminal itself, through readline)
+step('x:nu\t() + 0', '\n3\r', 'Tab completes x:nu to x:numel')
+step('fsdp.zer\t({2}):numel()', '\n2\r', 'Tab completes fsdp.zer to fsdp.zeros')
 
 -- Ctrl-C interrupts a running statement on every rank; the session goes on
 -- (tests/dist/test_repl_interrupt.lua tries it many times in many places)
