@@ -306,6 +306,13 @@ int fsdp_attention_packed_backward_cpu(float *dq, float *dk, float *dv, const fl
                               ldk, ldv, window, scale);
 }
 
+int fsdp_attention_positions_check_cpu(const int32_t *pos, int B, int T) {
+    const char *fn = "fsdp_attention_positions_check_cpu";
+    CHECK_PTR(fn, pos);
+    FSDP_CHECK_ARG(B > 0 && T > 0, "%s: B (%d) and T (%d) must be positive", fn, B, T);
+    return check_positions(fn, pos, B, T);
+}
+
 /* Decoding with a KV cache: the keys and values of the Tq new positions
  * pos .. pos+Tq-1 of each sequence are stored into the caches, then every
  * new query attends over the cached keys it sees (causal from position 0,

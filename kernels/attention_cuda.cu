@@ -12,6 +12,12 @@
  *
  * Exponentials are exp_math.h's fsdp_expf, as on the CPU.
  *
+ * Packed rows (fsdp_attention_packed_*_cuda): pos [B, T] gives each token's
+ * position in its own sample, and a query's first key is the later of its
+ * sample's start and the window's (attention_math.h, as on the CPU); the
+ * positions are checked on the host before they are uploaded (ops.attention
+ * or the loader that made them), the kernels only keep every index in range.
+ *
  * Backward needs no atomics: D = dout . out per row first, then one warp per
  * query row accumulates dq, and one warp per key row (b, kv head g, j) walks
  * the queries of all heads of g that see key j and accumulates dk and dv. */
@@ -27,6 +33,15 @@ enum {
 
 /* ---- kernels ------------------------------------------------------------ */
 
+/* query t's first key: the window's, or, packed, not before its sample's
+ * start (a position out of range is clamped so no index leaves the row) */
+static __device__ __forceinline__ int first_key(const int32_t *pos, int64_t bT, int t, int window) {
+    if (!pos) return fsdp_attention_first_key(t, window);
+    int p = pos[bT + t];
+    p = p < 0 ? 0 : (p > t ? t : p);
+    return fsdp_attention_first_key_packed(t, window, p);
+}
+
 static __device__ __forceinline__ float dot(const float *a, const float *b, int n) {
     float s = 0.0f;
     for (int i = 0; i < n; i++) s += a[i] * b[i];
@@ -41,9 +56,9 @@ static __device__ __forceinline__ void lane_axpy(float (&y)[ATT_DIMS], float alp
 }
 
 static __global__ void attention_forward_kernel(float *out, float *lse, const float *q,
-                                                const float *k, const float *v, int B, int T,
-                                                int NH, int NKV, int HD, int ldq, int ldk, int ldv,
-                                                int window, float scale) {
+                                                const float *k, const float *v, const int32_t *pos,
+                                                int B, int T, int NH, int NKV, int HD, int ldq,
+                                                int ldk, int ldv, int window, float scale) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, h, t) */
     if (row >= (int64_t)B * NH * T) return;                                 /* whole warp */
@@ -56,7 +71,7 @@ static __global__ void attention_forward_kernel(float *out, float *lse, const fl
 
     float acc[ATT_DIMS] = {0.0f};
     float m = -INFINITY, l = 0.0f; /* running max and sum of exp(score - m) */
-    for (int j0 = fsdp_attention_first_key(t, window); j0 <= t; j0 += 32) {
+    for (int j0 = first_key(pos, bT, t, window); j0 <= t; j0 += 32) {
         /* 1. scores of this chunk's keys, one per lane */
         const int j = j0 + lane;
         const float s = j <= t ? scale * dot(qt, kg + (int64_t)j * ldk, HD) : -INFINITY;
@@ -96,8 +111,9 @@ static __global__ void attention_rowdot_kernel(float *D, const float *dout, cons
 /* dq[t] += scale * sum_j dS_j k_j, dS_j = P_j (dout . v_j - D); one warp per query row */
 static __global__ void attention_dq_kernel(float *dq, const float *dout, const float *q,
                                            const float *k, const float *v, const float *lse,
-                                           const float *D, int B, int T, int NH, int NKV, int HD,
-                                           int ldq, int ldk, int ldv, int window, float scale) {
+                                           const float *D, const int32_t *pos, int B, int T, int NH,
+                                           int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                           float scale) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32;
     if (row >= (int64_t)B * NH * T) return;
@@ -111,7 +127,7 @@ static __global__ void attention_dq_kernel(float *dq, const float *dout, const f
     const float row_lse = lse[row], row_D = D[row];
 
     float acc[ATT_DIMS] = {0.0f};
-    for (int j0 = fsdp_attention_first_key(t, window); j0 <= t; j0 += 32) {
+    for (int j0 = first_key(pos, bT, t, window); j0 <= t; j0 += 32) {
         const int j = j0 + lane;
         float ds = 0.0f;
         if (j <= t) {
@@ -131,9 +147,9 @@ static __global__ void attention_dq_kernel(float *dq, const float *dout, const f
  * every head of kv head g) that see key j; one warp per key row (b, g, j) */
 static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *dout,
                                              const float *q, const float *k, const float *v,
-                                             const float *lse, const float *D, int B, int T,
-                                             int NH, int NKV, int HD, int ldq, int ldk, int ldv,
-                                             int window, float scale) {
+                                             const float *lse, const float *D, const int32_t *pos,
+                                             int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
+                                             int ldv, int window, float scale) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, g, j) */
     if (row >= (int64_t)B * NKV * T) return;
@@ -142,8 +158,14 @@ static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *
     const int64_t bT = (int64_t)b * T;
     const float *kj = k + (bT + j) * ldk + (int64_t)g * HD;
     const float *vj = v + (bT + j) * ldv + (int64_t)g * HD;
-    /* the last query that sees key j */
-    const int last = window > 0 && j + window - 1 < T - 1 ? j + window - 1 : T - 1;
+    /* the last query that sees key j: the window's, and, packed, the last
+     * token of key j's sample (the next position 0 starts another) */
+    int last = window > 0 && j + window - 1 < T - 1 ? j + window - 1 : T - 1;
+    if (pos) {
+        int end = j;
+        while (end < last && pos[bT + end + 1] != 0) end++;
+        last = end;
+    }
 
     float dk_acc[ATT_DIMS] = {0.0f}, dv_acc[ATT_DIMS] = {0.0f};
     for (int h = g * group; h < (g + 1) * group; h++) {
@@ -153,7 +175,7 @@ static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *
             /* lane i scores query t0 + i against key j */
             const int t = t0 + lane;
             float p = 0.0f, ds = 0.0f;
-            if (t <= last && fsdp_attention_first_key(t, window) <= j) {
+            if (t <= last && first_key(pos, bT, t, window) <= j) {
                 const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
                 const float *dot_t = dout + ((bT + t) * NH + h) * HD;
                 p = fsdp_expf(scale * dot(qt, kj, HD) - lse_h[t]);
@@ -231,10 +253,9 @@ static unsigned row_blocks(int64_t rows) { return (unsigned)((rows + ATT_WARPS -
 
 #define CHECK_PTR(fn, p) FSDP_CHECK_ARG((p) != NULL, "%s: %s is NULL", fn, #p)
 
-int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
-                                const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
-                                int ldk, int ldv, int window, float scale, fsdp_stream stream) {
-    const char *fn = "fsdp_attention_forward_f32_cuda";
+static int attention_forward(const char *fn, float *out, float *lse, const float *q, const float *k,
+                             const float *v, const int32_t *pos, int B, int T, int NH, int NKV, int HD,
+                             int ldq, int ldk, int ldv, int window, float scale, fsdp_stream stream) {
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     CHECK_PTR(fn, q);
@@ -243,15 +264,15 @@ int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, cons
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
     if (rc) return rc;
     FSDP_LAUNCH(attention_forward_kernel, row_blocks((int64_t)B * NH * T), 32 * ATT_WARPS, 0, stream,
-                out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+                out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
     return fsdp_cuda_launched(fn);
 }
 
-int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
-                                 const float *q, const float *k, const float *v, const float *out,
-                                 const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
-                                 int ldk, int ldv, int window, float scale, fsdp_stream stream) {
-    const char *fn = "fsdp_attention_backward_f32_cuda";
+static int attention_backward(const char *fn, float *dq, float *dk, float *dv, const float *dout,
+                              const float *q, const float *k, const float *v, const float *out,
+                              const float *lse, const int32_t *pos, int B, int T, int NH, int NKV,
+                              int HD, int ldq, int ldk, int ldv, int window, float scale,
+                              fsdp_stream stream) {
     CHECK_PTR(fn, dout);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
@@ -272,17 +293,55 @@ int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const floa
     rc = fsdp_cuda_launched(fn);
     if (!rc && dq) {
         FSDP_LAUNCH(attention_dq_kernel, row_blocks(rows), 32 * ATT_WARPS, 0, stream, dq, dout, q, k,
-                    v, lse, D, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+                    v, lse, D, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
         rc = fsdp_cuda_launched(fn);
     }
     if (!rc && (dk || dv)) {
         FSDP_LAUNCH(attention_dkdv_kernel, row_blocks((int64_t)B * NKV * T), 32 * ATT_WARPS, 0,
-                    stream, dk, dv, dout, q, k, v, lse, D, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
-                    scale);
+                    stream, dk, dv, dout, q, k, v, lse, D, pos, B, T, NH, NKV, HD, ldq, ldk, ldv,
+                    window, scale);
         rc = fsdp_cuda_launched(fn);
     }
     cudaFreeAsync(D, stream);
     return rc;
+}
+
+int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
+                                    const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
+                                    int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+    return attention_forward("fsdp_attention_forward_f32_cuda", out, lse, q, k, v, NULL, B, T, NH, NKV,
+                             HD, ldq, ldk, ldv, window, scale, stream);
+}
+
+int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                     const float *q, const float *k, const float *v, const float *out,
+                                     const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
+                                     int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+    return attention_backward("fsdp_attention_backward_f32_cuda", dq, dk, dv, dout, q, k, v, out, lse,
+                              NULL, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, stream);
+}
+
+/* packed rows run in f32 whatever the compute dtype: cuDNN's SDPA here
+ * takes no per-token sample boundaries */
+int fsdp_attention_packed_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                                       const float *v, const int32_t *pos, int B, int T, int NH,
+                                       int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                       float scale, fsdp_stream stream) {
+    const char *fn = "fsdp_attention_packed_forward_cuda";
+    CHECK_PTR(fn, pos);
+    return attention_forward(fn, out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
+                             scale, stream);
+}
+
+int fsdp_attention_packed_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                        const float *q, const float *k, const float *v,
+                                        const float *out, const float *lse, const int32_t *pos,
+                                        int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
+                                        int ldv, int window, float scale, fsdp_stream stream) {
+    const char *fn = "fsdp_attention_packed_backward_cuda";
+    CHECK_PTR(fn, pos);
+    return attention_backward(fn, dq, dk, dv, dout, q, k, v, out, lse, pos, B, T, NH, NKV, HD, ldq,
+                              ldk, ldv, window, scale, stream);
 }
 
 int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,

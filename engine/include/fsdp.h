@@ -291,6 +291,9 @@ int fsdp_attention_packed_backward_cpu(float *dq, float *dk, float *dv, const fl
                                        const float *out, const float *lse, const int32_t *pos,
                                        int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
                                        int ldv, int window, float scale);
+/* FSDP_OK when pos [B, T] counts 0, 1, ... within each sample (what the
+ * packed kernels take), else FSDP_ERR_INVALID naming the first bad entry */
+int fsdp_attention_positions_check_cpu(const int32_t *pos, int B, int T);
 
 /* Decoding attention over a KV cache (generation; no backward): stores the
  * keys and values of the Tq new positions pos .. pos+Tq-1 of each of the B
@@ -770,6 +773,17 @@ int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const floa
                                      float scale, fsdp_stream stream);
 /* decoding attention over a KV cache, as fsdp_attention_decode_cpu (the
  * same bits: both run attention_math.h's row) */
+/* packed rows (see fsdp_attention_packed_forward_cpu), in f32; pos on the
+ * device, checked on the host before (fsdp_attention_positions_check_cpu) */
+int fsdp_attention_packed_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                                       const float *v, const int32_t *pos, int B, int T, int NH,
+                                       int NKV, int HD, int ldq, int ldk, int ldv, int window,
+                                       float scale, fsdp_stream stream);
+int fsdp_attention_packed_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
+                                        const float *q, const float *k, const float *v,
+                                        const float *out, const float *lse, const int32_t *pos,
+                                        int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
+                                        int ldv, int window, float scale, fsdp_stream stream);
 int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
                                const float *k, const float *v, int B, int Tq, int pos, int Tmax,
                                int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,

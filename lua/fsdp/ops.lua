@@ -353,6 +353,14 @@ local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq
       if pos:numel() ~= B * T_ then
          fail(op, 'positions %s do not match %d sequences of %d', shape_str(pos.shape), B, T_)
       end
+      if pos.device >= 0 and not pos.checked_positions then
+         -- the device kernels take the positions as they are: check them here
+         -- (once for a tensor whose maker vouches for them: checked_positions)
+         local h = pos:cpu()
+         local ok, err = pcall(check, kernels.cpu.attention_positions_check(h:ptr(), B, T_), op)
+         h:free()
+         if not ok then error(err, 0) end
+      end
       check(K.attention_packed_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), pos:ptr(), B, T_, NH, NKV, HD,
                                        ldq, ldk, ldv, window, scale), op)
    else

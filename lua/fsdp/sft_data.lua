@@ -305,6 +305,7 @@ function M.loader(opts)
       self.dy = T.empty({B, T_}, 'i32', nil, self.device)
       self.ddoc = T.empty({B, T_}, 'i32', nil, self.device)
       self.dpos = T.empty({B, T_}, 'i32', nil, self.device)
+      self.dpos.checked_positions = true -- made here, counting up within each sample (ops.attention)
    end
    -- packing efficiency of the first epoch: real tokens / row tokens
    local plan = self:plan(0)

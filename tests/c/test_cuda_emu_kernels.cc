@@ -494,6 +494,62 @@ static void test_attention() {
     CHECK(strstr(fsdp_last_error(), "fsdp_attention_forward_f32_cuda"), "message: %s", fsdp_last_error());
 }
 
+/* packed rows (several samples per row, positions restarting at 0): the
+ * CUDA twin against the CPU kernel, forward and backward, with GQA, a
+ * window, a sample longer than 32 keys and a one-token sample */
+static void test_attention_packed() {
+    struct { int B, T, NH, NKV, HD, window; std::vector<int> lens; } cases[] = {
+        {2, 13, 4, 2, 16, 0, {5, 1, 7, 13}},      /* row 0: 5+1+7, row 1: one sample */
+        {1, 45, 3, 1, 40, 0, {37, 8}},             /* a sample past 32 keys */
+        {2, 20, 2, 2, 8, 4, {6, 6, 8, 3, 17}},     /* a window inside samples */
+    };
+    for (auto &s : cases) {
+        const int C = s.NH * s.HD, CKV = s.NKV * s.HD;
+        const long rows = (long)s.B * s.T;
+        std::vector<int32_t> pos(rows);
+        size_t li = 0;
+        for (int b = 0; b < s.B; b++) {
+            int t = 0;
+            while (t < s.T) {
+                const int len = li < s.lens.size() ? s.lens[li++] : s.T - t;
+                for (int i = 0; i < len && t < s.T; i++, t++) pos[(long)b * s.T + t] = i;
+            }
+        }
+        CHECK_OK(fsdp_attention_positions_check_cpu(pos.data(), s.B, s.T), "positions of the case");
+        vec qs = uniform(rows * C, -2, 2), ks = uniform(rows * CKV, -2, 2), vs = uniform(rows * CKV, -2, 2);
+        const float scale = 1.0f / sqrtf((float)s.HD);
+        vec oc(rows * C), og(rows * C), lc((long)s.B * s.NH * s.T), lg(lc.size());
+        CHECK_OK(fsdp_attention_packed_forward_cpu(oc.data(), lc.data(), qs.data(), ks.data(), vs.data(), pos.data(),
+                                                   s.B, s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale),
+                 "packed cpu");
+        CHECK_OK(fsdp_attention_packed_forward_cuda(og.data(), lg.data(), qs.data(), ks.data(), vs.data(),
+                                                    pos.data(), s.B, s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window,
+                                                    scale, nullptr), "packed forward");
+        CLOSE("packed attention out", og, oc, 1e-5, 1e-5);
+        CLOSE("packed attention lse", lg, lc, 1e-5, 1e-5);
+        vec dout = uniform(rows * C);
+        vec dqc = uniform(rows * C), dkc = uniform(rows * CKV), dvc = uniform(rows * CKV);
+        vec dqg = dqc, dkg = dkc, dvg = dvc;
+        CHECK_OK(fsdp_attention_packed_backward_cpu(dqc.data(), dkc.data(), dvc.data(), dout.data(), qs.data(),
+                                                    ks.data(), vs.data(), oc.data(), lc.data(), pos.data(), s.B,
+                                                    s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale),
+                 "packed bwd cpu");
+        CHECK_OK(fsdp_attention_packed_backward_cuda(dqg.data(), dkg.data(), dvg.data(), dout.data(), qs.data(),
+                                                     ks.data(), vs.data(), oc.data(), lc.data(), pos.data(), s.B,
+                                                     s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale, nullptr),
+                 "packed backward");
+        CLOSE("packed attention dq", dqg, dqc, 1e-4, 1e-5);
+        CLOSE("packed attention dk", dkg, dkc, 1e-4, 1e-5);
+        CLOSE("packed attention dv", dvg, dvc, 1e-4, 1e-5);
+    }
+    std::vector<int32_t> bad = {0, 1, 3};
+    CHECK(fsdp_attention_positions_check_cpu(bad.data(), 1, 3) == FSDP_ERR_INVALID, "positions 0 1 3 accepted");
+    CHECK(strstr(fsdp_last_error(), "positions[0, 2] = 3"), "message: %s", fsdp_last_error());
+    vec z(64);
+    CHECK(fsdp_attention_packed_forward_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), nullptr, 1, 1, 1, 1, 4,
+                                             4, 4, 4, 0, 1.0f, nullptr) == FSDP_ERR_INVALID, "no positions accepted");
+}
+
 /* ---- mixture-of-experts routing (moe_cuda.cu) ------------------------------ */
 
 /* the largest |a - b| seen per op (NaN in both at one place counts as equal),
@@ -876,6 +932,7 @@ int main() {
     test_sumsq();
     test_bias_backward();
     test_attention();
+    test_attention_packed();
     test_attention_decode();
     test_moe_rows();
     test_moe_softmax();

@@ -119,6 +119,27 @@ compare('attention gpt2 qkv', function(x) return ops.attention(x, nil, nil, {n_h
 compare('attention gqa window', function(q, k, v)
    return ops.attention(q, k, v, {n_head = 4, n_kv_head = 2, window = 3})
 end, {randn({2, 9, 4 * 8}), randn({2, 9, 2 * 8}), randn({2, 9, 2 * 8})}, 1e-4)
+do -- packed samples: positions restart at 0 where a sample starts
+   local pos = fsdp.from_table({0, 1, 2, 0, 1, 2, 3, 4, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}, {2, 9}, 'i32')
+   compare('attention packed gqa', function(q, k, v, p)
+      return ops.attention(q, k, v, {n_head = 4, n_kv_head = 2, positions = p})
+   end, {randn({2, 9, 4 * 8}), randn({2, 9, 2 * 8}), randn({2, 9, 2 * 8}), pos}, 1e-4)
+   compare('attention packed qkv window', function(x, p)
+      return ops.attention(x, nil, nil, {n_head = 2, window = 2, positions = p})
+   end, {randn({2, 9, 3 * 16}), pos}, 1e-4)
+   -- positions the device kernels cannot take are refused before they run
+   local bad = fsdp.from_table({0, 1, 3}, {1, 3}, 'i32'):to_device(D)
+   local q = randn({1, 3, 8}):to_device(D)
+   local ok, err = pcall(ops.attention, q, q, q, {n_head = 1, positions = bad})
+   t.check(not ok and tostring(err):find('positions[0, 2] = 3', 1, true),
+           'device positions that do not count up within a sample are an error naming the entry, got: %s', tostring(err))
+   AG.reset()
+end
+do
+   local targets = fsdp.from_table({3, -100, 1, 4, -100, 0}, {6}, 'i32')
+   compare('cross_entropy over a denominator', function(l, y) return ops.cross_entropy(l, y, -100, 7.5) end,
+           {randn({6, 5}), targets})
+end
 do
    local cos, sin = randn({6, 4}), randn({6, 4})
    cos.requires_grad, sin.requires_grad = false, false
