@@ -221,13 +221,8 @@ function M.exec(opts, rest, self_exe)
    io.stdout:flush()
    if restarts > 0 then return M.supervise(argv, restarts) end
    if pidfile then return M.repl_job(argv, pidfile) end
-   local cargv = ffi.new('char*[?]', #argv + 1)
-   local keep = {}
-   for i, a in ipairs(argv) do
-      keep[i] = ffi.new('char[?]', #a + 1, a)
-      cargv[i - 1] = keep[i]
-   end
-   cargv[#argv] = nil
+   local cargv, keep = M.c_argv(argv)
+   local _ = keep
    ffi.C.execvp(argv[1], cargv)
    error('launcher: cannot run ' .. argv[1], 0)
 end
@@ -303,7 +298,7 @@ end
 -- checkpoint directory's `latest`. A job that ends with status 0 (done, or
 -- preempted with a checkpoint) is not restarted.
 -- argv as a NULL-terminated char*[] (and what keeps its strings alive)
-local function c_argv(argv)
+function M.c_argv(argv)
    local cargv = ffi.new('char*[?]', #argv + 1)
    local keep = {}
    for i, a in ipairs(argv) do
@@ -329,7 +324,7 @@ function M.repl_job(argv, pidfile)
    local tty = ffi.C.isatty(0) == 1 and ffi.C.ttyname(0) ~= nil and ffi.string(ffi.C.ttyname(0)) or nil
    if tty then table.insert(argv, 2, '-genv'); table.insert(argv, 3, 'FSDP_REPL_TTY'); table.insert(argv, 4, tty) end
    local saved = tty and io.popen('stty -g 2>/dev/null'):read('*l')
-   local cargv, keep = c_argv(argv)
+   local cargv, keep = M.c_argv(argv)
    io.stdout:flush()
    local pid = ffi.C.fork()
    if pid < 0 then error('launcher: cannot fork to start ' .. argv[1], 0) end

@@ -1,5 +1,5 @@
 -- A program on a pseudo-terminal, as a person at a terminal runs it:
--- spawn(argv) starts it; s:expect(pattern, seconds) reads until the plain
+-- spawn(argv, env, cols) starts it (cols: the terminal's width); s:expect(pattern, seconds) reads until the plain
 -- text appears after the last match; s:send(text) types; s:wait(seconds)
 -- waits for the exit status; s:kill() ends it.
 local ffi = require 'ffi'
@@ -16,6 +16,7 @@ void _exit(int code);
 int close(int fd);
 struct fsdp_pollfd { int fd; short events; short revents; };
 int poll(struct fsdp_pollfd *fds, unsigned long n, int timeout);
+struct fsdp_pty_winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; };
 ]])
 -- forkpty lives in libc since glibc 2.34, in libutil before
 local util = pcall(function() return ffi.C.forkpty end) and ffi.C or ffi.load('libutil.so.1')
@@ -25,14 +26,15 @@ local M = {}
 local Session = {}
 Session.__index = Session
 
-function M.spawn(argv_strs, env)
+function M.spawn(argv_strs, env, cols)
    for k, v in pairs(env or {}) do ffi.C.setenv(k, v, 1) end
+   local ws = cols and ffi.new('struct fsdp_pty_winsize', {24, cols, 0, 0}) or nil
    local argv = ffi.new('char*[?]', #argv_strs + 1)
    local keep = {}
    for i, s in ipairs(argv_strs) do keep[i] = ffi.new('char[?]', #s + 1, s); argv[i - 1] = keep[i] end
    argv[#argv_strs] = nil
    local master = ffi.new('int[1]')
-   local pid = util.forkpty(master, nil, nil, nil)
+   local pid = util.forkpty(master, nil, nil, ws)
    if pid == 0 then
       ffi.C.execvp(argv[0], argv)
       ffi.C._exit(127)
@@ -80,6 +82,14 @@ function Session:wait(seconds)
       if ffi.C.waitpid(self.pid, status, 1) == self.pid then self.status = status[0]; return status[0] end
    end
    return nil
+end
+
+-- everything it writes until it ends (or seconds pass), and its exit code
+function Session:read_all(seconds)
+   local t0 = clock()
+   while clock() - t0 < seconds and self:pump(200) do end
+   local status = self:wait(5)
+   return self.seen, status and math.floor(status / 256) % 256
 end
 
 function Session:kill()

@@ -9,22 +9,8 @@ local ffi = require 'ffi'
 local fsdp = require 'fsdp'
 local t = require 'tests.lua.harness'
 local fs = require 'fsdp.fs'
+local pty = require 'tests.dist.pty'
 
-ffi.cdef [[
-struct fsdp_test_winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; };
-int forkpty(int *amaster, char *name, void *termp, struct fsdp_test_winsize *winp);
-int execvp(const char *file, char *const argv[]);
-int setenv(const char *name, const char *value, int overwrite);
-long read(int fd, void *buf, unsigned long n);
-int waitpid(int pid, int *status, int options);
-int close(int fd);
-void _exit(int code);
-struct fsdp_test_pollfd { int fd; short events; short revents; };
-int poll(struct fsdp_test_pollfd *fds, unsigned long n, int timeout);
-]]
-local util = pcall(function() return ffi.C.forkpty end) and ffi.C or ffi.load('libutil.so.1')
-ffi.C.setenv('OMP_NUM_THREADS', '1', 1)
-ffi.C.setenv('TERM', 'xterm', 1)
 
 local tmp = os.tmpname()
 os.remove(tmp)
@@ -38,33 +24,10 @@ local recipe = {'recipes/train_mingpt.lua', '--preset', 'gpt-nano', '--max-steps
 -- runs argv in a pseudo-terminal `cols` wide; returns everything it wrote
 -- and its exit status
 local function run_pty(argv_strs, cols)
-   local argv = ffi.new('char*[?]', #argv_strs + 1)
-   local keep = {}
-   for i, s in ipairs(argv_strs) do keep[i] = ffi.new('char[?]', #s + 1, s); argv[i - 1] = keep[i] end
-   argv[#argv_strs] = nil
-   local ws = ffi.new('struct fsdp_test_winsize', {24, cols, 0, 0})
-   local master = ffi.new('int[1]')
-   local pid = util.forkpty(master, nil, nil, ws)
-   if pid == 0 then
-      ffi.C.execvp(argv[0], argv)
-      ffi.C._exit(127)
-   end
-   local fd = master[0]
-   local out, buf = {}, ffi.new('char[4096]')
-   local pfd = ffi.new('struct fsdp_test_pollfd[1]')
-   local t0 = fsdp.clock()
-   while fsdp.clock() - t0 < 300 do
-      pfd[0].fd, pfd[0].events = fd, 1
-      if ffi.C.poll(pfd, 1, 200) > 0 then
-         local n = ffi.C.read(fd, buf, 4096)
-         if n <= 0 then break end -- EIO: the child side closed
-         out[#out + 1] = ffi.string(buf, n)
-      end
-   end
-   ffi.C.close(fd)
-   local st = ffi.new('int[1]')
-   ffi.C.waitpid(pid, st, 0)
-   return table.concat(out), math.floor(st[0] / 256) % 256
+   local session = pty.spawn(argv_strs, {OMP_NUM_THREADS = '1', TERM = 'xterm'}, cols)
+   local out, status = session:read_all(300)
+   session:kill()
+   return out, status
 end
 
 -- what the terminal shows: the text between carriage returns and newlines,
