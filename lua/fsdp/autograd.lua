@@ -12,6 +12,7 @@ local M = {}
 
 local tape, n = {}, 0
 local enabled = true
+local checkpointing = 0 -- depth of activation-checkpointed forwards running unrecorded
 local end_hooks = {}
 
 -- fn() runs after every successful backward, before temporaries are freed
@@ -19,6 +20,11 @@ local end_hooks = {}
 function M.on_backward_end(fn) end_hooks[#end_hooks + 1] = fn end
 
 function M.is_enabled() return enabled end
+
+-- true while a training forward runs: recording, or the unrecorded first
+-- pass of an activation-checkpointed unit (which backward re-runs); false
+-- under no_grad (evaluation, generation). Dropout-like ops act only then.
+function M.training() return enabled or checkpointing > 0 end
 
 -- runs fn(...) with recording off; errors pass through with recording restored
 function M.no_grad(fn, ...)
@@ -107,7 +113,9 @@ function M.checkpoint(fn, x)
    if not enabled then return fn(x) end
    local mark = T.temp_mark()
    enabled = false
+   checkpointing = checkpointing + 1
    local ok, y = pcall(fn, x)
+   checkpointing = checkpointing - 1
    enabled = true
    if not ok then error(y, 0) end
    T.release_since(mark, y)
