@@ -195,6 +195,21 @@ int fsdp_matmul_backward_cpu(float *da, float *db, float *dbias, const float *do
                              const float *a, const float *b,
                              int M, int N, int K, int trans_a, int trans_b);
 
+/* A linear layer with a low-rank adapter (LoRA), fused:
+ * out = x W^T + bias + scale * (drop(x) A^T) B^T, x [M, K], W [N, K], bias [N]
+ * or NULL, A [R, K], B [N, R]; xa [M, R] is saved for backward (drop(x) A^T).
+ * drop is dropout of rate p in [0, 1), its mask a function of seed and the
+ * element index (kernels/lora_math.h), so backward regenerates it. Backward
+ * accumulates into dx, dw, dbias, da, db (NULL ones skipped; a frozen base
+ * weight passes dw = NULL). */
+int fsdp_lora_forward_cpu(float *out, float *xa, const float *x, const float *w, const float *bias,
+                          const float *a, const float *b, int M, int N, int K, int R, float scale,
+                          float p, uint64_t seed);
+int fsdp_lora_backward_cpu(float *dx, float *dw, float *dbias, float *da, float *db, const float *dout,
+                           const float *x, const float *w, const float *a, const float *b,
+                           const float *xa, int M, int N, int K, int R, float scale, float p,
+                           uint64_t seed);
+
 /* out[n,:] = table[idx[n],:]; idx checked against V */
 int fsdp_embedding_forward_cpu(float *out, const int32_t *idx, const float *table,
                                int N, int V, int C);

@@ -13,6 +13,7 @@ local M = {}
 
 local tape, n = {}, 0
 local enabled = true
+local checkpointing = 0 -- depth of activation-checkpointed forwards running unrecorded
 local end_hooks = {}
 
 -- fn() runs after every successful backward, before temporaries are freed
@@ -20,6 +21,11 @@ local end_hooks = {}
 function M.on_backward_end(fn) end_hooks[#end_hooks + 1] = fn end
 
 function M.is_enabled() return enabled end
+
+-- true while a training forward runs: recording, or the unrecorded first
+-- pass of an activation-checkpointed unit (which backward re-runs); false
+-- under no_grad (evaluation, generation). Dropout-like ops act only then.
+function M.training() return enabled or checkpointing > 0 end
 
 -- runs fn(...) with recording off; errors pass through with recording restored
 function M.no_grad(fn, ...)
@@ -145,7 +151,9 @@ function M.checkpoint(fn, x)
    local region = {kept = {}}
    regions[#regions + 1] = region
    enabled = false
+   checkpointing = checkpointing + 1
    local ok, y = pcall(fn, x)
+   checkpointing = checkpointing - 1
    enabled = true
    regions[#regions] = nil
    if not ok then error(y, 0) end

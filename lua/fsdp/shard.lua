@@ -57,7 +57,7 @@ function FlatParam.new(owner, name, index, specs)
    for _, s in ipairs(specs) do
       local n = numel_of(s.shape)
       self.specs[#self.specs + 1] = {name = s.name, module = s.module, key = s.key, shape = s.shape,
-                                     init = s.init, offset = offset, numel = n}
+                                     init = s.init, offset = offset, numel = n, frozen = s.frozen}
       offset = offset + n
    end
    self.numel = offset
@@ -107,7 +107,7 @@ function FlatParam:bind_params(full)
          if p._c ~= nil then p:free() end
          p._c, v._c = v._c, nil
       else
-         v.requires_grad = true
+         v.requires_grad = not s.frozen
          v.name = s.name
          s.module[s.key] = v
       end
@@ -267,13 +267,15 @@ function FlatParam:post_backward()
    end)
 end
 
--- weight decay applies to matrices (dim >= 2), not to norms and biases
+-- the runs of this rank's slice the optimizer updates: every trainable
+-- parameter's part of it (frozen ones are never moved); weight decay applies
+-- to matrices (dim >= 2), not to norms and biases
 function FlatParam:segments()
    local out = {}
    local lo, hi = self.shard_offset, self.shard_offset + self.shard_size
    for _, s in ipairs(self.specs) do
       local a, b = math.max(lo, s.offset), math.min(hi, s.offset + s.numel)
-      if a < b then
+      if a < b and not s.frozen then
          out[#out + 1] = {offset = a - lo, numel = b - a, decay = #s.shape >= 2, name = s.name}
       end
    end
@@ -337,7 +339,8 @@ function M.layout(model, G)
       for _, s in ipairs(unit:parameter_specs()) do
          local full = prefix_of[s.module] .. s.key
          taken[full] = true
-         specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init}
+         specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init,
+                              frozen = s.frozen}
       end
       out[i + 1] = entry('unit' .. i, unit, specs)
    end
