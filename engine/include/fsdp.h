@@ -182,6 +182,11 @@ void fsdp_init_normal(float *out, int64_t n, uint64_t seed, int64_t first, float
 void fsdp_init_uniform(float *out, int64_t n, uint64_t seed, int64_t first, float lo, float hi);
 /* 64-bit hash of bytes (parameter names -> seeds) */
 uint64_t fsdp_hash64(const void *data, int64_t n, uint64_t seed);
+/* Fingerprint of float values, the same however they are sliced: the sum
+ * (mod 2^64) over i of a hash of (seed, first + i, the bits of x[i]), so the
+ * fingerprints of the pieces of a tensor (each with its first index) add up
+ * to the whole's. Checkpoints use it to recognise a frozen base model. */
+uint64_t fsdp_fingerprint_f32(const float *x, int64_t n, uint64_t seed, int64_t first);
 
 /* ---- CPU kernels (kernels/<op>_cpu.c) ----------------------------------- *
  * Shapes are row-major. N = number of rows (tokens), C = channels.          */
