@@ -190,7 +190,7 @@ function AdamW:describe_groups()
    local out = {}
    for i, pg in ipairs(self.param_groups) do
       out[i] = {name = pg.name, lr = pg.lr, beta1 = pg.beta1, beta2 = pg.beta2, eps = pg.eps,
-                weight_decay = pg.weight_decay, parameters = pg.members}
+                weight_decay = pg.weight_decay, tensors = pg.members}
    end
    return out
 end
