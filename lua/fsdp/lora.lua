@@ -108,6 +108,9 @@ function M.apply(model, opts)
          local B = m:add('lora_B', nn.Linear(r, m.n_out, {bias = false}))
          A._params[1].init = {'uniform', -bound, bound}
          B._params[1].init = 'zeros'
+         -- the fused op keeps x A^T ([N, r], lora_A's declared share) and the
+         -- layer's output (the layer's): B makes no tensor of its own
+         B.activation_elems = function() return 0 end
          m.lora = {r = r, alpha = alpha, scale = alpha / r, dropout = dropout, shared = shared,
                    seed = require('fsdp.nn').param_seed(seed, l.path)}
          m.forward = lora_forward
