@@ -6,7 +6,8 @@
 --   strategy (full), steps (6), ac (0/1: activation checkpointing), dtype
 --   (f32/bf16: the gather dtype), save_at + save_dir (an adapter checkpoint
 --   after that step), resume (a checkpoint directory to resume from),
---   base_seed (the frozen base's init seed, 7), accum (micro-batches, 1)
+--   base_seed (the frozen base's init seed, 7), accum (micro-batches, 1),
+--   lora (1; 0: the same model fully trained, no adapters, nothing frozen)
 --   out: the file rank 0 writes its JSON to: losses by step, the adapter
 -- weights at the end, whether every frozen weight is bitwise unchanged, how
 -- often block 0 (wholly frozen, no gradient below) and block 1 were
@@ -17,7 +18,7 @@ local ckpt = require 'fsdp.checkpoint'
 local AdamW = require 'optim.adamw'
 
 local opt = {strategy = 'full', steps = '6', ac = '0', dtype = 'f32', save_at = '0', save_dir = '', resume = '',
-             base_seed = '7', accum = '1', out = ''}
+             base_seed = '7', accum = '1', out = '', lora = '1'}
 for _, a in ipairs(arg) do
    local k, v = a:match('^([%w_]+)=(.*)$')
    if not k or opt[k] == nil then error('lora_probe: bad argument ' .. a, 0) end
@@ -36,8 +37,10 @@ local V, B, T_ = 40, 12, 10 -- global batch B sequences of T_ tokens
 local model = require('models.llama').Llama {vocab_size = V, hidden_size = 32, intermediate_size = 48,
                                              num_hidden_layers = 3, num_attention_heads = 4,
                                              num_key_value_heads = 2}
-fsdp.lora(model, {targets = {'q_proj', 'k_proj', 'v_proj', 'o_proj'}, r = 4, alpha = 8})
-model:freeze('^model%.layers%.0%.') -- block 0: no adapter trains, and nothing below it does
+if opt.lora == '1' then
+   fsdp.lora(model, {targets = {'q_proj', 'k_proj', 'v_proj', 'o_proj'}, r = 4, alpha = 8})
+   model:freeze('^model%.layers%.0%.') -- block 0: no adapter trains, and nothing below it does
+end
 if opt.ac == '1' then fsdp.nn.checkpoint_units(model) end
 -- adapters start from the same values whatever the base seed (B non-zero,
 -- so both move from the first step)
@@ -51,9 +54,10 @@ local sharded = fsdp.shard(model, {strategy = opt.strategy, seed = tonumber(opt.
                                    reduce_dtype = opt.dtype, hybrid_group_size = 2})
 local state_bytes = fsdp.memory_stats().current - mem0
 local optimizer = AdamW.new(sharded, {lr = 1e-2, betas = {0.9, 0.95}, weight_decay = 0.1,
-                                      groups = {{params = 'lora_B', lr = 2e-2, weight_decay = 0.05}}})
+                                      groups = opt.lora == '1' and {{params = 'lora_B', lr = 2e-2, weight_decay = 0.05}}
+                                         or nil})
 local lora = require 'fsdp.lora'
-local state = {optimizer = optimizer, lora = lora.state(model)}
+local state = {optimizer = optimizer, lora = opt.lora == '1' and lora.state(model) or nil}
 local start = 0
 if opt.resume ~= '' then
    local saved = ckpt.resume(opt.resume, sharded, state, 'tiny-llama seed ' .. opt.base_seed)
@@ -95,7 +99,7 @@ local function batch(step, micro)
    return x, y
 end
 
-local losses = {}
+local losses, pinned = {}, 0
 for step = start + 1, steps do
    local sum = 0
    for micro = 1, accum do
@@ -103,6 +107,8 @@ for step = start + 1, steps do
       local x, y = batch(step, micro)
       sum = sum + fsdp.backward(model:loss(x, y), 1 / accum)
       x:free(); y:free()
+      -- after a backward no sharded unit stays gathered
+      for _, u in ipairs(sharded.units) do if u.gathered and not u.resident then pinned = pinned + 1 end end
    end
    losses[tostring(step)] = dist.sum_number(sum / accum) / W
    optimizer:step(1e-2)
@@ -130,7 +136,7 @@ end
 if rank == 0 then
    local f = assert(io.open(opt.out, 'w'))
    f:write(fsdp.json.encode {world = W, losses = losses, adapters = adapters, frozen_same = frozen_same,
-                                      n_frozen = n_frozen, gathers = gathers, steps = steps - start,
+                                      n_frozen = n_frozen, gathers = gathers, steps = steps - start, pinned = pinned,
                                       state_bytes = state_bytes, peak = fsdp.memory_stats().peak - mem0,
                                       trainable = sharded:num_trainable_parameters(),
                                       params = sharded:num_parameters()})

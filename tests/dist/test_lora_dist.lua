@@ -84,6 +84,7 @@ for _, c in ipairs(cases) do
       t.check(lr <= 1e-5, '%s: losses differ from one rank by %.3g relative', name, lr)
       t.check(ar <= 1e-5, '%s: adapter weights differ from one rank by %.3g relative', name, ar)
       t.check(r.frozen_same, '%s: a frozen weight moved (weight decay 0.1)', name)
+      t.check(r.pinned == 0, '%s: %d times a unit was still gathered after a backward', name, r.pinned)
       local G = (strategy == 'none' and 1) or (strategy == 'hybrid_full' and 2) or n
       if G > 1 then
          -- block 0 records nothing: gathered for its forward only
@@ -97,6 +98,17 @@ for _, c in ipairs(cases) do
          t.check(r.state_bytes <= bound, '%s: model state %d bytes > 4F/G + 8A/G + padding = %d', name,
                  r.state_bytes, bound)
       end
+   end
+end
+
+-- LoRA holds less than training the whole model, at the same batch
+do
+   local lo, full = probe(2, 'strategy=full'), probe(2, 'strategy=full lora=0')
+   if lo and full then
+      print(string.format('2 ranks, full shard: peak %d bytes with LoRA, %d training everything (%.2fx); state %d vs %d',
+                          lo.peak, full.peak, lo.peak / full.peak, lo.state_bytes, full.state_bytes))
+      t.check(lo.peak < full.peak, 'LoRA peaked at %d bytes, training everything at %d', lo.peak, full.peak)
+      t.check(full.pinned == 0, 'full fine-tune: a unit stayed gathered after a backward')
    end
 end
 
