@@ -42,6 +42,7 @@ local AG = require 'fsdp.autograd'
 local dist = require 'fsdp.dist'
 local kernels = require 'fsdp.kernels'
 local check = require('fsdp.ffi').check
+local ffi, C = require('fsdp.ffi').ffi, require('fsdp.ffi').C
 
 local M = {}
 
@@ -129,9 +130,6 @@ function FlatParam:materialize(seed)
    end
 end
 
-local ffi_ = require('fsdp.ffi').ffi
-local C_ = require('fsdp.ffi').C
-
 -- the frozen flat's slice: initialized in f32 on the host (its fingerprint,
 -- which checkpoints compare, is taken there), then stored in the gather
 -- dtype where it is gathered (f32 where the unit is resident: it computes
@@ -145,7 +143,7 @@ function FlatParam:materialize_frozen(seed)
       local a, b = math.max(lo, s.offset), math.min(hi, s.offset + s.numel)
       if a < b then
          nn.init_values(s, p + (a - lo), b - a, a - s.offset, seed)
-         o.frozen_print = o.frozen_print + C_.fsdp_fingerprint_f32(p + (a - lo), b - a, nn.param_seed(0, s.name),
+         o.frozen_print = o.frozen_print + C.fsdp_fingerprint_f32(p + (a - lo), b - a, nn.param_seed(0, s.name),
                                                                    a - s.offset)
       end
    end
@@ -507,7 +505,7 @@ function M.shard(model, opts)
       prefetch = M.prefetch_depth(opts.prefetch), async_reduce = opts.async_reduce ~= false,
       reshard_after_forward = strategy == 'full' or strategy == 'hybrid_full',
       cpu_offload = opts.cpu_offload or false, device = opts.device or -1,
-      frozen_print = ffi_.new('uint64_t', 0), -- this rank's share of the frozen values' fingerprint
+      frozen_print = ffi.new('uint64_t', 0), -- this rank's share of the frozen values' fingerprint
    }, Sharded)
    -- on a GPU, cpu_offload keeps shards, gradients and optimizer state in
    -- host memory: gathers copy up, reductions come down, AdamW runs on the CPU
@@ -637,8 +635,8 @@ function Sharded:fingerprint_frozen()
       local lo = tonumber(total % 4294967296ULL)
       local hi = tonumber(total / 4294967296ULL)
       local los, his = self.shard_group:gather_numbers(lo), self.shard_group:gather_numbers(hi)
-      total = ffi_.new('uint64_t', 0)
-      for i = 1, #los do total = total + ffi_.new('uint64_t', los[i]) + ffi_.new('uint64_t', his[i]) * 4294967296ULL end
+      total = ffi.new('uint64_t', 0)
+      for i = 1, #los do total = total + ffi.new('uint64_t', los[i]) + ffi.new('uint64_t', his[i]) * 4294967296ULL end
    end
    self.frozen_record = {parameters = n, tensors = k, fingerprint = string.format('%016x', total)}
 end

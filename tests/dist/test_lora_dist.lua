@@ -70,7 +70,7 @@ t.check(ref.state_bytes >= 4 * F + 8 * A and ref.state_bytes <= 4 * F + 8 * A + 
 
 local cases = {
    {2, 'full'}, {2, 'grad_op'}, {2, 'none'}, {3, 'full'}, {3, 'grad_op'}, {3, 'none'},
-   {4, 'full'}, {4, 'grad_op'}, {4, 'none'}, {4, 'hybrid_full'},
+   {4, 'full'}, {4, 'grad_op'}, {4, 'none'}, {4, 'hybrid_full'}, {4, 'hybrid_grad_op'},
    {2, 'full', 'ac=1'}, {3, 'grad_op', 'ac=1'}, {3, 'full', 'accum=2'},
 }
 for _, c in ipairs(cases) do
