@@ -14,7 +14,8 @@
 --    optimizer state only, resumes on 2 and 3 ranks (other strategies,
 --    activation checkpointing) and continues with the uninterrupted run's
 --    losses (with bf16 gathers: close to them, the base recognised); a run
---    on another frozen base is refused with both named.
+--    on another frozen base is refused with both named, and so are a full
+--    checkpoint for a model with frozen parameters and the reverse.
 local fsdp = require 'fsdp'
 local t = require 'tests.lua.harness'
 local D = require 'tests.dist.common'
@@ -163,6 +164,16 @@ local _, out = probe(2, 'strategy=full base_seed=8 resume=' .. step3, true)
 t.check(out:find("trained over the frozen base 'tiny-llama seed 7'", 1, true) and
         out:find("this run's frozen base is 'tiny-llama seed 8'", 1, true) and out:find(index.frozen.fingerprint, 1, true),
         'resuming onto another base should be refused naming both:\n%s', out)
+
+-- a full checkpoint is not an adapter one, nor the reverse
+local full_ck = dir .. '/full_ck'
+probe(2, 'strategy=full lora=0 steps=2 save_at=2 save_dir=' .. full_ck)
+local _, out2 = probe(2, 'strategy=full resume=' .. full_ck .. '/step_00000002', true)
+t.check(out2:find('is a full checkpoint (every parameter trainable), but this model freezes', 1, true),
+        'an adapter run resuming a full checkpoint should be refused:\n%s', out2)
+local _, out3 = probe(2, 'strategy=full lora=0 resume=' .. step3, true)
+t.check(out3:find("holds trainable parameters only, trained over the frozen base 'tiny-llama seed 7'", 1, true),
+        'a full run resuming an adapter checkpoint should be refused:\n%s', out3)
 
 os.execute('rm -rf ' .. dir)
 return t.done()
