@@ -2,6 +2,7 @@
  * The state is four words of plain data, so checkpoints store it as bytes and
  * a resumed run draws exactly the numbers the uninterrupted run would. */
 #include <math.h>
+#include <string.h>
 #include "internal.h"
 
 static uint64_t splitmix64(uint64_t *x) {
@@ -76,4 +77,18 @@ uint64_t fsdp_hash64(const void *data, int64_t n, uint64_t seed) {
     uint64_t h = 0xcbf29ce484222325ULL ^ seed; /* FNV-1a, then a splitmix finalizer */
     for (int64_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
     return splitmix64(&h);
+}
+
+/* order-free: a sum (mod 2^64) of one hash per element, so the sums of the
+ * pieces of any slicing add up to the sum of the whole */
+uint64_t fsdp_fingerprint_f32(const float *x, int64_t n, uint64_t seed, int64_t first) {
+    uint64_t total = 0;
+    #pragma omp parallel for reduction(+:total) if (n > 262144)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        uint64_t h = seed ^ ((uint64_t)(first + i) * 0xd1b54a32d192ed03ULL) ^ ((uint64_t)bits << 17);
+        total += splitmix64(&h);
+    }
+    return total;
 }

@@ -192,6 +192,11 @@ void fsdp_init_normal(float *out, int64_t n, uint64_t seed, int64_t first, float
 void fsdp_init_uniform(float *out, int64_t n, uint64_t seed, int64_t first, float lo, float hi);
 /* 64-bit hash of bytes (parameter names -> seeds) */
 uint64_t fsdp_hash64(const void *data, int64_t n, uint64_t seed);
+/* Fingerprint of float values, the same however they are sliced: the sum
+ * (mod 2^64) over i of a hash of (seed, first + i, the bits of x[i]), so the
+ * fingerprints of the pieces of a tensor (each with its first index) add up
+ * to the whole's. Checkpoints use it to recognise a frozen base model. */
+uint64_t fsdp_fingerprint_f32(const float *x, int64_t n, uint64_t seed, int64_t first);
 
 /* ---- CPU kernels (kernels/<op>_cpu.c) ----------------------------------- *
  * Shapes are row-major. N = number of rows (tokens), C = channels.          */
@@ -204,6 +209,21 @@ int fsdp_matmul_forward_cpu(float *out, const float *a, const float *b, const fl
 int fsdp_matmul_backward_cpu(float *da, float *db, float *dbias, const float *dout,
                              const float *a, const float *b,
                              int M, int N, int K, int trans_a, int trans_b);
+
+/* A linear layer with a low-rank adapter (LoRA), fused:
+ * out = x W^T + bias + scale * (drop(x) A^T) B^T, x [M, K], W [N, K], bias [N]
+ * or NULL, A [R, K], B [N, R]; xa [M, R] is saved for backward (drop(x) A^T).
+ * drop is dropout of rate p in [0, 1), its mask a function of seed and the
+ * element index (kernels/lora_math.h), so backward regenerates it. Backward
+ * accumulates into dx, dw, dbias, da, db (NULL ones skipped; a frozen base
+ * weight passes dw = NULL). */
+int fsdp_lora_forward_cpu(float *out, float *xa, const float *x, const float *w, const float *bias,
+                          const float *a, const float *b, int M, int N, int K, int R, float scale,
+                          float p, uint64_t seed);
+int fsdp_lora_backward_cpu(float *dx, float *dw, float *dbias, float *da, float *db, const float *dout,
+                           const float *x, const float *w, const float *a, const float *b,
+                           const float *xa, int M, int N, int K, int R, float scale, float p,
+                           uint64_t seed);
 
 /* out[n,:] = table[idx[n],:]; idx checked against V */
 int fsdp_embedding_forward_cpu(float *out, const int32_t *idx, const float *table,

@@ -13,6 +13,7 @@ local M = {}
 
 local tape, n = {}, 0
 local enabled = true
+local checkpointing = 0 -- depth of activation-checkpointed forwards running unrecorded
 local end_hooks = {}
 
 -- fn() runs after every successful backward, before temporaries are freed
@@ -20,6 +21,11 @@ local end_hooks = {}
 function M.on_backward_end(fn) end_hooks[#end_hooks + 1] = fn end
 
 function M.is_enabled() return enabled end
+
+-- true while a training forward runs: recording, or the unrecorded first
+-- pass of an activation-checkpointed unit (which backward re-runs); false
+-- under no_grad (evaluation, generation). Dropout-like ops act only then.
+function M.training() return enabled or checkpointing > 0 end
 
 -- runs fn(...) with recording off; errors pass through with recording restored
 function M.no_grad(fn, ...)
@@ -31,11 +37,21 @@ function M.no_grad(fn, ...)
    return unpack(res, 2, table.maxn(res))
 end
 
--- true when an op with these inputs must record its backward
+-- checkpointed forwards in progress (innermost last): {kept = {...}} while
+-- a unit's forward runs unrecorded, {kept = ..., replay = true, next = n}
+-- while backward recomputes it
+local regions = {}
+
+-- true when an op with these inputs must record its backward (while a
+-- checkpointed unit runs unrecorded, it notes that its backward is wanted)
 function M.needs_grad(a, b, c, d)
-   if not enabled then return false end
-   return (a and a.requires_grad) or (b and b.requires_grad) or (c and c.requires_grad)
+   local any = (a and a.requires_grad) or (b and b.requires_grad) or (c and c.requires_grad)
        or (d and d.requires_grad) or false
+   if not enabled then
+      if any and checkpointing > 0 then regions[#regions].wanted = true end
+      return false
+   end
+   return any
 end
 
 function M.record(fn)
@@ -130,11 +146,6 @@ function M.reset()
    T.end_step()
 end
 
--- checkpointed forwards in progress (innermost last): {kept = {...}} while
--- a unit's forward runs unrecorded, {kept = ..., replay = true, next = n}
--- while backward recomputes it
-local regions = {}
-
 -- Activation checkpointing of one unit: y = fn(x) is computed without
 -- keeping fn's intermediate activations; backward recomputes them. Tensors
 -- fn declares with side_output are kept too, and the gradients they
@@ -145,7 +156,9 @@ function M.checkpoint(fn, x)
    local region = {kept = {}}
    regions[#regions + 1] = region
    enabled = false
+   checkpointing = checkpointing + 1
    local ok, y = pcall(fn, x)
+   checkpointing = checkpointing - 1
    enabled = true
    regions[#regions] = nil
    if not ok then error(y, 0) end
@@ -153,6 +166,9 @@ function M.checkpoint(fn, x)
    for _, t in ipairs(kept) do t:keep() end -- out of the list release_since frees
    T.release_since(mark, y)
    for _, t in ipairs(kept) do T.adopt(t) end -- temporaries of the step again
+   -- no op of fn had an input that takes a gradient (x does not, and fn's
+   -- parameters are frozen): nothing to recompute, no gradient flows back
+   if not region.wanted then return y end
    y.requires_grad = true
    M.record(function()
       local wanted = y.grad ~= nil

@@ -31,6 +31,18 @@
 -- line; with step directories but none complete, it refuses rather than
 -- start over them. Before that rank 0 removes the temporaries of saves that
 -- died (M.prune_stale).
+--
+-- Adapter checkpoints. A model with frozen parameters (Module:freeze,
+-- fsdp.lora) is saved as its trainable parameters and their optimizer
+-- state only: fsdp.shard keeps the frozen ones apart, so the units' layout
+-- in index.json lists the trainable ones, and the rank files hold their
+-- slices. index.json's `frozen` field records the base they were trained
+-- on: {base = a name (the --model directory, else the model's name),
+-- parameters, tensors, fingerprint = 16 hex digits}, the fingerprint being
+-- the frozen values' (Sharded:fingerprint_frozen: the same at any world
+-- size, strategy or gather dtype). Resuming gets the frozen values from
+-- where the run gets them (its --model directory, or its initializer) and
+-- refuses a base whose fingerprint differs, naming both.
 local bind = require 'fsdp.ffi'
 local T = require 'fsdp.tensor'
 local json = require 'fsdp.json'
@@ -52,6 +64,7 @@ M.step_name, M.rank_file = step_name, rank_file
 
 
 local function fail(fmt, ...) error('checkpoint: ' .. string.format(fmt, ...), 0) end
+local check_base -- (path, index.frozen, sharded, base): defined with the loading code
 
 local function write_text(path, text)
    check(C.fsdp_file_write_atomic(path, text, #text), 'checkpoint')
@@ -105,6 +118,14 @@ local function rank_tensors(sharded, optimizer)
    return list
 end
 
+-- the record of a sharded model's frozen parameters an index keeps, or nil
+function M.frozen_record(sharded, base)
+   local r = sharded.frozen_record
+   if not r then return nil end
+   return {base = base and tostring(base) or nil, parameters = r.parameters, tensors = r.tensors,
+           fingerprint = r.fingerprint}
+end
+
 local function write_rank_file(path, tensors, meta)
    local w = C.fsdp_st_writer_new()
    if w == nil then error('checkpoint: ' .. bind.last_error(), 0) end
@@ -130,8 +151,9 @@ local function write_rank_file(path, tensors, meta)
 end
 
 -- state: {step, sharded, state = {name -> stateful}, trainer = table (json),
--- model_config, model_name, keep_last, comm (optional: rank, world_size,
--- barrier, broadcast_string)}. Collective: every rank calls it. One replica
+-- model_config, model_name, base (what the frozen parameters come from, for
+-- messages: the --model directory; default model_name), keep_last, comm
+-- (optional: rank, world_size, barrier, broadcast_string)}. Collective: every rank calls it. One replica
 -- of each slice is written (sharded.writes_checkpoint), as rank_<shard rank>.
 -- Every stateful part (the loader, RNG, loss scaler: anything with
 -- state_dict / load_state_dict) is saved under its name in
@@ -177,6 +199,7 @@ function M.save(dir, state)
          strategy = sh.strategy, model = {name = state.model_name, config = state.model_config},
          units = sh:layout(), files = files, tokenizer_dir = state.tokenizer_dir,
          optimizer = state.optimizer and state.optimizer:state_dict().hyper or json.null,
+         frozen = M.frozen_record(sh, state.base or state.model_name) or nil,
       }
       local trainer_text, index_text = json.encode(trainer, ' '), json.encode(index, ' ')
       write_text(tmp .. '/trainer_state.json', trainer_text)
@@ -385,6 +408,15 @@ local function check_index(index, fpath, note)
    c.kind('tokenizer_dir', index.tokenizer_dir, 'string', true)
    c.kind('optimizer', index.optimizer, 'table', true)
    c.finite('optimizer', index.optimizer)
+   if c.kind('frozen', index.frozen, 'table', true) then
+      local f = index.frozen
+      c.kind('frozen.base', f.base, 'string', true)
+      c.int('frozen.parameters', f.parameters, 1)
+      c.int('frozen.tensors', f.tensors, 1)
+      if type(f.fingerprint) ~= 'string' or not f.fingerprint:match('^%x+$') or #f.fingerprint ~= 16 then
+         c.bad('frozen.fingerprint', 'is %s, expected 16 hexadecimal digits', show(f.fingerprint))
+      end
+   end
    -- the layout: contiguous parameters, padding a multiple of world_size
    if not is_list(index.units) or #index.units == 0 then c.bad('units', 'is %s, expected a non-empty array', show(index.units)) end
    local seen = {}
@@ -738,6 +770,34 @@ local function check_layout(path, saved, current)
    end
 end
 
+-- the saved frozen base against the model's: an adapter checkpoint resumes
+-- only onto the base it was trained on, a full one only onto a model
+-- without frozen parameters
+local function describe_base(f)
+   return string.format("'%s' (%d frozen parameters in %d tensors, fingerprint %s)", f.base or '?', f.parameters,
+                        f.tensors, f.fingerprint)
+end
+check_base = function(path, saved, sharded, base)
+   if saved == json.null then saved = nil end
+   local mine = sharded.frozen_record
+   if not saved and not mine then return end
+   if saved and not mine then
+      error(string.format('checkpoint: %s holds trainable parameters only, trained over the frozen base %s; this ' ..
+                          'model freezes nothing (apply the same freezing / fsdp.lora before fsdp.shard)', path,
+                          describe_base(saved)), 0)
+   end
+   if mine and not saved then
+      error(string.format('checkpoint: %s is a full checkpoint (every parameter trainable), but this model freezes ' ..
+                          '%d parameters in %d tensors', path, mine.parameters, mine.tensors), 0)
+   end
+   if saved.fingerprint ~= mine.fingerprint or saved.parameters ~= mine.parameters or saved.tensors ~= mine.tensors then
+      error(string.format('checkpoint: %s was trained over the frozen base %s, but this run\'s frozen base is %s: ' ..
+                          'resume with the base model it was trained on', path, describe_base(saved),
+                          describe_base({base = base, parameters = mine.parameters,
+                                         tensors = mine.tensors, fingerprint = mine.fingerprint})), 0)
+   end
+end
+
 -- checks a step as loading would, without a model: index, trainer state,
 -- manifest, rank files and their tensors; returns index, trainer state
 function M.verify(path)
@@ -746,11 +806,12 @@ function M.verify(path)
    return index, state
 end
 
--- loads a step directory into sharded (+ optimizer); returns the trainer
--- state table and the index. Works for any saved world size. Everything is
+-- loads a step directory into sharded (+ optimizer; base as in M.resume);
+-- returns the trainer state table and the index. Works for any saved world size. Everything is
 -- checked before anything is copied.
-function M.load(path, sharded, optimizer)
+function M.load(path, sharded, optimizer, base)
    local index, state = M.read_index(path)
+   check_base(path, index.frozen, sharded, base)
    check_layout(path, index.units, sharded:layout())
    local get_file = opener(path)
    check_rank_files(path, index, get_file, optimizer ~= nil)
@@ -776,9 +837,11 @@ end
 -- the inverse of save with state = {name -> stateful}: loads the step
 -- directory into sharded and restores every stateful part through its own
 -- load_state_dict (the optimizer: moments from the rank files, its step
--- count from trainer_state). Returns the trainer state and the index.
-function M.resume(path, sharded, state)
-   local saved, index = M.load(path, sharded, state.optimizer)
+-- count from trainer_state). base: what this run's frozen parameters come
+-- from (named when an adapter checkpoint's base differs). Returns the
+-- trainer state and the index.
+function M.resume(path, sharded, state, base)
+   local saved, index = M.load(path, sharded, state.optimizer, base)
    if state.optimizer then
       local sd = state.optimizer:state_dict()
       sd.t = saved.optimizer_t

@@ -24,6 +24,7 @@ M.log = require 'fsdp.log'
 M.data = require 'fsdp.data'
 M.checkpoint = require 'fsdp.checkpoint'
 M.shard = require('fsdp.shard').shard
+M.lora = function(model, opts) return require('fsdp.lora').apply(model, opts) end
 
 M.backward = M.autograd.backward
 M.no_grad = M.autograd.no_grad

@@ -100,17 +100,56 @@ function Module:add(name, child)
 end
 
 -- every parameter, depth first in declaration order:
--- {name = 'h.0.attn.c_attn.weight', module = m, key = 'weight', shape, init}
+-- {name = 'h.0.attn.c_attn.weight', module = m, key = 'weight', shape, init,
+-- frozen = true when it takes no gradient (Module:freeze)}
 function Module:parameter_specs(prefix, out)
    out = out or {}
    prefix = prefix or ''
    for _, p in ipairs(self._params) do
-      out[#out + 1] = {name = prefix .. p.name, module = self, key = p.name, shape = p.shape, init = p.init}
+      out[#out + 1] = {name = prefix .. p.name, module = self, key = p.name, shape = p.shape, init = p.init,
+                       frozen = p.frozen or nil}
    end
    for _, c in ipairs(self._children) do
       c.module:parameter_specs(prefix .. c.name .. '.', out)
    end
    return out
+end
+
+-- Frozen parameters take no gradient (PyTorch's requires_grad_(False)): the
+-- autograd computes none for them (gradients still flow through them to
+-- what lies below), fsdp.shard keeps no gradient or optimizer state for
+-- them, and the optimizer never moves them. freeze(pattern) freezes every
+-- parameter whose full name matches the Lua pattern (all when nil);
+-- unfreeze likewise. Call them before materialize / fsdp.shard. Returns the
+-- number of parameters changed.
+local function set_frozen(self, pattern, frozen)
+   if self._materialized then
+      error(self.__name .. ': freeze/unfreeze before materialize or fsdp.shard (the model is already allocated)', 3)
+   end
+   local n = 0
+   for _, s in ipairs(self:parameter_specs()) do
+      if pattern == nil or s.name:match(pattern) then
+         for _, p in ipairs(s.module._params) do
+            if p.name == s.key and (p.frozen or false) ~= frozen then p.frozen = frozen or nil; n = n + 1 end
+         end
+      end
+   end
+   return n
+end
+function Module:freeze(pattern) return set_frozen(self, pattern, true) end
+function Module:unfreeze(pattern) return set_frozen(self, pattern, false) end
+
+-- the number of parameter elements that take a gradient
+function Module:num_trainable_parameters()
+   local n = 0
+   for _, s in ipairs(self:parameter_specs()) do
+      if not s.frozen then
+         local k = 1
+         for _, d in ipairs(s.shape) do k = k * d end
+         n = n + k
+      end
+   end
+   return n
 end
 
 function Module:named_parameters()
@@ -171,10 +210,11 @@ function Module:materialize(seed)
    for _, s in ipairs(self:parameter_specs()) do
       local t = T.empty(s.shape, 'f32')
       M.init_values(s, t:ptr(), t:numel(), 0, seed)
-      t.requires_grad = true
+      t.requires_grad = not s.frozen
       t.name = s.name
       s.module[s.key] = t
    end
+   self._materialized = true
    return self
 end
 

@@ -127,6 +127,50 @@ function M.matmul(a, b, trans_a, trans_b)
    return out
 end
 
+-- A linear layer with a low-rank adapter (LoRA), fused:
+-- x[..., K] @ w[N, K]^T (+ b[N]) + scale * (drop(x) @ a[R, K]^T) @ bb[N, R]^T.
+-- opts: scale (alpha / r), dropout (rate of the adapter input's dropout,
+-- applied only while training: autograd.training()), seed (the mask's: the
+-- same seed draws the same mask, as a checkpointed recompute must). A frozen
+-- w (requires_grad false) gets no gradient.
+function M.lora_linear(x, w, b, a, bb, opts)
+   local op = 'lora_linear'
+   want_f32(op, 'input', x); want_f32(op, 'weight', w); want_f32(op, 'lora_A', a); want_f32(op, 'lora_B', bb)
+   local K = x.shape[#x.shape]
+   if #w.shape ~= 2 or w.shape[2] ~= K then
+      fail(op, 'input %s has %d features but the weight is %s (out, in)', shape_str(x.shape), K, shape_str(w.shape))
+   end
+   local N = w.shape[1]
+   if #a.shape ~= 2 or a.shape[2] ~= K then fail(op, 'lora_A is %s, wants [r, %d]', shape_str(a.shape), K) end
+   local R = a.shape[1]
+   if #bb.shape ~= 2 or bb.shape[1] ~= N or bb.shape[2] ~= R then
+      fail(op, 'lora_B is %s, wants [%d, %d]', shape_str(bb.shape), N, R)
+   end
+   if b then
+      want_f32(op, 'bias', b)
+      if b:numel() ~= N then fail(op, 'bias has %d elements, the weight has %d outputs', b:numel(), N) end
+   end
+   local scale = opts and opts.scale or 1
+   local p = (opts and opts.dropout or 0)
+   if not AG.training() then p = 0 end
+   local seed = opts and opts.seed or 0
+   local rows = x:numel() / K
+   local Kn, dev = kern(op, x, w, b, a, bb)
+   local out = out_like(with_last(x.shape, N), dev)
+   local xa = out_like({rows, R}, dev)
+   check(Kn.lora_forward(out:ptr(), xa:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL, a:ptr(), bb:ptr(),
+                         rows, N, K, R, scale, p, seed), op)
+   if result(out, x, w, b, a) or result(out, bb) then
+      record(function()
+         local g = out.grad
+         if not g then return end
+         check(Kn.lora_backward(gp(x), gp(w), gp(b), gp(a), gp(bb), g:ptr(), x:ptr(), w:ptr(), a:ptr(), bb:ptr(),
+                                xa:ptr(), rows, N, K, R, scale, p, seed), op .. ' backward')
+      end)
+   end
+   return out
+end
+
 ---------------------------------------------------------------------------
 -- embeddings and norms
 

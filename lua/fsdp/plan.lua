@@ -9,12 +9,16 @@
 -- (P parameters, N ranks in the shard group, T tokens per rank):
 --   model state             fp32 slices of parameters, gradients and the two
 --                           AdamW moments: 16 P / N bytes (in host memory
---                           with --cpu-offload on a GPU)
+--                           with --cpu-offload on a GPU); frozen parameters
+--                           (Module:freeze, fsdp.lora) only their slice, in
+--                           the gather dtype: 4 or 2 F / N bytes
 --   gathered units          full: the current unit's f32 parameters and
 --                           gradients, the next unit prefetched (f32, plus
 --                           its bf16/f16 receive buffer while the gather is
 --                           in flight), two gradient reductions in flight
---                           (in the reduce dtype), the root unit; grad_op:
+--                           (in the reduce dtype), the root unit; frozen
+--                           parameters are gathered (f32) but take no
+--                           gradient buffer and no reduction; grad_op:
 --                           every block stays gathered until its backward;
 --                           none: nothing (the slices are whole)
 --   activations             every op output of a step and its gradient, kept
@@ -158,21 +162,37 @@ function M.compute(model, cfg)
    if not rb then error("plan: reduce_dtype '" .. tostring(rdt) .. "' is not f32, bf16 or f16", 0) end
    -- the units as fsdp.shard lays them out: the root first, then the blocks
    local layout = require('fsdp.shard').layout(model, G)
-   local root_n = layout[1].numel
    local units = {}
    for i = 2, #layout do units[#units + 1] = {numel = layout[i].numel, module = layout[i].module} end
+   -- each unit as fsdp.shard keeps it: its trainable flat (an f32 master
+   -- slice, a gradient slice, two moments; gathered with a gradient buffer
+   -- and reduced) and its frozen flat (a slice in the gather dtype, f32
+   -- where the unit is never gathered; gathered without a gradient)
+   local offload = cuda and cfg.cpu_offload or false
+   local fb = (G == 1 and not offload) and 4 or pb
    local function padded(n) return math.ceil(math.max(n, 1) / G) * G end
-   local slice, P, max_unit, all_units = padded(root_n) / G, root_n, 0, padded(root_n)
-   for _, u in ipairs(units) do
-      slice = slice + padded(u.numel) / G
-      P = P + u.numel
-      max_unit = math.max(max_unit, padded(u.numel))
-      all_units = all_units + padded(u.numel)
+   local slice, fslice, P, F = 0, 0, 0, 0
+   local max_p, max_g, all_p, root_p, root_g = 0, 0, 0, 0, 0
+   for i, u in ipairs(layout) do
+      local nf = u.frozen.numel
+      local pt = padded(u.numel)
+      local pf = nf > 0 and math.ceil(nf / G) * G or 0
+      slice, fslice = slice + pt / G, fslice + pf / G
+      P, F = P + u.numel + nf, F + nf
+      -- what a gather of it holds in f32: the trainable flat unless it is empty
+      local gp = ((u.numel > 0 or nf == 0) and pt or 0) + pf
+      local gg = u.numel > 0 and pt or 0 -- its gradient buffer
+      if i == 1 then root_p, root_g = gp, gg
+      else
+         max_p, max_g, all_p = math.max(max_p, gp), math.max(max_g, gg), all_p + gp
+      end
    end
-   local r = {world_size = W, shard_group = G, strategy = strategy, parameters = P, param_dtype = pdt,
-              reduce_dtype = rdt, device = cuda and 'cuda' or 'cpu', cpu_offload = cuda and cfg.cpu_offload or false,
+   local r = {world_size = W, shard_group = G, strategy = strategy, parameters = P, trainable_parameters = P - F,
+              frozen_parameters = F, param_dtype = pdt, reduce_dtype = rdt, device = cuda and 'cuda' or 'cpu',
+              cpu_offload = offload, frozen_dtype = fb == 4 and 'f32' or pdt,
               batch = cfg.batch, seq_len = cfg.seq_len, activation_checkpointing = cfg.activation_checkpointing}
-   r.params = 4 * slice
+   r.frozen = fb * fslice
+   r.params = 4 * slice + r.frozen
    r.grads = 4 * slice
    r.optimizer = 8 * slice
    -- a gather in bf16/f16 holds its receive buffer (and the send slice)
@@ -180,13 +200,14 @@ function M.compute(model, cfg)
    local staging = pdt ~= 'f32' and pb * (1 + 1 / G) or 0
    -- a reduction in flight: the full gradient in the reduce dtype and its slice
    local reducing = rb * (1 + 1 / G)
-   local root_b = 4 * padded(root_n)
+   local max_unit = math.max(max_p, max_g)
+   local root_b = 4 * root_p + 4 * root_g -- the root's parameters and gradients stay until its backward
    if G == 1 then r.gathered = 0
    elseif strategy == 'grad_op' or strategy == 'hybrid_grad_op' then
-      r.gathered = 4 * (all_units - padded(root_n)) + max_unit * (4 + 8 / G + staging) + 2 * root_b
+      r.gathered = 4 * all_p + max_g * (4 + 8 / G) + max_p * staging + root_b
    else
       -- params, grads, the prefetched unit (+ staging), two reductions
-      r.gathered = max_unit * (4 + 4 + 4 + staging + 2 * reducing + (rdt ~= 'f32' and rb or 0)) + 2 * root_b
+      r.gathered = max_p * (4 + 4 + staging) + max_g * (4 + 2 * reducing + (rdt ~= 'f32' and rb or 0)) + root_b
    end
    -- activations: forward outputs and their gradients
    local B, T_ = cfg.batch, cfg.seq_len
@@ -253,14 +274,22 @@ end
 
 function M.report(r, limit)
    local lines = {
-      string.format('memory plan: %d rank(s), strategy %s (shard group %d), %s parameters',
-                    r.world_size, r.strategy, r.shard_group, count(r.parameters)),
+      string.format('memory plan: %d rank(s), strategy %s (shard group %d), %s parameters%s',
+                    r.world_size, r.strategy, r.shard_group, count(r.parameters),
+                    (r.frozen_parameters or 0) > 0 and string.format(' (%s trainable, %s frozen)',
+                                                                     count(r.trainable_parameters),
+                                                                     count(r.frozen_parameters)) or ''),
    }
    for i, a in ipairs(M.assumptions(r)) do
       lines[#lines + 1] = (i == 1 and '  assuming ' or '           ') .. a
    end
    local function row(label, v) lines[#lines + 1] = string.format('  %-27s %s', label, v) end
-   row('parameters (fp32 slice)', bytes(r.params))
+   if (r.frozen_parameters or 0) > 0 then
+      row('trainable params (fp32)', bytes(r.params - r.frozen))
+      row(string.format('frozen params (%s slice)', r.frozen_dtype), bytes(r.frozen))
+   else
+      row('parameters (fp32 slice)', bytes(r.params))
+   end
    row('gradients (fp32 slice)', bytes(r.grads))
    row('optimizer state (AdamW)', bytes(r.optimizer))
    row('gathered units (peak)', bytes(r.gathered))

@@ -27,12 +27,22 @@
 -- Mixed precision: gather in param_dtype (f32/bf16/f16), reduce in
 -- reduce_dtype, keep fp32 masters; CPU kernels compute in f32 on the
 -- gathered values converted back (bf16/f16 are storage on this CPU).
+--
+-- Frozen parameters (Module:freeze, fsdp.lora) cost only their values: a
+-- unit keeps them in a second flat of its own (padded and sliced the same
+-- way), whose slice is stored in the gather dtype (param_dtype) with no fp32
+-- master, no gradient, no optimizer state and no reduce-scatter. The unit's
+-- first flat (u.shard, u.grad_shard, u.specs: what the optimizer and
+-- checkpoints see) holds its trainable parameters only. A unit whose forward
+-- recorded no backward op (nothing in it takes a gradient and none flows
+-- through it) is freed right after its forward and not gathered again.
 local T = require 'fsdp.tensor'
 local nn = require 'fsdp.nn'
 local AG = require 'fsdp.autograd'
 local dist = require 'fsdp.dist'
 local kernels = require 'fsdp.kernels'
 local check = require('fsdp.ffi').check
+local ffi, C = require('fsdp.ffi').ffi, require('fsdp.ffi').C
 
 local M = {}
 
@@ -42,28 +52,50 @@ local FlatParam = {}
 FlatParam.__index = FlatParam
 M.FlatParam = FlatParam
 
+local bind -- (specs, full): points parameters at their places in a flat buffer
+
 local function numel_of(shape)
    local n = 1
    for _, d in ipairs(shape) do n = n * d end
    return n
 end
 
--- specs: {name, module, key, shape, init} of one unit; owner: the Sharded
-function FlatParam.new(owner, name, index, specs)
-   local G = owner.shard_group and owner.shard_group.size or 1
-   local r = owner.shard_group and owner.shard_group.rank or 0
-   local self = setmetatable({owner = owner, name = name, index = index, specs = {}, group_size = G}, FlatParam)
+-- lays specs end to end into `flat` (specs, numel, padded to a multiple of
+-- G, shard_size, shard_offset: the first element rank r owns)
+local function lay_out(flat, specs, G, r)
+   flat.specs = {}
    local offset = 0
    for _, s in ipairs(specs) do
       local n = numel_of(s.shape)
-      self.specs[#self.specs + 1] = {name = s.name, module = s.module, key = s.key, shape = s.shape,
-                                     init = s.init, offset = offset, numel = n}
+      flat.specs[#flat.specs + 1] = {name = s.name, module = s.module, key = s.key, shape = s.shape,
+                                     init = s.init, offset = offset, numel = n, frozen = s.frozen}
       offset = offset + n
    end
-   self.numel = offset
-   self.padded = math.ceil(math.max(offset, 1) / G) * G
-   self.shard_size = self.padded / G
-   self.shard_offset = r * self.shard_size -- first flat element this rank owns
+   flat.numel = offset
+   flat.padded = math.ceil(math.max(offset, 1) / G) * G
+   flat.shard_size = flat.padded / G
+   flat.shard_offset = r * flat.shard_size
+   return flat
+end
+
+-- specs: {name, module, key, shape, init, frozen} of one unit; owner: the
+-- Sharded. The unit itself is the flat of its trainable parameters;
+-- self.frozen (when it has frozen ones) the flat of the others.
+function FlatParam.new(owner, name, index, specs)
+   local G = owner.shard_group and owner.shard_group.size or 1
+   local r = owner.shard_group and owner.shard_group.rank or 0
+   local self = setmetatable({owner = owner, name = name, index = index, group_size = G}, FlatParam)
+   local train, frozen = {}, {}
+   for _, s in ipairs(specs) do
+      if s.frozen then frozen[#frozen + 1] = s else train[#train + 1] = s end
+   end
+   lay_out(self, train, G, r)
+   if #frozen > 0 then self.frozen = lay_out({frozen = true, name = name}, frozen, G, r) end
+   -- the flats gathered for compute: the trainable one unless it is empty
+   self.parts = {}
+   if self.numel > 0 or not self.frozen then self.parts[1] = self end
+   self.parts[#self.parts + 1] = self.frozen
+   self.trainable = self.numel > 0
    return self
 end
 
@@ -89,6 +121,7 @@ function FlatParam:materialize(seed)
    end
    -- resident: one shard holds the whole unit where it computes
    self.resident = self.group_size == 1 and not o.offload
+   if self.frozen then self:materialize_frozen(seed) end
    if self.resident then
       -- unsharded: the parameters live in the shard itself, for good
       self:bind_params(self.shard)
@@ -97,22 +130,54 @@ function FlatParam:materialize(seed)
    end
 end
 
+-- the frozen flat's slice: initialized in f32 on the host (its fingerprint,
+-- which checkpoints compare, is taken there), then stored in the gather
+-- dtype where it is gathered (f32 where the unit is resident: it computes
+-- on the slice itself)
+function FlatParam:materialize_frozen(seed)
+   local o, f = self.owner, self.frozen
+   local host = T.zeros({f.shard_size}, 'f32')
+   local lo, hi = f.shard_offset, f.shard_offset + f.shard_size
+   local p = host:ptr()
+   for _, s in ipairs(f.specs) do
+      local a, b = math.max(lo, s.offset), math.min(hi, s.offset + s.numel)
+      if a < b then
+         nn.init_values(s, p + (a - lo), b - a, a - s.offset, seed)
+         o.frozen_print = o.frozen_print + C.fsdp_fingerprint_f32(p + (a - lo), b - a, nn.param_seed(0, s.name),
+                                                                   a - s.offset)
+      end
+   end
+   f.dtype = self.resident and 'f32' or o.param_dtype
+   local h = host
+   if f.dtype ~= 'f32' then h = host:clone(f.dtype); host:free() end -- cast on the host
+   if o.offload then
+      f.shard = T.pinned({f.shard_size}, f.dtype):copy(h)
+      h:free()
+   else
+      f.shard = h:to_device(o.device)
+      if f.shard ~= h then h:free() end
+   end
+   if self.resident then bind(f.specs, f.shard) end
+end
+
 -- points each parameter at its place in `full`, keeping the Lua Tensor
 -- objects (which recorded closures hold) and swapping their storage
-function FlatParam:bind_params(full)
-   for _, s in ipairs(self.specs) do
+bind = function(specs, full)
+   for _, s in ipairs(specs) do
       local v = full:view(s.shape, nil, s.offset)
       local p = s.module[s.key]
       if p then
          if p._c ~= nil then p:free() end
          p._c, v._c = v._c, nil
       else
-         v.requires_grad = true
+         v.requires_grad = not s.frozen
          v.name = s.name
          s.module[s.key] = v
       end
    end
 end
+
+function FlatParam:bind_params(full) bind(self.specs, full) end
 
 function FlatParam:bind_grads(full_grad)
    for _, s in ipairs(self.specs) do
@@ -127,47 +192,68 @@ function FlatParam:bind_grads(full_grad)
    end
 end
 
-local function unbind(self, field)
-   for _, s in ipairs(self.specs) do
+local function unbind(flat, field)
+   for _, s in ipairs(flat.specs) do
       local p = s.module[s.key]
       local t = field == 'grad' and p and p.grad or p
       if t and t._c ~= nil then
          t:free()
-         t._freed_by = 'unit ' .. self.name .. ' is not gathered now'
+         t._freed_by = 'unit ' .. flat.name .. ' is not gathered now'
       end
    end
 end
 
--- starts (or finishes, when not async) the all-gather of the full unit
-function FlatParam:gather(async)
-   if self.gathered or self.pending_gather then return end
-   local o = self.owner
+-- starts the all-gather of one flat (the trainable one, or the frozen one)
+-- into a new f32 buffer, in the gather dtype (param_dtype: the trainable
+-- flat's f32 slice is cast for it, the frozen one is stored in it); returns
+-- the request (nil when it completed); on_done runs when it has
+local function gather_flat(o, flat, async, on_done)
    local dev = o.device
-   local full = T.empty({self.padded}, 'f32', nil, dev)
+   local full = T.empty({flat.padded}, 'f32', nil, dev)
    -- an offloaded shard is copied up first
-   local src = o.offload and self.shard:to_device(dev) or self.shard
+   local src = o.offload and flat.shard:to_device(dev) or flat.shard
    local function done()
-      if src ~= self.shard then src:free() end
-      self.full = full
-      self:bind_params(full)
-      self.gathered = true
-      self.pending_gather = nil
+      if src ~= flat.shard then src:free() end
+      flat.full = full
+      bind(flat.specs, full)
+      on_done()
    end
    if not o.shard_group then -- offloaded and unsharded: the copy was the gather
       full:copy(src)
       done()
-   elseif o.param_dtype == 'f32' then
-      self.pending_gather = o.shard_group:all_gather(full, src, async, done)
-   else
-      local send = T.empty({self.shard_size}, o.param_dtype, nil, dev):copy(src)
-      local recv = T.empty({self.padded}, o.param_dtype, nil, dev)
-      self.pending_gather = o.shard_group:all_gather(recv, send, async, function()
-         full:copy(recv)
-         send:free(); recv:free()
-         done()
-      end)
+      return nil
    end
-   if not async then self.pending_gather = nil end
+   local gdt = o.param_dtype
+   if gdt == 'f32' and src.dtype == 'f32' then return o.shard_group:all_gather(full, src, async, done) end
+   local send = src.dtype == gdt and src or T.empty({flat.shard_size}, gdt, nil, dev):copy(src)
+   local recv = T.empty({flat.padded}, gdt, nil, dev)
+   return o.shard_group:all_gather(recv, send, async, function()
+      full:copy(recv)
+      if send ~= src then send:free() end
+      recv:free()
+      done()
+   end)
+end
+
+-- starts (or finishes, when not async) the all-gather of the full unit:
+-- each of its flats (self.parts) not gathered yet
+function FlatParam:gather(async)
+   if self.gathered or self.pending_gather then return end
+   local o = self.owner
+   local todo = {}
+   for _, f in ipairs(self.parts) do if not f.full then todo[#todo + 1] = f end end
+   local left = #todo
+   local function one_done()
+      left = left - 1
+      if left == 0 then self.gathered = true; self.pending_gather = nil end
+   end
+   local pending = {}
+   for _, f in ipairs(todo) do
+      local req = gather_flat(o, f, async, one_done)
+      if req and async then pending[#pending + 1] = req end
+   end
+   if left == 0 then self.gathered = true end
+   self.pending_gather = (async and left > 0 and #pending > 0) and pending or nil
 end
 
 local clock = require('fsdp.run').now
@@ -183,7 +269,7 @@ end
 function FlatParam:wait_gather()
    local p = self.pending_gather
    if p then
-      timed_wait(self.owner, p)
+      for _, req in ipairs(p) do timed_wait(self.owner, req) end
       -- (done() clears it too; a gather cancelled by dist.resync() after an
       -- interrupt has no done() left to run, so gather again below)
       self.pending_gather = nil
@@ -194,9 +280,11 @@ end
 -- frees the gathered parameters (sharded or offloaded units only)
 function FlatParam:free_full()
    if self.resident or not self.gathered then return end
-   unbind(self, 'param')
-   self.full:free()
-   self.full = nil
+   for _, f in ipairs(self.parts) do
+      unbind(f, 'param')
+      f.full:free()
+      f.full = nil
+   end
    self.gathered = false
 end
 
@@ -204,7 +292,7 @@ end
 function FlatParam:pre_backward()
    self:wait_gather()
    if self.resident then self.grad_sq = nil end -- its gradient changes now
-   if not self.resident and not self.full_grad then
+   if not self.resident and not self.full_grad and self.trainable then
       self.full_grad = T.zeros({self.padded}, 'f32', nil, self.owner.device)
       self:bind_grads(self.full_grad)
    end
@@ -214,6 +302,7 @@ end
 function FlatParam:post_backward()
    local o = self.owner
    self:free_full()
+   if not self.trainable then return end -- frozen: nothing to reduce
    if not o.sync then return end -- accumulating: keep full_grad for the next micro-batch
    -- the gradient slice's share of the global norm, taken where the slice
    -- is final (clipping then reads grad_sq instead of passing over it again)
@@ -267,14 +356,17 @@ function FlatParam:post_backward()
    end)
 end
 
--- weight decay applies to matrices (dim >= 2), not to norms and biases
+-- the runs of this rank's slice the optimizer updates: every trainable
+-- parameter's part of it (frozen ones are in the frozen flat, never here);
+-- decay: whether weight decay applies by default (matrices, dim >= 2; not
+-- norms and biases)
 function FlatParam:segments()
    local out = {}
    local lo, hi = self.shard_offset, self.shard_offset + self.shard_size
    for _, s in ipairs(self.specs) do
       local a, b = math.max(lo, s.offset), math.min(hi, s.offset + s.numel)
-      if a < b then
-         out[#out + 1] = {offset = a - lo, numel = b - a, decay = #s.shape >= 2, name = s.name}
+      if a < b and not s.frozen then
+         out[#out + 1] = {offset = a - lo, numel = b - a, decay = #s.shape >= 2, name = s.name, shape = s.shape}
       end
    end
    return out
@@ -296,19 +388,31 @@ local function wrap_forward(self, module, fp, is_root)
       local first = is_root and 2 or fp.index + 2
       for i = first, math.min(first + self.prefetch - 1, #units) do units[i]:gather(true) end
       local recording = AG.is_enabled()
-      if recording then AG.record(function() fp:post_backward() end) end
+      -- needed: the unit's forward recorded a backward op (something in it
+      -- takes a gradient, or one flows through it to what lies below); a
+      -- unit that recorded none is not gathered again, nor its hooks run
+      local needed, mark = false, nil
+      if recording then
+         AG.record(function() if needed then fp:post_backward() end end)
+         mark = AG.tape_length()
+      end
       local a, b, c = inner(m, ...)
       if recording then
-         AG.record(function()
-            fp:pre_backward()
-            -- prefetch the blocks whose backward comes next (the ones before)
-            for i = fp.index, math.max(fp.index - self.prefetch + 1, 2), -1 do
-               if not units[i].gathered then units[i]:gather(true) end
-            end
-         end)
+         needed = AG.tape_length() > mark
+         fp.needs_backward = needed
+         if needed then
+            AG.record(function()
+               fp:pre_backward()
+               -- prefetch the blocks whose backward comes next (the ones
+               -- before) if their backward will gather them
+               for i = fp.index, math.max(fp.index - self.prefetch + 1, 2), -1 do
+                  if units[i].needs_backward and not units[i].gathered then units[i]:gather(true) end
+               end
+            end)
+         end
       end
       -- ZeRO-3 frees a block right away; the root stays until its backward
-      if not recording or (self.reshard_after_forward and not is_root) then fp:free_full() end
+      if not needed or (self.reshard_after_forward and not is_root) then fp:free_full() end
       return a, b, c
    end
 end
@@ -317,9 +421,11 @@ end
 -- the parameter shapes alone (nothing is allocated): the root unit (every
 -- parameter outside model:units(): embeddings, final norm, head) first,
 -- then one unit per block. Each entry: {name = 'root' | 'unitN', module =
--- the model or the block, specs = {{name, module, key, shape, init}...},
--- numel, padded (a multiple of G), shard_size (padded / G)}. fsdp.shard
--- builds its flat parameters from it; fsdp.plan costs it.
+-- the model or the block, specs = {{name, module, key, shape, init,
+-- frozen}...} (all of them), numel, padded (a multiple of G), shard_size
+-- (padded / G): of the trainable parameters (the unit's first flat), and
+-- frozen = {numel, padded, shard_size} of the frozen ones (numel 0 when
+-- none)}. fsdp.shard builds its flat parameters from it; fsdp.plan costs it.
 function M.layout(model, G)
    G = G or 1
    local all = model:parameter_specs()
@@ -327,17 +433,22 @@ function M.layout(model, G)
    for _, s in ipairs(all) do prefix_of[s.module] = prefix_of[s.module] or s.name:sub(1, #s.name - #s.key) end
    local taken, out = {}, {}
    local function entry(name, module, specs)
-      local n = 0
-      for _, s in ipairs(specs) do n = n + numel_of(s.shape) end
+      local n, nf = 0, 0
+      for _, s in ipairs(specs) do
+         if s.frozen then nf = nf + numel_of(s.shape) else n = n + numel_of(s.shape) end
+      end
       local padded = math.ceil(math.max(n, 1) / G) * G
-      return {name = name, module = module, specs = specs, numel = n, padded = padded, shard_size = padded / G}
+      local fpadded = nf > 0 and math.ceil(nf / G) * G or 0
+      return {name = name, module = module, specs = specs, numel = n, padded = padded, shard_size = padded / G,
+              frozen = {numel = nf, padded = fpadded, shard_size = fpadded / G}}
    end
    for i, unit in ipairs(model:units()) do
       local specs = {}
       for _, s in ipairs(unit:parameter_specs()) do
          local full = prefix_of[s.module] .. s.key
          taken[full] = true
-         specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init}
+         specs[#specs + 1] = {name = full, module = s.module, key = s.key, shape = s.shape, init = s.init,
+                              frozen = s.frozen}
       end
       out[i + 1] = entry('unit' .. i, unit, specs)
    end
@@ -394,6 +505,7 @@ function M.shard(model, opts)
       prefetch = M.prefetch_depth(opts.prefetch), async_reduce = opts.async_reduce ~= false,
       reshard_after_forward = strategy == 'full' or strategy == 'hybrid_full',
       cpu_offload = opts.cpu_offload or false, device = opts.device or -1,
+      frozen_print = ffi.new('uint64_t', 0), -- this rank's share of the frozen values' fingerprint
    }, Sharded)
    -- on a GPU, cpu_offload keeps shards, gradients and optimizer state in
    -- host memory: gathers copy up, reductions come down, AdamW runs on the CPU
@@ -431,6 +543,7 @@ function M.shard(model, opts)
       self.units[i] = FlatParam.new(self, u.name, i - 1, u.specs)
    end
    for _, u in ipairs(self.units) do u:materialize(opts.seed or 0) end
+   self:fingerprint_frozen()
 
    -- hooks (unsharded units only use the post-backward all-reduce of DDP)
    wrap_forward(self, model, self.units[1], true)
@@ -480,17 +593,52 @@ function Sharded:grad_sumsq()
    return s
 end
 
+-- every parameter, frozen or not
 function Sharded:num_parameters()
+   local n = 0
+   for _, u in ipairs(self.units) do n = n + u.numel + (u.frozen and u.frozen.numel or 0) end
+   return n
+end
+
+-- the parameters that take a gradient
+function Sharded:num_trainable_parameters()
    local n = 0
    for _, u in ipairs(self.units) do n = n + u.numel end
    return n
 end
 
--- bytes this rank holds for parameters and gradients (master shards)
+-- bytes this rank holds for parameters and gradients (master shards and
+-- the frozen flats' slices)
 function Sharded:shard_bytes()
    local n = 0
-   for _, u in ipairs(self.units) do n = n + u.shard:nbytes() + u.grad_shard:nbytes() end
+   for _, u in ipairs(self.units) do
+      n = n + u.shard:nbytes() + u.grad_shard:nbytes() + (u.frozen and u.frozen.shard:nbytes() or 0)
+   end
    return n
+end
+
+-- The frozen parameters' fingerprint, the same at any world size, strategy
+-- and gather dtype (taken from the f32 values each rank initialized, summed
+-- over the shard group; collective, run by fsdp.shard). self.frozen_record:
+-- nil without frozen parameters, else {parameters, tensors, fingerprint =
+-- 16 hex digits}; a checkpoint of trainable parameters only keeps it, to
+-- know the base model it was trained on.
+function Sharded:fingerprint_frozen()
+   local n, k = 0, 0
+   for _, u in ipairs(self.units) do
+      if u.frozen then n, k = n + u.frozen.numel, k + #u.frozen.specs end
+   end
+   if n == 0 then self.frozen_record = nil; return end
+   local total = self.frozen_print
+   if self.shard_group then
+      -- every rank's share as two exact 32-bit halves, added in uint64
+      local lo = tonumber(total % 4294967296ULL)
+      local hi = tonumber(total / 4294967296ULL)
+      local los, his = self.shard_group:gather_numbers(lo), self.shard_group:gather_numbers(hi)
+      total = ffi.new('uint64_t', 0)
+      for i = 1, #los do total = total + ffi.new('uint64_t', los[i]) + ffi.new('uint64_t', his[i]) * 4294967296ULL end
+   end
+   self.frozen_record = {parameters = n, tensors = k, fingerprint = string.format('%016x', total)}
 end
 
 -- layout for checkpoint indexes
@@ -511,14 +659,18 @@ end
 function Sharded:full_state_dict()
    local out = {}
    for _, u in ipairs(self.units) do
-      local full = T.empty({u.padded}, 'f32', nil, self.device)
-      if self.shard_group then self.shard_group:all_gather(full, u.shard) else full:copy(u.shard) end
-      for _, s in ipairs(u.specs) do
-         local v = full:view(s.shape, nil, s.offset)
-         out[s.name] = v:clone(nil, -1)
-         v:free()
+      for _, f in ipairs({u, u.frozen}) do
+         local full = T.empty({f.padded}, f.shard.dtype, nil, self.device)
+         if self.shard_group then self.shard_group:all_gather(full, f.shard) else full:copy(f.shard) end
+         for _, s in ipairs(f.specs) do
+            local v = full:view(s.shape, nil, s.offset)
+            local h = v:clone(nil, -1)
+            if h.dtype ~= 'f32' then local c = h:clone('f32'); h:free(); h = c end
+            out[s.name] = h
+            v:free()
+         end
+         full:free()
       end
-      full:free()
    end
    return out
 end

@@ -289,7 +289,7 @@ local function recipe(defaults)
       if opt.checkpoint_dir ~= '' then
          local latest = ckpt.find_resume(opt.checkpoint_dir, dist.checkpoint_comm())
          if latest then
-            local saved, index = ckpt.resume(latest, sharded, state)
+            local saved, index = ckpt.resume(latest, sharded, state, opt.model ~= '' and opt.model or desc.name)
             start_step = saved.step
             log.info('resumed from %s (step %d, saved by %d rank(s))', latest, start_step,
                      index.ranks or index.world_size)
@@ -301,6 +301,7 @@ local function recipe(defaults)
          if opt.checkpoint_dir == '' or step == last_saved then return end
          local path = ckpt.save(opt.checkpoint_dir, {
             step = step, sharded = sharded, state = state, model_name = desc.name, model_config = desc.config,
+            base = opt.model ~= '' and opt.model or nil, -- names an adapter checkpoint's frozen base
             tokenizer_dir = tokenizer_dir, keep_last = opt.keep_last, comm = dist.checkpoint_comm(),
             trainer = {schedule = {lr = opt.lr, min_lr = opt.min_lr, warmup = opt.warmup_steps,
                                    total = opt.max_steps, decay = opt.decay}},
