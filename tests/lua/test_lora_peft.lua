@@ -1,0 +1,145 @@
+-- LoRA parity with transformers + PEFT: for each adapter of
+-- tests/golden/lora (made by tests/golden/make_lora_fixtures.py with peft
+-- on the tiny transformers 5 models of tests/golden/hf5: Llama, Mistral with
+-- use_rslora, OPT, GPT-2's Conv1D c_attn/c_fc), the adapter loaded with
+-- hf.load_adapter (what --adapter DIR does) gives PEFT's logits within 1e-5
+-- relative, and 10 AdamW steps of the adapter alone (sharded, strategy
+-- none) give PEFT's loss at every step within 1e-5 relative and its final
+-- adapter tensors within 1e-5 relative. Then malformed adapters: each a
+-- clear error naming the file and the field or tensor.
+local fsdp = require 'fsdp'
+local t = require 'tests.lua.harness'
+local hf = require 'fsdp.hf'
+local st = require 'fsdp.safetensors'
+local fs = require 'fsdp.fs'
+local json = require 'fsdp.json'
+local lora = require 'fsdp.lora'
+local AdamW = require 'optim.adamw'
+
+fsdp.set_num_threads(1)
+
+local ROOT = fsdp.root .. '/tests/golden/'
+local CASES = {'llama', 'mistral', 'opt', 'gpt2'}
+local TOL = 1e-5
+
+-- max |a - b| / max |b| over two Lua arrays
+local function rel(a, b)
+   local d, s = 0, 0
+   for i = 1, #b do
+      d = math.max(d, math.abs(a[i] - b[i]))
+      s = math.max(s, math.abs(b[i]))
+   end
+   return s == 0 and d or d / s
+end
+
+local summary = {}
+local function check_case(name)
+   local dir = ROOT .. 'lora/' .. name
+   local ex = st.open(dir .. '/expected.safetensors')
+   local base = ROOT .. ex:metadata('base')
+   local adamw = json.decode(ex:metadata('adamw'))
+   local steps = tonumber(ex:metadata('steps'))
+   local ids, targets = ex:tensor('input_ids'), ex:tensor('targets')
+
+   local model = hf.load_adapter(hf.load(base), dir)
+   t.check(#model.lora.layers > 0, '%s: the adapter wraps layers', name)
+   local sharded = fsdp.shard(model, {strategy = 'none'})
+   local logits = fsdp.no_grad(function() return model(ids):totable() end)
+   local lrel = rel(logits, ex:tensor('logits'):totable())
+   t.check(lrel <= TOL, '%s: logits differ from PEFT by %.3g relative', name, lrel)
+
+   local opt = AdamW.new(sharded, {lr = adamw.lr, betas = adamw.betas, eps = adamw.eps,
+                                   weight_decay = adamw.weight_decay})
+   local want = ex:tensor('losses'):totable()
+   t.check(#want == steps, '%s: %d reference losses', name, #want)
+   local worst = 0
+   for s = 1, steps do
+      sharded:zero_grad()
+      local l = fsdp.backward(model:loss(ids, targets))
+      opt:step()
+      worst = math.max(worst, math.abs(l - want[s]) / math.abs(want[s]))
+   end
+   t.check(worst <= TOL, '%s: LoRA AdamW losses differ from PEFT by %.3g relative', name, worst)
+
+   local full = sharded:full_state_dict()
+   local n, wworst = 0, 0
+   for pname, v in pairs(full) do
+      if lora.is_adapter(pname) then
+         local key = 'final.' .. lora.peft_names(model, pname)[1]
+         t.check(ex:has(key), '%s: the fixture has %s', name, key)
+         if ex:has(key) then
+            wworst = math.max(wworst, rel(v:totable(), ex:tensor(key):totable()))
+            n = n + 1
+         end
+      end
+   end
+   local n_ref = 0
+   for _, k in ipairs(ex:names()) do if k:sub(1, 6) == 'final.' then n_ref = n_ref + 1 end end
+   t.check(n == n_ref and n > 0, '%s: %d adapter tensors matched %d of PEFT', name, n, n_ref)
+   t.check(wworst <= TOL, '%s: the trained adapter differs from PEFT by %.3g relative', name, wworst)
+   hf.close(model)
+   ex:close()
+   summary[#summary + 1] = string.format('%-8s %2d layers  logits %.1e  losses(%d) %.1e  adapter %.1e', name,
+                                         #model.lora.layers, lrel, steps, worst, wworst)
+end
+
+for _, c in ipairs(CASES) do
+   local ok, err = pcall(check_case, c)
+   t.check(ok, '%s: %s', c, tostring(err))
+   fsdp.autograd.reset()
+end
+for _, line in ipairs(summary) do print(line) end
+
+---------------------------------------------------------------------------
+-- malformed adapters: a copy of the llama adapter with one thing changed
+
+local function tmpdir()
+   local d = os.tmpname()
+   os.remove(d)
+   fs.mkdirs(d)
+   return d
+end
+
+local function with_config(change)
+   local d = tmpdir()
+   local src = ROOT .. 'lora/llama/'
+   local cfg = json.read_file(src .. 'adapter_config.json')
+   change(cfg)
+   local f = assert(io.open(d .. '/adapter_config.json', 'w'))
+   f:write(json.encode(cfg))
+   f:close()
+   os.execute('cp ' .. fs.quote(src .. 'adapter_model.safetensors') .. ' ' .. fs.quote(d))
+   return d
+end
+
+local function load(d) return hf.load_adapter(hf.load(ROOT .. 'hf5/llama'), d) end
+
+local bad = {
+   {function(c) c.use_dora = true end, {"'use_dora' = true", 'adapter_config.json'}},
+   {function(c) c.bias = 'all' end, {"bias is 'all'"}},
+   {function(c) c.modules_to_save = {'lm_head'} end, {'modules_to_save'}},
+   {function(c) c.rank_pattern = {q_proj = 2} end, {"'rank_pattern'"}},
+   {function(c) c.layers_to_transform = {0} end, {"'layers_to_transform'"}},
+   {function(c) c.target_modules = '.*q_proj' end, {'regular expression'}},
+   {function(c) c.target_modules = {'q_proj', 'qkv'} end, {"named 'qkv'"}},
+   {function(c) c.target_modules = {'q_proj', 'v_proj', 'k_proj'} end, {'k_proj.lora_A.weight', 'is missing'}},
+   {function(c) c.target_modules = {'q_proj'} end, {'v_proj.lora_A.weight', 'belongs to no adapter'}},
+   {function(c) c.r = 3 end, {'has shape [4, 48]', 'r = 3'}},
+   {function(c) c.r = 0 end, {'r must be a positive integer'}},
+   {function(c) c.lora_dropout = 1.5 end, {'lora_dropout must be in [0, 1)'}},
+   {function(c) c.peft_type = 'IA3' end, {"peft_type is 'IA3'"}},
+}
+for i, b in ipairs(bad) do
+   local d = with_config(b[1])
+   t.raises(function() load(d) end, b[2], 'bad adapter ' .. i)
+   fs.remove_tree(d)
+end
+do
+   local d = tmpdir()
+   t.raises(function() load(d) end, {'no adapter_config.json'}, 'no adapter')
+   os.execute('cp ' .. fs.quote(ROOT .. 'lora/llama/adapter_config.json') .. ' ' .. fs.quote(d))
+   t.raises(function() load(d) end, {'no adapter_model.safetensors'}, 'no adapter weights')
+   fs.remove_tree(d)
+end
+
+return t.done()
