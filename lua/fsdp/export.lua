@@ -5,6 +5,8 @@
 --   files of the model the run started from.
 --
 --   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]
+--   fsdp-lua export CKPT_DIR OUT_DIR --adapter     a LoRA run: its adapter in PEFT's format
+--   fsdp-lua export CKPT_DIR OUT_DIR --merge       a LoRA run: the full model, W + scale B A
 --
 -- CKPT_DIR is a checkpoint directory (its `latest` is followed) or a step
 -- directory. config.json keeps the keys and the layout of the model's own
@@ -313,14 +315,22 @@ end
 -- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
 -- a tokenizer.json or its directory, 'bytes', or '' for the model's own.
 -- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it).
--- opts.generation: also read generation_config.json (returned third)
+-- opts.generation: also read generation_config.json (returned third);
+-- opts.adapter: a PEFT LoRA adapter directory put on the model of model_dir.
+-- A checkpoint of a LoRA run comes with its adapters.
 function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts)
    local fsdp = require 'fsdp'
    if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
+   local adapter = opts and opts.adapter or ''
+   if adapter ~= '' and model_dir == '' then
+      error('--adapter DIR needs --model DIR (the base model the adapter was trained on)', 0)
+   end
    local model, tokenizer_dir
    if model_dir ~= '' then
       local hf = require 'fsdp.hf'
-      model = hf.load(model_dir)
+      model = hf.build(model_dir)
+      if adapter ~= '' then hf.load_adapter(model, adapter) end
+      hf.attach_weights(model, model_dir)
       tokenizer_dir = fs.exists(model_dir .. '/tokenizer.json') and model_dir or nil
       fsdp.shard(model, {strategy = strategy, device = device})
       hf.close(model)
@@ -329,6 +339,8 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts
       if not step then error(checkpoint .. ' is not a checkpoint (no latest, no index.json)', 0) end
       local index = ckpt.read_index(step)
       model = M.model_of(index, step)
+      local settings = M.lora_of(step)
+      if settings then M.apply_lora(model, settings, step) end
       tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
       ckpt.load(step, fsdp.shard(model, {strategy = strategy, device = device}))
    end
@@ -354,13 +366,18 @@ function M.main(args)
    local opt, help = cli.parse('export', M.options, rest)
    if not opt then print('usage: fsdp-lua export CKPT_DIR OUT_DIR [options]\n' .. help); return 0 end
    if #positional ~= 2 then
-      error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]', 0)
+      error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5] [--adapter | --merge]', 0)
    end
    require('fsdp.threads').setup(opt.threads)
    local dir, out = positional[1], positional[2]
    local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
    if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end
    local r = M.export(step_dir, out, opt)
+   if opt.adapter then
+      print(string.format('exported the LoRA adapter of step %d of %s to %s: %d tensors, %.3f MB (PEFT format)', r.step,
+                          step_dir, out, r.tensors, r.bytes / 1e6))
+      return 0
+   end
    print(string.format('exported step %d of %s to %s: %d tensors, %.1f MB in %d file(s), %d tokenizer file(s)',
                        r.step, step_dir, out, r.tensors, r.bytes / 1e6, r.shards, r.tokenizer_files))
    return 0

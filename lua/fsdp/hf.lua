@@ -347,7 +347,10 @@ function M.attach_weights(model, dir)
    if not dir then fail('attach_weights: no directory given') end
    local src = open_source(dir)
    local config_path = dir .. '/config.json'
+   local lora = model.lora and require('fsdp.lora')
    for _, spec in ipairs(model:parameter_specs()) do
+      -- adapters (fsdp.lora before the weights) keep their own initializers
+      if lora and lora.is_adapter(spec.name) then goto continue end
       local names, transposed = {spec.name}, false
       if model.hf_names then names, transposed = model:hf_names(spec.name) end
       local file, name
@@ -374,6 +377,7 @@ function M.attach_weights(model, dir)
       for _, p in ipairs(spec.module._params) do
          if p.name == spec.key then p.init = {'load', fn} end
       end
+      ::continue::
    end
    model.hf_source = src
    return model

@@ -54,7 +54,8 @@ local function lora_forward(self, x)
                           {scale = l.scale, dropout = l.dropout, seed = l.dropout > 0 and layer_seed(l) or 0})
 end
 
--- opts: targets (names of linear layers: {'q_proj', 'k_proj', ...}; or
+-- opts: targets (names of linear layers: {'q_proj', 'k_proj', ...}, default
+-- the family's lora_targets in the model registry; or
 -- 'all-linear': every linear layer but an output head; a target names a
 -- layer by its last name component or a dotted suffix of its path), r,
 -- alpha, dropout, rslora (scale alpha / sqrt(r), not alpha / r), seed (the
@@ -73,7 +74,7 @@ function M.apply(model, opts)
    local scale = opts.rslora and alpha / math.sqrt(r) or alpha / r
    need(type(dropout) == 'number' and dropout >= 0 and dropout < 1, 'dropout must be in [0, 1), got %s',
         tostring(dropout))
-   local targets = opts.targets or M.defaults.targets
+   local targets = opts.targets or (model.family and model.family.lora_targets) or M.defaults.targets
    if opts.rslora ~= nil and type(opts.rslora) ~= 'boolean' then need(false, 'rslora must be a boolean') end
    if type(targets) == 'string' and targets ~= 'all-linear' then
       local list = {}
@@ -132,7 +133,7 @@ function M.apply(model, opts)
    end
    model.lora = {r = r, alpha = alpha, dropout = dropout, rslora = opts.rslora or false, scale = scale,
                  layers = paths, shared = shared,
-                 targets = targets == 'all-linear' and 'all-linear' or opts.targets or M.defaults.targets}
+                 targets = targets}
    -- a training forward of the model advances the dropout step (evaluation
    -- under no_grad does not; a checkpointed unit's recompute is inside it)
    local forward = model.forward

@@ -5,10 +5,20 @@
 -- hf.load_adapter (what --adapter DIR does) gives PEFT's logits within 1e-5
 -- relative, and 10 AdamW steps of the adapter alone (sharded, strategy
 -- none) give PEFT's loss at every step within 1e-5 relative and its final
--- adapter tensors within 1e-5 relative. Then malformed adapters: each a
--- clear error naming the file and the field or tensor.
+-- adapter tensors within 1e-5 relative. The trained run, checkpointed,
+-- exported with --adapter (PEFT's format) and --merge (a full HF model),
+-- loads back to its logits (the Python side, peft and transformers loading
+-- those exports, is tests/interop/check_lora.py in `make test-interop`:
+-- FSDP_EXPORT_TEST_DIR set, the exports and logits are written there).
+-- recipes/finetune_lora.lua goes on training a PEFT adapter (--adapter),
+-- checkpoints, resumes and exports; eval.lua and generate.lua take
+-- --adapter. Then malformed adapters: each a clear error naming the file
+-- and the field or tensor.
 local fsdp = require 'fsdp'
 local t = require 'tests.lua.harness'
+local ckpt = require 'fsdp.checkpoint'
+local export = require 'fsdp.export'
+local models = require 'models'
 local hf = require 'fsdp.hf'
 local st = require 'fsdp.safetensors'
 local fs = require 'fsdp.fs'
@@ -30,6 +40,24 @@ local function rel(a, b)
       s = math.max(s, math.abs(b[i]))
    end
    return s == 0 and d or d / s
+end
+
+local function tmpdir()
+   local d = os.tmpname()
+   os.remove(d)
+   fs.mkdirs(d)
+   return d
+end
+local work = tmpdir()
+local interop = os.getenv('FSDP_EXPORT_TEST_DIR')
+interop = interop and interop ~= '' and (interop .. '/lora') or nil
+if interop then fs.mkdirs(interop) end
+local manifest = {}
+
+local function logits_of(model, ids)
+   local l = fsdp.no_grad(function() return model(ids):totable() end)
+   fsdp.autograd.reset()
+   return l
 end
 
 local summary = {}
@@ -77,10 +105,53 @@ local function check_case(name)
    for _, k in ipairs(ex:names()) do if k:sub(1, 6) == 'final.' then n_ref = n_ref + 1 end end
    t.check(n == n_ref and n > 0, '%s: %d adapter tensors matched %d of PEFT', name, n, n_ref)
    t.check(wworst <= TOL, '%s: the trained adapter differs from PEFT by %.3g relative', name, wworst)
+   for _, v in pairs(full) do v:free() end
+
+   -- the trained run: checkpoint, export --adapter and --merge, load back
+   local trained = logits_of(model, ids)
+   model.lora.base = base
+   local desc = models.describe(model)
+   local step = ckpt.save(work .. '/' .. name .. '.ckpt', {step = steps, sharded = sharded, state = {lora = lora.state(model)},
+                                                            model_name = desc.name, model_config = desc.config})
+   local out = interop or work
+   local adir, mdir = out .. '/' .. name .. '.adapter', out .. '/' .. name .. '.merged'
+   local ra = export.export(step, adir, {adapter = true})
+   t.check(ra.tensors == n_ref and fs.exists(adir .. '/adapter_config.json'), '%s: --adapter wrote %d tensors', name,
+           ra.tensors)
+   export.export(step, mdir, {merge = true})
+   t.raises(function() export.export(step, work .. '/' .. name .. '.plain', {}) end, {'is a LoRA run', '--adapter',
+            '--merge'}, name .. ': a LoRA checkpoint exported without --adapter or --merge')
+   local cfg = json.read_file(adir .. '/adapter_config.json')
+   t.check(cfg.r == model.lora.r and cfg.lora_alpha == model.lora.alpha and cfg.base_model_name_or_path == base and
+           (cfg.use_rslora or false) == model.lora.rslora, '%s: adapter_config.json holds r, lora_alpha, the base', name)
+   local saved = st.open(adir .. '/adapter_model.safetensors')
+   local names_ok = true
+   for _, k in ipairs(saved:names()) do names_ok = names_ok and ex:has('final.' .. k) end
+   saved:close()
+   t.check(names_ok, '%s: the exported tensors have the names PEFT saves', name)
+   local again = hf.load_adapter(hf.load(base), adir)
+   fsdp.shard(again, {strategy = 'none'})
+   hf.close(again)
+   local arel = rel(logits_of(again, ids), trained)
+   t.check(arel <= TOL, '%s: the exported adapter gives other logits (%.3g relative)', name, arel)
+   local merged = hf.load(mdir)
+   fsdp.shard(merged, {strategy = 'none'})
+   hf.close(merged)
+   local mrel = rel(logits_of(merged, ids), trained)
+   t.check(mrel <= TOL, '%s: the merged export gives other logits (%.3g relative)', name, mrel)
+   if interop then
+      local lt = fsdp.from_table(trained, ex:tensor('logits').shape)
+      local ids64 = fsdp.empty(ids.shape, 'i64')
+      for i = 0, ids:numel() - 1 do ids64:ptr()[i] = ids:ptr()[i] end
+      st.write(out .. '/' .. name .. '.expected.safetensors', {{'logits', lt}, {'input_ids', ids64}})
+      manifest[#manifest + 1] = {name = name, base = base, adapter = adir, merged = mdir,
+                                 expected = out .. '/' .. name .. '.expected.safetensors'}
+   end
    hf.close(model)
    ex:close()
-   summary[#summary + 1] = string.format('%-8s %2d layers  logits %.1e  losses(%d) %.1e  adapter %.1e', name,
-                                         #model.lora.layers, lrel, steps, worst, wworst)
+   summary[#summary + 1] = string.format('%-8s %2d layers  logits %.1e  losses(%d) %.1e  adapter %.1e  ' ..
+                                         'export: adapter %.1e merged %.1e', name, #model.lora.layers, lrel, steps,
+                                         worst, wworst, arel, mrel)
 end
 
 for _, c in ipairs(CASES) do
@@ -89,16 +160,15 @@ for _, c in ipairs(CASES) do
    fsdp.autograd.reset()
 end
 for _, line in ipairs(summary) do print(line) end
+if interop then
+   local f = assert(io.open(interop .. '/manifest.json', 'w'))
+   f:write(json.encode(json.array(manifest), '  '))
+   f:close()
+   t.check(#manifest == #CASES, 'the interop manifest lists %d of %d cases', #manifest, #CASES)
+end
 
 ---------------------------------------------------------------------------
 -- malformed adapters: a copy of the llama adapter with one thing changed
-
-local function tmpdir()
-   local d = os.tmpname()
-   os.remove(d)
-   fs.mkdirs(d)
-   return d
-end
 
 local function with_config(change)
    local d = tmpdir()
@@ -142,4 +212,5 @@ do
    fs.remove_tree(d)
 end
 
+fs.remove_tree(work)
 return t.done()
