@@ -212,5 +212,90 @@ do
    fs.remove_tree(d)
 end
 
+---------------------------------------------------------------------------
+-- recipes/finetune_lora.lua: going on training PEFT's GPT-2 adapter
+-- (--adapter), stopped and resumed, equals one straight run; its export is
+-- the adapter; `fsdp-lua export --merge`; eval.lua and generate.lua with
+-- --adapter equal the merged model's. A fresh --lora-r run takes the
+-- family's default targets.
+
+do
+   local bin = fsdp.root .. '/build/fsdp-lua'
+   local bind = require 'fsdp.ffi'
+   local C = bind.C
+   local data = work .. '/data'
+   fs.mkdirs(data)
+   local n = 40 * 12 + 1
+   local tok = fsdp.empty({n}, 'i32')
+   for i = 0, n - 1 do tok:ptr()[i] = (i * 31 + math.floor(i / 7)) % 97 end
+   bind.check(C.fsdp_tokens_write(data .. '/train_000000.bin', tok:ptr(), n, 2, 97), 'train tokens')
+   bind.check(C.fsdp_tokens_write(data .. '/val_000000.bin', tok:ptr(), 4 * 12 + 1, 2, 97), 'val tokens')
+   local base, adapter = ROOT .. 'hf5/gpt2', ROOT .. 'lora/gpt2'
+   local common = string.format('%s recipes/finetune_lora.lua --model %s --adapter %s --data %s --batch-size 2 ' ..
+                                '--seq-len 12 --max-steps 4 --warmup-steps 1 --lr 1e-2 --eval-every 0 --log-every 1 ' ..
+                                '--threads 1', bin, base, adapter, data)
+   local function run(extra)
+      return t.sh(common .. ' ' .. extra)
+   end
+   local st1, out1 = run('--checkpoint-dir ' .. work .. '/ck_a --export-dir ' .. work .. '/exp_a --run-dir ' .. work .. '/run_a')
+   t.check(st1 == 0 and out1:find('LoRA: r 4, alpha 16', 1, true), 'finetune_lora --adapter failed:\n%s', out1)
+   local st2, out2 = run('--stop-after 2 --checkpoint-dir ' .. work .. '/ck_b --export-dir ' .. work ..
+                         '/exp_b --run-dir ' .. work .. '/run_b')
+   local st3, out3 = run('--checkpoint-dir ' .. work .. '/ck_b --export-dir ' .. work .. '/exp_b --run-dir ' .. work .. '/run_b')
+   t.check(st2 == 0 and st3 == 0 and out3:find('resumed from', 1, true), 'stop + resume failed:\n%s\n%s', out2, out3)
+   local function tensors(path)
+      local f = st.open(path)
+      local out = {}
+      for _, k in ipairs(f:names()) do out[k] = f:tensor(k):totable() end
+      f:close()
+      return out
+   end
+   if st1 == 0 and st3 == 0 then
+      local a, b = tensors(work .. '/exp_a/adapter_model.safetensors'), tensors(work .. '/exp_b/adapter_model.safetensors')
+      local same, count = true, 0
+      for k, v in pairs(a) do
+         count = count + 1
+         same = same and b[k] ~= nil and rel(b[k], v) == 0
+      end
+      t.check(count == 8 and same, 'resumed LoRA run: %d adapter tensors, equal to the straight run: %s', count,
+              tostring(same))
+      local moved = rel(a['base_model.model.transformer.h.0.attn.c_attn.lora_A.weight'],
+                        tensors(adapter .. '/adapter_model.safetensors')['base_model.model.transformer.h.0.attn.c_attn.lora_A.weight'])
+      t.check(moved > 0, 'the adapter trained')
+   end
+   local st4, out4 = t.sh(string.format('%s export %s %s --merge', bin, work .. '/ck_a', work .. '/merged_a'))
+   t.check(st4 == 0 and fs.exists(work .. '/merged_a/model.safetensors'), 'export --merge failed:\n%s', out4)
+   local st5, out5 = t.sh(string.format('%s export %s %s', bin, work .. '/ck_a', work .. '/plain_a'))
+   t.check(st5 ~= 0 and out5:find('is a LoRA run', 1, true), 'export of a LoRA run without --adapter/--merge:\n%s', out5)
+   local function eval(args)
+      local s, o = t.sh(string.format('%s recipes/eval.lua %s --data %s --seq-len 12 --batch-size 2 --batches 2 --threads 1',
+                                      bin, args, data))
+      return s, o, tonumber(o:match('loss ([%d%.]+)'))
+   end
+   local se1, oe1, l1 = eval('--model ' .. base .. ' --adapter ' .. work .. '/exp_a')
+   local se2, oe2, l2 = eval('--model ' .. work .. '/merged_a')
+   local _, _, l0 = eval('--model ' .. base)
+   t.check(se1 == 0 and se2 == 0 and l1 and l2 and math.abs(l1 - l2) <= 1e-4 * l2 and l0 and l0 ~= l1,
+           'eval --adapter (%s) equals the merged model (%s), not the base (%s):\n%s\n%s', tostring(l1), tostring(l2),
+           tostring(l0), oe1, oe2)
+   local function gen(args)
+      local s, o = t.sh(string.format('%s recipes/generate.lua %s --tokenizer bytes --prompt \'!#\' --max-new-tokens 6 ' ..
+                                      '--temperature 0 --threads 1 2>/dev/null', bin, args))
+      return s, o
+   end
+   local sg1, og1 = gen('--model ' .. base .. ' --adapter ' .. work .. '/exp_a')
+   local sg2, og2 = gen('--model ' .. work .. '/merged_a')
+   t.check(sg1 == 0 and #og1 > 2 and og1 == og2, 'generate --adapter equals the merged model:\n%s\n%s', og1, og2)
+   -- a fresh run: the family's default targets, dropout on
+   local st6, out6 = t.sh(string.format('%s recipes/finetune_lora.lua --model %s --data %s --batch-size 2 --seq-len 12 ' ..
+                                        '--max-steps 2 --eval-every 0 --threads 1 --lora-r 2 --lora-dropout 0.1 --run-dir %s',
+                                        bin, ROOT .. 'hf5/llama', data, work .. '/run_c'))
+   t.check(st6 == 0 and out6:find('LoRA: r 2, alpha 16, dropout 0.1 on 4 layers', 1, true),
+           'a fresh LoRA run on q_proj,v_proj of 2 layers:\n%s', out6)
+   local st7, out7 = t.sh(string.format('%s recipes/finetune_lora.lua --model %s --adapter %s --lora-r 4 --data %s',
+                                        bin, base, adapter, data))
+   t.check(st7 ~= 0 and out7:find('drop --lora-r', 1, true), '--adapter with --lora-r:\n%s', out7)
+end
+
 fs.remove_tree(work)
 return t.done()
