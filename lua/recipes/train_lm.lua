@@ -248,8 +248,14 @@ local function recipe(defaults)
       if opt.adapter ~= '' then
          hf.load_adapter(model, opt.adapter)
       elseif opt.lora_r > 0 then
-         fsdp.lora(model, {r = opt.lora_r, alpha = opt.lora_alpha, dropout = opt.lora_dropout, seed = opt.seed,
-                           targets = opt.lora_targets ~= '' and opt.lora_targets or nil})
+         local ok, err = pcall(fsdp.lora, model, {r = opt.lora_r, alpha = opt.lora_alpha, dropout = opt.lora_dropout,
+                                                  seed = opt.seed,
+                                                  targets = opt.lora_targets ~= '' and opt.lora_targets or nil})
+         if not ok then -- the options' fault: named without a source position
+            error(string.format('%s: --lora-r %d --lora-targets %s: %s', R.name, opt.lora_r,
+                                opt.lora_targets ~= '' and opt.lora_targets or '(the family\'s)',
+                                (tostring(err):gsub('^[^:]*:%d+: ', ''))), 0)
+         end
       end
       if model.lora then model.lora.base = opt.model ~= '' and opt.model or nil end
       return model
