@@ -311,6 +311,16 @@ function M.peft_config(model, base)
       for n in targets:gmatch('[^,%s]+') do list[#list + 1] = n end
       targets = list
    end
+   if targets == 'all-linear' then
+      -- the names of the layers wrapped, not PEFT's own reading of all-linear
+      local seen, list = {}, {}
+      for _, path in ipairs(l.layers) do
+         local n = path:match('([^.]+)$')
+         if not seen[n] then seen[n] = true; list[#list + 1] = n end
+      end
+      table.sort(list)
+      targets = list
+   end
    local fan_in_fan_out = false
    if model.hf_names then
       for _, path in ipairs(l.layers) do

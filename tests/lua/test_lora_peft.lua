@@ -297,5 +297,14 @@ do
    t.check(st7 ~= 0 and out7:find('drop --lora-r', 1, true), '--adapter with --lora-r:\n%s', out7)
 end
 
+-- all-linear: exported as the list of the layer names wrapped (the head is not)
+do
+   local m = fsdp.lora(hf.build(ROOT .. 'hf5/llama'), {targets = 'all-linear', r = 2})
+   local cfg = lora.peft_config(m, 'base')
+   t.check(table.concat(cfg.target_modules, ',') == 'down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj' and
+           #m.lora.layers == 14, 'all-linear exports as %s (%d layers)', table.concat(cfg.target_modules, ','),
+           #m.lora.layers)
+end
+
 fs.remove_tree(work)
 return t.done()
