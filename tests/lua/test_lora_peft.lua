@@ -275,6 +275,9 @@ do
    local se1, oe1, l1 = eval('--model ' .. base .. ' --adapter ' .. work .. '/exp_a')
    local se2, oe2, l2 = eval('--model ' .. work .. '/merged_a')
    local _, _, l0 = eval('--model ' .. base)
+   local _, oe3, l3 = eval('--checkpoint ' .. work .. '/ck_a --tokenizer bytes')
+   t.check(l3 and l1 and math.abs(l3 - l1) <= 1e-4 * l1, 'eval --checkpoint of the LoRA run (%s) equals --adapter (%s):\n%s',
+           tostring(l3), tostring(l1), oe3)
    t.check(se1 == 0 and se2 == 0 and l1 and l2 and math.abs(l1 - l2) <= 1e-4 * l2 and l0 and l0 ~= l1,
            'eval --adapter (%s) equals the merged model (%s), not the base (%s):\n%s\n%s', tostring(l1), tostring(l2),
            tostring(l0), oe1, oe2)
