@@ -134,6 +134,8 @@ test-interop: deps-interop $(INTEROP_PY)
 	OMP_NUM_THREADS=1 $(BUILD)/fsdp-lua tests/interop/export_fixtures.lua $(INTEROP_DIR)/fixtures
 	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) /usr/bin/python3 tests/interop/check_export.py
 	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) $(INTEROP_PY) tests/interop/check_export.py
+	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) OMP_NUM_THREADS=1 $(BUILD)/fsdp-lua tests/lua/test_lora_peft.lua
+	FSDP_EXPORT_TEST_DIR=$(INTEROP_DIR) $(INTEROP_PY) tests/interop/check_lora.py
 
 clean:
 	rm -rf $(BUILD)

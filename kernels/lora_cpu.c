@@ -25,6 +25,21 @@ static int check_args(const char *fn, int M, int N, int K, int R, float p) {
     return FSDP_OK;
 }
 
+int fsdp_lora_dropout_cpu(float *out, const float *x, int64_t n, float p, uint64_t seed, int accumulate) {
+    const char *fn = "fsdp_lora_dropout_cpu";
+    FSDP_CHECK_ARG(n >= 0, "%s: n (%lld) must not be negative", fn, (long long)n);
+    FSDP_CHECK_ARG(n == 0 || (out && x), "%s: out and x must not be NULL", fn);
+    FSDP_CHECK_ARG(p >= 0.0f && p < 1.0f, "%s: the dropout rate %g must be in [0, 1)", fn, (double)p);
+    if (accumulate) {
+#pragma omp parallel for if (n > 32768)
+        for (int64_t i = 0; i < n; i++) out[i] += x[i] * fsdp_lora_dropout(seed, i, p);
+    } else {
+#pragma omp parallel for if (n > 32768)
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * fsdp_lora_dropout(seed, i, p);
+    }
+    return FSDP_OK;
+}
+
 /* drop(x) into a scratch buffer (NULL and no scratch when p == 0: x itself) */
 static const float *dropped(const char *fn, const float *x, int64_t n, float p, uint64_t seed, float **buf,
                             int64_t *nbytes) {
@@ -37,10 +52,8 @@ static const float *dropped(const char *fn, const float *x, int64_t n, float p, 
         fsdp_error(FSDP_ERR_OOM, "%s: no memory for %lld bytes of dropped inputs", fn, (long long)*nbytes);
         return NULL;
     }
-    float *d = *buf;
-#pragma omp parallel for if (n > 32768)
-    for (int64_t i = 0; i < n; i++) d[i] = x[i] * fsdp_lora_dropout(seed, i, p);
-    return d;
+    fsdp_lora_dropout_cpu(*buf, x, n, p, seed, 0);
+    return *buf;
 }
 
 int fsdp_lora_forward_cpu(float *out, float *xa, const float *x, const float *w, const float *bias,
@@ -105,8 +118,7 @@ int fsdp_lora_backward_cpu(float *dx, float *dw, float *dbias, float *da, float 
                 rc = fsdp_error(FSDP_ERR_OOM, "%s: no memory for %lld bytes", fn, (long long)tbytes);
             } else {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, R, 1.0f, g, R, a, K, 0.0f, t, K);
-#pragma omp parallel for if (n > 32768)
-                for (int64_t i = 0; i < n; i++) dx[i] += t[i] * fsdp_lora_dropout(seed, i, p);
+                fsdp_lora_dropout_cpu(dx, t, n, p, seed, 1);
                 fsdp_mem_release(FSDP_CPU, t, tbytes);
             }
         }

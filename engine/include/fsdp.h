@@ -224,6 +224,11 @@ int fsdp_lora_backward_cpu(float *dx, float *dw, float *dbias, float *da, float 
                            const float *x, const float *w, const float *a, const float *b,
                            const float *xa, int M, int N, int K, int R, float scale, float p,
                            uint64_t seed);
+/* out = x * mask (accumulate 0) or out += x * mask (1) over n elements, the
+ * mask of LoRA's dropout: element i kept (scaled by 1 / (1 - p)) or zeroed
+ * by fsdp_lora_dropout(seed, i, p) of kernels/lora_math.h; p == 0 keeps
+ * all. out may alias x. The CUDA twin gives the same bits. */
+int fsdp_lora_dropout_cpu(float *out, const float *x, int64_t n, float p, uint64_t seed, int accumulate);
 
 /* out[n,:] = table[idx[n],:]; idx checked against V */
 int fsdp_embedding_forward_cpu(float *out, const int32_t *idx, const float *table,
@@ -916,6 +921,19 @@ int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *d
                                  const float *q, const float *k, const float *v, const float *out,
                                  const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
                                  int ldk, int ldv, int window, float scale, fsdp_stream stream);
+/* LoRA on the GPU (engine/cuda/lora_cuda.cu): fsdp_lora_forward_cpu /
+ * backward's arguments and semantics plus the stream; the GEMMs follow the
+ * compute dtype above, the dropout mask is the CPU's (kernels/lora_cuda.cu:
+ * fsdp_lora_dropout_cuda is fsdp_lora_dropout_cpu's twin, same bits). */
+int fsdp_lora_dropout_cuda(float *out, const float *x, int64_t n, float p, uint64_t seed, int accumulate,
+                           fsdp_stream stream);
+int fsdp_lora_forward_cuda(float *out, float *xa, const float *x, const float *w, const float *bias,
+                           const float *a, const float *b, int M, int N, int K, int R, float scale,
+                           float p, uint64_t seed, fsdp_stream stream);
+int fsdp_lora_backward_cuda(float *dx, float *dw, float *dbias, float *da, float *db, const float *dout,
+                            const float *x, const float *w, const float *a, const float *b,
+                            const float *xa, int M, int N, int K, int R, float scale, float p,
+                            uint64_t seed, fsdp_stream stream);
 /* shapes cuDNN declined so far (all devices), and forgetting them */
 int64_t fsdp_cuda_declined_shapes(void);
 void fsdp_cuda_clear_declined_shapes(void);

@@ -5,6 +5,8 @@
 --   files of the model the run started from.
 --
 --   fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]
+--   fsdp-lua export CKPT_DIR OUT_DIR --adapter     a LoRA run: its adapter in PEFT's format
+--   fsdp-lua export CKPT_DIR OUT_DIR --merge       a LoRA run: the full model, W + scale B A
 --
 -- CKPT_DIR is a checkpoint directory (its `latest` is followed) or a step
 -- directory. config.json keeps the keys and the layout of the model's own
@@ -30,6 +32,10 @@ M.options = {
    {'config_layout', 'auto', "config.json as transformers '4' (rope_theta, rope_scaling, torch_dtype) or '5' " ..
     "(rope_parameters, dtype) writes it; auto: the layout the model came in, 5 for a model from scratch",
     choices = {'auto', '4', '5'}},
+   {'adapter', false, 'a LoRA run: write only its adapter in PEFT\'s format (adapter_config.json + ' ..
+    'adapter_model.safetensors) that peft.PeftModel.from_pretrained loads',
+    conflicts = {{'merge', '--adapter writes the adapter alone, --merge the model with the adapter merged: pick one'}}},
+   {'merge', false, 'a LoRA run: write the full model with each adapter merged into its weight (W + scale B A)'},
    require('fsdp.threads').option,
 }
 
@@ -105,25 +111,138 @@ local function parse_size(s)
    return tonumber(n) * mult[unit]
 end
 
+
+---------------------------------------------------------------------------
+-- LoRA runs: their adapters alone in PEFT's format, or merged
+
+-- the LoRA settings a step saved (trainer_state.json's lora, written by
+-- lora.state), nil for a run without adapters
+function M.lora_of(step_dir)
+   local path = step_dir .. '/trainer_state.json'
+   if not fs.exists(path) then return nil end
+   local tr, err = json.read_file(path)
+   if not tr then error('export: ' .. tostring(err), 0) end
+   local l = type(tr) == 'table' and tr.lora
+   if l == nil or l == json.null or type(l) == 'number' then
+      if type(l) == 'number' then
+         error('export: ' .. path .. ': lora holds only a dropout step (a checkpoint older than the adapter ' ..
+               'settings): its adapters cannot be rebuilt', 0)
+      end
+      return nil
+   end
+   if type(l) ~= 'table' or type(l.layers) ~= 'table' or type(l.r) ~= 'number' or type(l.alpha) ~= 'number' then
+      error('export: ' .. path .. ': lora must hold r, alpha and layers', 0)
+   end
+   return l
+end
+
+-- the adapters of `settings` on a model built from an index, on exactly
+-- the saved layers
+function M.apply_lora(model, settings, where)
+   local lora = require 'fsdp.lora'
+   local ok, err = pcall(lora.apply, model, {r = settings.r, alpha = settings.alpha, dropout = settings.dropout or 0,
+                                             rslora = settings.rslora or false, targets = settings.targets})
+   if not ok then error('export: ' .. where .. ': ' .. tostring(err), 0) end
+   local got, want = model.lora.layers, settings.layers
+   local same = #got == #want
+   for i = 1, same and #got or 0 do same = same and got[i] == want[i] end
+   if not same then
+      error(string.format('export: %s: the saved adapters are on %d layers (%s, ...) but targets %s give %d', where,
+                          #want, tostring(want[1]), json.encode(settings.targets), #got), 0)
+   end
+   model.lora.base = settings.base ~= json.null and settings.base or nil
+end
+
+-- merged (a clone of the saved weight [out, in] of the LoRA layer at
+-- `path`) += scale B A, B [out, r] and A [r, in] read by saved(name, shape)
+function M.merge_into(merged, path, module, saved)
+   local N, K, R = merged.shape[1], merged.shape[2], module.lora.r
+   local A = saved(path .. '.lora_A.weight', {R, K})
+   local B = saved(path .. '.lora_B.weight', {N, R})
+   local w, a, b, s = merged:ptr(), A:ptr(), B:ptr(), module.lora.scale
+   for o = 0, N - 1 do
+      for k = 0, R - 1 do
+         local bo = s * b[o * R + k]
+         if bo ~= 0 then
+            local row, arow = o * K, k * K
+            for i = 0, K - 1 do w[row + i] = w[row + i] + bo * a[arow + i] end
+         end
+      end
+   end
+   A:free()
+   B:free()
+end
+
+-- writes adapter_config.json + adapter_model.safetensors (PEFT's names,
+-- f32 or opts.dtype) of the model's adapters, read by saved(name, shape)
+function M.write_adapter(model, saved, out, opts, settings)
+   local lora = require 'fsdp.lora'
+   local tensors = {}
+   for _, spec in ipairs(model:parameter_specs()) do
+      if lora.is_adapter(spec.name) then
+         local src = saved(spec.name, spec.shape)
+         local t = src:clone(opts.dtype and opts.dtype ~= 'f32' and opts.dtype or nil)
+         src:free()
+         tensors[#tensors + 1] = {lora.peft_names(model, spec.name)[1], t}
+      end
+   end
+   fs.mkdirs(out)
+   local bytes = 0
+   for _, nt in ipairs(tensors) do bytes = bytes + nt[2]:nbytes() end
+   st.write(out .. '/adapter_model.safetensors', tensors, {format = 'pt'})
+   for _, nt in ipairs(tensors) do nt[2]:free() end
+   local cfg = lora.peft_config(model, settings.base ~= json.null and settings.base or nil)
+   local text = json.encode(cfg, '  ')
+   bind.check(C.fsdp_file_write_atomic(out .. '/adapter_config.json', text, #text), 'export')
+   return {shards = 1, tensors = #tensors, bytes = bytes, tokenizer_files = 0}
+end
+
 -- step_dir: a complete step directory; out: the directory to write
 function M.export(step_dir, out, opts)
    opts = opts or {}
    local index = ckpt.read_index(step_dir)
    local model, hf_config = M.model_of(index, step_dir, opts.config_layout, opts.dtype)
    if not model.hf_config then M.set_token_ids(hf_config, index.tokenizer_dir) end
+   local lora_settings = M.lora_of(step_dir)
+   if lora_settings then
+      if not opts.adapter and not opts.merge then
+         error(string.format('export: %s is a LoRA run (adapters on %d layers): export it with --adapter ' ..
+                             '(PEFT\'s adapter format) or --merge (the full model with the adapters merged)',
+                             step_dir, #lora_settings.layers), 0)
+      end
+      M.apply_lora(model, lora_settings, step_dir)
+   elseif opts.adapter or opts.merge then
+      error(string.format('export: %s has no LoRA adapters (its trainer_state.json has no lora entry): ' ..
+                          '--%s is for LoRA runs', step_dir, opts.adapter and 'adapter' or 'merge'), 0)
+   end
    local units = read_units(step_dir, index)
    -- our parameter name -> (unit, offset) from the saved layout
    local where = {}
    for _, u in ipairs(index.units) do
       for _, p in ipairs(u.params) do where[p.name] = {unit = u.name, offset = p.offset, shape = p.shape} end
    end
+   local function saved(name, shape)
+      local w = where[name]
+      if not w then error(string.format("export: %s has no parameter '%s' for the %s model", step_dir, name, index.model.name), 0) end
+      return units[w.unit]:view(shape, nil, w.offset)
+   end
+   if opts.adapter then
+      local r = M.write_adapter(model, saved, out, opts, lora_settings)
+      for _, full in pairs(units) do full:free() end
+      r.step = index.step
+      return r
+   end
+   local lora = require 'fsdp.lora'
    local tensors = {}
    for _, spec in ipairs(model:parameter_specs()) do
-      local w = where[spec.name]
-      if not w then error(string.format("export: %s has no parameter '%s' for the %s model", step_dir, spec.name, index.model.name), 0) end
-      local n = 1
-      for _, d in ipairs(spec.shape) do n = n * d end
-      local src = units[w.unit]:view(spec.shape, nil, w.offset)
+      local src = saved(spec.name, spec.shape)
+      if lora.is_adapter(spec.name) then src:free(); goto continue end
+      if lora_settings and spec.key == 'weight' and spec.module.lora then -- --merge: W + scale B A
+         local merged = src:clone()
+         src:free()
+         M.merge_into(merged, spec.name:sub(1, -8), spec.module, saved)
+         src = merged
+      end
       local hf_name, transposed = spec.name, false
       if model.hf_names then
          local names
@@ -146,6 +265,7 @@ function M.export(step_dir, out, opts)
          t = c
       end
       tensors[#tensors + 1] = {hf_name, t}
+      ::continue::
    end
    for _, full in pairs(units) do full:free() end
 
@@ -195,14 +315,22 @@ end
 -- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
 -- a tokenizer.json or its directory, 'bytes', or '' for the model's own.
 -- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it).
--- opts.generation: also read generation_config.json (returned third)
+-- opts.generation: also read generation_config.json (returned third);
+-- opts.adapter: a PEFT LoRA adapter directory put on the model of model_dir.
+-- A checkpoint of a LoRA run comes with its adapters.
 function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts)
    local fsdp = require 'fsdp'
    if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
+   local adapter = opts and opts.adapter or ''
+   if adapter ~= '' and model_dir == '' then
+      error('--adapter DIR needs --model DIR (the base model the adapter was trained on)', 0)
+   end
    local model, tokenizer_dir
    if model_dir ~= '' then
       local hf = require 'fsdp.hf'
-      model = hf.load(model_dir)
+      model = hf.build(model_dir)
+      if adapter ~= '' then hf.load_adapter(model, adapter) end
+      hf.attach_weights(model, model_dir)
       tokenizer_dir = fs.exists(model_dir .. '/tokenizer.json') and model_dir or nil
       fsdp.shard(model, {strategy = strategy, device = device})
       hf.close(model)
@@ -211,6 +339,8 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts
       if not step then error(checkpoint .. ' is not a checkpoint (no latest, no index.json)', 0) end
       local index = ckpt.read_index(step)
       model = M.model_of(index, step)
+      local settings = M.lora_of(step)
+      if settings then M.apply_lora(model, settings, step) end
       tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
       ckpt.load(step, fsdp.shard(model, {strategy = strategy, device = device}))
    end
@@ -236,13 +366,18 @@ function M.main(args)
    local opt, help = cli.parse('export', M.options, rest)
    if not opt then print('usage: fsdp-lua export CKPT_DIR OUT_DIR [options]\n' .. help); return 0 end
    if #positional ~= 2 then
-      error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5]', 0)
+      error('usage: fsdp-lua export CKPT_DIR OUT_DIR [--dtype f32|bf16|f16] [--max-shard-size 5GB] [--config-layout auto|4|5] [--adapter | --merge]', 0)
    end
    require('fsdp.threads').setup(opt.threads)
    local dir, out = positional[1], positional[2]
    local step_dir = fs.exists(dir .. '/index.json') and dir or ckpt.latest(dir)
    if not step_dir then error('export: ' .. dir .. ' has no latest and no index.json: not a checkpoint', 0) end
    local r = M.export(step_dir, out, opt)
+   if opt.adapter then
+      print(string.format('exported the LoRA adapter of step %d of %s to %s: %d tensors, %.3f MB (PEFT format)', r.step,
+                          step_dir, out, r.tensors, r.bytes / 1e6))
+      return 0
+   end
    print(string.format('exported step %d of %s to %s: %d tensors, %.1f MB in %d file(s), %d tokenizer file(s)',
                        r.step, step_dir, out, r.tensors, r.bytes / 1e6, r.shards, r.tokenizer_files))
    return 0

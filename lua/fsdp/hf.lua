@@ -347,7 +347,10 @@ function M.attach_weights(model, dir)
    if not dir then fail('attach_weights: no directory given') end
    local src = open_source(dir)
    local config_path = dir .. '/config.json'
+   local lora = model.lora and require('fsdp.lora')
    for _, spec in ipairs(model:parameter_specs()) do
+      -- adapters (fsdp.lora before the weights) keep their own initializers
+      if lora and lora.is_adapter(spec.name) then goto continue end
       local names, transposed = {spec.name}, false
       if model.hf_names then names, transposed = model:hf_names(spec.name) end
       local file, name
@@ -374,6 +377,7 @@ function M.attach_weights(model, dir)
       for _, p in ipairs(spec.module._params) do
          if p.name == spec.key then p.init = {'load', fn} end
       end
+      ::continue::
    end
    model.hf_source = src
    return model
@@ -384,9 +388,78 @@ function M.load(dir)
    return M.attach_weights(M.build(dir), dir)
 end
 
+
+---------------------------------------------------------------------------
+-- PEFT LoRA adapters
+
+-- Puts the LoRA adapter PEFT saved in DIR (adapter_config.json +
+-- adapter_model.safetensors) on a model built here (hf.load, not yet
+-- materialized or sharded): fsdp.lora with the file's settings, then the
+-- adapter parameters' initializers read the saved tensors (PEFT's names:
+-- base_model.model.<layer>.lora_A.weight, through the family's hf_names).
+-- Every saved tensor must find its parameter and every parameter its
+-- tensor, with PEFT's shapes (A [r, in], B [out, r]). Returns model.
+function M.load_adapter(model, dir)
+   local lora = require 'fsdp.lora'
+   if type(dir) ~= 'string' or dir == '' then fail('load_adapter: an adapter directory is needed') end
+   if not fs.exists(dir .. '/adapter_config.json') then
+      fail('%s: no adapter_config.json (a PEFT adapter directory has adapter_config.json and adapter_model.safetensors)', dir)
+   end
+   local opts = lora.read_config(dir)
+   local wpath = dir .. '/adapter_model.safetensors'
+   if not fs.exists(wpath) then
+      local other = fs.exists(dir .. '/adapter_model.bin') and ' (adapter_model.bin is not read: save with safetensors)' or ''
+      fail('%s: no adapter_model.safetensors%s', dir, other)
+   end
+   local ok, err = pcall(lora.apply, model, opts)
+   if not ok then fail('%s: %s', opts.path, tostring(err)) end
+   local ok2, file = pcall(st.open, wpath)
+   if not ok2 then fail('%s', tostring(file)) end
+   local used = {}
+   for _, spec in ipairs(model:parameter_specs()) do
+      if lora.is_adapter(spec.name) then
+         local name
+         for _, cand in ipairs(lora.peft_names(model, spec.name)) do
+            if file:has(cand) then name = cand; break end
+         end
+         if not name then
+            file:close()
+            fail("%s: tensor '%s' is missing (the adapter of %s, target_modules of %s)", wpath,
+                 lora.peft_names(model, spec.name)[1], spec.name, opts.path)
+         end
+         local d = file:describe(name)
+         if not d.dtype or not SUPPORTED_DTYPES[d.dtype] then
+            file:close()
+            fail("%s: tensor '%s' has dtype %s; F32, BF16 or F16 are read", wpath, name, d.dtype_string)
+         end
+         if not same_shape(d.shape, spec.shape) then
+            file:close()
+            fail("%s: tensor '%s' has shape %s but r = %d and the layer make it %s", wpath, name, shape_str(d.shape),
+                 opts.r, shape_str(spec.shape))
+         end
+         used[name] = true
+         local fn = loader(file, name, d, false, spec.shape)
+         for _, p in ipairs(spec.module._params) do
+            if p.name == spec.key then p.init = {'load', fn} end
+         end
+      end
+   end
+   for _, n in ipairs(file:names()) do
+      if not used[n] then
+         file:close()
+         fail("%s: tensor '%s' belongs to no adapter of this model (target_modules %s of %s)", wpath, n,
+              type(opts.targets) == 'table' and table.concat(opts.targets, ',') or tostring(opts.targets), opts.path)
+      end
+   end
+   model.lora.adapter_file = file
+   model.lora.adapter_dir = dir
+   return model
+end
+
 -- closes the model's weight files (after materializing, to unmap them)
 function M.close(model)
    if model.hf_source then model.hf_source:close() end
+   if model.lora and model.lora.adapter_file then model.lora.adapter_file:close(); model.lora.adapter_file = nil end
 end
 
 return M

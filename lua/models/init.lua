@@ -13,6 +13,7 @@
 --   to_hf_config(model [, layout])   the config.json table of an export of
 --                  `model`, in transformers' '4' or '5' layout (nil: the
 --                  layout the model came in)
+--   lora_targets   optional: the layers fsdp.lora wraps by default ({'q_proj', 'v_proj'})
 --   config_keys    optional: {used, inert, dropout} lists of config.json
 --                  keys (fsdp.hf reports every other key, see hf.check_keys)
 --   unknown_keys(model)   optional: keys inside config values nothing read

@@ -262,6 +262,7 @@ M.family = {
    from_hf = M.from_hf,
    to_hf_config = M.to_hf_config,
    config_keys = M.config_keys,
+   lora_targets = {'c_attn'}, -- fsdp.lora's default targets (PEFT's for GPT-2)
    saved = function(model)
       if model.hf_config then return 'GPT2LMHeadModel', M.to_hf_config(model) end
       return 'mingpt', model.config

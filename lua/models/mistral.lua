@@ -68,6 +68,7 @@ M.family = {
    from_hf = M.from_hf,
    to_hf_config = M.to_hf_config,
    config_keys = M.config_keys,
+   lora_targets = {'q_proj', 'v_proj'}, -- fsdp.lora's default targets (PEFT's for this family)
    unknown_keys = function(model) return model.config.rope_unknown end,
 }
 Mistral.family = M.family

@@ -264,6 +264,7 @@ M.family = {
    from_hf = M.from_hf,
    to_hf_config = M.to_hf_config,
    config_keys = M.config_keys,
+   lora_targets = {'q_proj', 'v_proj'}, -- fsdp.lora's default targets (PEFT's for this family)
 }
 OPT.family = M.family
 

@@ -13,6 +13,8 @@ local opt = fsdp.options('recipes/eval.lua', {
     aliases = {'hf_model', 'model_name_or_path'}, conflicts = {'checkpoint'}},
    {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory', type = 'path',
     exists = 'dir', aliases = {'checkpoint_dir'}},
+   {'adapter', '', 'a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) on top of --model',
+    type = 'path', exists = 'dir'},
    {'data', '', 'text file, token file or prepared directory', type = 'path', exists = true},
    {'tokenizer', '', "tokenizer for text data, or 'bytes' (default: the model's or checkpoint's)",
     check = fsdp.cli.checks.tokenizer},
@@ -32,7 +34,7 @@ require('fsdp.threads').setup(opt.threads)
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 if opt.data == '' then error('give --data', 0) end
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
-                                                       device)
+                                                       device, {adapter = opt.adapter})
 if opt.batch_size % dist.world_size ~= 0 then
    error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, dist.world_size), 0)
 end

@@ -18,6 +18,8 @@ local opt = fsdp.options('recipes/generate.lua', {
     aliases = {'hf_model', 'model_name_or_path'}, conflicts = {'checkpoint'}},
    {'checkpoint', '', 'an fsdp-lua checkpoint directory (its latest) or step directory', type = 'path',
     exists = 'dir', aliases = {'checkpoint_dir'}},
+   {'adapter', '', 'a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) on top of --model',
+    type = 'path', exists = 'dir'},
    {'tokenizer', '', "tokenizer.json or its directory, or 'bytes' (default: the model's, else the checkpoint's, else bytes)",
     check = fsdp.cli.checks.tokenizer},
    {'prompt', '', 'text to continue (default: the tokenizer\'s BOS, or a newline)'},
@@ -38,7 +40,7 @@ dist.init()
 require('fsdp.threads').setup(opt.threads)
 local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
-                                                       device, {generation = true})
+                                                       device, {generation = true, adapter = opt.adapter})
 -- the end-of-sequence ids (generation_config.json's, else the tokenizer's) stop it
 local eos = {}
 for _, id in ipairs(tok.eos_ids or {tok.eos_id}) do eos[id] = true end

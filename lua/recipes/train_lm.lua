@@ -136,11 +136,38 @@ local SPECS = {
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto (cuda when a GPU is usable)',
     check = fsdp.cli.checks.device},
    {'force', false, 'start even when the memory plan says the run does not fit this machine'},
+   -- LoRA (fsdp.lora): adapters on some linear layers, every other weight frozen
+   {'lora_r', 0, 'LoRA: train adapters of this rank on --lora-targets, every other weight frozen (0: no LoRA)',
+    type = 'integer', min = 0},
+   {'lora_alpha', 16, 'LoRA: the adapters\' output is scaled by alpha / r', type = 'number', above = 0},
+   {'lora_dropout', 0.0, 'LoRA: dropout rate of the adapters\' input while training', type = 'number', min = 0,
+    below = 1},
+   {'lora_targets', '', 'LoRA: comma list of linear layers to adapt (q_proj,v_proj), or all-linear ' ..
+    '(default: the model family\'s: q_proj,v_proj for Llama, Mistral, Mixtral, OPT; c_attn for GPT-2)'},
+   {'adapter', '', 'a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to go on ' ..
+    'training, on top of --model', type = 'path', exists = 'dir'},
    checks = {
       function(opt, given)
          if opt.min_lr > opt.lr then
             return string.format('--min-lr %g%s is above --lr %g: the schedule would rise; give a --min-lr <= --lr',
                                  opt.min_lr, given.min_lr and '' or ' (the default)', opt.lr)
+         end
+      end,
+      function(opt, given)
+         local set = {}
+         for _, k in ipairs({'lora_alpha', 'lora_dropout', 'lora_targets'}) do
+            if given[k] then set[#set + 1] = '--' .. k:gsub('_', '-') end
+         end
+         if opt.adapter ~= '' then
+            if opt.model == '' then return '--adapter DIR needs --model DIR: the base model the adapter was trained on' end
+            if given.lora_r then set[#set + 1] = '--lora-r' end
+            if #set > 0 then
+               return string.format('--adapter takes r, alpha, dropout and targets from its adapter_config.json: ' ..
+                                    'drop %s', table.concat(set, ', '))
+            end
+         elseif opt.lora_r == 0 and #set > 0 then
+            return string.format('%s without --lora-r: give --lora-r N (N > 0) to train LoRA adapters',
+                                 table.concat(set, ', '))
          end
       end,
       function(opt)
@@ -214,6 +241,26 @@ local function recipe(defaults)
       return require('models.mingpt').GPT(cfg)
    end
 
+   -- LoRA (--lora-r, or a PEFT adapter by --adapter): adapters on the
+   -- model, every other weight frozen; before the base weights are attached
+   -- (they skip the adapters). `fsdp-lua plan` calls it after R.model too.
+   function R.adapters(model, opt)
+      if opt.adapter ~= '' then
+         hf.load_adapter(model, opt.adapter)
+      elseif opt.lora_r > 0 then
+         local ok, err = pcall(fsdp.lora, model, {r = opt.lora_r, alpha = opt.lora_alpha, dropout = opt.lora_dropout,
+                                                  seed = opt.seed,
+                                                  targets = opt.lora_targets ~= '' and opt.lora_targets or nil})
+         if not ok then -- the options' fault: named without a source position
+            error(string.format('%s: --lora-r %d --lora-targets %s: %s', R.name, opt.lora_r,
+                                opt.lora_targets ~= '' and opt.lora_targets or '(the family\'s)',
+                                (tostring(err):gsub('^[^:]*:%d+: ', ''))), 0)
+         end
+      end
+      if model.lora then model.lora.base = opt.model ~= '' and opt.model or nil end
+      return model
+   end
+
    -- what fsdp.shard is given (device: -1 for the host)
    function R.shard_options(opt, device)
       return {strategy = opt.strategy, seed = opt.seed, param_dtype = opt.param_dtype,
@@ -254,6 +301,7 @@ local function recipe(defaults)
       -- model, sharded from outside: activation checkpointing first, then sharding
       local data_vocab = source.vocab_size or 0 -- a token file's header, or the tokenizer's for text
       local model = R.model(opt, data_vocab)
+      R.adapters(model, opt)
       if opt.model ~= '' then hf.attach_weights(model, opt.model) end
       local V = model.config.vocab_size
       if data_vocab > V then
@@ -285,6 +333,11 @@ local function recipe(defaults)
          rng = {state_dict = function() return fsdp.rng_state(sample_rng) end,
                 load_state_dict = function(_, s) fsdp.rng_restore(sample_rng, s) end},
       }
+      if model.lora then
+         state.lora = require('fsdp.lora').state(model) -- the adapters' settings, the dropout step
+         log.info('LoRA: r %d, alpha %g, dropout %g on %d layers; %.3fM trainable parameters', model.lora.r,
+                  model.lora.alpha, model.lora.dropout, #model.lora.layers, model:num_trainable_parameters() / 1e6)
+      end
       local start_step = 0
       if opt.checkpoint_dir ~= '' then
          local latest = ckpt.find_resume(opt.checkpoint_dir, dist.checkpoint_comm())
@@ -466,7 +519,9 @@ local function recipe(defaults)
             error('--export-dir needs --checkpoint-dir (the export reads the final checkpoint)', 0)
          end
          if rank == 0 then
-            local r = require('fsdp.export').export(ckpt.latest(opt.checkpoint_dir), opt.export_dir)
+            -- a LoRA run exports its adapter in PEFT's format
+            local r = require('fsdp.export').export(ckpt.latest(opt.checkpoint_dir), opt.export_dir,
+                                                    {adapter = model.lora ~= nil})
             log.info('exported step %d to %s (%d tensors, %d tokenizer files)', r.step, opt.export_dir, r.tensors,
                      r.tokenizer_files)
          end

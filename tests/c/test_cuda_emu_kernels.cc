@@ -115,6 +115,30 @@ static void test_elementwise() {
     }
 }
 
+/* LoRA's dropout mask: the same elements kept, the same bits, = and += */
+static void test_lora_dropout() {
+    for (long n : {1L, 13L, 5000L}) {
+        for (float p : {0.0f, 0.3f, 0.9f}) {
+            for (int acc : {0, 1}) {
+                vec x = uniform(n), init = uniform(n);
+                vec c = init, g = init;
+                CHECK_OK(fsdp_lora_dropout_cpu(c.data(), x.data(), n, p, 77 + n, acc), "lora_dropout cpu");
+                CHECK_OK(fsdp_lora_dropout_cuda(g.data(), x.data(), n, p, 77 + n, acc, nullptr), "lora_dropout");
+                CHECK_BITS("lora_dropout", g, c);
+                if (n == 5000 && !acc) {
+                    long zeros = 0;
+                    for (float v : c) zeros += v == 0.0f;
+                    CHECK(zeros > (p - 0.05f) * n && zeros < (p + 0.05f) * n + 1, "p %g dropped %ld of %ld", p,
+                          zeros, n);
+                }
+            }
+        }
+    }
+    vec x = uniform(4), o(4);
+    CHECK(fsdp_lora_dropout_cuda(o.data(), x.data(), 4, 1.0f, 1, 0, nullptr) == FSDP_ERR_INVALID, "p = 1 accepted");
+    CHECK(strstr(fsdp_last_error(), "fsdp_lora_dropout_cuda"), "message: %s", fsdp_last_error());
+}
+
 /* every pair of f32/bf16/f16, with specials: +-0, inf, NaN, subnormals,
  * f16 overflow and underflow, ties */
 static void test_cast() {
@@ -922,6 +946,7 @@ int main() {
                     fsdp_silu_backward_cuda);
     test_swiglu();
     test_elementwise();
+    test_lora_dropout();
     test_cast();
     test_embedding();
     test_layernorm();

@@ -153,6 +153,21 @@ do
       return ops.linear_cross_entropy(x, w, y, -100, {chunk_rows = 4})
    end, {randn({2, 3, 12}), randn({37, 12}), tg}, 1e-5)
 end
+-- LoRA's fused linear (engine/cuda/lora_cuda.cu): the policy's GEMMs and
+-- the CPU's dropout mask (kernels/lora_math.h), so with dropout on the same
+-- elements are dropped on both
+compare('lora_linear', function(x, w, b, a, bb) return ops.lora_linear(x, w, b, a, bb, {scale = 1.5}) end,
+        {randn({2, 5, 12}), randn({7, 12}), randn({7}), randn({3, 12}), randn({7, 3})})
+compare('lora_linear ragged, dropout 0.3', function(x, w, a, bb)
+   return ops.lora_linear(x, w, nil, a, bb, {scale = 0.5, dropout = 0.3, seed = 42})
+end, {randn({37, 19}), randn({23, 19}), randn({3, 19}), randn({23, 3})})
+do -- a frozen base weight: no dw asked of either backend
+   local w = randn({7, 12})
+   w.requires_grad = false
+   compare('lora_linear frozen base', function(x, ww, a, bb)
+      return ops.lora_linear(x, ww, nil, a, bb, {scale = 2, dropout = 0.1, seed = 7})
+   end, {randn({4, 12}), w, randn({2, 12}), randn({7, 2})})
+end
 -- mixture-of-experts routing ops
 do
    local idx = fsdp.from_table({4, 0, 2, 2, 1}, {5}, 'i32')
@@ -176,6 +191,9 @@ do
            {randn({2, 5, 12}), randn({7, 12}), randn({7})}, 2e-2 / TOL)
    compare('matmul bf16 ta tb', function(x, y) return ops.matmul(x, y, true, true) end,
            {randn({9, 6}), randn({11, 9})}, 2e-2 / TOL)
+   compare('lora_linear bf16', function(x, w, b, a, bb)
+      return ops.lora_linear(x, w, b, a, bb, {scale = 1.5, dropout = 0.2, seed = 9})
+   end, {randn({2, 5, 12}), randn({7, 12}), randn({7}), randn({3, 12}), randn({7, 3})}, 2e-2 / TOL)
    -- cuDNN (real GPU) or the f32 kernel (the emulation, where cuDNN declines)
    compare('attention bf16', function(q, k, v) return ops.attention(q, k, v, {n_head = 4, n_kv_head = 2}) end,
            {randn({2, 16, 4 * 16}), randn({2, 16, 2 * 16}), randn({2, 16, 2 * 16})}, 3e-2 / TOL)
@@ -320,6 +338,12 @@ compare_training('Llama (GQA, RoPE)', function()
    return llama.Llama {hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2, num_attention_heads = 4,
                        num_key_value_heads = 2, vocab_size = 40, max_position_embeddings = 16}
 end, 40, 2, 1e-5)
+
+compare_training('Llama + LoRA (q, v, gate; dropout 0.2)', function()
+   local m = llama.Llama {hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2, num_attention_heads = 4,
+                          num_key_value_heads = 2, vocab_size = 40, max_position_embeddings = 16}
+   return fsdp.lora(m, {targets = {'q_proj', 'v_proj', 'gate_proj'}, r = 2, alpha = 4, dropout = 0.2, seed = 3})
+end, 40, 3, 1e-5)
 
 local mixtral = require 'models.mixtral'
 compare_training('Mixtral (top-2 of 4 experts)', function()

@@ -231,6 +231,19 @@ M.cases = {
               'chat_sft.lua: the masked validation loss should fall by more than 1 nat:\n%s', out)
       t.check(fs.exists(dir .. '/chat/train_000000.mask.bin'), 'chat_sft.lua prepares a loss mask')
    end,
+   ['chat_lora.lua'] = function(dir)
+      local out = M.ok(dir, 'chat_lora.lua')
+      local base = tonumber(out:match('base%s+loss ([%d.]+)'))
+      local adapter = tonumber(out:match('adapter%s+loss ([%d.]+)'))
+      local merged = tonumber(out:match('merged%s+loss ([%d.]+)'))
+      t.check(base and adapter and merged and adapter < base - 0.2 and math.abs(merged - adapter) <= 1e-4,
+              'chat_lora.lua: the adapter lowers the masked loss by more than 0.2 and the merged model equals it:\n%s', out)
+      t.check(has(out, 'LoRA: r 8, alpha 32, dropout 0 on 8 layers'), 'chat_lora.lua: the LoRA line:\n%s', out)
+      for _, f in ipairs({'lora_adapter/adapter_config.json', 'lora_adapter/adapter_model.safetensors',
+                          'lora_merged/config.json', 'lora_merged/model.safetensors'}) do
+         t.check(fs.exists(dir .. '/' .. f), 'chat_lora.lua should write %s', f)
+      end
+   end,
    ['sqrelu.lua'] = function(dir)
       local out = M.ok(dir, 'sqrelu.lua')
       t.check(has(out, 'sqrelu.lua: 7 checks passed'), 'sqrelu.lua:\n%s', out)
