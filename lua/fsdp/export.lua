@@ -197,6 +197,22 @@ function M.write_adapter(model, saved, out, opts, settings)
    return {shards = 1, tensors = #tensors, bytes = bytes, tokenizer_files = 0}
 end
 
+-- the Hugging Face directory an adapter checkpoint's frozen parameters
+-- come from (index.frozen.base, else the adapters' own record of their
+-- base); an error saying why (`need`) when it is not there
+function M.frozen_base(index, lora_settings, step_dir, need)
+   local base = index.frozen.base
+   if (type(base) ~= 'string' or not fs.exists(base .. '/config.json')) and lora_settings and
+      type(lora_settings.base) == 'string' then
+      base = lora_settings.base
+   end
+   if type(base) ~= 'string' or not fs.exists(base .. '/config.json') then
+      error(string.format('%s holds only the trainable parameters of a run over the frozen base %s, which is not ' ..
+                          'there: %s', step_dir, tostring(base), need), 0)
+   end
+   return base
+end
+
 -- step_dir: a complete step directory; out: the directory to write
 function M.export(step_dir, out, opts)
    opts = opts or {}
@@ -221,8 +237,29 @@ function M.export(step_dir, out, opts)
    for _, u in ipairs(index.units) do
       for _, p in ipairs(u.params) do where[p.name] = {unit = u.name, offset = p.offset, shape = p.shape} end
    end
+   -- An adapter checkpoint (index.frozen) holds the trainable parameters
+   -- only: the frozen ones come from the base model the run was trained
+   -- over, whose values must be the ones it saw (the fingerprint; checked
+   -- before anything is written). --adapter needs none of them.
+   local base_spec, base_print, base_seen = {}, ffi.new('uint64_t', 0), 0
+   if index.frozen and not opts.adapter then
+      require('fsdp.hf').attach_weights(model, M.frozen_base(index, lora_settings, step_dir,
+                                                            'the merged model needs its weights (--adapter ' ..
+                                                            'writes the adapter alone)'))
+      for _, spec in ipairs(model:parameter_specs()) do base_spec[spec.name] = spec end
+   end
    local function saved(name, shape)
       local w = where[name]
+      if not w and base_spec[name] then
+         local spec = base_spec[name]
+         local t = T.empty(shape, 'f32')
+         for _, p in ipairs(spec.module._params) do
+            if p.name == spec.key and type(p.init) == 'table' and p.init[1] == 'load' then p.init[2](nil, t:ptr(), t:numel(), 0) end
+         end
+         base_print = base_print + C.fsdp_fingerprint_f32(t:ptr(), t:numel(), require('fsdp.nn').param_seed(0, name), 0)
+         base_seen = base_seen + 1
+         return t
+      end
       if not w then error(string.format("export: %s has no parameter '%s' for the %s model", step_dir, name, index.model.name), 0) end
       return units[w.unit]:view(shape, nil, w.offset)
    end
@@ -268,6 +305,17 @@ function M.export(step_dir, out, opts)
       ::continue::
    end
    for _, full in pairs(units) do full:free() end
+   if index.frozen and not opts.adapter then
+      require('fsdp.hf').close(model)
+      local got = string.format('%016x', base_print)
+      if base_seen ~= index.frozen.tensors or got ~= index.frozen.fingerprint then
+         for _, nt in ipairs(tensors) do nt[2]:free() end
+         error(string.format('export: %s was trained over the frozen base %s (%d tensors, fingerprint %s), but that ' ..
+                             'directory now holds other weights (%d tensors, fingerprint %s): nothing written',
+                             step_dir, index.frozen.base, index.frozen.tensors, index.frozen.fingerprint, base_seen,
+                             got), 0)
+      end
+   end
 
    fs.mkdirs(out)
    -- shards of at most max_shard_size bytes, in parameter order
@@ -342,7 +390,13 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts
       local settings = M.lora_of(step)
       if settings then M.apply_lora(model, settings, step) end
       tokenizer_dir = type(index.tokenizer_dir) == 'string' and index.tokenizer_dir or nil
-      ckpt.load(step, fsdp.shard(model, {strategy = strategy, device = device}))
+      local base
+      if index.frozen then -- an adapter checkpoint: the frozen weights come from its base
+         base = M.frozen_base(index, settings, step, 'its weights are needed to run the model')
+         require('fsdp.hf').attach_weights(model, base)
+      end
+      ckpt.load(step, fsdp.shard(model, {strategy = strategy, device = device}), nil, base)
+      if base then require('fsdp.hf').close(model) end
    end
    if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
    local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()

@@ -527,6 +527,8 @@ function M.main(args, recipe)
    -- the vocabulary of a model from scratch: --vocab-size, else the tokenizer's
    local vocab = (o.vocab_size or 0) > 0 and o.vocab_size or (r.tokenizer and r.tokenizer(o).vocab_size) or 0
    local model = r.model(o, vocab)
+   -- adapters (LoRA) and the freezing they bring, as the run would add them
+   if r.adapters then model = r.adapters(model, o) or model end
    local sopts = r.shard_options(o)
    local plan_o = {}
    for k, v in pairs(o) do plan_o[k] = v end

@@ -44,4 +44,14 @@ t.check(text:find('trainable, ', 1, true) and text:find('frozen params (bf16 sli
         'the report shows the frozen parameters apart:\n%s', text)
 t.check(r.optimizer == 8 * r.grads / 4 and r.grads < 4 * r.trainable_parameters / 4 + 4 * 4 * 7 + 1,
         'no gradient or optimizer state for frozen parameters: grads %d, optimizer %d bytes', r.grads, r.optimizer)
+
+-- `fsdp-lua plan` of the LoRA recipe adds the adapters (and freezes the base) as the run would
+do
+   local st, out = t.sh(fsdp.root .. '/build/fsdp-lua plan recipes/finetune_lora.lua --model ' .. fsdp.root ..
+                        '/tests/golden/hf5/llama --lora-r 8 --world-size 2 2>&1')
+   local trainable, frozen = out:match('%(([%d%.]+)M trainable, ([%d%.]+)M frozen%)')
+   t.check(st == 0 and trainable and frozen and tonumber(frozen) > tonumber(trainable) and
+           out:find('frozen params (f32 slice)', 1, true),
+           'plan of finetune_lora --lora-r 8 counts the adapters as trainable and the base as frozen:\n%s', out)
+end
 return t.done()

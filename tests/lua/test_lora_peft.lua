@@ -112,7 +112,8 @@ local function check_case(name)
    model.lora.base = base
    local desc = models.describe(model)
    local step = ckpt.save(work .. '/' .. name .. '.ckpt', {step = steps, sharded = sharded, state = {lora = lora.state(model)},
-                                                            model_name = desc.name, model_config = desc.config})
+                                                            model_name = desc.name, model_config = desc.config,
+                                                            base = base})
    local out = interop or work
    local adir, mdir = out .. '/' .. name .. '.adapter', out .. '/' .. name .. '.merged'
    local ra = export.export(step, adir, {adapter = true})
