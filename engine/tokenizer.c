@@ -1868,6 +1868,7 @@ static int parse_decoder(const loader *L, fsdp_tokenizer *t, const json_t *o, co
 }
 
 static int push_ids(int32_t **v, int *n, const int32_t *ids, int k, int front) {
+    if (k <= 0) return 0; /* nothing to add (ids may be NULL then) */
     int32_t *p = realloc(*v, (size_t)(*n + k + 1) * sizeof **v);
     if (!p) return OOM();
     *v = p;
