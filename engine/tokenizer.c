@@ -1955,7 +1955,7 @@ static int parse_post(const loader *L, fsdp_tokenizer *t, const json_t *o, const
     snprintf(where, sizeof where, "%s.single", field);
     if (!rc && n_pre < 0) rc = lerr(L, FSDP_ERR_FORMAT, where, "the single-sequence template has no $A");
     if (!rc) rc = push_ids(&t->before, &t->n_before, ids, n_pre, 1);
-    if (!rc) rc = push_ids(&t->after, &t->n_after, ids + n_pre, n_ids - n_pre, 0);
+    if (!rc && n_ids > n_pre) rc = push_ids(&t->after, &t->n_after, ids + n_pre, n_ids - n_pre, 0);
     free(ids);
     return rc;
 }
