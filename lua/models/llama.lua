@@ -498,16 +498,17 @@ function MLP:activation_elems(N) return N * self.hidden end -- the SwiGLU's outp
 function M.mlp(cfg) return MLP(cfg) end
 
 -- pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); the
--- feed-forward is given (a SwiGLU MLP, or Mixtral's experts) with its name
+-- feed-forward is given (a SwiGLU MLP, or Mixtral's experts) with its
+-- name, and the attention may be (a family's own, e.g. Qwen2's)
 local DecoderLayer = nn.class('LlamaDecoderLayer')
 M.DecoderLayer = DecoderLayer
-function DecoderLayer.new(cfg, rope, mlp, mlp_name)
+function DecoderLayer.new(cfg, rope, mlp, mlp_name, attn)
    local self = nn.Module.instance(DecoderLayer)
    local C = cfg.hidden_size
    self.mlp_name = mlp_name or 'mlp'
    self.n_embd = C
    self:add('input_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
-   self:add('self_attn', Attention(cfg, rope))
+   self:add('self_attn', attn or Attention(cfg, rope))
    self:add('post_attention_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
    self:add(self.mlp_name, mlp or MLP(cfg))
    return self
@@ -531,8 +532,9 @@ local Llama = nn.class('Llama')
 M.Llama = Llama
 
 -- builds the model into `self` (subclasses call it with their own instance);
--- make_mlp(cfg, i) gives layer i's feed-forward and its name
-function M.build(self, cfg, make_mlp)
+-- make_mlp(cfg, i) gives layer i's feed-forward and its name,
+-- make_attn(cfg, rope, i) layer i's attention (default: Attention)
+function M.build(self, cfg, make_mlp, make_attn)
    self.config = cfg
    local C, V = cfg.hidden_size, cfg.vocab_size
    self.rope = M.rope(cfg)
@@ -542,7 +544,7 @@ function M.build(self, cfg, make_mlp)
    for i = 1, cfg.num_hidden_layers do
       local mlp, name = nil, 'mlp'
       if make_mlp then mlp, name = make_mlp(cfg, i) end
-      layers:append(DecoderLayer(cfg, self.rope, mlp, name))
+      layers:append(DecoderLayer(cfg, self.rope, mlp, name, make_attn and make_attn(cfg, self.rope, i)))
    end
    body:add('norm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
    if not cfg.tie_word_embeddings then

@@ -2,7 +2,7 @@
 """Tiny Hugging Face models and what transformers computes with them, for
 tests/lua/test_hf_models.lua and tests/dist/test_hf_sharded.lua.
 
-    /usr/bin/python3 tests/golden/make_hf_fixtures.py
+    /usr/bin/python3 tests/golden/make_hf_fixtures.py [case ...]
 
 Run by hand, never by the tests. Needs Debian's python3-torch (torch 1.13)
 and `pip install --break-system-packages 'transformers==4.49.0' safetensors`
@@ -103,6 +103,12 @@ CASES = {
                      dict(COMMON, ffn_dim=128, max_position_embeddings=32, do_layer_norm_before=False,
                           word_embed_proj_dim=32, dropout=0.0, attention_dropout=0.0, init_std=0.1,
                           pad_token_id=1)),
+    # Qwen2: q/k/v biases, GQA 4, tied, a window of 6 < 16 on every layer
+    # (use_sliding_window, max_window_layers 0: transformers 4.49 and 5
+    # window the same layers)
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              llama_like(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e6, use_sliding_window=True,
+                         sliding_window=6, max_window_layers=0)),
     # GPT-2
     "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
              dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.0,
@@ -223,7 +229,7 @@ def make_case(name):
 def main():
     os.makedirs(OUT, exist_ok=True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    for name in CASES:
+    for name in sys.argv[1:] or CASES:
         make_case(name)
 
 
