@@ -142,7 +142,8 @@ function M.install_cuda(lib, device)
       end
       return rc
    end
-   -- attention: cuDNN in the compute dtype (no window), else our f32 kernel.
+   -- attention: cuDNN in the compute dtype (no window, no soft-capping), else
+   -- our f32 kernel.
    -- q/k/v rows are ld apart: a span from the first element to the last
    -- is cast (for a packed qkv, the other columns ride along as zeros in the
    -- gradient scratch and add nothing).
@@ -177,27 +178,27 @@ function M.install_cuda(lib, device)
    -- shapes cuDNN declined, so their backward does not try again
    local declined = {}
    local function shape_key(...) return table.concat({...}, 'x') end
-   function cuda.attention_forward(out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale)
+   function cuda.attention_forward(out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, softcap)
       local dt = cuda.compute_dtype
       local key = shape_key(B, T, NH, NKV, HD, ldq, ldk, ldv)
-      if dt and window == 0 and not declined[key] then
+      if dt and window == 0 and softcap == 0 and not declined[key] then
          local rc = with_scratch(attention_forward_half, dt, out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv,
                                  scale)
          if rc ~= ERR_UNSUPPORTED then return rc end
          declined[key] = true
       end
       return lib.fsdp_attention_forward_cuda(out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale,
-                                             stream)
+                                             softcap, stream)
    end
    function cuda.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
-                                    scale)
+                                    scale, softcap)
       local dt = cuda.compute_dtype
-      if dt and window == 0 and not declined[shape_key(B, T, NH, NKV, HD, ldq, ldk, ldv)] then
+      if dt and window == 0 and softcap == 0 and not declined[shape_key(B, T, NH, NKV, HD, ldq, ldk, ldv)] then
          return with_scratch(attention_backward_half, dt, dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, NKV, HD,
                              ldq, ldk, ldv, scale)
       end
       return lib.fsdp_attention_backward_cuda(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, NKV, HD, ldq, ldk, ldv,
-                                              window, scale, stream)
+                                              window, scale, softcap, stream)
    end
 
    local scratch, host = nil, ffi.new('double[1]')
