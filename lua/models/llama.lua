@@ -101,7 +101,9 @@ end
 -- then every field of cfg; checked. cfg.rope is the RoPE table
 -- (M.rope_parameters) made from rope_parameters, or rope_theta and
 -- rope_scaling; cfg.rope_unknown the keys in it that nothing reads.
-function M.config(cfg, defaults, who)
+-- act: the activation key and the values allowed (default {key =
+-- 'hidden_act', allowed = {silu = true}}).
+function M.config(cfg, defaults, who, act)
    who = who or 'llama'
    cfg = cfg or {}
    local out = {}
@@ -127,7 +129,13 @@ function M.config(cfg, defaults, who)
         'num_attention_heads %d is not a multiple of num_key_value_heads %d', out.num_attention_heads,
         out.num_key_value_heads)
    need(out.head_dim % 2 == 0, 'head_dim %d must be even for rotary embeddings', out.head_dim)
-   need(out.hidden_act == 'silu', "hidden_act '%s' is not supported (silu)", tostring(out.hidden_act))
+   act = act or {key = 'hidden_act', allowed = {silu = true}}
+   if not act.allowed[out[act.key]] then
+      local names = {}
+      for k in pairs(act.allowed) do names[#names + 1] = k end
+      table.sort(names)
+      need(false, "%s '%s' is not supported (%s)", act.key, tostring(out[act.key]), table.concat(names, ', '))
+   end
    need(type(out.rms_norm_eps) == 'number' and out.rms_norm_eps > 0, 'rms_norm_eps must be a positive number, got %s',
         tostring(out.rms_norm_eps))
    out.rope, out.rope_unknown = M.rope_parameters(out, who)
@@ -445,7 +453,8 @@ end
 -- modules
 
 -- rotary grouped-query attention: q_proj / k_proj / v_proj, RoPE on q and
--- k, causal attention (a sliding window for Mistral), o_proj
+-- k, causal attention (a sliding window for Mistral), o_proj. A family's
+-- subclass may set self.scale (default 1/sqrt(head_dim)) and self.softcap.
 local Attention = nn.class('LlamaAttention')
 M.Attention = Attention
 function Attention.new(cfg, rope)
@@ -473,7 +482,8 @@ function Attention:forward(x, ctx)
    q = ops.rope(q, cos, sin, self.n_head, positions)
    k = ops.rope(k, cos, sin, self.n_kv_head, positions)
    local y = ops.attention(q, k, v, {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window,
-                                     cache = cache, layer = self, positions = positions})
+                                     scale = self.scale, softcap = self.softcap, cache = cache, layer = self,
+                                     positions = positions})
    return self.o_proj(y)
 end
 function Attention:activation_elems(N, B, T_)

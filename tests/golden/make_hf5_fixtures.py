@@ -7,7 +7,8 @@ made by make_hf_fixtures.py), these are in transformers 5's config layout
 13 positions, grouped-query ratios 3 and 4, sliding windows shorter than
 the sequence, and one Llama per rope_type (linear, dynamic, yarn, llama3,
 longrope) whose scaling acts at 13 positions; Qwen2 and Qwen3 tied and
-untied, with windows on some layers (layer_types) or none.
+untied, with windows on some layers (layer_types) or none; Gemma 2 with
+binding soft-caps and windows.
 
     /work/venv/bin/python tests/golden/make_hf5_fixtures.py
 
@@ -128,14 +129,32 @@ CASES = {
     "qwen3_tied": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
                    llama(vocab_size=91, head_dim=12, tie_word_embeddings=True, attention_bias=True, max_position_embeddings=32,
                          rope_parameters=rope("yarn", 10000.0, factor=4.0, original_max_position_embeddings=8))),
+    # Gemma 2: 3 layers, windows of 4 < 13 on layers 0 and 2 (layer_types),
+    # GQA 3, head_dim 16 with 6 heads over 48, query_pre_attn_scalar 12,
+    # attention and final logits soft-capped at 2 and 1.5 (both bind),
+    # untied, a padding row, vocabulary 97
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+               llama(num_hidden_layers=3, head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
+                     attn_logit_softcapping=2.0, final_logit_softcapping=1.5, pad_token_id=0,
+                     rope_parameters=rope("default", 10000.0))),
 }
 ROPE_CASES = [k for k in CASES if k.startswith("llama_")]
-V4_CASES = ROPE_CASES + ["llama", "mistral", "mixtral", "qwen2", "qwen2_tied", "qwen3", "qwen3_tied"]
+V4_CASES = ROPE_CASES + ["llama", "mistral", "mixtral", "qwen2", "qwen2_tied", "qwen3", "qwen3_tied", "gemma2"]
+
+
+# cases added after the first ones, seeded after them in this order (so an
+# added case changes no other case's seed)
+ADDED = ["qwen2", "qwen2_tied", "qwen3", "qwen3_tied", "gemma2"]
+
+
+def seed_index(name):
+    first = sorted(k for k in CASES if k not in ADDED)
+    return first.index(name) if name in first else len(first) + ADDED.index(name)
 
 
 def make_model(name):
     cfg_cls, model_cls, kw = CASES[name]
-    torch.manual_seed(2000 + sorted(CASES).index(name))
+    torch.manual_seed(2000 + seed_index(name))
     cfg = cfg_cls(**kw)
     impl = dict(attn_implementation="eager")
     if name == "mixtral":  # a loop over the experts (the grouped GEMM has no float64)

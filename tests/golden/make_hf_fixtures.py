@@ -58,6 +58,12 @@ import hf_reference as ref  # noqa: E402
 # default); nothing here is
 import transformers.generation.utils as _generation_utils  # noqa: E402
 _generation_utils.is_fsdp_managed_module = lambda module: False
+# Gemma 2's HybridCache marks its buffers static for torch.compile through
+# torch._dynamo, which torch 1.13's Debian build lacks; in eager mode the
+# mark changes nothing
+if not hasattr(torch, "_dynamo"):
+    import types  # noqa: E402
+    torch._dynamo = types.SimpleNamespace(mark_static_address=lambda tensor: None)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "hf")
@@ -109,6 +115,12 @@ CASES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               llama_like(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e6, use_sliding_window=True,
                          sliding_window=6, max_window_layers=0)),
+    # Gemma 2: head_dim 24 with 4 heads over 64, GQA 2, a window of 5 < 16
+    # on layer 0, query_pre_attn_scalar 20, attention and final logits
+    # soft-capped at 2 and 1.5, tied, a padding row (pad_token_id 0)
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+               llama_like(num_key_value_heads=2, head_dim=24, sliding_window=5, query_pre_attn_scalar=20,
+                          attn_logit_softcapping=2.0, final_logit_softcapping=1.5, pad_token_id=0)),
     # GPT-2
     "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
              dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.0,
@@ -116,9 +128,19 @@ CASES = {
 }
 
 
+# cases added after the first ones, seeded after them in this order (so an
+# added case changes no other case's seed)
+ADDED = ["qwen2", "gemma2"]
+
+
+def seed_index(name):
+    first = sorted(k for k in CASES if k not in ADDED)
+    return first.index(name) if name in first else len(first) + ADDED.index(name)
+
+
 def make_model(name):
     cfg_cls, model_cls, kw = CASES[name]
-    torch.manual_seed(1000 + sorted(CASES).index(name))
+    torch.manual_seed(1000 + seed_index(name))
     cfg = cfg_cls(**kw)
     cfg._attn_implementation = "eager"
     model = model_cls(cfg).float()

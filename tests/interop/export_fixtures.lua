@@ -24,7 +24,7 @@ local FIXTURES = {
    'hf/llama', 'hf/llama3', 'hf/codellama', 'hf/mistral', 'hf/mixtral', 'hf/opt', 'hf/opt_postnorm', 'hf/gpt2',
    'hf5/llama', 'hf5/llama_linear', 'hf5/llama_dynamic', 'hf5/llama_yarn', 'hf5/llama_llama3', 'hf5/llama_longrope',
    'hf5/mistral', 'hf5/mixtral', 'hf5/opt', 'hf5/gpt2', 'hf/qwen2', 'hf5/qwen2', 'hf5/qwen2_tied', 'hf5/qwen3',
-   'hf5/qwen3_tied',
+   'hf5/qwen3_tied', 'hf/gemma2', 'hf5/gemma2',
 }
 
 local manifest = {}

@@ -14,7 +14,9 @@
 --  6. Qwen's sliding windows per layer as transformers 5 computes them
 --     (layer_types, or use_sliding_window and max_window_layers); a config
 --     without layer_types on which 4.x and 5 window different layers is an
---     error naming the keys; a Qwen model from scratch writes layer_types.
+--     error naming the keys; a Qwen model from scratch writes layer_types;
+--  7. Gemma 2's windows and soft-caps: errors name the key; a model from
+--     scratch writes transformers 5's keys and reads back the same.
 local fsdp = require 'fsdp'
 local t = require 'tests.lua.harness'
 local fs = require 'fsdp.fs'
@@ -105,7 +107,8 @@ local function same_list(a, b)
 end
 
 for _, fixture in ipairs({'hf/llama3', 'hf/codellama', 'hf/mixtral', 'hf/opt', 'hf/gpt2', 'hf5/llama_yarn',
-                          'hf5/llama_longrope', 'hf5/mixtral', 'hf5/gpt2', 'hf/qwen2', 'hf5/qwen2', 'hf5/qwen3_tied'}) do
+                          'hf5/llama_longrope', 'hf5/mixtral', 'hf5/gpt2', 'hf/qwen2', 'hf5/qwen2', 'hf5/qwen3_tied',
+                          'hf/gemma2', 'hf5/gemma2'}) do
    local orig = json.read_file(golden .. fixture .. '/config.json')
    local came = hf.config_layout(orig)
    local dir = export_of(fixture, 'auto')
@@ -359,6 +362,60 @@ do
               table.concat(back.config.windows, ','), v[3])
       t.check(back.config.head_dim == m.config.head_dim, '%s: head_dim read back', v[4])
    end
+end
+
+---------------------------------------------------------------------------
+-- 7. Gemma 2
+
+do
+   local gemma2 = require 'models.gemma2'
+   local function windows(fields)
+      local c = {num_hidden_layers = 4, sliding_window = 6}
+      for k, v in pairs(fields) do c[k] = v end
+      if c.sliding_window == json.null then c.sliding_window = nil end
+      return table.concat(gemma2.layer_windows(c, 'gemma2'), ',')
+   end
+   t.check(windows({}) == '6,0,6,0', 'gemma2: even layers windowed by default, got %s', windows({}))
+   t.check(windows({layer_types = {'full_attention', 'sliding_attention', 'full_attention', 'full_attention'}})
+           == '0,6,0,0', 'gemma2: layer_types decide')
+   for _, c in ipairs({
+      {{sliding_window = json.null}, {"layer_types[0] is 'sliding_attention' but sliding_window is null"}},
+      {{layer_types = {'full_attention'}}, {'layer_types must list the 4 layers'}},
+      {{sliding_window = -3}, {'sliding_window must be a positive integer'}},
+   }) do
+      t.raises(function() windows(c[1]) end, c[2], 'gemma2 windows ' .. json.encode(c[1]))
+   end
+   local base = {vocab_size = 64, hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2,
+                 num_attention_heads = 4, num_key_value_heads = 2, head_dim = 8, max_position_embeddings = 64,
+                 query_pre_attn_scalar = 8, sliding_window = 4}
+   local function with(fields)
+      local c = {}
+      for k, v in pairs(base) do c[k] = v end
+      for k, v in pairs(fields) do c[k] = v end
+      return c
+   end
+   for _, c in ipairs({
+      {{hidden_activation = 'gelu'}, {"hidden_activation 'gelu' is not supported (gelu_pytorch_tanh)"}},
+      {{attn_logit_softcapping = -1}, {'attn_logit_softcapping must be a positive number or null'}},
+      {{final_logit_softcapping = 0}, {'final_logit_softcapping must be a positive number or null'}},
+      {{query_pre_attn_scalar = 0}, {'query_pre_attn_scalar must be a positive number'}},
+      {{use_bidirectional_attention = true}, {'use_bidirectional_attention true is not supported'}},
+   }) do
+      t.raises(function() gemma2.Gemma2(with(c[1])) end, c[2], 'gemma2 config ' .. json.encode(c[1]))
+   end
+   -- from scratch: transformers 5's keys, floats as floats, and read back
+   local m = gemma2.Gemma2(with({}))
+   local out = models.family_of(m).to_hf_config(m)
+   local text = json.encode(out)
+   for _, want in ipairs({'"architectures":["Gemma2ForCausalLM"]', '"attn_logit_softcapping":50.0',
+                          '"final_logit_softcapping":30.0', '"hidden_activation":"gelu_pytorch_tanh"',
+                          '"layer_types":["sliding_attention","full_attention"]', '"rope_parameters"'}) do
+      t.check(text:find(want, 1, true), 'gemma2 from scratch: %s not in %s', want, text)
+   end
+   t.check(out.hidden_act == nil and out.mlp_bias == nil, 'gemma2 from scratch writes no Llama-only keys: %s', text)
+   local back = models.family_of(m).from_hf(json.decode(text))
+   t.check(table.concat(back.config.windows, ',') == '4,0' and back.config.attn_logit_softcapping == 50 and
+           back.config.final_logit_softcapping == 30, 'gemma2 from scratch read back: %s', text)
 end
 
 os.execute('rm -rf ' .. fs.quote(tmp))

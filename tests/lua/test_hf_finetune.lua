@@ -38,6 +38,7 @@ local CASES = {
    {'hf5/mixtral', 'finetune_mistral'}, {'hf5/opt', 'finetune_opt'}, {'hf5/gpt2', 'train_mingpt'},
    {'hf/qwen2', 'finetune_qwen'}, {'hf5/qwen2', 'finetune_qwen'}, {'hf5/qwen2_tied', 'finetune_qwen'},
    {'hf5/qwen3', 'finetune_qwen'}, {'hf5/qwen3_tied', 'finetune_qwen'},
+   {'hf/gemma2', 'finetune_llama2'}, {'hf5/gemma2', 'finetune_llama2'},
 }
 
 local tmp = os.tmpname()
