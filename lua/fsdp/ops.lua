@@ -202,7 +202,7 @@ pointwise('gelu', 'gelu_forward', 'gelu_backward')
 pointwise('relu', 'relu_forward', 'relu_backward')
 pointwise('silu', 'silu_forward', 'silu_backward')
 
--- soft-capping (Gemma 2's final logits): cap * tanh(x / cap), cap > 0
+-- soft-capping: cap * tanh(x / cap), cap > 0 (models cap their final logits with it)
 function M.softcap(x, cap)
    want_f32('softcap', 'input', x)
    if type(cap) ~= 'number' or not (cap > 0) or cap == math.huge then
@@ -416,7 +416,7 @@ end
 -- -> [B, T, NH*HD]. opts: n_head, n_kv_head (default n_head), window (0:
 -- none; query t sees keys t-window+1 .. t), scale (default 1/sqrt(HD)),
 -- softcap (0: none; > 0: every score s = scale q.k becomes softcap *
--- tanh(s / softcap) before the softmax, Gemma 2's logit soft-capping),
+-- tanh(s / softcap) before the softmax: attention logit soft-capping),
 -- positions (i32 [B, T]: several samples packed in a row, each token's
 -- position in its own sample, 0 at a sample's start; a query then sees only
 -- its sample's keys), cache (an fsdp.kv_cache object: decode, the new
