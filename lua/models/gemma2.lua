@@ -196,10 +196,11 @@ M.hf_fields = {'hidden_activation', 'query_pre_attn_scalar', 'sliding_window', '
 for _, k in ipairs(llama.hf_fields) do
    if k ~= 'hidden_act' and k ~= 'mlp_bias' then M.hf_fields[#M.hf_fields + 1] = k end
 end
--- hidden_act: 4.x configs of Gemma 2 carry it beside hidden_activation,
--- which is the one transformers reads
+-- hidden_act and sliding_window_size: published Gemma 2 configs carry them
+-- beside hidden_activation and sliding_window, the ones transformers reads
 M.config_keys = {used = M.hf_fields,
-                 inert = {'use_cache', 'bos_token_id', 'eos_token_id', 'cache_implementation', 'hidden_act'},
+                 inert = {'use_cache', 'bos_token_id', 'eos_token_id', 'cache_implementation', 'hidden_act',
+                          'sliding_window_size'},
                  dropout = {'attention_dropout'}}
 
 -- a model from a config.json table (4.x or 5.x layout)

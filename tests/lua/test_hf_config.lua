@@ -413,6 +413,10 @@ do
       t.check(text:find(want, 1, true), 'gemma2 from scratch: %s not in %s', want, text)
    end
    t.check(out.hidden_act == nil and out.mlp_bias == nil, 'gemma2 from scratch writes no Llama-only keys: %s', text)
+   -- keys published Gemma 2 configs carry that transformers does not read
+   local unknown = hf.check_keys({sliding_window_size = 4096, hidden_act = 'gelu_pytorch_tanh',
+                                  cache_implementation = 'hybrid', something_new = 1}, models.family_of(m), 'config.json')
+   t.check(#unknown == 1 and unknown[1] == 'something_new', 'gemma2 unknown keys: %s', table.concat(unknown, ', '))
    local back = models.family_of(m).from_hf(json.decode(text))
    t.check(table.concat(back.config.windows, ',') == '4,0' and back.config.attn_logit_softcapping == 50 and
            back.config.final_logit_softcapping == 30, 'gemma2 from scratch read back: %s', text)
