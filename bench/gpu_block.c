@@ -105,7 +105,7 @@ static void forward(block *b) {
         cudnn_ok = 0;
         to32(b->v32, b->v, N * CKV);
         CALL(fsdp_attention_forward_f32_cuda(b->att32, b->lse, b->q32, b->k32, b->v32, B, T, NH, NKV, HD, C, CKV,
-                                             CKV, 0, scale, NULL));
+                                             CKV, 0, scale, 0.0f, NULL));
         to16(b->att, b->att32, N * C);
     } else {
         CALL(rc);
@@ -171,7 +171,7 @@ static void backward(block *b) {
         CALL(fsdp_cuda_memset(b->dk_raw, 0, 4 * N * CKV, NULL));
         CALL(fsdp_cuda_memset(b->dv_raw, 0, 4 * N * CKV, NULL));
         CALL(fsdp_attention_backward_f32_cuda(b->dq_raw, b->dk_raw, b->dv_raw, b->tmp2, b->q32, b->k32, b->v32,
-                                              b->att32, b->lse, B, T, NH, NKV, HD, C, CKV, CKV, 0, scale, NULL));
+                                              b->att32, b->lse, B, T, NH, NKV, HD, C, CKV, CKV, 0, scale, 0.0f, NULL));
         to16(b->dv, b->dv_raw, N * CKV);
     }
     /* un-rotate dq and dk, then the three projections */

@@ -1,5 +1,5 @@
-/* activation_cpu.c - pointwise activations (GELU tanh, ReLU, SiLU, SwiGLU),
- * forward and backward. The formulas live in activation_math.h, shared with
+/* activation_cpu.c - pointwise activations (GELU tanh, ReLU, SiLU, SwiGLU)
+ * and soft-capping, forward and backward. The formulas live in activation_math.h, shared with
  * the CUDA kernels. Backward accumulates: dinp += dout * f'(inp), one fused
  * multiply-add (fsdp_fma). The loops have no calls and no branches, so they
  * vectorize. */
@@ -92,5 +92,32 @@ int fsdp_swiglu_backward_cpu(float *dgate, float *dup, const float *dout, const 
         #pragma omp parallel for if (n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) dup[i] = fsdp_fma(dout[i], fsdp_silu(gate[i]), dup[i]);
     }
+    return FSDP_OK;
+}
+
+/* soft-capping (Gemma 2's final logits): out = cap * tanh(inp / cap), cap > 0;
+ * dinp += dout * (1 - tanh^2) */
+static int check_cap(const char *fn, float cap) {
+    FSDP_CHECK_ARG(cap > 0.0f && isfinite(cap), "%s: cap must be a positive number, got %g", fn, (double)cap);
+    return FSDP_OK;
+}
+
+int fsdp_softcap_forward_cpu(float *out, const float *inp, float cap, int64_t n) {
+    CHECK_N("fsdp_softcap_forward_cpu", n);
+    CHECK_PTRS("fsdp_softcap_forward_cpu", n, out && inp, "out and inp");
+    int rc = check_cap("fsdp_softcap_forward_cpu", cap);
+    if (rc) return rc;
+    #pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) out[i] = fsdp_softcap(inp[i], cap);
+    return FSDP_OK;
+}
+
+int fsdp_softcap_backward_cpu(float *dinp, const float *dout, const float *inp, float cap, int64_t n) {
+    CHECK_N("fsdp_softcap_backward_cpu", n);
+    CHECK_PTRS("fsdp_softcap_backward_cpu", n, dinp && dout && inp, "dinp, dout and inp");
+    int rc = check_cap("fsdp_softcap_backward_cpu", cap);
+    if (rc) return rc;
+    #pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) dinp[i] = fsdp_fma(dout[i], fsdp_softcap_grad(inp[i], cap), dinp[i]);
     return FSDP_OK;
 }

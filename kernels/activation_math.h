@@ -46,4 +46,16 @@ FSDP_HD float fsdp_silu_grad(float x) {
     float s = fsdp_sigmoid(x);
     return s * fsdp_fma(x, 1.0f - s, 1.0f);
 }
+/* Soft-capping (Gemma 2's attention and final logits): cap * tanh(x / cap),
+ * computed as transformers does (divide, tanh, multiply), which keeps |x|
+ * below cap; cap <= 0 means none (x itself). Its derivative 1 - tanh^2,
+ * from x. */
+FSDP_HD float fsdp_softcap(float x, float cap) {
+    return cap > 0.0f ? tanhf(x / cap) * cap : x;
+}
+FSDP_HD float fsdp_softcap_grad(float x, float cap) {
+    if (cap <= 0.0f) return 1.0f;
+    const float t = tanhf(x / cap);
+    return 1.0f - t * t;
+}
 #endif

@@ -11,7 +11,10 @@
  * gradients can land in one fused dqkv buffer the same way.
  *
  * Query head h reads kv head h / (NH / NKV). Which keys a query sees is
- * defined once in attention_math.h (causal, optional sliding window).
+ * defined once in attention_math.h (causal, optional sliding window), and
+ * so is a score's soft-capping (softcap > 0: Gemma 2's softcap *
+ * tanh(score / softcap); backward then keeps the cap's derivative per score
+ * in a third block).
  *
  * Blocked: a head's queries go in blocks of QBLOCK rows; a block sees the
  * keys from the first key of its first row to its last row, so the score
@@ -100,15 +103,24 @@ static int check_dims(const char *fn, int B, int T, int NH, int NKV, int HD, int
 
 #define CHECK_PTR(fn, p) FSDP_CHECK_ARG((p) != NULL, "%s: %s is NULL", fn, #p)
 
+/* softcap: 0 (none) or a positive finite cap */
+static int check_softcap(const char *fn, float softcap) {
+    FSDP_CHECK_ARG(softcap == 0.0f || (softcap > 0.0f && isfinite(softcap)),
+                   "%s: softcap must be 0 (none) or a positive number, got %g", fn, (double)softcap);
+    return FSDP_OK;
+}
+
 static int attention_forward(const char *fn, float *out, float *lse, const float *q, const float *k,
                              const float *v, const int32_t *pos, int B, int T, int NH, int NKV,
-                             int HD, int ldq, int ldk, int ldv, int window, float scale) {
+                             int HD, int ldq, int ldk, int ldv, int window, float scale,
+                             float softcap) {
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
     CHECK_PTR(fn, v);
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_softcap(fn, softcap);
     if (!rc) rc = check_positions(fn, pos, B, T);
     if (rc) return rc;
 
@@ -141,12 +153,15 @@ static int attention_forward(const char *fn, float *out, float *lse, const float
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, scale,
                                 qh + (int64_t)t0 * ldq, ldq, kh + (int64_t)kfirst * ldk, ldk,
                                 0.0f, S, kn);
-                    /* 2. each row: softmax over its visible keys (relative to the
-                     * max, so exp never overflows), 0 elsewhere; keep the lse */
+                    /* 2. each row: softmax over its visible keys (soft-capped
+                     * first; relative to the max, so exp never overflows), 0
+                     * elsewhere; keep the lse */
                     for (int i = 0; i < rows; i++) {
                         float *p = S + (int64_t)i * kn;
                         int lo, hi;
                         visible_cols(first_key(pos, bT, t0 + i, window), t0 + i, kfirst, &lo, &hi);
+                        if (softcap > 0.0f)
+                            for (int c = lo; c <= hi; c++) p[c] = fsdp_attention_score(p[c], softcap);
                         float maxs = -INFINITY;
                         for (int c = lo; c <= hi; c++) maxs = p[c] > maxs ? p[c] : maxs;
                         float sum = 0.0f;
@@ -176,7 +191,8 @@ static int attention_forward(const char *fn, float *out, float *lse, const float
 static int attention_backward(const char *fn, float *dq, float *dk, float *dv, const float *dout,
                               const float *q, const float *k, const float *v, const float *out,
                               const float *lse, const int32_t *pos, int B, int T, int NH, int NKV,
-                              int HD, int ldq, int ldk, int ldv, int window, float scale) {
+                              int HD, int ldq, int ldk, int ldv, int window, float scale,
+                              float softcap) {
     CHECK_PTR(fn, dout);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
@@ -184,13 +200,16 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_softcap(fn, softcap);
     if (!rc) rc = check_positions(fn, pos, B, T);
     if (rc) return rc;
     if (!dq && !dk && !dv) return FSDP_OK;
 
-    /* per thread: a probability block P and a score-gradient block dS */
+    /* per thread: a probability block P and a score-gradient block dS, and
+     * with soft-capping the cap's derivative per score, G */
     const int nthreads = omp_get_max_threads();
-    const int64_t per = 2 * (int64_t)QBLOCK * T;
+    const int capped = softcap > 0.0f;
+    const int64_t per = (capped ? 3 : 2) * (int64_t)QBLOCK * T;
     int64_t nbytes;
     float *scratch = scratch_alloc(fn, nthreads, per, &nbytes);
     if (!scratch) return FSDP_ERR_OOM;
@@ -201,6 +220,7 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
     {
         float *P = scratch + omp_get_thread_num() * per;
         float *dS = P + (int64_t)QBLOCK * T;
+        float *G = capped ? dS + (int64_t)QBLOCK * T : NULL;
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int g = 0; g < NKV; g++) {
@@ -224,7 +244,8 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
                         const float *vb = vg + (int64_t)kfirst * ldv;
                         const float *qb = qh + (int64_t)t0 * ldq;
                         const float *dob = doh + (int64_t)t0 * ldo;
-                        /* 1. the probabilities again, from the scores and the saved lse */
+                        /* 1. the probabilities again, from the scores and the saved
+                         * lse (with soft-capping: the cap's derivative into G) */
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, scale,
                                     qb, ldq, kb, ldk, 0.0f, P, kn);
                         for (int i = 0; i < rows; i++) {
@@ -232,6 +253,14 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
                             const float l = lse_h[t0 + i];
                             int lo, hi;
                             visible_cols(first_key(pos, bT, t0 + i, window), t0 + i, kfirst, &lo, &hi);
+                            if (capped) {
+                                float *gi = G + (int64_t)i * kn;
+                                for (int c = 0; c < kn; c++) gi[c] = 1.0f;
+                                for (int c = lo; c <= hi; c++) {
+                                    gi[c] = fsdp_softcap_grad(p[c], softcap);
+                                    p[c] = fsdp_attention_score(p[c], softcap);
+                                }
+                            }
                             for (int c = 0; c < lo; c++) p[c] = 0.0f;
 #pragma omp simd
                             for (int c = lo; c <= hi; c++) p[c] = fsdp_expf(p[c] - l);
@@ -243,7 +272,8 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
                                         P, kn, dob, ldo, 1.0f, dvg + (int64_t)kfirst * ldv, ldv);
                         if (!dqh && !dkg) continue;
                         /* 3. dP = dout V^T; dS = P (dP - D), D = dout . out per row
-                         * (the softmax backward's row term sum_j P_j dP_j) */
+                         * (the softmax backward's row term sum_j P_j dP_j), times
+                         * the cap's derivative G with soft-capping */
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kn, HD, 1.0f,
                                     dob, ldo, vb, ldv, 0.0f, dS, kn);
                         for (int i = 0; i < rows; i++) {
@@ -252,6 +282,10 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
                             float *ds = dS + (int64_t)i * kn;
 #pragma omp simd
                             for (int c = 0; c < kn; c++) ds[c] = p[c] * (ds[c] - D);
+                            if (capped) {
+                                const float *gi = G + (int64_t)i * kn;
+                                for (int c = 0; c < kn; c++) ds[c] *= gi[c];
+                            }
                         }
                         /* 4. dq += scale dS K;  dk += scale dS^T Q */
                         if (dqh)
@@ -271,39 +305,39 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
 
 int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const float *k,
                                const float *v, int B, int T, int NH, int NKV, int HD,
-                               int ldq, int ldk, int ldv, int window, float scale) {
+                               int ldq, int ldk, int ldv, int window, float scale, float softcap) {
     return attention_forward("fsdp_attention_forward_cpu", out, lse, q, k, v, NULL, B, T, NH, NKV,
-                             HD, ldq, ldk, ldv, window, scale);
+                             HD, ldq, ldk, ldv, window, scale, softcap);
 }
 
 int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
                                 const float *q, const float *k, const float *v,
                                 const float *out, const float *lse, int B, int T, int NH,
                                 int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                float scale) {
+                                float scale, float softcap) {
     return attention_backward("fsdp_attention_backward_cpu", dq, dk, dv, dout, q, k, v, out, lse,
-                              NULL, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+                              NULL, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, softcap);
 }
 
 int fsdp_attention_packed_forward_cpu(float *out, float *lse, const float *q, const float *k,
                                       const float *v, const int32_t *pos, int B, int T, int NH,
                                       int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                      float scale) {
+                                      float scale, float softcap) {
     const char *fn = "fsdp_attention_packed_forward_cpu";
     CHECK_PTR(fn, pos);
     return attention_forward(fn, out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
-                             scale);
+                             scale, softcap);
 }
 
 int fsdp_attention_packed_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
                                        const float *q, const float *k, const float *v,
                                        const float *out, const float *lse, const int32_t *pos,
                                        int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
-                                       int ldv, int window, float scale) {
+                                       int ldv, int window, float scale, float softcap) {
     const char *fn = "fsdp_attention_packed_backward_cpu";
     CHECK_PTR(fn, pos);
     return attention_backward(fn, dq, dk, dv, dout, q, k, v, out, lse, pos, B, T, NH, NKV, HD, ldq,
-                              ldk, ldv, window, scale);
+                              ldk, ldv, window, scale, softcap);
 }
 
 int fsdp_attention_positions_check_cpu(const int32_t *pos, int B, int T) {
@@ -323,7 +357,7 @@ int fsdp_attention_positions_check_cpu(const int32_t *pos, int B, int T) {
 int fsdp_attention_decode_cpu(float *out, float *kcache, float *vcache, const float *q,
                               const float *k, const float *v, int B, int Tq, int pos, int Tmax,
                               int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                              float scale) {
+                              float scale, float softcap) {
     const char *fn = "fsdp_attention_decode_cpu";
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, kcache);
@@ -332,6 +366,7 @@ int fsdp_attention_decode_cpu(float *out, float *kcache, float *vcache, const fl
     CHECK_PTR(fn, k);
     CHECK_PTR(fn, v);
     int rc = check_dims(fn, B, Tq, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_softcap(fn, softcap);
     if (rc) return rc;
     FSDP_CHECK_ARG(pos >= 0 && pos + Tq <= Tmax,
                    "%s: positions %d .. %d do not fit the cache of %d positions", fn, pos,
@@ -355,7 +390,7 @@ int fsdp_attention_decode_cpu(float *out, float *kcache, float *vcache, const fl
                 fsdp_attention_decode_row(out + ((int64_t)b * Tq + t) * ldo + (int64_t)h * HD,
                                           q + ((int64_t)b * Tq + t) * ldq + (int64_t)h * HD,
                                           kcache + cache0, vcache + cache0, W, HD,
-                                          fsdp_attention_first_key(at, window), at, scale);
+                                          fsdp_attention_first_key(at, window), at, scale, softcap);
             }
     return FSDP_OK;
 }

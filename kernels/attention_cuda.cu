@@ -10,7 +10,9 @@
  * score row in memory), then every lane adds the chunk's values for its own
  * head dims d = lane, lane + 32, ... (HD <= 256).
  *
- * Exponentials are exp_math.h's fsdp_expf, as on the CPU.
+ * Exponentials are exp_math.h's fsdp_expf, as on the CPU; scores are
+ * soft-capped (softcap > 0) by attention_math.h's fsdp_attention_score, and
+ * backward multiplies each score's gradient by the cap's derivative.
  *
  * Packed rows (fsdp_attention_packed_*_cuda): pos [B, T] gives each token's
  * position in its own sample, and a query's first key is the later of its
@@ -58,7 +60,7 @@ static __device__ __forceinline__ void lane_axpy(float (&y)[ATT_DIMS], float alp
 static __global__ void attention_forward_kernel(float *out, float *lse, const float *q,
                                                 const float *k, const float *v, const int32_t *pos,
                                                 int B, int T, int NH, int NKV, int HD, int ldq,
-                                                int ldk, int ldv, int window, float scale) {
+                                                int ldk, int ldv, int window, float scale, float softcap) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, h, t) */
     if (row >= (int64_t)B * NH * T) return;                                 /* whole warp */
@@ -74,7 +76,8 @@ static __global__ void attention_forward_kernel(float *out, float *lse, const fl
     for (int j0 = first_key(pos, bT, t, window); j0 <= t; j0 += 32) {
         /* 1. scores of this chunk's keys, one per lane */
         const int j = j0 + lane;
-        const float s = j <= t ? scale * dot(qt, kg + (int64_t)j * ldk, HD) : -INFINITY;
+        const float s = j <= t ? fsdp_attention_score(scale * dot(qt, kg + (int64_t)j * ldk, HD), softcap)
+                               : -INFINITY;
         /* 2. online softmax: rescale what we have to the new max */
         const float m_new = fmaxf(m, fsdp_warp_max(s));
         const float corr = fsdp_expf(m - m_new);
@@ -108,12 +111,13 @@ static __global__ void attention_rowdot_kernel(float *D, const float *dout, cons
     if (lane == 0) D[row] = s;
 }
 
-/* dq[t] += scale * sum_j dS_j k_j, dS_j = P_j (dout . v_j - D); one warp per query row */
+/* dq[t] += scale * sum_j dS_j k_j, dS_j = P_j (dout . v_j - D) (times the
+ * cap's derivative with soft-capping); one warp per query row */
 static __global__ void attention_dq_kernel(float *dq, const float *dout, const float *q,
                                            const float *k, const float *v, const float *lse,
                                            const float *D, const int32_t *pos, int B, int T, int NH,
                                            int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                           float scale) {
+                                           float scale, float softcap) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32;
     if (row >= (int64_t)B * NH * T) return;
@@ -131,8 +135,9 @@ static __global__ void attention_dq_kernel(float *dq, const float *dout, const f
         const int j = j0 + lane;
         float ds = 0.0f;
         if (j <= t) {
-            const float p = fsdp_expf(scale * dot(qt, kg + (int64_t)j * ldk, HD) - row_lse);
-            ds = p * (dot(dot_t, vg + (int64_t)j * ldv, HD) - row_D);
+            const float sd = scale * dot(qt, kg + (int64_t)j * ldk, HD);
+            const float p = fsdp_expf(fsdp_attention_score(sd, softcap) - row_lse);
+            ds = p * (dot(dot_t, vg + (int64_t)j * ldv, HD) - row_D) * fsdp_softcap_grad(sd, softcap);
         }
         const int nk = t - j0 + 1 < 32 ? t - j0 + 1 : 32;
         for (int jj = 0; jj < nk; jj++)
@@ -149,7 +154,7 @@ static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *
                                              const float *q, const float *k, const float *v,
                                              const float *lse, const float *D, const int32_t *pos,
                                              int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
-                                             int ldv, int window, float scale) {
+                                             int ldv, int window, float scale, float softcap) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32; /* (b, g, j) */
     if (row >= (int64_t)B * NKV * T) return;
@@ -178,8 +183,9 @@ static __global__ void attention_dkdv_kernel(float *dk, float *dv, const float *
             if (t <= last && first_key(pos, bT, t, window) <= j) {
                 const float *qt = q + (bT + t) * ldq + (int64_t)h * HD;
                 const float *dot_t = dout + ((bT + t) * NH + h) * HD;
-                p = fsdp_expf(scale * dot(qt, kj, HD) - lse_h[t]);
-                ds = p * (dot(dot_t, vj, HD) - D_h[t]);
+                const float sd = scale * dot(qt, kj, HD);
+                p = fsdp_expf(fsdp_attention_score(sd, softcap) - lse_h[t]);
+                ds = p * (dot(dot_t, vj, HD) - D_h[t]) * fsdp_softcap_grad(sd, softcap);
             }
             const int nq = last - t0 + 1 < 32 ? last - t0 + 1 : 32;
             for (int i = 0; i < nq; i++) {
@@ -219,7 +225,7 @@ static __global__ void attention_decode_store_kernel(float *kcache, float *vcach
 static __global__ void attention_decode_kernel(float *out, const float *kcache, const float *vcache,
                                                const float *q, int B, int Tq, int pos, int Tmax,
                                                int NH, int NKV, int HD, int ldq, int window,
-                                               float scale) {
+                                               float scale, float softcap) {
     const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* (b, t, h) */
     if (row >= (int64_t)B * Tq * NH) return;
     const int h = (int)(row % NH), t = (int)(row / NH % Tq), b = (int)(row / NH / Tq);
@@ -228,7 +234,7 @@ static __global__ void attention_decode_kernel(float *out, const float *kcache, 
     fsdp_attention_decode_row(out + ((int64_t)b * Tq + t) * NH * HD + (int64_t)h * HD,
                               q + ((int64_t)b * Tq + t) * ldq + (int64_t)h * HD, kcache + cache0,
                               vcache + cache0, W, HD, fsdp_attention_first_key(at, window), at,
-                              scale);
+                              scale, softcap);
 }
 
 /* ---- launchers ---------------------------------------------------------- */
@@ -253,18 +259,27 @@ static unsigned row_blocks(int64_t rows) { return (unsigned)((rows + ATT_WARPS -
 
 #define CHECK_PTR(fn, p) FSDP_CHECK_ARG((p) != NULL, "%s: %s is NULL", fn, #p)
 
+/* softcap: 0 (none) or a positive finite cap */
+static int check_softcap(const char *fn, float softcap) {
+    FSDP_CHECK_ARG(softcap == 0.0f || (softcap > 0.0f && isfinite(softcap)),
+                   "%s: softcap must be 0 (none) or a positive number, got %g", fn, (double)softcap);
+    return FSDP_OK;
+}
+
 static int attention_forward(const char *fn, float *out, float *lse, const float *q, const float *k,
                              const float *v, const int32_t *pos, int B, int T, int NH, int NKV, int HD,
-                             int ldq, int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+                             int ldq, int ldk, int ldv, int window, float scale, float softcap,
+                             fsdp_stream stream) {
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
     CHECK_PTR(fn, v);
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_softcap(fn, softcap);
     if (rc) return rc;
     FSDP_LAUNCH(attention_forward_kernel, row_blocks((int64_t)B * NH * T), 32 * ATT_WARPS, 0, stream,
-                out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+                out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, softcap);
     return fsdp_cuda_launched(fn);
 }
 
@@ -272,7 +287,7 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
                               const float *q, const float *k, const float *v, const float *out,
                               const float *lse, const int32_t *pos, int B, int T, int NH, int NKV,
                               int HD, int ldq, int ldk, int ldv, int window, float scale,
-                              fsdp_stream stream) {
+                              float softcap, fsdp_stream stream) {
     CHECK_PTR(fn, dout);
     CHECK_PTR(fn, q);
     CHECK_PTR(fn, k);
@@ -280,6 +295,7 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, lse);
     int rc = check_dims(fn, B, T, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_softcap(fn, softcap);
     if (rc) return rc;
     if (!dq && !dk && !dv) return FSDP_OK;
 
@@ -293,13 +309,13 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
     rc = fsdp_cuda_launched(fn);
     if (!rc && dq) {
         FSDP_LAUNCH(attention_dq_kernel, row_blocks(rows), 32 * ATT_WARPS, 0, stream, dq, dout, q, k,
-                    v, lse, D, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale);
+                    v, lse, D, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, softcap);
         rc = fsdp_cuda_launched(fn);
     }
     if (!rc && (dk || dv)) {
         FSDP_LAUNCH(attention_dkdv_kernel, row_blocks((int64_t)B * NKV * T), 32 * ATT_WARPS, 0,
                     stream, dk, dv, dout, q, k, v, lse, D, pos, B, T, NH, NKV, HD, ldq, ldk, ldv,
-                    window, scale);
+                    window, scale, softcap);
         rc = fsdp_cuda_launched(fn);
     }
     cudaFreeAsync(D, stream);
@@ -308,17 +324,19 @@ static int attention_backward(const char *fn, float *dq, float *dk, float *dv, c
 
 int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
                                     const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
-                                    int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+                                    int ldk, int ldv, int window, float scale, float softcap,
+                                    fsdp_stream stream) {
     return attention_forward("fsdp_attention_forward_f32_cuda", out, lse, q, k, v, NULL, B, T, NH, NKV,
-                             HD, ldq, ldk, ldv, window, scale, stream);
+                             HD, ldq, ldk, ldv, window, scale, softcap, stream);
 }
 
 int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
                                      const float *q, const float *k, const float *v, const float *out,
                                      const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
-                                     int ldk, int ldv, int window, float scale, fsdp_stream stream) {
+                                     int ldk, int ldv, int window, float scale, float softcap,
+                                     fsdp_stream stream) {
     return attention_backward("fsdp_attention_backward_f32_cuda", dq, dk, dv, dout, q, k, v, out, lse,
-                              NULL, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, stream);
+                              NULL, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale, softcap, stream);
 }
 
 /* packed rows run in f32 whatever the compute dtype: cuDNN's SDPA here
@@ -326,28 +344,29 @@ int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const floa
 int fsdp_attention_packed_forward_cuda(float *out, float *lse, const float *q, const float *k,
                                        const float *v, const int32_t *pos, int B, int T, int NH,
                                        int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                       float scale, fsdp_stream stream) {
+                                       float scale, float softcap, fsdp_stream stream) {
     const char *fn = "fsdp_attention_packed_forward_cuda";
     CHECK_PTR(fn, pos);
     return attention_forward(fn, out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
-                             scale, stream);
+                             scale, softcap, stream);
 }
 
 int fsdp_attention_packed_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
                                         const float *q, const float *k, const float *v,
                                         const float *out, const float *lse, const int32_t *pos,
                                         int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
-                                        int ldv, int window, float scale, fsdp_stream stream) {
+                                        int ldv, int window, float scale, float softcap,
+                                        fsdp_stream stream) {
     const char *fn = "fsdp_attention_packed_backward_cuda";
     CHECK_PTR(fn, pos);
     return attention_backward(fn, dq, dk, dv, dout, q, k, v, out, lse, pos, B, T, NH, NKV, HD, ldq,
-                              ldk, ldv, window, scale, stream);
+                              ldk, ldv, window, scale, softcap, stream);
 }
 
 int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
                                const float *k, const float *v, int B, int Tq, int pos, int Tmax,
                                int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                               float scale, fsdp_stream stream) {
+                               float scale, float softcap, fsdp_stream stream) {
     const char *fn = "fsdp_attention_decode_cuda";
     CHECK_PTR(fn, out);
     CHECK_PTR(fn, kcache);
@@ -356,6 +375,7 @@ int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const f
     CHECK_PTR(fn, k);
     CHECK_PTR(fn, v);
     int rc = check_dims(fn, B, Tq, NH, NKV, HD, ldq, ldk, ldv);
+    if (!rc) rc = check_softcap(fn, softcap);
     if (rc) return rc;
     FSDP_CHECK_ARG(pos >= 0 && pos + Tq <= Tmax,
                    "%s: positions %d .. %d do not fit the cache of %d positions", fn, pos,
@@ -368,6 +388,6 @@ int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const f
     rc = fsdp_cuda_launched(fn);
     if (rc) return rc;
     FSDP_LAUNCH(attention_decode_kernel, (unsigned)((rows + threads - 1) / threads), threads, 0, stream,
-                out, kcache, vcache, q, B, Tq, pos, Tmax, NH, NKV, HD, ldq, window, scale);
+                out, kcache, vcache, q, B, Tq, pos, Tmax, NH, NKV, HD, ldq, window, scale, softcap);
     return fsdp_cuda_launched(fn);
 }

@@ -9,6 +9,7 @@
 #define FSDP_ATTENTION_MATH_H
 #include "fsdp_hd.h"
 #include "exp_math.h"
+#include "activation_math.h" /* fsdp_softcap: logit soft-capping */
 
 FSDP_HD int fsdp_attention_first_key(int t, int window) {
     if (window <= 0 || t < window) return 0;
@@ -24,8 +25,15 @@ FSDP_HD int fsdp_attention_first_key_packed(int t, int window, int pos_t) {
     return start > w ? start : w;
 }
 
+/* A query's score against a key: scale q . k, soft-capped when softcap > 0
+ * (Gemma 2: softcap * tanh(score / softcap), before the mask and softmax,
+ * as transformers' eager attention). Every attention kernel scores through
+ * this, so the CPU and CUDA ones cap alike; backward multiplies the score's
+ * gradient by fsdp_softcap_grad(scale q . k, softcap). */
+FSDP_HD float fsdp_attention_score(float scaled_dot, float softcap) { return fsdp_softcap(scaled_dot, softcap); }
+
 /* One query row of decoding attention over a KV cache: out[0..HD) =
- * softmax_s(scale q . k_s) v_s over the cached keys s = first .. last (key s
+ * softmax_s(score(scale q . k_s)) v_s over the cached keys s = first .. last (key s
  * at kc + s*ld, value s at vc + s*ld). Two passes over the keys (the max,
  * then the exponentials and the weighted sum straight into out), so it
  * needs no score row in memory: the CPU loop and the CUDA thread that runs
@@ -37,16 +45,17 @@ FSDP_HD float fsdp_attention_decode_dot(const float *q, const float *k, int HD) 
 }
 
 FSDP_HD void fsdp_attention_decode_row(float *out, const float *q, const float *kc, const float *vc,
-                                       int ld, int HD, int first, int last, float scale) {
+                                       int ld, int HD, int first, int last, float scale, float softcap) {
     float m = -INFINITY;
     for (int s = first; s <= last; s++) {
-        const float d = scale * fsdp_attention_decode_dot(q, kc + (int64_t)s * ld, HD);
+        const float d = fsdp_attention_score(scale * fsdp_attention_decode_dot(q, kc + (int64_t)s * ld, HD), softcap);
         m = d > m ? d : m;
     }
     for (int i = 0; i < HD; i++) out[i] = 0.0f;
     float l = 0.0f;
     for (int s = first; s <= last; s++) {
-        const float e = fsdp_expf(scale * fsdp_attention_decode_dot(q, kc + (int64_t)s * ld, HD) - m);
+        const float e = fsdp_expf(
+            fsdp_attention_score(scale * fsdp_attention_decode_dot(q, kc + (int64_t)s * ld, HD), softcap) - m);
         l += e;
         const float *vs = vc + (int64_t)s * ld;
         for (int i = 0; i < HD; i++) out[i] = fsdp_fma(e, vs[i], out[i]);

@@ -249,9 +249,9 @@ int fsdp_matmul_backward_cuda(float *da, float *db, float *dbias, const float *d
 
 int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k, const float *v, int B,
                                 int T, int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window, float scale,
-                                fsdp_stream stream) {
+                                float softcap, fsdp_stream stream) {
     const int dt = compute_dtype;
-    if (half(dt) && window <= 0 && valid_shape(B, T, NH, NKV, HD, ldq, ldk, ldv) && out && lse && q && k && v) {
+    if (half(dt) && window <= 0 && softcap == 0.0f && valid_shape(B, T, NH, NKV, HD, ldq, ldk, ldv) && out && lse && q && k && v) {
         const shape_key key = key_of(dt, B, T, NH, NKV, HD, ldq, ldk, ldv);
         if (!was_declined(key)) {
             int rc = attention_forward_half(dt, out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, scale,
@@ -262,15 +262,15 @@ int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const fl
         }
     }
     return fsdp_attention_forward_f32_cuda(out, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window, scale,
-                                           stream);
+                                           softcap, stream);
 }
 
 int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                  const float *k, const float *v, const float *out, const float *lse, int B, int T,
                                  int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window, float scale,
-                                 fsdp_stream stream) {
+                                 float softcap, fsdp_stream stream) {
     const int dt = compute_dtype;
-    if (half(dt) && window <= 0 && valid_shape(B, T, NH, NKV, HD, ldq, ldk, ldv) && (dq || dk || dv) && dout &&
+    if (half(dt) && window <= 0 && softcap == 0.0f && valid_shape(B, T, NH, NKV, HD, ldq, ldk, ldv) && (dq || dk || dv) && dout &&
         q && k && v && out && lse) {
         const shape_key key = key_of(dt, B, T, NH, NKV, HD, ldq, ldk, ldv);
         if (!was_declined(key)) {
@@ -284,7 +284,7 @@ int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *d
         }
     }
     return fsdp_attention_backward_f32_cuda(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, NKV, HD, ldq, ldk, ldv,
-                                            window, scale, stream);
+                                            window, scale, softcap, stream);
 }
 
 int64_t fsdp_cuda_declined_shapes(void) {

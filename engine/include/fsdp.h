@@ -33,7 +33,7 @@ extern "C" {
 
 /* ---- version, status, errors ------------------------------------------- */
 
-enum { FSDP_ABI_VERSION = 1 };
+enum { FSDP_ABI_VERSION = 2 }; /* 2: attention kernels take softcap; signals, positions check */
 
 enum {
     FSDP_OK = 0,
@@ -259,6 +259,10 @@ int fsdp_relu_forward_cpu(float *out, const float *inp, int64_t n);
 int fsdp_relu_backward_cpu(float *dinp, const float *dout, const float *inp, int64_t n);
 int fsdp_silu_forward_cpu(float *out, const float *inp, int64_t n);
 int fsdp_silu_backward_cpu(float *dinp, const float *dout, const float *inp, int64_t n);
+/* soft-capping (Gemma 2's final logits): out = cap * tanh(inp / cap), cap > 0;
+ * dinp += dout * (1 - tanh(inp / cap)^2) */
+int fsdp_softcap_forward_cpu(float *out, const float *inp, float cap, int64_t n);
+int fsdp_softcap_backward_cpu(float *dinp, const float *dout, const float *inp, float cap, int64_t n);
 /* out = silu(gate) * up */
 int fsdp_swiglu_forward_cpu(float *out, const float *gate, const float *up, int64_t n);
 int fsdp_swiglu_backward_cpu(float *dgate, float *dup, const float *dout, const float *gate,
@@ -291,15 +295,17 @@ int fsdp_rope_table_cpu(float *cos, float *sin, const float *inv_freq, int pos0,
  * q: [B, T, NH, HD] with ldq elements between tokens, k and v: [B, T, NKV, HD]
  * with ldk / ldv; NH % NKV == 0, head h uses kv head h / (NH/NKV).
  * out: [B, T, NH, HD] contiguous; lse: [B, NH, T] saved log-sum-exp of the
- * scaled scores, which backward needs. scale is usually 1/sqrt(HD). */
+ * scaled scores, which backward needs. scale is usually 1/sqrt(HD).
+ * softcap > 0 soft-caps every score s = scale q.k to softcap * tanh(s /
+ * softcap) before the softmax (Gemma 2); 0: none. */
 int fsdp_attention_forward_cpu(float *out, float *lse, const float *q, const float *k,
                                const float *v, int B, int T, int NH, int NKV, int HD,
-                               int ldq, int ldk, int ldv, int window, float scale);
+                               int ldq, int ldk, int ldv, int window, float scale, float softcap);
 int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
                                 const float *q, const float *k, const float *v,
                                 const float *out, const float *lse, int B, int T, int NH,
                                 int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                float scale);
+                                float scale, float softcap);
 
 /* Attention over packed sequences (several samples in one row): pos [B, T]
  * holds each token's position within its own sample (0 where a sample
@@ -310,12 +316,12 @@ int fsdp_attention_backward_cpu(float *dq, float *dk, float *dv, const float *do
 int fsdp_attention_packed_forward_cpu(float *out, float *lse, const float *q, const float *k,
                                       const float *v, const int32_t *pos, int B, int T, int NH,
                                       int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                      float scale);
+                                      float scale, float softcap);
 int fsdp_attention_packed_backward_cpu(float *dq, float *dk, float *dv, const float *dout,
                                        const float *q, const float *k, const float *v,
                                        const float *out, const float *lse, const int32_t *pos,
                                        int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
-                                       int ldv, int window, float scale);
+                                       int ldv, int window, float scale, float softcap);
 /* FSDP_OK when pos [B, T] counts 0, 1, ... within each sample (what the
  * packed kernels take), else FSDP_ERR_INVALID naming the first bad entry */
 int fsdp_attention_positions_check_cpu(const int32_t *pos, int B, int T);
@@ -329,7 +335,7 @@ int fsdp_attention_positions_check_cpu(const int32_t *pos, int B, int T);
 int fsdp_attention_decode_cpu(float *out, float *kcache, float *vcache, const float *q,
                               const float *k, const float *v, int B, int Tq, int pos, int Tmax,
                               int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                              float scale);
+                              float scale, float softcap);
 
 /* Fused softmax cross-entropy over V classes. loss[n] = lse[n] - logits[n,t];
  * rows whose target equals ignore_index get loss 0 (and no gradient).
@@ -734,6 +740,9 @@ int fsdp_relu_backward_cuda(float *dinp, const float *dout, const float *inp, in
 int fsdp_silu_forward_cuda(float *out, const float *inp, int64_t n, fsdp_stream stream);
 int fsdp_silu_backward_cuda(float *dinp, const float *dout, const float *inp, int64_t n,
                             fsdp_stream stream);
+int fsdp_softcap_forward_cuda(float *out, const float *inp, float cap, int64_t n, fsdp_stream stream);
+int fsdp_softcap_backward_cuda(float *dinp, const float *dout, const float *inp, float cap, int64_t n,
+                               fsdp_stream stream);
 int fsdp_swiglu_forward_cuda(float *out, const float *gate, const float *up, int64_t n,
                              fsdp_stream stream);
 int fsdp_swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const float *gate,
@@ -790,29 +799,31 @@ int fsdp_bias_backward_cuda(void *dbias, const void *dout, int M, int N, int dty
  * or when cuDNN declines a shape; HD <= 256 */
 int fsdp_attention_forward_f32_cuda(float *out, float *lse, const float *q, const float *k,
                                     const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
-                                    int ldk, int ldv, int window, float scale, fsdp_stream stream);
+                                    int ldk, int ldv, int window, float scale, float softcap,
+                                    fsdp_stream stream);
 int fsdp_attention_backward_f32_cuda(float *dq, float *dk, float *dv, const float *dout,
                                      const float *q, const float *k, const float *v,
                                      const float *out, const float *lse, int B, int T, int NH,
                                      int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                     float scale, fsdp_stream stream);
-/* decoding attention over a KV cache, as fsdp_attention_decode_cpu (the
- * same bits: both run attention_math.h's row) */
+                                     float scale, float softcap, fsdp_stream stream);
 /* packed rows (see fsdp_attention_packed_forward_cpu), in f32; pos on the
  * device, checked on the host before (fsdp_attention_positions_check_cpu) */
 int fsdp_attention_packed_forward_cuda(float *out, float *lse, const float *q, const float *k,
                                        const float *v, const int32_t *pos, int B, int T, int NH,
                                        int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                                       float scale, fsdp_stream stream);
+                                       float scale, float softcap, fsdp_stream stream);
 int fsdp_attention_packed_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
                                         const float *q, const float *k, const float *v,
                                         const float *out, const float *lse, const int32_t *pos,
                                         int B, int T, int NH, int NKV, int HD, int ldq, int ldk,
-                                        int ldv, int window, float scale, fsdp_stream stream);
+                                        int ldv, int window, float scale, float softcap,
+                                        fsdp_stream stream);
+/* decoding attention over a KV cache, as fsdp_attention_decode_cpu (the
+ * same bits: both run attention_math.h's row) */
 int fsdp_attention_decode_cuda(float *out, float *kcache, float *vcache, const float *q,
                                const float *k, const float *v, int B, int Tq, int pos, int Tmax,
                                int NH, int NKV, int HD, int ldq, int ldk, int ldv, int window,
-                               float scale, fsdp_stream stream);
+                               float scale, float softcap, fsdp_stream stream);
 /* mixture-of-experts routing (kernels/moe_cuda.cu), as fsdp_*_cpu of
  * kernels/moe_cpu.c. Index vectors are NOT range-checked before the launch
  * (they are on the device): the caller guarantees them. A bad index still
@@ -914,13 +925,17 @@ int fsdp_matmul_forward_cuda(float *out, const float *a, const float *b, const f
 int fsdp_matmul_backward_cuda(float *da, float *db, float *dbias, const float *dout, const float *a,
                               const float *b, int M, int N, int K, int trans_a, int trans_b,
                               fsdp_stream stream);
+/* attention: cuDNN in the compute dtype where it takes the shape (no
+ * window, no soft-capping), else the f32 kernels */
 int fsdp_attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
                                 const float *v, int B, int T, int NH, int NKV, int HD, int ldq,
-                                int ldk, int ldv, int window, float scale, fsdp_stream stream);
+                                int ldk, int ldv, int window, float scale, float softcap,
+                                fsdp_stream stream);
 int fsdp_attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,
                                  const float *q, const float *k, const float *v, const float *out,
                                  const float *lse, int B, int T, int NH, int NKV, int HD, int ldq,
-                                 int ldk, int ldv, int window, float scale, fsdp_stream stream);
+                                 int ldk, int ldv, int window, float scale, float softcap,
+                                 fsdp_stream stream);
 /* LoRA on the GPU (engine/cuda/lora_cuda.cu): fsdp_lora_forward_cpu /
  * backward's arguments and semantics plus the stream; the GEMMs follow the
  * compute dtype above, the dropout mask is the CPU's (kernels/lora_cuda.cu:

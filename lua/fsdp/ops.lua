@@ -261,6 +261,25 @@ pointwise('gelu', 'gelu_forward', 'gelu_backward')
 pointwise('relu', 'relu_forward', 'relu_backward')
 pointwise('silu', 'silu_forward', 'silu_backward')
 
+-- soft-capping: cap * tanh(x / cap), cap > 0 (models cap their final logits with it)
+function M.softcap(x, cap)
+   want_f32('softcap', 'input', x)
+   if type(cap) ~= 'number' or not (cap > 0) or cap == math.huge then
+      fail('softcap', 'cap must be a positive number, got %s', tostring(cap))
+   end
+   local K, dev = kern('softcap', x)
+   local out = out_like(x.shape, dev)
+   local n = x:numel()
+   check(K.softcap_forward(out:ptr(), x:ptr(), cap, n), 'softcap')
+   if result(out, x) then
+      record(function()
+         if not out.grad then return end
+         check(K.softcap_backward(grad_of(x):ptr(), out.grad:ptr(), x:ptr(), cap, n), 'softcap backward')
+      end)
+   end
+   return out
+end
+
 local function same_shape(op, a, b)
    want_f32(op, 'a', a); want_f32(op, 'b', b)
    if a:numel() ~= b:numel() or #a.shape ~= #b.shape then
@@ -384,9 +403,19 @@ end
 ---------------------------------------------------------------------------
 -- attention
 
+-- opts.softcap: 0 (none) or a positive number
+local function softcap_of(op, opts)
+   local cap = opts.softcap or 0
+   if type(cap) ~= 'number' or cap < 0 or cap ~= cap or cap == math.huge then
+      fail(op, 'softcap must be 0 (none) or a positive number, got %s', tostring(opts.softcap))
+   end
+   return cap
+end
+
 local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq, ldk, ldv, opts, inputs)
    local window = opts.window or 0
    local scale = opts.scale or 1 / math.sqrt(HD)
+   local softcap = softcap_of(op, opts)
    local pos = opts.positions
    local K, dev = kern(op, inputs[1], inputs[2], inputs[3], pos)
    local out = out_like({B, T_, NH * HD}, dev)
@@ -406,10 +435,10 @@ local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq
          if not ok then error(err, 0) end
       end
       check(K.attention_packed_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), pos:ptr(), B, T_, NH, NKV, HD,
-                                       ldq, ldk, ldv, window, scale), op)
+                                       ldq, ldk, ldv, window, scale, softcap), op)
    else
       check(K.attention_forward(out:ptr(), lse:ptr(), qp(), kp(), vp(), B, T_, NH, NKV, HD,
-                                ldq, ldk, ldv, window, scale), op)
+                                ldq, ldk, ldv, window, scale, softcap), op)
    end
    if result(out, inputs[1], inputs[2], inputs[3]) then
       record(function()
@@ -417,10 +446,10 @@ local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq
          if pos then
             check(K.attention_packed_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
                                               lse:ptr(), pos:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window,
-                                              scale), op .. ' backward')
+                                              scale, softcap), op .. ' backward')
          else
             check(K.attention_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
-                                       lse:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window, scale),
+                                       lse:ptr(), B, T_, NH, NKV, HD, ldq, ldk, ldv, window, scale, softcap),
                   op .. ' backward')
          end
       end)
@@ -441,7 +470,8 @@ local function run_decode(op, qp, kp, vp, B, T_, NH, NKV, HD, ldq, ldk, ldv, opt
    local kc, vc = cache:slot(opts.layer, NKV * HD, dev)
    local out = out_like({B, T_, NH * HD}, dev)
    check(K.attention_decode(out:ptr(), kc:ptr(), vc:ptr(), qp(), kp(), vp(), B, T_, cache.pos, cache.max,
-                            NH, NKV, HD, ldq, ldk, ldv, opts.window or 0, opts.scale or 1 / math.sqrt(HD)), op)
+                            NH, NKV, HD, ldq, ldk, ldv, opts.window or 0, opts.scale or 1 / math.sqrt(HD),
+                            softcap_of(op, opts)), op)
    return out
 end
 
@@ -452,6 +482,8 @@ end
 --                                 [B, T, 3*NH*HD] tensor (GPT-2's c_attn)
 -- -> [B, T, NH*HD]. opts: n_head, n_kv_head (default n_head), window (0:
 -- none; query t sees keys t-window+1 .. t), scale (default 1/sqrt(HD)),
+-- softcap (0: none; > 0: every score s = scale q.k becomes softcap *
+-- tanh(s / softcap) before the softmax: attention logit soft-capping),
 -- positions (i32 [B, T]: several samples packed in a row, each token's
 -- position in its own sample, 0 at a sample's start; a query then sees only
 -- its sample's keys), cache (an fsdp.kv_cache object: decode, the new

@@ -101,7 +101,9 @@ end
 -- then every field of cfg; checked. cfg.rope is the RoPE table
 -- (M.rope_parameters) made from rope_parameters, or rope_theta and
 -- rope_scaling; cfg.rope_unknown the keys in it that nothing reads.
-function M.config(cfg, defaults, who)
+-- act: the activation key and the values allowed (default {key =
+-- 'hidden_act', allowed = {silu = true}}).
+function M.config(cfg, defaults, who, act)
    who = who or 'llama'
    cfg = cfg or {}
    local out = {}
@@ -127,7 +129,13 @@ function M.config(cfg, defaults, who)
         'num_attention_heads %d is not a multiple of num_key_value_heads %d', out.num_attention_heads,
         out.num_key_value_heads)
    need(out.head_dim % 2 == 0, 'head_dim %d must be even for rotary embeddings', out.head_dim)
-   need(out.hidden_act == 'silu', "hidden_act '%s' is not supported (silu)", tostring(out.hidden_act))
+   act = act or {key = 'hidden_act', allowed = {silu = true}}
+   if not act.allowed[out[act.key]] then
+      local names = {}
+      for k in pairs(act.allowed) do names[#names + 1] = k end
+      table.sort(names)
+      need(false, "%s '%s' is not supported (%s)", act.key, tostring(out[act.key]), table.concat(names, ', '))
+   end
    need(type(out.rms_norm_eps) == 'number' and out.rms_norm_eps > 0, 'rms_norm_eps must be a positive number, got %s',
         tostring(out.rms_norm_eps))
    out.rope, out.rope_unknown = M.rope_parameters(out, who)
@@ -445,7 +453,8 @@ end
 -- modules
 
 -- rotary grouped-query attention: q_proj / k_proj / v_proj, RoPE on q and
--- k, causal attention (a sliding window for Mistral), o_proj
+-- k, causal attention (a sliding window for Mistral), o_proj. A family's
+-- subclass may set self.scale (default 1/sqrt(head_dim)) and self.softcap.
 local Attention = nn.class('LlamaAttention')
 M.Attention = Attention
 function Attention.new(cfg, rope)
@@ -473,7 +482,8 @@ function Attention:forward(x, ctx)
    q = ops.rope(q, cos, sin, self.n_head, positions)
    k = ops.rope(k, cos, sin, self.n_kv_head, positions)
    local y = ops.attention(q, k, v, {n_head = self.n_head, n_kv_head = self.n_kv_head, window = self.window,
-                                     cache = cache, layer = self, positions = positions})
+                                     scale = self.scale, softcap = self.softcap, cache = cache, layer = self,
+                                     positions = positions})
    return self.o_proj(y)
 end
 function Attention:activation_elems(N, B, T_)
@@ -498,16 +508,17 @@ function MLP:activation_elems(N) return N * self.hidden end -- the SwiGLU's outp
 function M.mlp(cfg) return MLP(cfg) end
 
 -- pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); the
--- feed-forward is given (a SwiGLU MLP, or Mixtral's experts) with its name
+-- feed-forward is given (a SwiGLU MLP, or Mixtral's experts) with its
+-- name, and the attention may be (a family's own, e.g. Qwen2's)
 local DecoderLayer = nn.class('LlamaDecoderLayer')
 M.DecoderLayer = DecoderLayer
-function DecoderLayer.new(cfg, rope, mlp, mlp_name)
+function DecoderLayer.new(cfg, rope, mlp, mlp_name, attn)
    local self = nn.Module.instance(DecoderLayer)
    local C = cfg.hidden_size
    self.mlp_name = mlp_name or 'mlp'
    self.n_embd = C
    self:add('input_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
-   self:add('self_attn', Attention(cfg, rope))
+   self:add('self_attn', attn or Attention(cfg, rope))
    self:add('post_attention_layernorm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
    self:add(self.mlp_name, mlp or MLP(cfg))
    return self
@@ -531,8 +542,9 @@ local Llama = nn.class('Llama')
 M.Llama = Llama
 
 -- builds the model into `self` (subclasses call it with their own instance);
--- make_mlp(cfg, i) gives layer i's feed-forward and its name
-function M.build(self, cfg, make_mlp)
+-- make_mlp(cfg, i) gives layer i's feed-forward and its name,
+-- make_attn(cfg, rope, i) layer i's attention (default: Attention)
+function M.build(self, cfg, make_mlp, make_attn)
    self.config = cfg
    local C, V = cfg.hidden_size, cfg.vocab_size
    self.rope = M.rope(cfg)
@@ -542,7 +554,7 @@ function M.build(self, cfg, make_mlp)
    for i = 1, cfg.num_hidden_layers do
       local mlp, name = nil, 'mlp'
       if make_mlp then mlp, name = make_mlp(cfg, i) end
-      layers:append(DecoderLayer(cfg, self.rope, mlp, name))
+      layers:append(DecoderLayer(cfg, self.rope, mlp, name, make_attn and make_attn(cfg, self.rope, i)))
    end
    body:add('norm', nn.RMSNorm(C, {eps = cfg.rms_norm_eps}))
    if not cfg.tie_word_embeddings then

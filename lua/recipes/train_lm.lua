@@ -11,8 +11,8 @@
 -- Hugging Face directory at the end.
 --
 -- This file returns a function of the recipe's defaults; the recipes
--- finetune_llama2.lua, finetune_mistral.lua, finetune_opt.lua, pretrain.lua
--- and train_mingpt.lua call it with theirs:
+-- finetune_llama2.lua, finetune_mistral.lua, finetune_opt.lua,
+-- finetune_qwen.lua, pretrain.lua and train_mingpt.lua call it with theirs:
 --
 --   return dofile(FSDP_ROOT .. '/lua/recipes/train_lm.lua') {lr = 2e-5, ...}
 --

@@ -424,8 +424,9 @@ static void test_bias_backward() {
  * and computes the same bits as the CPU (both run attention_math.h's row),
  * step after step (a prompt chunk, then single tokens) */
 static void test_attention_decode() {
-    struct { int B, NH, NKV, HD, window, fused; } shapes[] = {
-        {2, 4, 2, 16, 0, 0}, {1, 3, 1, 40, 0, 1}, {2, 2, 2, 8, 3, 0},
+    struct { int B, NH, NKV, HD, window, fused; float softcap; } shapes[] = {
+        {2, 4, 2, 16, 0, 0, 0.0f}, {1, 3, 1, 40, 0, 1, 0.0f}, {2, 2, 2, 8, 3, 0, 0.0f},
+        {2, 4, 2, 16, 3, 0, 1.5f}, /* soft-capped scores (Gemma 2) */
     };
     for (auto s : shapes) {
         const int T = 9, Tmax = 12, C = s.NH * s.HD, W = s.NKV * s.HD;
@@ -440,12 +441,13 @@ static void test_attention_decode() {
             vec oc(rows * C), og(rows * C);
             CHECK_OK(fsdp_attention_decode_cpu(oc.data(), kc.data(), vc.data(), q.data(), k.data(), v.data(),
                                                s.B, Tq, pos, Tmax, s.NH, s.NKV, s.HD, ldq, ldk, ldv, s.window,
-                                               0.3f), "decode cpu");
+                                               0.3f, s.softcap), "decode cpu");
             CHECK_OK(fsdp_attention_decode_cuda(og.data(), kg.data(), vg.data(), q.data(), k.data(), v.data(),
                                                 s.B, Tq, pos, Tmax, s.NH, s.NKV, s.HD, ldq, ldk, ldv, s.window,
-                                                0.3f, nullptr), "decode cuda");
-            CHECK(same_bits(og, oc), "attention decode (B %d NH %d NKV %d HD %d window %d, pos %d): bits differ",
-                  s.B, s.NH, s.NKV, s.HD, s.window, pos);
+                                                0.3f, s.softcap, nullptr), "decode cuda");
+            CHECK(same_bits(og, oc),
+                  "attention decode (B %d NH %d NKV %d HD %d window %d softcap %g, pos %d): bits differ", s.B, s.NH,
+                  s.NKV, s.HD, s.window, (double)s.softcap, pos);
             CHECK(same_bits(kg, kc) && same_bits(vg, vc), "attention decode: the caches differ at pos %d", pos);
             pos += Tq;
         }
@@ -453,18 +455,20 @@ static void test_attention_decode() {
     }
     vec o(8), kcache(8), vcache(8), x(8);
     int rc = fsdp_attention_decode_cuda(o.data(), kcache.data(), vcache.data(), x.data(), x.data(), x.data(), 1, 1,
-                                        1, 1, 1, 1, 8, 8, 8, 8, 0, 1.0f, nullptr);
+                                        1, 1, 1, 1, 8, 8, 8, 8, 0, 1.0f, 0.0f, nullptr);
     CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "do not fit the cache"), "decode past the cache: %s",
           fsdp_last_error());
 }
 
 
 static void test_attention() {
-    struct { int B, T, NH, NKV, HD, window, fused; } shapes[] = {
-        {2, 13, 4, 2, 16, 0, 0},  /* GQA */
-        {1, 37, 3, 1, 40, 0, 1},  /* MQA, T > 32 keys, HD > 32, q/k/v slices of one qkv buffer */
-        {2, 40, 2, 2, 8, 5, 0},   /* sliding window */
-        {1, 1, 1, 1, 3, 0, 0},
+    struct { int B, T, NH, NKV, HD, window, fused; float softcap; } shapes[] = {
+        {2, 13, 4, 2, 16, 0, 0, 0.0f},  /* GQA */
+        {1, 37, 3, 1, 40, 0, 1, 0.0f},  /* MQA, T > 32 keys, HD > 32, q/k/v slices of one qkv buffer */
+        {2, 40, 2, 2, 8, 5, 0, 0.0f},   /* sliding window */
+        {1, 1, 1, 1, 3, 0, 0, 0.0f},
+        {2, 37, 4, 2, 16, 5, 0, 1.5f},  /* soft-capped scores (Gemma 2), with a window */
+        {1, 13, 3, 1, 40, 0, 1, 2.0f},  /* soft-capped, packed qkv */
     };
     for (auto s : shapes) {
         const int C = s.NH * s.HD, CKV = s.NKV * s.HD;
@@ -483,9 +487,9 @@ static void test_attention() {
         const float scale = 1.0f / sqrtf((float)s.HD);
         vec oc(rows * C), og(rows * C), lc((long)s.B * s.NH * s.T), lg(lc.size());
         CHECK_OK(fsdp_attention_forward_cpu(oc.data(), lc.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
-                                            ldk, ldv, s.window, scale), "attention cpu");
+                                            ldk, ldv, s.window, scale, s.softcap), "attention cpu");
         CHECK_OK(fsdp_attention_forward_f32_cuda(og.data(), lg.data(), q, k, v, s.B, s.T, s.NH, s.NKV, s.HD, ldq,
-                                             ldk, ldv, s.window, scale, nullptr), "attention forward");
+                                             ldk, ldv, s.window, scale, s.softcap, nullptr), "attention forward");
         CLOSE("attention out", og, oc, 1e-5, 1e-5);
         CLOSE("attention lse", lg, lc, 1e-5, 1e-5);
 
@@ -495,10 +499,10 @@ static void test_attention() {
         vec dqc = uniform(nq), dkc = uniform(nk), dvc = uniform(nv), dqg = dqc, dkg = dkc, dvg = dvc;
         CHECK_OK(fsdp_attention_backward_cpu(dqc.data(), dkc.data(), dvc.data(), dout.data(), q, k, v,
                                              oc.data(), lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk,
-                                             ldv, s.window, scale), "attention bwd cpu");
+                                             ldv, s.window, scale, s.softcap), "attention bwd cpu");
         CHECK_OK(fsdp_attention_backward_f32_cuda(dqg.data(), dkg.data(), dvg.data(), dout.data(), q, k, v,
                                               oc.data(), lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk,
-                                              ldv, s.window, scale, nullptr), "attention backward");
+                                              ldv, s.window, scale, s.softcap, nullptr), "attention backward");
         CLOSE("attention dq", dqg, dqc, 1e-4, 1e-5);
         CLOSE("attention dk", dkg, dkc, 1e-4, 1e-5);
         CLOSE("attention dv", dvg, dvc, 1e-4, 1e-5);
@@ -506,26 +510,30 @@ static void test_attention() {
         vec dk2 = uniform(nk), dk3 = dk2;
         CHECK_OK(fsdp_attention_backward_f32_cuda(nullptr, dk2.data(), nullptr, dout.data(), q, k, v, oc.data(),
                                               lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk, ldv,
-                                              s.window, scale, nullptr), "attention dk only");
+                                              s.window, scale, s.softcap, nullptr), "attention dk only");
         CHECK_OK(fsdp_attention_backward_cpu(nullptr, dk3.data(), nullptr, dout.data(), q, k, v, oc.data(),
                                              lc.data(), s.B, s.T, s.NH, s.NKV, s.HD, ldq, ldk, ldv, s.window,
-                                             scale), "attention dk only cpu");
+                                             scale, s.softcap), "attention dk only cpu");
         CLOSE("attention dk only", dk2, dk3, 1e-4, 1e-5);
     }
     vec z(1024);
     CHECK(fsdp_attention_forward_f32_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), 1, 1, 1, 1, 300, 300,
-                                      300, 300, 0, 1.0f, nullptr) == FSDP_ERR_INVALID, "HD 300 accepted");
+                                      300, 300, 0, 1.0f, 0.0f, nullptr) == FSDP_ERR_INVALID, "HD 300 accepted");
     CHECK(strstr(fsdp_last_error(), "fsdp_attention_forward_f32_cuda"), "message: %s", fsdp_last_error());
+    CHECK(fsdp_attention_backward_f32_cuda(z.data(), nullptr, nullptr, z.data(), z.data(), z.data(), z.data(), z.data(),
+                                           z.data(), 1, 1, 1, 1, 4, 4, 4, 4, 0, 1.0f, -1.0f, nullptr) == FSDP_ERR_INVALID &&
+          strstr(fsdp_last_error(), "softcap"), "a negative softcap: %s", fsdp_last_error());
 }
 
 /* packed rows (several samples per row, positions restarting at 0): the
  * CUDA twin against the CPU kernel, forward and backward, with GQA, a
  * window, a sample longer than 32 keys and a one-token sample */
 static void test_attention_packed() {
-    struct { int B, T, NH, NKV, HD, window; std::vector<int> lens; } cases[] = {
-        {2, 13, 4, 2, 16, 0, {5, 1, 7, 13}},      /* row 0: 5+1+7, row 1: one sample */
-        {1, 45, 3, 1, 40, 0, {37, 8}},             /* a sample past 32 keys */
-        {2, 20, 2, 2, 8, 4, {6, 6, 8, 3, 17}},     /* a window inside samples */
+    struct { int B, T, NH, NKV, HD, window; float softcap; std::vector<int> lens; } cases[] = {
+        {2, 13, 4, 2, 16, 0, 0.0f, {5, 1, 7, 13}},  /* row 0: 5+1+7, row 1: one sample */
+        {1, 45, 3, 1, 40, 0, 0.0f, {37, 8}},        /* a sample past 32 keys */
+        {2, 20, 2, 2, 8, 4, 0.0f, {6, 6, 8, 3, 17}}, /* a window inside samples */
+        {2, 13, 4, 2, 16, 0, 1.5f, {5, 1, 7, 13}},  /* soft-capped scores */
     };
     for (auto &s : cases) {
         const int C = s.NH * s.HD, CKV = s.NKV * s.HD;
@@ -544,11 +552,12 @@ static void test_attention_packed() {
         const float scale = 1.0f / sqrtf((float)s.HD);
         vec oc(rows * C), og(rows * C), lc((long)s.B * s.NH * s.T), lg(lc.size());
         CHECK_OK(fsdp_attention_packed_forward_cpu(oc.data(), lc.data(), qs.data(), ks.data(), vs.data(), pos.data(),
-                                                   s.B, s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale),
+                                                   s.B, s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale,
+                                                   s.softcap),
                  "packed cpu");
         CHECK_OK(fsdp_attention_packed_forward_cuda(og.data(), lg.data(), qs.data(), ks.data(), vs.data(),
                                                     pos.data(), s.B, s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window,
-                                                    scale, nullptr), "packed forward");
+                                                    scale, s.softcap, nullptr), "packed forward");
         CLOSE("packed attention out", og, oc, 1e-5, 1e-5);
         CLOSE("packed attention lse", lg, lc, 1e-5, 1e-5);
         vec dout = uniform(rows * C);
@@ -556,11 +565,12 @@ static void test_attention_packed() {
         vec dqg = dqc, dkg = dkc, dvg = dvc;
         CHECK_OK(fsdp_attention_packed_backward_cpu(dqc.data(), dkc.data(), dvc.data(), dout.data(), qs.data(),
                                                     ks.data(), vs.data(), oc.data(), lc.data(), pos.data(), s.B,
-                                                    s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale),
+                                                    s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale, s.softcap),
                  "packed bwd cpu");
         CHECK_OK(fsdp_attention_packed_backward_cuda(dqg.data(), dkg.data(), dvg.data(), dout.data(), qs.data(),
                                                      ks.data(), vs.data(), oc.data(), lc.data(), pos.data(), s.B,
-                                                     s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale, nullptr),
+                                                     s.T, s.NH, s.NKV, s.HD, C, CKV, CKV, s.window, scale, s.softcap,
+                                                     nullptr),
                  "packed backward");
         CLOSE("packed attention dq", dqg, dqc, 1e-4, 1e-5);
         CLOSE("packed attention dk", dkg, dkc, 1e-4, 1e-5);
@@ -571,7 +581,7 @@ static void test_attention_packed() {
     CHECK(strstr(fsdp_last_error(), "positions[0, 2] = 3"), "message: %s", fsdp_last_error());
     vec z(64);
     CHECK(fsdp_attention_packed_forward_cuda(z.data(), z.data(), z.data(), z.data(), z.data(), nullptr, 1, 1, 1, 1, 4,
-                                             4, 4, 4, 0, 1.0f, nullptr) == FSDP_ERR_INVALID, "no positions accepted");
+                                             4, 4, 4, 0, 1.0f, 0.0f, nullptr) == FSDP_ERR_INVALID, "no positions accepted");
 }
 
 /* ---- mixture-of-experts routing (moe_cuda.cu) ------------------------------ */

@@ -175,7 +175,7 @@ struct att_shape { int B, T, NH, NKV, HD, ldq, ldk, ldv; };
 
 /* forward + backward through the policy and through the f32 kernel on the
  * same inputs; the results must be the same bits (the f32 kernel ran) */
-void attention_f32_equal(const char *what, const att_shape &s, int window) {
+void attention_f32_equal(const char *what, const att_shape &s, int window, float softcap = 0.0f) {
     const size_t nq = (size_t)s.B * s.T * s.ldq, nk = (size_t)s.B * s.T * s.ldk, nv = (size_t)s.B * s.T * s.ldv;
     const size_t no = (size_t)s.B * s.T * s.NH * s.HD, nl = (size_t)s.B * s.NH * s.T;
     vec q = uniform(nq), k = uniform(nk), v = uniform(nv), dout = uniform(no);
@@ -185,16 +185,17 @@ void attention_f32_equal(const char *what, const att_shape &s, int window) {
         dev dq_(q), dk_(k), dv_(v), ddout(dout), dres{vec(no)}, dlse{vec(nl)};
         dev gq{vec(nq, 0.0f)}, gk{vec(nk, 0.0f)}, gv{vec(nv, 0.0f)};
         int rc = pass == 0 ? fsdp_attention_forward_cuda(dres.p, dlse.p, dq_.p, dk_.p, dv_.p, s.B, s.T, s.NH, s.NKV,
-                                                         s.HD, s.ldq, s.ldk, s.ldv, window, scale, nullptr)
+                                                         s.HD, s.ldq, s.ldk, s.ldv, window, scale, softcap, nullptr)
                            : fsdp_attention_forward_f32_cuda(dres.p, dlse.p, dq_.p, dk_.p, dv_.p, s.B, s.T, s.NH,
-                                                             s.NKV, s.HD, s.ldq, s.ldk, s.ldv, window, scale, nullptr);
+                                                             s.NKV, s.HD, s.ldq, s.ldk, s.ldv, window, scale, softcap,
+                                                             nullptr);
         CHECK(rc == FSDP_OK, "%s forward (%s): %s", what, pass ? "f32 kernel" : "policy", fsdp_last_error());
         rc = pass == 0 ? fsdp_attention_backward_cuda(gq.p, gk.p, gv.p, ddout.p, dq_.p, dk_.p, dv_.p, dres.p, dlse.p,
                                                       s.B, s.T, s.NH, s.NKV, s.HD, s.ldq, s.ldk, s.ldv, window, scale,
-                                                      nullptr)
+                                                      softcap, nullptr)
                        : fsdp_attention_backward_f32_cuda(gq.p, gk.p, gv.p, ddout.p, dq_.p, dk_.p, dv_.p, dres.p,
                                                           dlse.p, s.B, s.T, s.NH, s.NKV, s.HD, s.ldq, s.ldk, s.ldv,
-                                                          window, scale, nullptr);
+                                                          window, scale, softcap, nullptr);
         CHECK(rc == FSDP_OK, "%s backward (%s): %s", what, pass ? "f32 kernel" : "policy", fsdp_last_error());
         outs[pass] = dres.get();
         grads[pass][0] = gq.get();
@@ -207,7 +208,7 @@ void attention_f32_equal(const char *what, const att_shape &s, int window) {
     /* and the f32 kernel is the CPU's attention */
     vec cpu(no), lse(nl);
     fsdp_attention_forward_cpu(cpu.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.NH, s.NKV, s.HD,
-                               s.ldq, s.ldk, s.ldv, window, scale);
+                               s.ldq, s.ldk, s.ldv, window, scale, softcap);
     CHECK(max_rel(outs[0], cpu) < 1e-5, "%s: differs from the CPU by %.3g", what, max_rel(outs[0], cpu));
 }
 
@@ -226,6 +227,7 @@ void test_attention() {
     fsdp_cuda_set_compute_dtype(FSDP_BF16);
     c0 = cudnn_calls();
     attention_f32_equal("bf16, window 3", gqa, 3);
+    attention_f32_equal("bf16, soft-capped scores (cuDNN skipped)", gqa, 0, 2.0f);
     CHECK(cudnn_calls() == c0, "a window asked cuDNN %lld times", (long long)(cudnn_calls() - c0));
     CHECK(fsdp_cuda_declined_shapes() == 0, "a window put %lld shapes in the declined cache",
           (long long)fsdp_cuda_declined_shapes());
@@ -341,7 +343,7 @@ void test_errors() {
                   FSDP_ERR_INVALID, "da without b accepted");
         CHECK(strstr(fsdp_last_error(), "fsdp_matmul_backward_cuda"), "message: %s", fsdp_last_error());
         CHECK(fsdp_attention_forward_cuda(z.p, z.p, z.p, z.p, z.p, 1, 1, 1, 1, 300, 300, 300, 300, 0, 1.0f,
-                                          nullptr) == FSDP_ERR_INVALID, "HD 300 accepted");
+                                          0.0f, nullptr) == FSDP_ERR_INVALID, "HD 300 accepted");
         CHECK(strstr(fsdp_last_error(), "HD"), "message: %s", fsdp_last_error());
     }
     fsdp_cuda_set_compute_dtype(FSDP_F32);

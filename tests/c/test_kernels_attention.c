@@ -56,6 +56,7 @@ typedef struct {
     int B, T, NH, NKV, HD, ldq, ldk, ldv, window;
     float scale;
     const float *q, *k, *v;
+    float softcap; /* 0: none */
 } attn_case;
 
 static int visible(int t, int j, int window) {
@@ -75,7 +76,9 @@ static void attention_reference(const attn_case *c, double *out, double *lse) {
                     for (int d = 0; d < HD; d++)
                         s += (double)c->q[((int64_t)b * T + t) * c->ldq + h * HD + d] *
                              c->k[((int64_t)b * T + j) * c->ldk + g * HD + d];
-                    S[t * T + j] = visible(t, j, c->window) ? s * c->scale : -INFINITY;
+                    s *= c->scale;
+                    if (c->softcap > 0) s = c->softcap * tanh(s / c->softcap);
+                    S[t * T + j] = visible(t, j, c->window) ? s : -INFINITY;
                 }
             for (int t = 0; t < T; t++) {
                 double mx = -INFINITY, sum = 0;
@@ -96,14 +99,14 @@ static void attention_reference(const attn_case *c, double *out, double *lse) {
 
 static int attn_forward(const attn_case *c, float *out, float *lse) {
     return fsdp_attention_forward_cpu(out, lse, c->q, c->k, c->v, c->B, c->T, c->NH, c->NKV, c->HD,
-                                      c->ldq, c->ldk, c->ldv, c->window, c->scale);
+                                      c->ldq, c->ldk, c->ldv, c->window, c->scale, c->softcap);
 }
 
 static int attn_backward(const attn_case *c, float *dq, float *dk, float *dv, const float *dout,
                          const float *out, const float *lse) {
     return fsdp_attention_backward_cpu(dq, dk, dv, dout, c->q, c->k, c->v, out, lse, c->B, c->T,
                                        c->NH, c->NKV, c->HD, c->ldq, c->ldk, c->ldv, c->window,
-                                       c->scale);
+                                       c->scale, c->softcap);
 }
 
 /* L = sum(out .* R) from the f32 forward */
@@ -148,12 +151,12 @@ static float *packed(const float *x, int64_t rows, int cols, int ld) {
 /* the whole battery for one shape; fused = q, k, v are column slices of one
  * [B, T, (NH + 2 NKV) HD] buffer, else three separate buffers whose rows
  * carry 3 padding floats that no kernel may touch */
-static void test_attention_case(int NKV, int window, int fused) {
+static void test_attention_case(int NKV, int window, int fused, float softcap) {
     const int B = 2, T = 7, NH = 4, HD = 8;
     char name[96];
-    snprintf(name, sizeof name, "attention NKV=%d window=%d %s", NKV, window,
-             fused ? "fused qkv" : "separate");
-    attn_case c = {B, T, NH, NKV, HD, 0, 0, 0, window, 1.0f / sqrtf((float)HD), NULL, NULL, NULL};
+    snprintf(name, sizeof name, "attention NKV=%d window=%d %s softcap=%g", NKV, window,
+             fused ? "fused qkv" : "separate", (double)softcap);
+    attn_case c = {B, T, NH, NKV, HD, 0, 0, 0, window, 1.0f / sqrtf((float)HD), NULL, NULL, NULL, softcap};
     int64_t rows = (int64_t)B * T;
     float *buf[3];
     int64_t buf_n[3];
@@ -290,7 +293,7 @@ static void test_attention_window_one(void) {
     float *v = randn(B * T * NKV * HD, 1);
     float out[B * T * NH * HD], lse[B * NH * T];
     CHECK(fsdp_attention_forward_cpu(out, lse, q, k, v, B, T, NH, NKV, HD, NH * HD, NKV * HD,
-                                     NKV * HD, 1, 0.5f) == FSDP_OK, "window 1 failed");
+                                     NKV * HD, 1, 0.5f, 0.0f) == FSDP_OK, "window 1 failed");
     int bad = 0;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < NH; h++)
@@ -299,9 +302,9 @@ static void test_attention_window_one(void) {
     /* a window as long as the sequence is no window */
     float out_w[B * T * NH * HD], out_0[B * T * NH * HD];
     fsdp_attention_forward_cpu(out_w, lse, q, k, v, B, T, NH, NKV, HD, NH * HD, NKV * HD, NKV * HD,
-                               T, 0.5f);
+                               T, 0.5f, 0.0f);
     fsdp_attention_forward_cpu(out_0, lse, q, k, v, B, T, NH, NKV, HD, NH * HD, NKV * HD, NKV * HD,
-                               0, 0.5f);
+                               0, 0.5f, 0.0f);
     CHECK(memcmp(out_w, out_0, sizeof out_w) == 0, "window T differs from no window");
     free(q); free(k); free(v);
 }
@@ -314,20 +317,27 @@ static void expect_error(int rc, const char *needle, const char *what) {
 
 static void test_attention_errors(void) {
     float x[64] = {0}, y[64], z[64];
-    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 3, 2, 4, 12, 8, 8, 0, 1), "NKV",
+    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 3, 2, 4, 12, 8, 8, 0, 1, 0.0f), "NKV",
                  "NH % NKV");
-    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 2, 2, 4, 7, 8, 8, 0, 1), "ldq",
+    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 2, 2, 4, 7, 8, 8, 0, 1, 0.0f), "ldq",
                  "small ldq");
-    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 2, 2, 4, 8, 8, 7, 0, 1), "ldv",
+    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 2, 2, 4, 8, 8, 7, 0, 1, 0.0f), "ldv",
                  "small ldv");
-    expect_error(fsdp_attention_forward_cpu(y, z, NULL, x, x, 1, 2, 2, 2, 4, 8, 8, 8, 0, 1), "q is NULL",
+    expect_error(fsdp_attention_forward_cpu(y, z, NULL, x, x, 1, 2, 2, 2, 4, 8, 8, 8, 0, 1, 0.0f), "q is NULL",
                  "NULL q");
-    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 0, 2, 2, 4, 8, 8, 8, 0, 1), "T (0)",
+    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 0, 2, 2, 4, 8, 8, 8, 0, 1, 0.0f), "T (0)",
                  "T = 0");
     expect_error(fsdp_attention_backward_cpu(y, NULL, NULL, x, x, x, x, x, NULL, 1, 2, 2, 2, 4, 8,
-                                             8, 8, 0, 1), "lse is NULL", "NULL lse");
+                                             8, 8, 0, 1, 0.0f), "lse is NULL", "NULL lse");
     expect_error(fsdp_attention_backward_cpu(y, NULL, NULL, x, x, x, x, x, x, 1, 2, 2, 2, 0, 8,
-                                             8, 8, 0, 1), "fsdp_attention_backward_cpu", "HD = 0");
+                                             8, 8, 0, 1, 0.0f), "fsdp_attention_backward_cpu", "HD = 0");
+    expect_error(fsdp_attention_forward_cpu(y, z, x, x, x, 1, 2, 2, 2, 4, 8, 8, 8, 0, 1, -2.0f), "softcap",
+                 "negative softcap");
+    expect_error(fsdp_attention_backward_cpu(y, NULL, NULL, x, x, x, x, x, x, 1, 2, 2, 2, 4, 8, 8, 8, 0, 1,
+                                             NAN), "softcap", "NaN softcap");
+    float o[8], kc[16], vc[16];
+    expect_error(fsdp_attention_decode_cpu(o, kc, vc, x, x, x, 1, 1, 0, 2, 2, 2, 4, 8, 8, 8, 0, 1, INFINITY),
+                 "softcap", "infinite softcap");
 }
 
 /* ---- rope ----------------------------------------------------------------- */
@@ -426,7 +436,7 @@ static void test_rope(void) {
  * order: within 2e-6), on 2 sequences, GQA, with and without a window, q/k/v
  * packed or not; the caches hold exactly the keys and values given; bad
  * positions are refused */
-static void test_attention_decode(int NKV, int window, int fused) {
+static void test_attention_decode(int NKV, int window, int fused, float softcap) {
     const int B = 2, T = 11, NH = 4, HD = 8, Tmax = 16;
     const int W = NKV * HD;
     const int ldq = fused ? NH * HD + 2 * W : NH * HD, ldk = fused ? ldq : W, ldv = ldk;
@@ -443,7 +453,7 @@ static void test_attention_decode(int NKV, int window, int fused) {
     }
     float *full = zeros((int64_t)B * T * NH * HD), *lse = zeros((int64_t)B * NH * T);
     CHECK(fsdp_attention_forward_cpu(full, lse, q, k, v, B, T, NH, NKV, HD, ldq, ldk, ldv, window,
-                                     0.35f) == FSDP_OK, "decode reference: %s", fsdp_last_error());
+                                     0.35f, softcap) == FSDP_OK, "decode reference: %s", fsdp_last_error());
     float *kc = zeros((int64_t)B * Tmax * W), *vc = zeros((int64_t)B * Tmax * W);
     const int steps[] = {5, 1, 1, 1, 3};
     int pos = 0;
@@ -462,11 +472,11 @@ static void test_attention_decode(int NKV, int window, int fused) {
                 memcpy(vs + dst * ldv, v + src * ldv, W * sizeof(float));
             }
         CHECK(fsdp_attention_decode_cpu(out, kc, vc, qs, ks, vs, B, Tq, pos, Tmax, NH, NKV, HD, ldq,
-                                        ldk, ldv, window, 0.35f) == FSDP_OK,
+                                        ldk, ldv, window, 0.35f, softcap) == FSDP_OK,
               "decode step %u: %s", i, fsdp_last_error());
         for (int b = 0; b < B; b++) {
-            snprintf(what, sizeof what, "decode NKV %d window %d fused %d step %u seq %d", NKV, window,
-                     fused, i, b);
+            snprintf(what, sizeof what, "decode NKV %d window %d fused %d softcap %g step %u seq %d", NKV,
+                     window, fused, (double)softcap, i, b);
             CHECK_CLOSE(what, out + (int64_t)b * Tq * NH * HD,
                         full + ((int64_t)b * T + pos) * NH * HD, (long)Tq * NH * HD, 2e-6, 2e-6);
             int same = 1;
@@ -483,11 +493,11 @@ static void test_attention_decode(int NKV, int window, int fused) {
     }
     float o1[4 * 8];
     int rc = fsdp_attention_decode_cpu(o1, kc, vc, q, k, v, 1, 1, Tmax, Tmax, NH, NKV, HD, ldq, ldk,
-                                       ldv, window, 0.35f);
+                                       ldv, window, 0.35f, 0.0f);
     CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "do not fit the cache of 16"),
           "a position past the cache: %d %s", rc, fsdp_last_error());
     rc = fsdp_attention_decode_cpu(o1, NULL, vc, q, k, v, 1, 1, 0, Tmax, NH, NKV, HD, ldq, ldk, ldv,
-                                   window, 0.35f);
+                                   window, 0.35f, 0.0f);
     CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "kcache is NULL"), "no cache: %s",
           fsdp_last_error());
     free(qkv); free(kx); free(vx); free(full); free(lse); free(kc); free(vc);
@@ -496,7 +506,7 @@ static void test_attention_decode(int NKV, int window, int fused) {
 /* packed sequences: a row holding several samples (positions restarting at
  * 0) gives, forward and backward, what each sample gives run alone; rows
  * cross the 64-query block boundary with a sample starting inside a block */
-static void test_attention_packed(int NKV, int window) {
+static void test_attention_packed(int NKV, int window, float softcap) {
     const int B = 2, T = 70, NH = 4, HD = 8;
     const int lens[2][3] = {{20, 30, 20}, {5, 65, 0}};
     const int W = NKV * HD, ldq = NH * HD, ldo = NH * HD;
@@ -511,9 +521,9 @@ static void test_attention_packed(int NKV, int window) {
     float *out = zeros((int64_t)B * T * ldo), *lse = zeros((int64_t)B * NH * T);
     float *dq = zeros((int64_t)B * T * ldq), *dk = zeros((int64_t)B * T * W), *dv = zeros((int64_t)B * T * W);
     CHECK(fsdp_attention_packed_forward_cpu(out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, W, W, window,
-                                            0.3f) == FSDP_OK, "packed forward: %s", fsdp_last_error());
+                                            0.3f, softcap) == FSDP_OK, "packed forward: %s", fsdp_last_error());
     CHECK(fsdp_attention_packed_backward_cpu(dq, dk, dv, dout, q, k, v, out, lse, pos, B, T, NH, NKV, HD,
-                                             ldq, W, W, window, 0.3f) == FSDP_OK,
+                                             ldq, W, W, window, 0.3f, softcap) == FSDP_OK,
           "packed backward: %s", fsdp_last_error());
     char what[96];
     for (int b = 0; b < B; b++) {
@@ -524,11 +534,12 @@ static void test_attention_packed(int NKV, int window) {
             float *o1 = zeros((int64_t)n * ldo), *l1 = zeros((int64_t)NH * n);
             float *dq1 = zeros((int64_t)n * ldq), *dk1 = zeros((int64_t)n * W), *dv1 = zeros((int64_t)n * W);
             CHECK(fsdp_attention_forward_cpu(o1, l1, q + r0 * ldq, k + r0 * W, v + r0 * W, 1, n, NH, NKV, HD,
-                                             ldq, W, W, window, 0.3f) == FSDP_OK, "alone: %s", fsdp_last_error());
+                                             ldq, W, W, window, 0.3f, softcap) == FSDP_OK, "alone: %s", fsdp_last_error());
             CHECK(fsdp_attention_backward_cpu(dq1, dk1, dv1, dout + r0 * ldo, q + r0 * ldq, k + r0 * W,
                                               v + r0 * W, o1, l1, 1, n, NH, NKV, HD, ldq, W, W, window,
-                                              0.3f) == FSDP_OK, "alone backward: %s", fsdp_last_error());
-            snprintf(what, sizeof what, "packed NKV %d window %d row %d sample %d", NKV, window, b, s);
+                                              0.3f, softcap) == FSDP_OK, "alone backward: %s", fsdp_last_error());
+            snprintf(what, sizeof what, "packed NKV %d window %d softcap %g row %d sample %d", NKV, window,
+                     (double)softcap, b, s);
             CHECK_CLOSE(what, out + r0 * ldo, o1, (long)n * ldo, 1e-5, 1e-6);
             for (int h = 0; h < NH; h++)
                 CHECK_CLOSE(what, lse + ((int64_t)b * NH + h) * T + t0, l1 + (int64_t)h * n, n, 1e-5, 1e-6);
@@ -541,10 +552,10 @@ static void test_attention_packed(int NKV, int window) {
     }
     /* positions that do not count up within samples are refused */
     pos[5] = 7;
-    int rc = fsdp_attention_packed_forward_cpu(out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, W, W, window, 0.3f);
+    int rc = fsdp_attention_packed_forward_cpu(out, lse, q, k, v, pos, B, T, NH, NKV, HD, ldq, W, W, window, 0.3f, 0.0f);
     CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "positions[0, 5] = 7"), "bad positions: %s",
           fsdp_last_error());
-    rc = fsdp_attention_packed_forward_cpu(out, lse, q, k, v, NULL, B, T, NH, NKV, HD, ldq, W, W, window, 0.3f);
+    rc = fsdp_attention_packed_forward_cpu(out, lse, q, k, v, NULL, B, T, NH, NKV, HD, ldq, W, W, window, 0.3f, 0.0f);
     CHECK(rc == FSDP_ERR_INVALID && strstr(fsdp_last_error(), "pos is NULL"), "no positions: %s", fsdp_last_error());
     free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
 }
@@ -553,13 +564,21 @@ int main(void) {
     fsdp_rng_seed(&rng, 1234);
     for (int fused = 0; fused <= 1; fused++)
         for (int NKV = 4; NKV >= 1; NKV /= 2)
-            for (int window = 0; window <= 3; window += 3) test_attention_case(NKV, window, fused);
+            for (int window = 0; window <= 3; window += 3) test_attention_case(NKV, window, fused, 0.0f);
+    /* soft-capped scores (Gemma 2): a cap of 1.5 bends scores of size ~1 */
+    for (int window = 0; window <= 3; window += 3) {
+        test_attention_case(2, window, 0, 1.5f);
+        test_attention_case(1, window, 1, 1.5f);
+    }
     test_attention_window_one();
     for (int fused = 0; fused <= 1; fused++)
         for (int NKV = 4; NKV >= 1; NKV /= 2)
-            for (int window = 0; window <= 3; window += 3) test_attention_decode(NKV, window, fused);
+            for (int window = 0; window <= 3; window += 3) test_attention_decode(NKV, window, fused, 0.0f);
+    test_attention_decode(2, 3, 0, 1.5f);
+    test_attention_decode(1, 0, 1, 1.5f);
     for (int NKV = 4; NKV >= 1; NKV /= 2)
-        for (int window = 0; window <= 9; window += 9) test_attention_packed(NKV, window);
+        for (int window = 0; window <= 9; window += 9) test_attention_packed(NKV, window, 0.0f);
+    test_attention_packed(2, 9, 1.5f);
     test_attention_errors();
     test_rope();
     return check_exit("test_kernels_attention");

@@ -578,6 +578,31 @@ static void test_activations(void) {
     free(dup2);
 }
 
+/* soft-capping: cap tanh(x / cap) against double, backward against the
+ * double derivative, accumulation, bad arguments */
+static void test_softcap(void) {
+    enum { n = 37 };
+    const float cap = 1.7f;
+    float *x = uniform(n, -6, 6), *out = zeros(n), *ref = zeros(n), *r = uniform(n, -1, 1);
+    float *dx = zeros(n), *dref = zeros(n);
+    CHECK(fsdp_softcap_forward_cpu(out, x, cap, n) == FSDP_OK, "softcap forward");
+    for (int i = 0; i < n; i++) {
+        const double t = tanh((double)x[i] / cap);
+        ref[i] = (float)(cap * t);
+        dref[i] = (float)(r[i] * (1 - t * t));
+    }
+    CHECK_CLOSE("softcap", out, ref, n, 1e-6, 1e-7);
+    CHECK(fsdp_softcap_backward_cpu(dx, r, x, cap, n) == FSDP_OK, "softcap backward");
+    CHECK_CLOSE("softcap backward", dx, dref, n, 1e-5, 1e-7);
+    float *dx2 = scaled(dx, n, 2);
+    fsdp_softcap_backward_cpu(dx, r, x, cap, n);
+    CHECK_CLOSE("softcap backward accumulates", dx, dx2, n, 1e-6, 1e-7);
+    check_invalid("softcap cap 0", fsdp_softcap_forward_cpu(out, x, 0.0f, n), "cap must be a positive number");
+    check_invalid("softcap cap inf", fsdp_softcap_backward_cpu(dx, r, x, INFINITY, n), "fsdp_softcap_backward_cpu");
+    check_invalid("softcap x NULL", fsdp_softcap_forward_cpu(out, NULL, cap, n), "fsdp_softcap_forward_cpu");
+    free(x); free(out); free(ref); free(r); free(dx); free(dref); free(dx2);
+}
+
 /* ---- elementwise ------------------------------------------------------- */
 
 static void test_elementwise(void) {
@@ -619,6 +644,7 @@ int main(void) {
     test_embedding();
     test_norms();
     test_activations();
+    test_softcap();
     test_elementwise();
     return check_exit("test_kernels_basic");
 }

@@ -546,11 +546,14 @@ static void test_attention(void) {
     float *q = uniform(rows * C, -1, 1), *k = uniform(rows * CKV, -1, 1), *v = uniform(rows * CKV, -1, 1);
     float *out = malloc(4 * rows * C), *lse = malloc(4 * (long)B * NH * T), *dout = uniform(rows * C, -1, 1);
     float *dq = calloc(rows * C, 4), *dk = calloc(rows * CKV, 4), *dv = calloc(rows * CKV, 4);
-    for (int window = 0; window <= 100; window += 100) {
-        fsdp_attention_forward_cpu(out, lse, q, k, v, B, T, NH, NKV, HD, C, CKV, CKV, window, scale);
+    /* no window; a window of 100; a window and Gemma 2's score soft-capping */
+    for (int variant = 0; variant < 3; variant++) {
+        const int window = variant == 0 ? 0 : 100;
+        const float softcap = variant == 2 ? 0.5f : 0.0f;
+        fsdp_attention_forward_cpu(out, lse, q, k, v, B, T, NH, NKV, HD, C, CKV, CKV, window, scale, softcap);
         memset(dq, 0, 4 * rows * C); memset(dk, 0, 4 * rows * CKV); memset(dv, 0, 4 * rows * CKV);
         fsdp_attention_backward_cpu(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, NKV, HD, C, CKV, CKV,
-                                    window, scale);
+                                    window, scale, softcap);
         float *d_q = UPF(q, rows * C), *d_k = UPF(k, rows * CKV), *d_v = UPF(v, rows * CKV);
         float *d_out = UPF(NULL, rows * C), *d_lse = UPF(NULL, (long)B * NH * T), *d_dout = UPF(dout, rows * C);
         float *d_dq = UPF(NULL, rows * C), *d_dk = UPF(NULL, rows * CKV), *d_dv = UPF(NULL, rows * CKV);
@@ -558,9 +561,9 @@ static void test_attention(void) {
         fsdp_cuda_memset(d_dk, 0, 4 * rows * CKV, NULL);
         fsdp_cuda_memset(d_dv, 0, 4 * rows * CKV, NULL);
         OK(fsdp_attention_forward_f32_cuda(d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV, HD, C, CKV, CKV, window,
-                                           scale, NULL));
+                                           scale, softcap, NULL));
         OK(fsdp_attention_backward_f32_cuda(d_dq, d_dk, d_dv, d_dout, d_q, d_k, d_v, d_out, d_lse, B, T, NH, NKV,
-                                            HD, C, CKV, CKV, window, scale, NULL));
+                                            HD, C, CKV, CKV, window, scale, softcap, NULL));
         float *h = downf(d_out, rows * C);
         CLOSE("attention out", h, out, rows * C, TOL_RED);
         free(h); h = downf(d_lse, (long)B * NH * T);
@@ -659,12 +662,12 @@ static void test_policy(void) {
     const long rows = (long)B * T;
     float *q = uniform(rows * C, -1, 1), *k = uniform(rows * CKV, -1, 1), *v = uniform(rows * CKV, -1, 1);
     float *o = malloc(4 * rows * C), *lse = malloc(4L * B * NH * T);
-    fsdp_attention_forward_cpu(o, lse, q, k, v, B, T, NH, NKV, HD, C, CKV, CKV, 0, 0.125f);
+    fsdp_attention_forward_cpu(o, lse, q, k, v, B, T, NH, NKV, HD, C, CKV, CKV, 0, 0.125f, 0.0f);
     float *d_q = UPF(q, rows * C), *d_k = UPF(k, rows * CKV), *d_v = UPF(v, rows * CKV);
     float *d_o = UPF(NULL, rows * C), *d_lse = UPF(NULL, (long)B * NH * T);
     OK(fsdp_cuda_set_compute_dtype(FSDP_BF16));
     const int64_t declined0 = fsdp_cuda_declined_shapes();
-    OK(fsdp_attention_forward_cuda(d_o, d_lse, d_q, d_k, d_v, B, T, NH, NKV, HD, C, CKV, CKV, 0, 0.125f, NULL));
+    OK(fsdp_attention_forward_cuda(d_o, d_lse, d_q, d_k, d_v, B, T, NH, NKV, HD, C, CKV, CKV, 0, 0.125f, 0.0f, NULL));
     printf("policy attention bf16: %s\n", fsdp_cuda_declined_shapes() > declined0 ? "cuDNN declined, f32 kernel"
                                                                                : "cuDNN");
     float *h = downf(d_o, rows * C);

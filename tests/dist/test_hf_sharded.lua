@@ -3,8 +3,10 @@
 --   - the llama fixture gives, on every rank, the very logits of one rank
 --     (crc32 of their bytes) and transformers' within 1e-4; the same loss and
 --     gradient norm within 1e-5;
---   - so do mixtral, gpt2 (transposed Conv1D weights), opt_postnorm and the
---     sharded and bf16 llama copies on 2 and 3 ranks;
+--   - so do mixtral, gpt2 (transposed Conv1D weights), opt_postnorm, the
+--     sharded and bf16 llama copies, qwen2 (tied, q/k/v biases) and the
+--     transformers 5 qwen3 (q/k norms, head_dim * heads != width) and
+--     gemma2 (soft-caps, (1 + w) norms) on 2 and 3 ranks;
 --   - loading allocates nothing but the rank's own shards: the allocator
 --     peak while fsdp.shard reads the weights is exactly the parameter and
 --     gradient shards (a rank never builds a whole tensor to cut its slice);
@@ -62,7 +64,8 @@ end
 
 -- the other architectures' slices on 2 and 3 ranks (3: slices that cut
 -- tensors mid-row, GPT-2's transposed Conv1D weights included)
-for _, name in ipairs({'mixtral', 'gpt2', 'opt_postnorm', 'llama_sharded', 'llama_bf16'}) do
+for _, name in ipairs({'mixtral', 'gpt2', 'opt_postnorm', 'llama_sharded', 'llama_bf16', 'qwen2', '../hf5/qwen3',
+                       '../hf5/gemma2'}) do
    local ename = name:match('^llama') and 'llama' or name
    local dir, ex = GOLDEN .. name, GOLDEN .. ename .. '/expected.safetensors'
    local one = probe(1, dir, ex)[1]

@@ -6,7 +6,9 @@ made by make_hf_fixtures.py), these are in transformers 5's config layout
 (rope_parameters, dtype) and have other shapes: odd vocabularies (97, 101),
 13 positions, grouped-query ratios 3 and 4, sliding windows shorter than
 the sequence, and one Llama per rope_type (linear, dynamic, yarn, llama3,
-longrope) whose scaling acts at 13 positions.
+longrope) whose scaling acts at 13 positions; Qwen2 and Qwen3 tied and
+untied, with windows on some layers (layer_types) or none; Gemma 2 with
+binding soft-caps and windows.
 
     /work/venv/bin/python tests/golden/make_hf5_fixtures.py
 
@@ -104,13 +106,55 @@ CASES = {
     "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
              dict(vocab_size=97, n_embd=40, n_layer=2, n_head=5, n_inner=56, n_positions=24, resid_pdrop=0.0,
                   embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1, bos_token_id=0, eos_token_id=0)),
+    # Qwen2: q/k/v biases, GQA 5 (5 heads, 1 kv head), 3 layers of which the
+    # last two have a window of 5 < 13 (use_sliding_window, max_window_layers
+    # 1: transformers 5 writes layer_types), untied, vocabulary 103
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              llama(vocab_size=103, hidden_size=40, intermediate_size=72, num_hidden_layers=3, num_attention_heads=5,
+                    num_key_value_heads=1, use_sliding_window=True, sliding_window=5, max_window_layers=1,
+                    rope_parameters=rope("default", 1000000.0))),
+    # Qwen2.5-0.5B-like: tied embeddings, no window (sliding_window is written
+    # as null), GQA 3, vocabulary 89
+    "qwen2_tied": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+                   llama(vocab_size=89, tie_word_embeddings=True, use_sliding_window=False,
+                         rope_parameters=rope("default", 10000.0))),
+    # Qwen3: head_dim 16 with 4 heads over a width of 40 (16 * 4 != 40), GQA 4,
+    # q/k RMSNorm, the second of 2 layers windowed (6 < 13), untied, vocab 107
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+              llama(vocab_size=107, hidden_size=40, intermediate_size=56, num_attention_heads=4, num_key_value_heads=1,
+                    head_dim=16, use_sliding_window=True, sliding_window=6, max_window_layers=1,
+                    rope_parameters=rope("default", 1000000.0))),
+    # Qwen3-0.6B-like: tied, attention biases on, head_dim 12 with 6 heads
+    # over 48, GQA 3, YaRN past 8 positions, vocabulary 91
+    "qwen3_tied": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+                   llama(vocab_size=91, head_dim=12, tie_word_embeddings=True, attention_bias=True, max_position_embeddings=32,
+                         rope_parameters=rope("yarn", 10000.0, factor=4.0, original_max_position_embeddings=8))),
+    # Gemma 2: 3 layers, windows of 4 < 13 on layers 0 and 2 (layer_types),
+    # GQA 3, head_dim 16 with 6 heads over 48, query_pre_attn_scalar 12,
+    # attention and final logits soft-capped at 2 and 1.5 (both bind),
+    # untied, a padding row, vocabulary 97
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+               llama(num_hidden_layers=3, head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
+                     attn_logit_softcapping=2.0, final_logit_softcapping=1.5, pad_token_id=0,
+                     rope_parameters=rope("default", 10000.0))),
 }
 ROPE_CASES = [k for k in CASES if k.startswith("llama_")]
+V4_CASES = ROPE_CASES + ["llama", "mistral", "mixtral", "qwen2", "qwen2_tied", "qwen3", "qwen3_tied", "gemma2"]
+
+
+# cases added after the first ones, seeded after them in this order (so an
+# added case changes no other case's seed)
+ADDED = ["qwen2", "qwen2_tied", "qwen3", "qwen3_tied", "gemma2"]
+
+
+def seed_index(name):
+    first = sorted(k for k in CASES if k not in ADDED)
+    return first.index(name) if name in first else len(first) + ADDED.index(name)
 
 
 def make_model(name):
     cfg_cls, model_cls, kw = CASES[name]
-    torch.manual_seed(2000 + sorted(CASES).index(name))
+    torch.manual_seed(2000 + seed_index(name))
     cfg = cfg_cls(**kw)
     impl = dict(attn_implementation="eager")
     if name == "mixtral":  # a loop over the experts (the grouped GEMM has no float64)
@@ -172,12 +216,15 @@ def named_grads(model):
 
 def v4_config(path):
     """config.json in transformers 4.x's layout: rope_theta + rope_scaling
-    (null for the default rope), torch_dtype"""
+    (null for the default rope), torch_dtype; no layer_types where no layer
+    is windowed (Qwen: 4.x has no layer_types)"""
     cfg = json.load(open(path))
     rp = dict(cfg.pop("rope_parameters"))
     cfg["rope_theta"] = rp.pop("rope_theta")
     cfg["rope_scaling"] = None if rp["rope_type"] == "default" else rp
     cfg["torch_dtype"] = cfg.pop("dtype")
+    if "layer_types" in cfg and cfg.get("sliding_window") is None:
+        del cfg["layer_types"]  # as 4.x writes a Qwen config without windows
     return cfg
 
 
@@ -228,7 +275,7 @@ def make_case(name):
     gen = os.path.join(path, "generation_config.json")
     if os.path.exists(gen):
         os.remove(gen)
-    if name in ROPE_CASES or name in ("llama", "mistral", "mixtral"):
+    if name in V4_CASES:
         with open(os.path.join(path, "config_v4.json"), "w") as f:
             json.dump(v4_config(os.path.join(path, "config.json")), f, indent=2, sort_keys=True)
             f.write("\n")

@@ -2,7 +2,7 @@
 """Tiny Hugging Face models and what transformers computes with them, for
 tests/lua/test_hf_models.lua and tests/dist/test_hf_sharded.lua.
 
-    /usr/bin/python3 tests/golden/make_hf_fixtures.py
+    /usr/bin/python3 tests/golden/make_hf_fixtures.py [case ...]
 
 Run by hand, never by the tests. Needs Debian's python3-torch (torch 1.13)
 and `pip install --break-system-packages 'transformers==4.49.0' safetensors`
@@ -58,6 +58,12 @@ import hf_reference as ref  # noqa: E402
 # default); nothing here is
 import transformers.generation.utils as _generation_utils  # noqa: E402
 _generation_utils.is_fsdp_managed_module = lambda module: False
+# Gemma 2's HybridCache marks its buffers static for torch.compile through
+# torch._dynamo, which torch 1.13's Debian build lacks; in eager mode the
+# mark changes nothing
+if not hasattr(torch, "_dynamo"):
+    import types  # noqa: E402
+    torch._dynamo = types.SimpleNamespace(mark_static_address=lambda tensor: None)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "hf")
@@ -103,6 +109,18 @@ CASES = {
                      dict(COMMON, ffn_dim=128, max_position_embeddings=32, do_layer_norm_before=False,
                           word_embed_proj_dim=32, dropout=0.0, attention_dropout=0.0, init_std=0.1,
                           pad_token_id=1)),
+    # Qwen2: q/k/v biases, GQA 4, tied, a window of 6 < 16 on every layer
+    # (use_sliding_window, max_window_layers 0: transformers 4.49 and 5
+    # window the same layers)
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              llama_like(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e6, use_sliding_window=True,
+                         sliding_window=6, max_window_layers=0)),
+    # Gemma 2: head_dim 24 with 4 heads over 64, GQA 2, a window of 5 < 16
+    # on layer 0, query_pre_attn_scalar 20, attention and final logits
+    # soft-capped at 2 and 1.5, tied, a padding row (pad_token_id 0)
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+               llama_like(num_key_value_heads=2, head_dim=24, sliding_window=5, query_pre_attn_scalar=20,
+                          attn_logit_softcapping=2.0, final_logit_softcapping=1.5, pad_token_id=0)),
     # GPT-2
     "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
              dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.0,
@@ -110,9 +128,19 @@ CASES = {
 }
 
 
+# cases added after the first ones, seeded after them in this order (so an
+# added case changes no other case's seed)
+ADDED = ["qwen2", "gemma2"]
+
+
+def seed_index(name):
+    first = sorted(k for k in CASES if k not in ADDED)
+    return first.index(name) if name in first else len(first) + ADDED.index(name)
+
+
 def make_model(name):
     cfg_cls, model_cls, kw = CASES[name]
-    torch.manual_seed(1000 + sorted(CASES).index(name))
+    torch.manual_seed(1000 + seed_index(name))
     cfg = cfg_cls(**kw)
     cfg._attn_implementation = "eager"
     model = model_cls(cfg).float()
@@ -223,7 +251,7 @@ def make_case(name):
 def main():
     os.makedirs(OUT, exist_ok=True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    for name in CASES:
+    for name in sys.argv[1:] or CASES:
         make_case(name)
 
 

@@ -23,7 +23,8 @@ local golden = fsdp.root .. '/tests/golden/'
 local FIXTURES = {
    'hf/llama', 'hf/llama3', 'hf/codellama', 'hf/mistral', 'hf/mixtral', 'hf/opt', 'hf/opt_postnorm', 'hf/gpt2',
    'hf5/llama', 'hf5/llama_linear', 'hf5/llama_dynamic', 'hf5/llama_yarn', 'hf5/llama_llama3', 'hf5/llama_longrope',
-   'hf5/mistral', 'hf5/mixtral', 'hf5/opt', 'hf5/gpt2',
+   'hf5/mistral', 'hf5/mixtral', 'hf5/opt', 'hf5/gpt2', 'hf/qwen2', 'hf5/qwen2', 'hf5/qwen2_tied', 'hf5/qwen3',
+   'hf5/qwen3_tied', 'hf/gemma2', 'hf5/gemma2',
 }
 
 local manifest = {}
@@ -52,7 +53,8 @@ for _, name in ipairs(FIXTURES) do
       manifest[#manifest + 1] = {name = base .. '.' .. layout, dir = dest,
                                  expected = out .. '/' .. base .. '.expected.safetensors', fixture = name,
                                  layout = layout == 'auto' and came or layout, rope_type = rope, rope_theta = theta,
-                                 arch = hf.load_config(dest).arch}
+                                 arch = hf.load_config(dest).arch,
+                                 windows = model.config.windows and json.array(model.config.windows) or json.null}
    end
    ex:close()
 end

@@ -1,7 +1,9 @@
 -- The code in docs/recipes.md and docs/models.md runs and does what the
 -- text says. Every ```lua block is a file whose first line names it
 -- (`-- step1.lua: ...`), except blocks marked ```lua -- fragment, which are
--- pieces of a file and are not run. The named files are written side by
+-- pieces of a file and are not run, and blocks marked ```lua -- excerpt
+-- (lua/models/qwen2.lua), which must appear in that file of the checkout
+-- word for word (so the page cannot drift from the code it shows). The named files are written side by
 -- side into a temporary directory, with corpus.txt beside them, and run
 -- there on one rank with the commands the pages show; tests/dist/
 -- test_docs_dist.lua runs the recipe-style ones on two ranks.
@@ -33,19 +35,30 @@ function M.blocks(path)
          end
       else
          local info = line:match('^```lua(.*)$')
-         if info then cur = {lines = {}, fragment = info:find('fragment', 1, true) ~= nil, where = path .. ':' .. n} end
+         if info then
+            cur = {lines = {}, fragment = info:find('fragment', 1, true) ~= nil, where = path .. ':' .. n,
+                   excerpt_of = info:match('^%s*%-%- excerpt %(([^)]+)%)')}
+         end
       end
    end
    t.check(cur == nil, '%s: a ```lua block is not closed', path)
    return out
 end
 
--- every named block of the pages, by name (a name used twice is an error)
+-- every named block of the pages, by name (a name used twice is an error);
+-- excerpts are checked against their file here
 function M.files()
    local files, n_fragments = {}, 0
+   M.n_excerpts = 0
    for _, doc in ipairs(M.DOCS) do
       for _, b in ipairs(M.blocks(doc)) do
-         if b.fragment then
+         if b.excerpt_of then
+            M.n_excerpts = M.n_excerpts + 1
+            local src = fs.read(fsdp.root .. '/' .. b.excerpt_of)
+            t.check(src ~= nil, '%s: an excerpt of %s, which is not in the checkout', b.where, b.excerpt_of)
+            t.check(src and src:find(b.code, 1, true), '%s: this excerpt is not word for word in %s', b.where,
+                    b.excerpt_of)
+         elseif b.fragment then
             n_fragments = n_fragments + 1
          elseif not b.name then
             t.check(false, '%s: a ```lua block neither starts with `-- name.lua:` nor is marked `-- fragment`', b.where)
@@ -337,6 +350,8 @@ for _, name in ipairs(names) do
    end
 end
 M.c_op(dir)
-print(string.format('%d files and %d fragments in %s', #names, n_fragments, table.concat(M.DOCS, ', ')))
+t.check(M.n_excerpts >= 3, 'docs/models.md shows lua/models/qwen2.lua in %d excerpts', M.n_excerpts)
+print(string.format('%d files, %d fragments and %d excerpts in %s', #names, n_fragments, M.n_excerpts,
+                    table.concat(M.DOCS, ', ')))
 fs.remove_tree(dir)
 return t.done()

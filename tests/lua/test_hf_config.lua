@@ -10,7 +10,13 @@
 --  4. RoPE settings that cannot be read are errors naming the key;
 --     dynamic and longrope tables switch with the sequence length;
 --  5. tokenizer_config.json (bos/eos/unk/pad tokens, add_bos_token) and
---     generation_config.json are read; what cannot be honoured is said.
+--     generation_config.json are read; what cannot be honoured is said;
+--  6. Qwen's sliding windows per layer as transformers 5 computes them
+--     (layer_types, or use_sliding_window and max_window_layers); a config
+--     without layer_types on which 4.x and 5 window different layers is an
+--     error naming the keys; a Qwen model from scratch writes layer_types;
+--  7. Gemma 2's windows and soft-caps: errors name the key; a model from
+--     scratch writes transformers 5's keys and reads back the same.
 local fsdp = require 'fsdp'
 local t = require 'tests.lua.harness'
 local fs = require 'fsdp.fs'
@@ -101,7 +107,8 @@ local function same_list(a, b)
 end
 
 for _, fixture in ipairs({'hf/llama3', 'hf/codellama', 'hf/mixtral', 'hf/opt', 'hf/gpt2', 'hf5/llama_yarn',
-                          'hf5/llama_longrope', 'hf5/mixtral', 'hf5/gpt2'}) do
+                          'hf5/llama_longrope', 'hf5/mixtral', 'hf5/gpt2', 'hf/qwen2', 'hf5/qwen2', 'hf5/qwen3_tied',
+                          'hf/gemma2', 'hf5/gemma2'}) do
    local orig = json.read_file(golden .. fixture .. '/config.json')
    local came = hf.config_layout(orig)
    local dir = export_of(fixture, 'auto')
@@ -267,6 +274,152 @@ do
             'does not implement'}, 'unsupported generation setting')
    write(g .. '/generation_config.json', '{"eos_token_id": 2, "repetition_penalty": 1.0, "num_beams": 1}')
    t.check(hf.read_generation_config(g).eos_ids[1] == 2, 'neutral values are fine')
+end
+
+---------------------------------------------------------------------------
+-- 6. Qwen's sliding windows
+
+do
+   local qwen2, qwen3 = require 'models.qwen2', require 'models.qwen3'
+   local base = {num_hidden_layers = 3, max_position_embeddings = 64, max_window_layers = 1,
+                 use_sliding_window = true, sliding_window = 5}
+   local function with(fields)
+      local c = {}
+      for k, v in pairs(base) do c[k] = v end
+      for k, v in pairs(fields) do c[k] = v end
+      if c.sliding_window == json.null then c.sliding_window = nil end
+      return c
+   end
+   local function windows(fields, from_4x)
+      return table.concat(qwen2.layer_windows(with(fields), 'qwen2', from_4x), ',')
+   end
+   local full, slide = 'full_attention', 'sliding_attention'
+   for _, c in ipairs({
+      {{}, false, '0,5,5'},
+      {{use_sliding_window = false}, false, '0,0,0'},
+      {{max_window_layers = 5}, false, '0,0,0'},
+      {{layer_types = {slide, full, slide}}, false, '5,0,5'},
+      {{layer_types = {slide, full, slide}}, true, '5,0,5'}, -- layer_types: written by transformers 5
+      {{max_window_layers = 0}, true, '5,5,5'},             -- 4.x and 5 agree: every layer
+      {{use_sliding_window = false, sliding_window = 64}, true, '0,0,0'}, -- a window that cannot bind
+      {{use_sliding_window = false, sliding_window = json.null}, true, '0,0,0'},
+   }) do
+      local got = windows(c[1], c[2])
+      t.check(got == c[3], 'qwen windows %s (from 4.x: %s): %s, want %s', json.encode(c[1]), tostring(c[2]), got, c[3])
+   end
+   for _, c in ipairs({
+      {{}, true, {'sliding_window 5', 'max_position_embeddings 64', 'use_sliding_window true', 'max_window_layers 1',
+                  'layer 0', 'layer_types'}},
+      {{use_sliding_window = false, sliding_window = 32}, true, {'sliding_window 32', 'use_sliding_window false'}},
+      {{layer_types = {full, slide}}, false, {'layer_types must list the 3 layers'}},
+      {{layer_types = {full, 'chunked_attention', slide}}, false, {"layer_types[1] = chunked_attention"}},
+      {{layer_types = {full, full, slide}, use_sliding_window = false}, false,
+       {"layer_types[2] is 'sliding_attention'", 'use_sliding_window is false'}},
+      {{sliding_window = 0}, false, {'sliding_window must be a positive integer'}},
+      {{sliding_window = 2.5}, false, {'sliding_window must be a positive integer'}},
+      {{use_sliding_window = 'yes'}, false, {'use_sliding_window must be true or false'}},
+      {{max_window_layers = -1}, false, {'max_window_layers'}},
+   }) do
+      t.raises(function() windows(c[1], c[2]) end, c[3], 'qwen windows ' .. json.encode(c[1]))
+   end
+
+   -- through config.json: the transformers 5 fixture in the 4.x layout
+   -- without its layer_types is the config 4.x would have written, and 4.x
+   -- windows its first layer: refused, naming the file and the keys
+   local d = tmp .. '/qwen2_no_types'
+   fs.mkdirs(d)
+   os.execute('cp ' .. fs.quote(golden .. 'hf5/qwen2') .. '/model.safetensors ' .. fs.quote(d) .. '/')
+   local cfg = json.read_file(golden .. 'hf5/qwen2/config_v4.json')
+   cfg.layer_types = nil
+   write(d .. '/config.json', json.encode(cfg))
+   t.raises(function() hf.build(d) end, {d .. '/config.json', 'sliding_window 5', 'max_window_layers 1',
+                                         'layer_types'}, 'qwen2 4.x config whose windows 4.x and 5 disagree on')
+   cfg = json.read_file(golden .. 'hf5/qwen3/config.json')
+   cfg.hidden_act = 'gelu'
+   write(d .. '/config.json', json.encode(cfg))
+   t.raises(function() hf.build(d) end, {d .. '/config.json', "hidden_act 'gelu'"}, 'qwen3 activation')
+
+   -- from scratch: transformers 5's keys (layer_types, sliding_window null
+   -- without use_sliding_window), and read back to the same windows
+   for _, v in ipairs({
+      {qwen2.Qwen2, {use_sliding_window = true, sliding_window = 4, max_window_layers = 1}, '0,4', 'Qwen2ForCausalLM'},
+      {qwen3.Qwen3, {head_dim = 12}, '0,0', 'Qwen3ForCausalLM'},
+   }) do
+      local c = {vocab_size = 64, hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2,
+                 num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64}
+      for k, x in pairs(v[2]) do c[k] = x end
+      local m = v[1](c)
+      local out = models.family_of(m).to_hf_config(m)
+      local text = json.encode(out)
+      t.check(out.architectures[1] == v[4] and out.layer_types and #out.layer_types == 2, '%s from scratch: %s', v[4],
+              text)
+      t.check(out.use_sliding_window or out.sliding_window == json.null, '%s from scratch: sliding_window null: %s',
+              v[4], text)
+      t.check(out.attention_bias == nil or v[4] == 'Qwen3ForCausalLM', 'qwen2 has no attention_bias key')
+      local back = models.family_of(m).from_hf(json.decode(text))
+      t.check(table.concat(back.config.windows, ',') == v[3] and table.concat(m.config.windows, ',') == v[3],
+              '%s from scratch: windows %s, read back %s, want %s', v[4], table.concat(m.config.windows, ','),
+              table.concat(back.config.windows, ','), v[3])
+      t.check(back.config.head_dim == m.config.head_dim, '%s: head_dim read back', v[4])
+   end
+end
+
+---------------------------------------------------------------------------
+-- 7. Gemma 2
+
+do
+   local gemma2 = require 'models.gemma2'
+   local function windows(fields)
+      local c = {num_hidden_layers = 4, sliding_window = 6}
+      for k, v in pairs(fields) do c[k] = v end
+      if c.sliding_window == json.null then c.sliding_window = nil end
+      return table.concat(gemma2.layer_windows(c, 'gemma2'), ',')
+   end
+   t.check(windows({}) == '6,0,6,0', 'gemma2: even layers windowed by default, got %s', windows({}))
+   t.check(windows({layer_types = {'full_attention', 'sliding_attention', 'full_attention', 'full_attention'}})
+           == '0,6,0,0', 'gemma2: layer_types decide')
+   for _, c in ipairs({
+      {{sliding_window = json.null}, {"layer_types[0] is 'sliding_attention' but sliding_window is null"}},
+      {{layer_types = {'full_attention'}}, {'layer_types must list the 4 layers'}},
+      {{sliding_window = -3}, {'sliding_window must be a positive integer'}},
+   }) do
+      t.raises(function() windows(c[1]) end, c[2], 'gemma2 windows ' .. json.encode(c[1]))
+   end
+   local base = {vocab_size = 64, hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2,
+                 num_attention_heads = 4, num_key_value_heads = 2, head_dim = 8, max_position_embeddings = 64,
+                 query_pre_attn_scalar = 8, sliding_window = 4}
+   local function with(fields)
+      local c = {}
+      for k, v in pairs(base) do c[k] = v end
+      for k, v in pairs(fields) do c[k] = v end
+      return c
+   end
+   for _, c in ipairs({
+      {{hidden_activation = 'gelu'}, {"hidden_activation 'gelu' is not supported (gelu_pytorch_tanh)"}},
+      {{attn_logit_softcapping = -1}, {'attn_logit_softcapping must be a positive number or null'}},
+      {{final_logit_softcapping = 0}, {'final_logit_softcapping must be a positive number or null'}},
+      {{query_pre_attn_scalar = 0}, {'query_pre_attn_scalar must be a positive number'}},
+      {{use_bidirectional_attention = true}, {'use_bidirectional_attention true is not supported'}},
+   }) do
+      t.raises(function() gemma2.Gemma2(with(c[1])) end, c[2], 'gemma2 config ' .. json.encode(c[1]))
+   end
+   -- from scratch: transformers 5's keys, floats as floats, and read back
+   local m = gemma2.Gemma2(with({}))
+   local out = models.family_of(m).to_hf_config(m)
+   local text = json.encode(out)
+   for _, want in ipairs({'"architectures":["Gemma2ForCausalLM"]', '"attn_logit_softcapping":50.0',
+                          '"final_logit_softcapping":30.0', '"hidden_activation":"gelu_pytorch_tanh"',
+                          '"layer_types":["sliding_attention","full_attention"]', '"rope_parameters"'}) do
+      t.check(text:find(want, 1, true), 'gemma2 from scratch: %s not in %s', want, text)
+   end
+   t.check(out.hidden_act == nil and out.mlp_bias == nil, 'gemma2 from scratch writes no Llama-only keys: %s', text)
+   -- keys published Gemma 2 configs carry that transformers does not read
+   local unknown = hf.check_keys({sliding_window_size = 4096, hidden_act = 'gelu_pytorch_tanh',
+                                  cache_implementation = 'hybrid', something_new = 1}, models.family_of(m), 'config.json')
+   t.check(#unknown == 1 and unknown[1] == 'something_new', 'gemma2 unknown keys: %s', table.concat(unknown, ', '))
+   local back = models.family_of(m).from_hf(json.decode(text))
+   t.check(table.concat(back.config.windows, ',') == '4,0' and back.config.attn_logit_softcapping == 50 and
+           back.config.final_logit_softcapping == 30, 'gemma2 from scratch read back: %s', text)
 end
 
 os.execute('rm -rf ' .. fs.quote(tmp))

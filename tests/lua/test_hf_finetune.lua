@@ -10,6 +10,7 @@
 --  2. recipes/generate.lua --temperature 0 gives transformers' greedy
 --     generate() token for token, with the KV cache and without
 --     (--no-kv-cache; these differ where transformers' differ: longrope);
+--     recipes/eval.lua's loss on the validation tokens is the model's;
 --  3. config.json keys nothing reads make one warning line and the run
 --     goes on; a key that would change the model is an error naming it.
 local fsdp = require 'fsdp'
@@ -17,6 +18,7 @@ local t = require 'tests.lua.harness'
 local fs = require 'fsdp.fs'
 local json = require 'fsdp.json'
 local st = require 'fsdp.safetensors'
+local hf = require 'fsdp.hf'
 local bind = require 'fsdp.ffi'
 local ffi, C = bind.ffi, bind.C
 
@@ -34,6 +36,9 @@ local CASES = {
    {'hf5/llama_yarn', 'finetune_llama2'}, {'hf5/llama_llama3', 'finetune_llama2'},
    {'hf5/llama_longrope', 'finetune_llama2'}, {'hf5/mistral', 'finetune_mistral'},
    {'hf5/mixtral', 'finetune_mistral'}, {'hf5/opt', 'finetune_opt'}, {'hf5/gpt2', 'train_mingpt'},
+   {'hf/qwen2', 'finetune_qwen'}, {'hf5/qwen2', 'finetune_qwen'}, {'hf5/qwen2_tied', 'finetune_qwen'},
+   {'hf5/qwen3', 'finetune_qwen'}, {'hf5/qwen3_tied', 'finetune_qwen'},
+   {'hf/gemma2', 'finetune_llama2'}, {'hf5/gemma2', 'finetune_llama2'},
 }
 
 local tmp = os.tmpname()
@@ -141,9 +146,28 @@ local function check_case(name, recipe)
       t.check(ok, '%s: generate.lua%s gives %s, transformers %s', name, v[2], table.concat(shown, ','),
               table.concat(ids:totable(), ','))
    end
+   -- 3. recipes/eval.lua on the validation tokens: the loss of the model
+   -- computed here (eval prints 4 decimals)
+   local toks = ex:tensor('finetune_tokens')
+   local vx, vy = fsdp.empty({1, T_}, 'i32'), fsdp.empty({1, T_}, 'i32')
+   for i = 0, T_ - 1 do
+      vx:ptr()[i] = toks:ptr()[B * T_ + 1 + i]
+      vy:ptr()[i] = toks:ptr()[B * T_ + 2 + i]
+   end
+   local model = hf.load(dir):materialize()
+   local want_eval = fsdp.no_grad(function() return model:loss(vx, vy):item() end)
+   fsdp.autograd.reset()
+   hf.close(model)
+   local e_status, e_out, e_err = run(string.format('%s recipes/eval.lua --model %s --data %s/data --seq-len %d ' ..
+                                                    '--batch-size 1 --batches 1', bin, dir, work, T_))
+   local got_eval = tonumber(e_out:match('loss (%d+%.%d+)'))
+   t.check(e_status == 0 and got_eval and math.abs(got_eval - want_eval) <= 6e-5,
+           '%s: eval.lua gives loss %s, the model here %.5f:\n%s%s', name, tostring(got_eval), want_eval, e_out, e_err)
    ex:close()
-   summary[#summary + 1] = string.format('%-20s %-17s 15 steps: worst rel %.1e (tolerance %.0e); greedy %s', name,
-                                         recipe, worst, worst_tol, gen_worst == 0 and 'equal (cache, no cache)' or 'DIFFERS')
+   summary[#summary + 1] = string.format('%-20s %-17s 15 steps: worst rel %.1e (tolerance %.0e); greedy %s; eval %s',
+                                         name, recipe, worst, worst_tol,
+                                         gen_worst == 0 and 'equal (cache, no cache)' or 'DIFFERS',
+                                         got_eval and string.format('%.4f', got_eval) or 'FAILED')
 end
 
 for _, c in ipairs(CASES) do

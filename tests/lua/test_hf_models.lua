@@ -33,10 +33,10 @@ end
 local CASES = {
    {'llama', 'llama'}, {'llama_sharded', 'llama'}, {'llama_bf16', 'llama'},
    {'llama3', 'llama3'}, {'codellama', 'codellama'}, {'mistral', 'mistral'}, {'mixtral', 'mixtral'},
-   {'opt', 'opt'}, {'opt_postnorm', 'opt_postnorm'}, {'gpt2', 'gpt2'},
+   {'opt', 'opt'}, {'opt_postnorm', 'opt_postnorm'}, {'gpt2', 'gpt2'}, {'qwen2', 'qwen2'}, {'gemma2', 'gemma2'},
 }
 local HF5 = {'llama', 'llama_linear', 'llama_dynamic', 'llama_yarn', 'llama_llama3', 'llama_longrope', 'mistral',
-             'mixtral', 'opt', 'gpt2'}
+             'mixtral', 'opt', 'gpt2', 'qwen2', 'qwen2_tied', 'qwen3', 'qwen3_tied', 'gemma2'}
 for _, n in ipairs(HF5) do CASES[#CASES + 1] = {'hf5/' .. n, 'hf5/' .. n} end
 
 -- max |a - b| and max |b| over n floats (b read at b_index(i) when given)
@@ -255,6 +255,32 @@ do
       r = logits_rel(hf.load(dir .. '/' .. n):materialize(), 'hf5/' .. n)
       t.check(r > 1e-3, 'hf5/%s without its %s should not match (rel %.3g)', n,
               cfg.sliding_window ~= nil and 'window' or 'rope scaling', r)
+   end
+   -- Qwen: the windows of the transformers 5 Qwen2 and Qwen3 (layer_types
+   -- all full) and of the 4.49 Qwen2 (use_sliding_window off) removed
+   for _, n in ipairs({'hf5/qwen2', 'hf5/qwen3', 'hf/qwen2'}) do
+      copy_dir(fsdp.root .. '/tests/golden/' .. n, dir .. '/' .. n)
+      local path = dir .. '/' .. n .. '/config.json'
+      cfg = json.read_file(path)
+      if cfg.layer_types then
+         for i = 1, #cfg.layer_types do cfg.layer_types[i] = 'full_attention' end
+      else
+         cfg.use_sliding_window, cfg.sliding_window = false, json.null
+      end
+      f = io.open(path, 'w'); f:write(json.encode(cfg)); f:close()
+      r = logits_rel(hf.load(dir .. '/' .. n):materialize(), n:gsub('^hf/', ''), nil)
+      t.check(r > 1e-3, '%s without its windows should not match (rel %.3g)', n, r)
+   end
+   -- Gemma 2 without each of its soft-caps, and without its windows
+   for _, v in ipairs({{'attn_logit_softcapping', json.null}, {'final_logit_softcapping', json.null},
+                       {'layer_types', json.array({'full_attention', 'full_attention', 'full_attention'})}}) do
+      local d = dir .. '/gemma2_' .. v[1]
+      copy_dir(GOLDEN5 .. 'gemma2', d)
+      cfg = json.read_file(d .. '/config.json')
+      cfg[v[1]] = v[2]
+      f = io.open(d .. '/config.json', 'w'); f:write(json.encode(cfg)); f:close()
+      r = logits_rel(hf.load(d):materialize(), 'hf5/gemma2')
+      t.check(r > 1e-3, 'hf5/gemma2 without its %s should not match (rel %.3g)', v[1], r)
    end
    fs.remove_tree(dir)
 end

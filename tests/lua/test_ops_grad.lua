@@ -61,6 +61,28 @@ for _, case in ipairs({{4, 4, 0}, {4, 2, 0}, {4, 1, 3}, {2, 2, 2}}) do
 end
 gradcheck('attention fused qkv', function(qkv) return ops.attention(qkv, nil, nil, {n_head = 2}) end,
           {randn({2, 5, 3 * 8})})
+-- soft-capped scores (Gemma 2), scaled up so the cap of 1.5 bends them
+for _, W in ipairs({0, 3}) do
+   gradcheck(string.format('attention softcap window=%d', W),
+             function(q, k, v) return ops.attention(q, k, v, {n_head = 4, n_kv_head = 2, window = W, scale = 0.9,
+                                                               softcap = 1.5}) end,
+             {randn({2, 6, 16}), randn({2, 6, 8}), randn({2, 6, 8})})
+end
+do -- softcap's forward: cap * tanh(x / cap) (values to 2.5 cap), and a bad cap
+   local x = randn({4, 6})
+   for i = 0, x:numel() - 1 do x:ptr()[i] = x:ptr()[i] * 2.5 end
+   local y = fsdp.no_grad(function() return ops.softcap(x, 1.7) end)
+   local worst = 0
+   for i = 0, x:numel() - 1 do
+      local want = 1.7 * math.tanh(x:ptr()[i] / 1.7)
+      worst = math.max(worst, math.abs(y:ptr()[i] - want))
+   end
+   t.check(worst < 1e-6, 'softcap forward differs from cap * tanh(x / cap) by %g', worst)
+   t.raises(function() ops.softcap(x, 0) end, {'softcap', 'cap must be a positive number'}, 'softcap 0')
+   t.raises(function() ops.attention(randn({1, 2, 12}), nil, nil, {n_head = 1, softcap = -1}) end,
+            {'attention', 'softcap must be 0 (none) or a positive number'}, 'attention softcap -1')
+   gradcheck('softcap', function(z) return ops.softcap(z, 1.7) end, {x})
+end
 
 do -- rope with tables from the C helper
    local HD, T_ = 8, 5
