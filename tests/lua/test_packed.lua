@@ -15,29 +15,7 @@ local rows = {{5, 7, 4}, {9, 7}} -- sample lengths of each row of 16
 local T_ = 16
 local function token(i) return (i * 13 + 7) % V end
 
-local families = {
-   {'minGPT', function()
-      return require('models.mingpt').GPT {vocab_size = V, block_size = 16, n_layer = 2, n_head = 2, n_embd = 16}
-   end},
-   {'Llama (GQA)', function()
-      return require('models.llama').Llama {vocab_size = V, hidden_size = 16, intermediate_size = 24,
-                                            num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2}
-   end},
-   {'Mistral (window 3)', function()
-      return require('models.mistral').Mistral {vocab_size = V, hidden_size = 16, intermediate_size = 24,
-                                                num_hidden_layers = 2, num_attention_heads = 4,
-                                                num_key_value_heads = 1, sliding_window = 3}
-   end},
-   {'Mixtral', function()
-      return require('models.mixtral').Mixtral {vocab_size = V, hidden_size = 16, intermediate_size = 24,
-                                                num_hidden_layers = 2, num_attention_heads = 4,
-                                                num_key_value_heads = 2, num_local_experts = 3, num_experts_per_tok = 2}
-   end},
-   {'OPT', function()
-      return require('models.opt').OPT {vocab_size = V, hidden_size = 16, ffn_dim = 24, num_hidden_layers = 2,
-                                        num_attention_heads = 2, max_position_embeddings = 16}
-   end},
-}
+local families = require('tests.lua.tiny_families')(V)
 
 -- the packed batch: tokens, targets (the next token within the sample,
 -- -100 at a sample's last token), positions; and each sample alone
