@@ -977,8 +977,21 @@ static const char *const END_IF[] = {"elif", "else", "endif", NULL};
 static const char *const END_IF_ELSE[] = {"endif", NULL};
 static const char *const END_FOR[] = {"else", "endfor", NULL};
 static const char *const END_FOR_ELSE[] = {"endfor", NULL};
+
 static const char *const END_SET[] = {"endset", NULL};
 static const char *const END_GEN[] = {"endgeneration", NULL};
+
+/* the {% else %} block of an if or a for (the else tag just read), up to
+ * its end tag (ends), into n->orelse; nonzero on a parse error */
+static int parse_else(parser *P, node *n, const char *const *ends, const char *open_tag, tok *at) {
+    if (expect_end(P, "else")) return 1;
+    pvec orelse = {0};
+    if (subparse(P, ends, &orelse, open_tag, at)) return 1;
+    n->orelse = (node **)orelse.v;
+    n->norelse = orelse.n;
+    P->i++;
+    return 0;
+}
 
 static node *parse_if(parser *P, tok *at) {
     node *n = mk(P, N_IF, at);
@@ -998,14 +1011,7 @@ static node *parse_if(parser *P, tok *at) {
         n->norelse = 1;
         return n;
     }
-    if (tok_is(end, T_NAME, "else")) {
-        if (expect_end(P, "else")) return NULL;
-        pvec orelse = {0};
-        if (subparse(P, END_IF_ELSE, &orelse, "if", at)) return NULL;
-        n->orelse = (node **)orelse.v;
-        n->norelse = orelse.n;
-        P->i++;
-    }
+    if (tok_is(end, T_NAME, "else") && parse_else(P, n, END_IF_ELSE, "if", at)) return NULL;
     if (expect_end(P, "endif")) return NULL;
     return n;
 }
@@ -1030,14 +1036,7 @@ static node *parse_for(parser *P, tok *at) {
     n->nbody = body.n;
     tok *end = cur(P);
     P->i++;
-    if (tok_is(end, T_NAME, "else")) {
-        if (expect_end(P, "else")) return NULL;
-        pvec orelse = {0};
-        if (subparse(P, END_FOR_ELSE, &orelse, "for", at)) return NULL;
-        n->orelse = (node **)orelse.v;
-        n->norelse = orelse.n;
-        P->i++;
-    }
+    if (tok_is(end, T_NAME, "else") && parse_else(P, n, END_FOR_ELSE, "for", at)) return NULL;
     if (expect_end(P, "endfor")) return NULL;
     return n;
 }
