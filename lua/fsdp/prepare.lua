@@ -145,6 +145,28 @@ local function write_chunk(path, docs)
    if not ok then error('prepare: writing ' .. path .. ': ' .. tostring(cerr), 0) end
 end
 
+-- The work of `workers` processes: each split's records (lists = {{name,
+-- records}, ...}, in order) in contiguous blocks, one per worker, each
+-- written by write_chunk(path, block) to WORK/<split>_<w>.chunk. Returns
+-- the jobs {name (the path without .chunk), split, n}.
+function M.worker_jobs(work, workers, lists, write_chunk_fn)
+   local jobs = {}
+   for _, l in ipairs(lists) do
+      local split_name, recs = l[1], l[2]
+      local per = math.ceil(#recs / workers)
+      for w = 0, workers - 1 do
+         local block = {}
+         for i = w * per + 1, math.min(#recs, (w + 1) * per) do block[#block + 1] = recs[i] end
+         if #block > 0 then
+            local name = string.format('%s/%s_%03d', work, split_name, w)
+            write_chunk_fn(name .. '.chunk', block)
+            jobs[#jobs + 1] = {name = name, split = split_name, n = #block}
+         end
+      end
+   end
+   return jobs
+end
+
 local function read_chunk(path)
    local s = fs.read(path)
    local docs, pos = {}, 1
@@ -291,21 +313,7 @@ function M.main(args)
    fs.mkdirs(work)
 
    -- contiguous blocks of documents per worker, train then val
-   local jobs = {}
-   local function split(docs, split_name)
-      local per = math.ceil(#docs / workers)
-      for w = 0, workers - 1 do
-         local block = {}
-         for i = w * per + 1, math.min(#docs, (w + 1) * per) do block[#block + 1] = docs[i] end
-         if #block > 0 then
-            local name = string.format('%s/%s_%03d', work, split_name, w)
-            write_chunk(name .. '.chunk', block)
-            jobs[#jobs + 1] = {name = name, split = split_name, n = #block}
-         end
-      end
-   end
-   split(train_docs, 'train')
-   split(val_docs, 'val')
+   local jobs = M.worker_jobs(work, workers, {{'train', train_docs}, {'val', val_docs}}, write_chunk)
    train_docs, val_docs = nil, nil
 
    local exe = require('fsdp.ffi').root .. '/build/fsdp-lua'

@@ -447,20 +447,8 @@ function M.main(args)
    fj:write(json.encode(file_info))
    fj:close()
    local workers = opt.workers > 0 and opt.workers or tonumber(C.fsdp_get_num_threads())
-   local jobs = {}
-   for _, split in ipairs({'train', 'val'}) do
-      local recs = splits[split]
-      local per = math.ceil(#recs / workers)
-      for w = 0, workers - 1 do
-         local block = {}
-         for i = w * per + 1, math.min(#recs, (w + 1) * per) do block[#block + 1] = recs[i] end
-         if #block > 0 then
-            local name = string.format('%s/%s_%03d', work, split, w)
-            write_chunk(name .. '.chunk', block)
-            jobs[#jobs + 1] = {name = name, split = split, n = #block}
-         end
-      end
-   end
+   local jobs = require('fsdp.prepare').worker_jobs(work, workers, {{'train', splits.train}, {'val', splits.val}},
+                                                    write_chunk)
    splits = nil
 
    local exe = bind.root .. '/build/fsdp-lua'
