@@ -149,9 +149,14 @@ end
 -- At the prompt Ctrl-C only clears the line being read.
 local function arm(on) C.fsdp_signal_interrupts(on and 2 or 0) end
 
+-- the hook raises only while the statement itself runs (inside): it stays
+-- set for a few instructions around the protected call, where an error
+-- would escape the REPL
+local inside = false
 local function hook()
-   if C.fsdp_comm_interrupted() ~= 0 then error('interrupted', 2) end
+   if inside and C.fsdp_comm_interrupted() ~= 0 then inside = false; error('interrupted', 2) end
 end
+local function pack(...) return {n = select('#', ...), ...} end
 
 -- runs the prompt until Ctrl-D; env: the environment statements run in
 function M.run(env)
@@ -217,7 +222,13 @@ function M.run(env)
          setfenv(f, env)
          jit.off(f, true) -- interpreted, so the count hook sees loops typed at the prompt
          debug.sethook(hook, '', 10000)
-         local res = {xpcall(f, function(e) return tostring(e) end)}
+         local res = {xpcall(function()
+            inside = true
+            local r = pack(f())
+            inside = false
+            return unpack(r, 1, r.n)
+         end, function(e) inside = false; return tostring(e) end)}
+         inside = false
          debug.sethook()
          local n = table.maxn(res)
          if res[1] then outcome = 'V' .. (n > 1 and format_values(res, n) or '')
