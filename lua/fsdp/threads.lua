@@ -14,29 +14,36 @@
 -- that wait for each other at every kernel while the scheduler rotates them
 -- through too few cores make a step many times slower.
 --
--- The wait policy. OpenMP's default keeps a thread that finished its share
--- spinning for a while (libgomp: 300,000 spins) before it sleeps; on a
--- machine where other processes want the cores, those spins take the time
--- slices the other threads of the team need, and each of the hundreds of
--- kernels of a step waits for a descheduled thread. Passive waiting (sleep
--- at once) costs a few microseconds per kernel on an idle machine and keeps
--- a busy one from halving the throughput; OMP_WAIT_POLICY or GOMP_SPINCOUNT
--- in the environment take precedence. libgomp reads these when it is
--- loaded, which is why main.lua sets them before anything loads libfsdp.
+-- The wait policy: spin, then sleep. A thread that finished its share of a
+-- kernel waits for the next one. Sleeping at once (OMP_WAIT_POLICY=passive)
+-- makes every kernel pay a futex wake-up of the sleeping thread: on the
+-- virtual machines measured here, 50-100 us per parallel region (a 16k-float
+-- loop went from 5 us to 85 us), which is most of a small model's step.
+-- Spinning forever (active, or libgomp's default 300,000 spins) takes the
+-- time slices other processes on a busy machine need. So a thread spins
+-- about as long as a wake-up costs, GOMP_SPINCOUNT=10000 (~100 us), then
+-- sleeps: the classic spin-then-block bound, never more than twice the
+-- better of the two. Between a step's kernels the gap is a few
+-- microseconds, so they find the team awake; on a busy machine a waiting
+-- thread gives its core up within ~100 us. (Measured with bench/threads.sh
+-- and bench/run.sh; issue 17.) OMP_WAIT_POLICY or GOMP_SPINCOUNT in the
+-- environment take precedence. libgomp reads these when it is loaded, which
+-- is why main.lua sets them before anything loads libfsdp.
 local M = {}
 
-M.WAIT_POLICY = 'passive'
+M.SPIN_COUNT = 10000
 
 M.option = {'threads', 0, 'threads per rank (0: OMP_NUM_THREADS, else the cores of this node / its ranks)',
             type = 'integer', min = 0, aliases = {'num_threads'}}
 
--- sets the OpenMP wait policy for this process and the ranks it launches,
--- unless the environment chose one; must run before libfsdp is loaded
+-- sets the OpenMP spin count for this process and the ranks it launches,
+-- unless the environment chose a wait policy or a count; must run before
+-- libfsdp is loaded
 function M.before_load()
    if os.getenv('OMP_WAIT_POLICY') or os.getenv('GOMP_SPINCOUNT') then return end
    local ffi = require 'ffi'
    pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite);')
-   ffi.C.setenv('OMP_WAIT_POLICY', M.WAIT_POLICY, 0)
+   ffi.C.setenv('GOMP_SPINCOUNT', tostring(M.SPIN_COUNT), 0)
 end
 
 local function env_int(name)

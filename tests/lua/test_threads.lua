@@ -33,8 +33,8 @@ local fsdp = require 'fsdp'
 local dist = require 'fsdp.dist'
 dist.init()
 local n = require('fsdp.threads').setup(tonumber(arg[1] or '0'))
-print(string.format('THREADS rank=%d n=%d omp=%d policy=%s', dist.rank, n, fsdp.get_num_threads(),
-                    tostring(os.getenv('OMP_WAIT_POLICY'))))
+print(string.format('THREADS rank=%d n=%d omp=%d policy=%s spin=%s', dist.rank, n, fsdp.get_num_threads(),
+                    tostring(os.getenv('OMP_WAIT_POLICY')), tostring(os.getenv('GOMP_SPINCOUNT'))))
 ]])
 f:close()
 
@@ -49,16 +49,18 @@ local function run(env, args, nproc)
    return out
 end
 local function got(out, rank)
-   local n, omp, pol = out:match('THREADS rank=' .. (rank or 0) .. ' n=(%d+) omp=(%d+) policy=(%S+)')
-   return tonumber(n), tonumber(omp), pol
+   local n, omp, pol, spin = out:match('THREADS rank=' .. (rank or 0) .. ' n=(%d+) omp=(%d+) policy=(%S+) spin=(%S+)')
+   return tonumber(n), tonumber(omp), pol, spin
 end
 
-do -- defaults: every core, passive waits
+do -- defaults: every core, spin then sleep
    local out = run('', '')
-   local n, omp, pol = got(out)
+   local n, omp, pol, spin = got(out)
    t.check(n == cores and omp == cores, 'default: %s threads (OpenMP %s), want the %d cores\n%s', tostring(n),
            tostring(omp), cores, out)
-   t.check(pol == 'passive', 'default wait policy %s, want passive\n%s', tostring(pol), out)
+   t.check(pol == 'nil' and spin == tostring(threads.SPIN_COUNT),
+           'default: wait policy %s, spin count %s, want no policy and %d spins\n%s', tostring(pol), tostring(spin),
+           threads.SPIN_COUNT, out)
    t.check(not out:find('warning'), 'default: unexpected warning\n%s', out)
 end
 do -- --threads wins over OMP_NUM_THREADS
@@ -78,10 +80,12 @@ do -- OPENBLAS_NUM_THREADS cannot pick a count of its own
    t.check(out:find('OPENBLAS_NUM_THREADS=7 is overridden', 1, true), 'no OPENBLAS_NUM_THREADS warning\n%s', out)
 end
 do -- a wait policy or spin count in the environment is left alone
-   local _, _, pol = got(run('OMP_WAIT_POLICY=active', ''))
-   t.check(pol == 'active', 'OMP_WAIT_POLICY=active became %s', tostring(pol))
-   _, _, pol = got(run('GOMP_SPINCOUNT=1000', ''))
-   t.check(pol == 'nil', 'with GOMP_SPINCOUNT set the policy must stay unset, got %s', tostring(pol))
+   local _, _, pol, spin = got(run('OMP_WAIT_POLICY=active', ''))
+   t.check(pol == 'active' and spin == 'nil', 'OMP_WAIT_POLICY=active became %s, spin count %s', tostring(pol),
+           tostring(spin))
+   _, _, pol, spin = got(run('GOMP_SPINCOUNT=1000', ''))
+   t.check(pol == 'nil' and spin == '1000', 'GOMP_SPINCOUNT=1000 became policy %s, spin count %s', tostring(pol),
+           tostring(spin))
 end
 do -- 2 local ranks share the cores
    local out = run('', '', 2)
