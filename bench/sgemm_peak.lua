@@ -40,7 +40,8 @@ for _ = 1, opt.reps do
 end
 
 local gflops = flops / best / 1e9
-print(string.format('sgemm %dx%dx%d, %d threads: best %.1f GFLOP/s, mean %.1f GFLOP/s over %d reps',
-                    n, n, n, fsdp.get_num_threads(), gflops, flops * opt.reps / total / 1e9, opt.reps))
-print(string.format('RESULT sgemm gflops=%.2f threads=%d size=%d', gflops, fsdp.get_num_threads(), n))
+local core = fsdp.ffi.string(C.fsdp_blas_core())
+print(string.format('sgemm %dx%dx%d, %d threads, OpenBLAS %s kernels: best %.1f GFLOP/s, mean %.1f GFLOP/s over %d reps',
+                    n, n, n, fsdp.get_num_threads(), core, gflops, flops * opt.reps / total / 1e9, opt.reps))
+print(string.format('RESULT sgemm gflops=%.2f threads=%d size=%d core=%s', gflops, fsdp.get_num_threads(), n, core))
 a:free(); b:free(); out:free()

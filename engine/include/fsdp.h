@@ -60,6 +60,9 @@ void fsdp_set_num_threads(int n);
 int fsdp_get_num_threads(void);
 /* the cores this process may run on (its CPU affinity mask) */
 int fsdp_get_num_cores(void);
+/* the name of the kernels OpenBLAS chose at load (its DYNAMIC_ARCH core:
+ * "SkylakeX", "Haswell", ...; OPENBLAS_CORETYPE sets it) */
+const char *fsdp_blas_core(void);
 
 /* ---- signals (engine/signals.c) ----------------------------------------- *
  * The library never calls back into Lua: a handler only records the signal,

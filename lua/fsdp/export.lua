@@ -358,6 +358,35 @@ function M.export(step_dir, out, opts)
    return {shards = #shards, tensors = #tensors, bytes = total, tokenizer_files = copied, step = index.step}
 end
 
+-- the option of recipes that only run a model forward (generate, eval)
+M.unshard_option = {'unshard', 'auto', "gather the sharded weights once and keep them (FSDP2's unshard()): no "
+                    .. "all-gather per token or batch; auto: when the whole model's weights take under a quarter of "
+                    .. "this rank's share of host memory (of the GPU's on a GPU)", choices = {'auto', 'yes', 'no'}}
+
+-- keeps a sharded model's weights gathered for a run of forward calls
+-- (Sharded:unshard) when mode is 'yes', or 'auto' and they fit (see
+-- unshard_option; dev: fsdp.device's table, nil for the host). Every rank
+-- of the shard group takes the same decision (a rank that kept them while
+-- another gathered per call would wait forever). Returns whether it did.
+function M.unshard_for_inference(model, mode, dev)
+   local s = model._sharded
+   if mode == 'no' or not s or not s.shard_group then return false end
+   local ok = true
+   if mode == 'auto' then
+      local budget
+      if dev and dev.kind == 'cuda' then budget = tonumber(dev.info.total_mem)
+      else
+         local host = require('fsdp.plan').host_available()
+         budget = host and host / require('fsdp.dist').local_world_size
+      end
+      ok = budget ~= nil and 4 * s:full_bytes() <= budget
+      local votes = s.shard_group:gather_numbers(ok and 1 or 0)
+      for _, v in ipairs(votes) do ok = ok and v == 1 end
+   end
+   if ok then s:unshard() end
+   return ok
+end
+
 -- a trained model ready to run, sharded over the job's ranks, and its
 -- tokenizer: from a Hugging Face directory (model_dir) or an fsdp-lua
 -- checkpoint (checkpoint: its latest, or a step directory). tokenizer:
@@ -365,7 +394,9 @@ end
 -- device: -1 (default) for the host, N for cuda:N (fsdp.device loaded it).
 -- opts.generation: also read generation_config.json (returned third);
 -- opts.adapter: a PEFT LoRA adapter directory put on the model of model_dir.
--- A checkpoint of a LoRA run comes with its adapters.
+-- opts.unshard ('auto', 'yes', 'no'; default 'no') and opts.dev (fsdp.device's
+-- table): M.unshard_for_inference. A checkpoint of a LoRA run comes with
+-- its adapters.
 function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts)
    local fsdp = require 'fsdp'
    if (model_dir == '') == (checkpoint == '') then error('give --model DIR or --checkpoint DIR', 0) end
@@ -398,6 +429,7 @@ function M.load_trained(model_dir, checkpoint, tokenizer, strategy, device, opts
       ckpt.load(step, fsdp.shard(model, {strategy = strategy, device = device}), nil, base)
       if base then require('fsdp.hf').close(model) end
    end
+   M.unshard_for_inference(model, opts and opts.unshard or 'no', opts and opts.dev)
    if tokenizer ~= '' then tokenizer_dir = tokenizer ~= 'bytes' and tokenizer or nil end
    local tok = tokenizer_dir and require('fsdp.tokenizer').load(tokenizer_dir) or fsdp.data.ByteTokenizer.new()
    -- for generation (opts.generation): generation_config.json's

@@ -277,9 +277,10 @@ function FlatParam:wait_gather()
    if not self.gathered then self:gather(false) end
 end
 
--- frees the gathered parameters (sharded or offloaded units only)
+-- frees the gathered parameters (sharded or offloaded units only; not
+-- while the owner holds them: Sharded:unshard)
 function FlatParam:free_full()
-   if self.resident or not self.gathered then return end
+   if self.resident or not self.gathered or self.owner.held then return end
    for _, f in ipairs(self.parts) do
       unbind(f, 'param')
       f.full:free()
@@ -388,6 +389,10 @@ local function wrap_forward(self, module, fp, is_root)
       local first = is_root and 2 or fp.index + 2
       for i = first, math.min(first + self.prefetch - 1, #units) do units[i]:gather(true) end
       local recording = AG.is_enabled()
+      if recording and self.held then
+         error('shard: the weights are held gathered by unshard() for inference; run the forward under '
+               .. 'fsdp.no_grad, or call reshard() before training', 2)
+      end
       -- needed: the unit's forward recorded a backward op (something in it
       -- takes a gradient, or one flows through it to what lies below); a
       -- unit that recorded none is not gathered again, nor its hooks run
@@ -551,6 +556,31 @@ function M.shard(model, opts)
    AG.on_backward_end(function() self:finish_backward() end)
    model._sharded = self
    return self
+end
+
+-- PyTorch FSDP2's unshard()/reshard(), for inference: unshard() gathers
+-- every unit now and keeps the weights through forward calls until
+-- reshard(), so generating a token or evaluating a batch costs no
+-- all-gather. The price is the whole model's f32 weights on every rank
+-- (full_bytes()). Forward calls while held must run without gradients (an
+-- optimizer step would leave the gathered copies stale).
+function Sharded:unshard()
+   for _, u in ipairs(self.units) do u:gather(false) end
+   self.held = true
+end
+
+function Sharded:reshard()
+   self.held = false
+   for _, u in ipairs(self.units) do u:free_full() end
+end
+
+-- bytes of every unit's gathered (f32) weights: what unshard() holds
+function Sharded:full_bytes()
+   local n = 0
+   for _, u in ipairs(self.units) do
+      for _, f in ipairs(u.parts) do n = n + 4 * f.padded end
+   end
+   return n
 end
 
 -- waits for every outstanding gradient reduction (run at the end of backward)

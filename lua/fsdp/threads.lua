@@ -29,6 +29,18 @@
 -- and bench/run.sh; issue 17.) OMP_WAIT_POLICY or GOMP_SPINCOUNT in the
 -- environment take precedence. libgomp reads these when it is loaded, which
 -- is why main.lua sets them before anything loads libfsdp.
+--
+-- OpenBLAS's kernels. Debian's OpenBLAS is built for every x86 generation
+-- (DYNAMIC_ARCH) and picks its kernels at load from the CPU's family and
+-- model numbers; a model newer than its table gets the oldest kernels. On
+-- the VMs this project runs on (Xeon family 6 model 207; OpenBLAS 0.3.21)
+-- that was Prescott (SSE3): sgemm at 32 GFLOP/s per core where the AVX-512
+-- kernels reach 161. So before OpenBLAS loads, OPENBLAS_CORETYPE is set from
+-- the instruction sets the CPU reports (/proc/cpuinfo flags): AVX-512
+-- (F/CD/DQ/BW/VL) -> SkylakeX, AVX2 + FMA -> Haswell, AVX -> Sandybridge,
+-- the kernel families OpenBLAS itself uses for the CPUs it knows. An
+-- OPENBLAS_CORETYPE in the environment is left alone; fsdp_blas_core()
+-- names what OpenBLAS took.
 local M = {}
 
 M.SPIN_COUNT = 10000
@@ -36,14 +48,48 @@ M.SPIN_COUNT = 10000
 M.option = {'threads', 0, 'threads per rank (0: OMP_NUM_THREADS, else the cores of this node / its ranks)',
             type = 'integer', min = 0, aliases = {'num_threads'}}
 
--- sets the OpenMP spin count for this process and the ranks it launches,
--- unless the environment chose a wait policy or a count; must run before
--- libfsdp is loaded
+-- the OpenBLAS kernel family for a CPU with these /proc/cpuinfo flags
+-- (a set: flags.avx2 == true), or nil to leave OpenBLAS's choice
+function M.blas_coretype(flags)
+   local avx512 = true
+   for _, f in ipairs({'avx512f', 'avx512cd', 'avx512dq', 'avx512bw', 'avx512vl'}) do
+      avx512 = avx512 and flags[f] == true
+   end
+   if avx512 then return 'SkylakeX' end
+   if flags.avx2 and flags.fma then return 'Haswell' end
+   if flags.avx then return 'Sandybridge' end
+   return nil
+end
+
+-- the flags of this machine's first CPU (empty where /proc/cpuinfo has none)
+function M.cpu_flags(path)
+   local flags = {}
+   local f = io.open(path or '/proc/cpuinfo', 'r')
+   if not f then return flags end
+   for line in f:lines() do
+      local list = line:match('^flags%s*:%s*(.*)$')
+      if list then
+         for w in list:gmatch('%S+') do flags[w] = true end
+         break
+      end
+   end
+   f:close()
+   return flags
+end
+
+-- sets the OpenMP spin count (unless the environment chose a wait policy
+-- or a count) and OpenBLAS's kernels (unless OPENBLAS_CORETYPE is set) for
+-- this process and the ranks it launches; must run before libfsdp is loaded
 function M.before_load()
-   if os.getenv('OMP_WAIT_POLICY') or os.getenv('GOMP_SPINCOUNT') then return end
    local ffi = require 'ffi'
    pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite);')
-   ffi.C.setenv('GOMP_SPINCOUNT', tostring(M.SPIN_COUNT), 0)
+   if not (os.getenv('OMP_WAIT_POLICY') or os.getenv('GOMP_SPINCOUNT')) then
+      ffi.C.setenv('GOMP_SPINCOUNT', tostring(M.SPIN_COUNT), 0)
+   end
+   if not os.getenv('OPENBLAS_CORETYPE') then
+      local core = M.blas_coretype(M.cpu_flags())
+      if core then ffi.C.setenv('OPENBLAS_CORETYPE', core, 0) end
+   end
 end
 
 local function env_int(name)

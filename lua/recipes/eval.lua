@@ -27,14 +27,16 @@ local opt = fsdp.options('recipes/eval.lua', {
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto',
     check = fsdp.cli.checks.device},
    require('fsdp.threads').option,
+   require('fsdp.export').unshard_option,
 }, arg)
 
 dist.init()
 require('fsdp.threads').setup(opt.threads)
-local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
+local dev = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank)
+local device = dev.index
 if opt.data == '' then error('give --data', 0) end
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
-                                                       device, {adapter = opt.adapter})
+                                                       device, {adapter = opt.adapter, unshard = opt.unshard, dev = dev})
 if opt.batch_size % dist.world_size ~= 0 then
    error(string.format('--batch-size %d does not split over %d ranks', opt.batch_size, dist.world_size), 0)
 end

@@ -34,13 +34,15 @@ local opt = fsdp.options('recipes/generate.lua', {
    {'device', 'cpu', 'where the model runs: cpu, cuda (cuda:<local rank>), cuda:N or auto',
     check = fsdp.cli.checks.device},
    require('fsdp.threads').option,
+   require('fsdp.export').unshard_option,
 }, arg)
 
 dist.init()
 require('fsdp.threads').setup(opt.threads)
-local device = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank).index
+local dev = require('fsdp.device').get(opt.device, dist.local_rank, dist.rank)
+local device = dev.index
 local model, tok = require('fsdp.export').load_trained(opt.model, opt.checkpoint, opt.tokenizer, opt.strategy,
-                                                       device, {generation = true, adapter = opt.adapter})
+                                                       device, {generation = true, adapter = opt.adapter, unshard = opt.unshard, dev = dev})
 -- the end-of-sequence ids (generation_config.json's, else the tokenizer's) stop it
 local eos = {}
 for _, id in ipairs(tok.eos_ids or {tok.eos_id}) do eos[id] = true end

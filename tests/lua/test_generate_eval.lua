@@ -46,5 +46,42 @@ for _, m in ipairs({'llama', 'llama3', 'mistral', 'mixtral', 'opt', 'opt_postnor
 end
 t.check(g1 == gen('--checkpoint ' .. dir .. '/ck --no-kv-cache'), 'minGPT: KV cache vs recompute')
 
+-- on 2 ranks the sharded model decodes the same text, whether it gathers
+-- per token (--unshard no) or once (yes; auto decides the same on each
+-- rank), and evaluates the same loss
+do
+   -- (the random weights of a fixture give varied text; 20 steps of
+   -- training above give mostly spaces)
+   local g = ' recipes/generate.lua --model ' .. fsdp.root .. '/tests/golden/hf/llama --tokenizer bytes --prompt "ROMEO:" '
+             .. '--max-new-tokens 30 --temperature 0 2>/dev/null'
+   local _, one = t.sh(bin .. g)
+   t.check(#one > 30, 'generate on 1 rank: %q', one)
+   for _, u in ipairs({'no', 'yes', 'auto'}) do
+      local s, o = t.sh(bin .. ' --nproc-per-node 2' .. g:gsub(' 2>', ' --unshard ' .. u .. ' 2>'))
+      o = o:gsub('%[rank %d+%] ', '')
+      t.check(s == 0 and o == one, '2 ranks, --unshard %s: greedy text differs from 1 rank:\n%q\n%q', u, o, one)
+      local e = loss_of('--checkpoint ' .. dir .. '/ck --unshard ' .. u)
+      local s2, o2 = t.sh(bin .. ' --nproc-per-node 2 recipes/eval.lua --checkpoint ' .. dir .. '/ck --data ' .. corpus
+                          .. ' --seq-len 32 --batches 5 --unshard ' .. u)
+      local e2 = tonumber(o2:match('loss ([%d.]+)'))
+      t.check(s2 == 0 and e2 and math.abs(e2 - e) <= 1e-4 * e, '2 ranks, --unshard %s: eval loss %s vs 1 rank %s\n%s', u,
+              tostring(e2), tostring(e), o2)
+   end
+end
+-- weights held by unshard() are for inference: a forward that records
+-- gradients is refused, and reshard() ends the hold
+do
+   local mingpt = require 'models.mingpt'
+   local model = mingpt.GPT {vocab_size = 32, n_layer = 1, n_head = 2, n_embd = 8, block_size = 8}
+   local sharded = fsdp.shard(model, {strategy = 'full', seed = 1})
+   local x = fsdp.empty({1, 4}, 'i32')
+   for i = 0, 3 do x:ptr()[i] = i end
+   sharded:unshard()
+   t.raises(function() model(x) end, {'unshard()', 'no_grad', 'reshard()'}, 'a forward with gradients while held')
+   fsdp.autograd.reset()
+   sharded:reshard()
+   t.check(pcall(function() model(x) end), 'after reshard() a forward with gradients runs')
+   fsdp.autograd.reset()
+end
 os.execute('rm -rf ' .. dir)
 return t.done()

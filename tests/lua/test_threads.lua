@@ -35,6 +35,8 @@ dist.init()
 local n = require('fsdp.threads').setup(tonumber(arg[1] or '0'))
 print(string.format('THREADS rank=%d n=%d omp=%d policy=%s spin=%s', dist.rank, n, fsdp.get_num_threads(),
                     tostring(os.getenv('OMP_WAIT_POLICY')), tostring(os.getenv('GOMP_SPINCOUNT'))))
+print(string.format('BLAS env=%s core=%s', tostring(os.getenv('OPENBLAS_CORETYPE')),
+                    require('ffi').string(fsdp.C.fsdp_blas_core())))
 ]])
 f:close()
 
@@ -42,6 +44,7 @@ local function run(env, args, nproc)
    local launch = nproc and (' --nproc-per-node ' .. nproc) or ''
    -- the environment the test itself runs in must not leak into the cases
    local cmd = string.format('env -u OMP_NUM_THREADS -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u OPENBLAS_NUM_THREADS '
+                             .. '-u OPENBLAS_CORETYPE '
                              .. '%s timeout 120 %s%s %s %s 2>&1', env, bin, launch, script, args or '')
    local p = io.popen(cmd)
    local out = p:read('*a')
@@ -95,6 +98,30 @@ do -- 2 local ranks share the cores
       t.check(n == want, '2 ranks: rank %d got %s threads, want %d\n%s', r, tostring(n), want, out)
    end
    t.check(cores < 2 or not out:find('oversubscribed'), '2 ranks on %d cores: unexpected warning\n%s', cores, out)
+end
+do -- OpenBLAS's kernels follow the instruction sets the CPU reports
+   local function set(list)
+      local f = {}
+      for w in list:gmatch('%S+') do f[w] = true end
+      return f
+   end
+   local cases = {
+      {'sse sse2 sse3 avx avx2 fma avx512f avx512cd avx512dq avx512bw avx512vl avx512_bf16', 'SkylakeX'},
+      {'sse sse2 avx avx2 fma avx512f', 'Haswell'}, -- AVX-512 F alone (Knights Landing) is not SkylakeX's set
+      {'sse sse2 avx avx2 fma', 'Haswell'}, {'sse sse2 avx', 'Sandybridge'}, {'sse sse2 sse3', nil}, {'', nil},
+   }
+   for _, c in ipairs(cases) do
+      t.check(threads.blas_coretype(set(c[1])) == c[2], 'flags {%s}: %s, want %s', c[1],
+              tostring(threads.blas_coretype(set(c[1]))), tostring(c[2]))
+   end
+   local want = threads.blas_coretype(threads.cpu_flags())
+   local out = run('', '')
+   local env, core = out:match('BLAS env=(%S+) core=(%S+)')
+   t.check(env == tostring(want), 'this machine: OPENBLAS_CORETYPE=%s, want %s\n%s', tostring(env), tostring(want), out)
+   t.check(not want or core == want, 'OpenBLAS took the %s kernels, want %s\n%s', tostring(core), tostring(want), out)
+   env, core = run('OPENBLAS_CORETYPE=Prescott', ''):match('BLAS env=(%S+) core=(%S+)')
+   t.check(env == 'Prescott' and core == 'Prescott', 'OPENBLAS_CORETYPE=Prescott in the environment: %s, core %s',
+           tostring(env), tostring(core))
 end
 do -- a bad --threads is an error naming the option
    local out = run('', '-2')
