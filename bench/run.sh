@@ -9,7 +9,8 @@
 #   fsdp-lua        build/fsdp-lua bench/gpt2_cpu.lua
 #   t113            Debian's torch 1.13 (/usr/bin/python3) as installed
 #   t113-tuned      the same with jemalloc keeping its pages
-#                   (MALLOC_CONF dirty/muzzy decay -1) and OMP_WAIT_POLICY=passive
+#                   (MALLOC_CONF dirty/muzzy decay -1), OMP_WAIT_POLICY=passive
+#                   and OpenBLAS's kernels chosen as fsdp-lua chooses them
 #   t2              the current torch from PyPI (a venv: VENV, default
 #                   /work/venv, else build/venv from `make bench-venv`), eager
 #   t2-tuned        the same, tuned as above
@@ -62,12 +63,20 @@ if has t2 || has t2-tuned || has t2-compile; then
         die "$VENV has no torch/transformers: make bench-venv (or VENV=DIR, or leave t2* out of PEERS)"
 fi
 [ -f "$JEMALLOC" ] || die "$JEMALLOC is missing: install libjemalloc2 (make deps-bench)"
+# OpenBLAS's kernels as fsdp-lua picks them (fsdp.threads.blas_coretype):
+# Debian's torch 1.13 calls the same OpenBLAS, which on a CPU model newer
+# than it knows falls back to SSE3 kernels; tuned, it gets the same ones
+# (torch 2 from PyPI calls MKL, which this does not touch)
+CORE=${OPENBLAS_CORETYPE:-}
+[ -n "$CORE" ] || CORE=$(luajit -e "package.path = 'lua/?.lua;' .. package.path
+    local t = require 'fsdp.threads'; print(t.blas_coretype(t.cpu_flags()) or '')")
 TUNED=(env LD_PRELOAD="$JEMALLOC" MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1" OMP_WAIT_POLICY=passive)
+[ -n "$CORE" ] && TUNED+=(OPENBLAS_CORETYPE="$CORE")
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 echo "bench: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $THREADS threads," \
      "$ROUNDS rounds of $WARMUP warmup + $STEPS timed steps; torch 1.13: $PYTHON; torch 2: $VENV"
-echo "bench: start $(date '+%F %T'), $(uptime | sed 's/.*load/load/')"
+echo "bench: start $(date '+%F %T'), $(uptime | sed 's/.*load/load/'); OpenBLAS kernels (fsdp-lua, tuned torch 1.13): ${CORE:-OpenBLAS's choice}"
 
 # runs one configuration: name, then the command; appends
 # "name|load|RESULT line" to $RESULTS, or "name|load|failed"
