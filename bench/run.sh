@@ -76,7 +76,7 @@ TUNED=(env LD_PRELOAD="$JEMALLOC" MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:
 load1() { cut -d' ' -f1 /proc/loadavg; }
 echo "bench: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $THREADS threads," \
      "$ROUNDS rounds of $WARMUP warmup + $STEPS timed steps; torch 1.13: $PYTHON; torch 2: $VENV"
-echo "bench: start $(date '+%F %T'), $(uptime | sed 's/.*load/load/'); OpenBLAS kernels (fsdp-lua, tuned torch 1.13): ${CORE:-OpenBLAS's choice}"
+echo "bench: start $(date '+%F %T'), $(uptime | sed 's/.*load/load/'); OpenBLAS kernels (fsdp-lua, tuned torch 1.13): ${CORE:-as OpenBLAS detects}"
 
 # runs one configuration: name, then the command; appends
 # "name|load|RESULT line" to $RESULTS, or "name|load|failed"
