@@ -85,6 +85,12 @@ function M.info(dir)
       say('    %-8s %10d elements (padded %d), %d tensors: %s%s', u.name, u.numel, u.padded, #u.params,
           u.params[1] and u.params[1].name or '', #u.params > 1 and ', ...' or '')
    end
+   if type(index.frozen) == 'table' then
+      local f = index.frozen
+      say('  adapter checkpoint: trainable parameters only; %d frozen parameters in %d tensors come from base %s ' ..
+          '(fingerprint %s), needed to resume, evaluate or export --merge', f.parameters, f.tensors,
+          tostring(f.base), tostring(f.fingerprint))
+   end
    local names = {}
    for k in pairs(index.files) do names[#names + 1] = k end
    table.sort(names)

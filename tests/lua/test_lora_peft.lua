@@ -240,6 +240,11 @@ do
    end
    local st1, out1 = run('--checkpoint-dir ' .. work .. '/ck_a --export-dir ' .. work .. '/exp_a --run-dir ' .. work .. '/run_a')
    t.check(st1 == 0 and out1:find('LoRA: r 4, alpha 16', 1, true), 'finetune_lora --adapter failed:\n%s', out1)
+   -- ckpt info names the base an adapter checkpoint needs
+   local sti, info = t.sh(fsdp.root .. '/build/fsdp-lua ckpt info ' .. work .. '/ck_a')
+   t.check(sti == 0 and info:find('adapter checkpoint: trainable parameters only', 1, true)
+           and info:find('come from base ' .. base, 1, true) and info:find('fingerprint %x+'),
+           'ckpt info of the adapter checkpoint does not name its base:\n%s', info)
    local st2, out2 = run('--stop-after 2 --checkpoint-dir ' .. work .. '/ck_b --export-dir ' .. work ..
                          '/exp_b --run-dir ' .. work .. '/run_b')
    local st3, out3 = run('--checkpoint-dir ' .. work .. '/ck_b --export-dir ' .. work .. '/exp_b --run-dir ' .. work .. '/run_b')
