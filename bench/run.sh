@@ -23,6 +23,9 @@
 #   2 ranks BxT     at DIST_SHAPES (default 4x256): fsdp-lua full, grad_op and
 #                   none on 2 ranks x 1 thread and 1 rank x 2 threads, torch 2
 #                   DDP and FSDP2 on gloo (2 ranks x 1 thread, tuned)
+# BUSY=1: a competing process (bench/burn.lua: sgemms on 2 threads) runs
+# through the whole measurement, for issue 17's "a busy machine does not
+# halve throughput" (compare the ratios with a quiet run's).
 # Each round runs every configuration once, in the same order (a fresh
 # process: WARMUP untimed steps, STEPS timed), so slow phases of a shared
 # machine spread over all of them; per configuration the table gives the
@@ -47,6 +50,7 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=${VENV:-/work/venv}
 [ -x "$VENV/bin/python" ] || VENV=build/venv
 JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
+BUSY=${BUSY:-0}
 LOG=${LOG:-build/bench-logs}
 mkdir -p "$LOG"
 RESULTS="$LOG/results.txt"
@@ -93,6 +97,14 @@ run() {
         tail -n 6 "$out" | sed 's/^/bench:     /' >&2
     fi
 }
+
+if [ "$BUSY" = 1 ]; then
+    build/fsdp-lua bench/burn.lua --threads 2 >"$LOG/burn.log" 2>&1 &
+    burn_pid=$!
+    trap 'kill $burn_pid 2>/dev/null' EXIT
+    echo "bench: busy: bench/burn.lua on 2 threads runs beside every configuration"
+    sleep 2
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
     echo "bench: round $round of $ROUNDS"

@@ -6,7 +6,10 @@
 #            last logged steps)
 #   eval     recipes/eval.lua on a gpt-nano checkpoint: 1 rank with 1 thread
 #            against 2 ranks with the default threads (wall time)
-#   generate recipes/generate.lua, the same pair
+#   generate recipes/generate.lua, the same pair (GEN_TOKENS new tokens,
+#            default 300)
+#   launch_2 starting 2 ranks that only initialise MPI (the fixed cost in
+#            the 2-rank times)
 # each optionally beside a competing process (BUSY=1: a 2-thread GEMM loop,
 # bench/burn.lua, running through the whole measurement), and prints the
 # medians, the ratios the issues set targets for, and the machine's load.
@@ -48,7 +51,10 @@ train_tok() {
 }
 secs() { local t0=$(date +%s.%N); "$@" >/dev/null 2>&1 || echo "bench: failed: $*" >&2; awk "BEGIN {print $(date +%s.%N) - $t0}"; }
 EVAL=(recipes/eval.lua --checkpoint "$D/ckpt" --data data/tinyshakespeare.txt --seq-len 64 --batch-size 16 --batches 100)
-GEN=(recipes/generate.lua --checkpoint "$D/ckpt" --prompt ROMEO: --max-new-tokens 60 --temperature 0)
+GEN=(recipes/generate.lua --checkpoint "$D/ckpt" --prompt ROMEO: --max-new-tokens "${GEN_TOKENS:-300}" --temperature 0)
+# what starting 2 ranks costs by itself (mpiexec, MPI_Init), to read the
+# eval and generate ratios against
+printf 'local dist = require "fsdp.dist"\ndist.init()\n' >"$D/init.lua"
 
 declare -A res
 loads=()
@@ -61,11 +67,12 @@ for r in $(seq 1 "$REPS"); do
     res[eval_2]+=" $(secs $B --nproc-per-node 2 "${EVAL[@]}")"
     res[gen_1x1]+=" $(secs env OMP_NUM_THREADS=1 $B "${GEN[@]}")"
     res[gen_2]+=" $(secs $B --nproc-per-node 2 "${GEN[@]}")"
+    res[launch_2]+=" $(secs $B --nproc-per-node 2 "$D/init.lua")"
     loads+=("$(load1)")
 done
 med() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 echo "threads bench: $(nproc) cores, $REPS interleaved reps, busy=$BUSY, 1-minute load during: ${loads[*]}"
-for k in train_default train_1 train_2 eval_1x1 eval_2 gen_1x1 gen_2; do
+for k in train_default train_1 train_2 eval_1x1 eval_2 gen_1x1 gen_2 launch_2; do
     printf '  %-14s median %10s   all:%s\n' "$k" "$(med "${res[$k]}")" "${res[$k]}"
 done
 td=$(med "${res[train_default]}"); t1=$(med "${res[train_1]}"); t2=$(med "${res[train_2]}")

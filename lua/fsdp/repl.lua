@@ -60,7 +60,7 @@ local function line_reader(env)
             rl.rl_basic_word_break_characters = M._breaks
             rl.rl_completion_append_character = 0
          end)
-         return function(prompt)
+         local function read(prompt)
             local p = rl.readline(prompt)
             if p == nil then return nil end
             local s = ffi.string(p)
@@ -68,6 +68,11 @@ local function line_reader(env)
             if s:match('%S') then rl.add_history(s) end
             return s
          end
+         -- readline calls back into Lua (tab completion): LuaJIT allows that
+         -- only from a C call made by the interpreter, never from compiled
+         -- code ("bad callback", a PANIC), so this function is never compiled
+         jit.off(read)
+         return read
       end
    end
    return function(prompt)
