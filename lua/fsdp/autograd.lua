@@ -11,7 +11,7 @@ local T = require 'fsdp.tensor'
 
 local M = {}
 
-local tape, n = {}, 0
+local tape, outs, n = {}, {}, 0
 local enabled = true
 local checkpointing = 0 -- depth of activation-checkpointed forwards running unrecorded
 local end_hooks = {}
@@ -54,9 +54,16 @@ function M.needs_grad(a, b, c, d)
    return any
 end
 
-function M.record(fn)
+-- fn: the backward of an op; out (optional): the tensor the op made.
+-- Once fn has run, nothing reads out or its gradient again (every op that
+-- read out was recorded after it, so its backward ran before), so both are
+-- freed then when they are temporaries of the step: backward holds the
+-- activations not yet reached and the gradients in flight, not every
+-- gradient of the step (that was the peak: the activations twice).
+function M.record(fn, out)
    n = n + 1
    tape[n] = fn
+   outs[n] = out or false
 end
 
 function M.tape_length() return n end
@@ -94,10 +101,15 @@ end
 
 local function run_tape(from)
    for i = n, from, -1 do
-      local f = tape[i]
-      tape[i] = nil
+      local f, out = tape[i], outs[i]
+      tape[i], outs[i] = nil, nil
       n = i - 1
       f()
+      if out then
+         local g = out.grad
+         if g and g._temp then out.grad = nil; g:free() end
+         if out._temp then out:free() end
+      end
    end
 end
 
@@ -130,19 +142,19 @@ function M.backward_no_read(loss, scale)
          for _, h in ipairs(end_hooks) do h() end
       end)
       if not ok then
-         tape, n = {}, 0
+         tape, outs, n = {}, {}, 0
          T.end_step()
          error(err, 0)
       end
    end
-   tape, n = {}, 0
+   tape, outs, n = {}, {}, 0
    T.end_step()
 end
 
 -- Drops the tape and frees the step's temporaries without a backward
 -- (evaluation, or abandoning a step).
 function M.reset()
-   tape, n = {}, 0
+   tape, outs, n = {}, {}, 0
    T.end_step()
 end
 

@@ -10,7 +10,14 @@ local kernels = require 'fsdp.kernels'
 local ffi, check = bind.ffi, bind.check
 
 local M = {}
-local needs, record, grad_of, gp = AG.needs_grad, AG.record, AG.grad_of, AG.grad_ptr
+local needs, grad_of, gp = AG.needs_grad, AG.grad_of, AG.grad_ptr
+-- the output result() saw last: the next record() hands it to the tape,
+-- which frees it and its gradient once the op's backward ran
+local last_out = false
+local function record(fn)
+   AG.record(fn, last_out)
+   last_out = false
+end
 local write_grad = AG.write_grad
 local shape_str = T.shape_str
 local NULL = nil
@@ -55,7 +62,7 @@ local function kern(op, first, ...)
 end
 
 local function result(out, ...)
-   if needs(...) then out.requires_grad = true; return true end
+   if needs(...) then out.requires_grad = true; last_out = out; return true end
    return false
 end
 
@@ -621,8 +628,9 @@ M.LINEAR_CE_CHUNK_BYTES = 128 * 2^20
 
 -- The LM head and its loss without the [rows, vocab] logits: the mean
 -- cross-entropy of x[..., C] @ weight[V, C]^T against targets over the rows
--- whose target is not ignore_index, the same number as
--- cross_entropy(linear(x, weight), targets, ignore_index). The head's GEMM
+-- whose target is not ignore_index (or their sum over opts.denominator),
+-- the same number as cross_entropy(linear(x, weight), targets,
+-- ignore_index, opts.denominator). The head's GEMM
 -- and the loss run opts.chunk_rows rows at a time (default: the rows whose
 -- logits fit in LINEAR_CE_CHUNK_BYTES). With a gradient wanted, each chunk's
 -- backward runs right after its forward: the chunk of logits becomes its
@@ -649,6 +657,10 @@ function M.linear_cross_entropy(x, weight, targets, ignore_index, opts)
    end
    ignore_index = ignore_index or -100
    opts = opts or {}
+   local denominator = opts.denominator
+   if denominator ~= nil and not (type(denominator) == 'number' and denominator > 0 and denominator < math.huge) then
+      fail(op, 'the denominator must be a positive number, got %s', tostring(denominator))
+   end
    local R = opts.chunk_rows or math.max(1, math.floor(M.LINEAR_CE_CHUNK_BYTES / (4 * V)))
    if type(R) ~= 'number' or R < 1 or R ~= math.floor(R) then
       fail(op, 'chunk_rows must be a positive integer, got %s', tostring(opts.chunk_rows))
@@ -702,11 +714,12 @@ function M.linear_cross_entropy(x, weight, targets, ignore_index, opts)
    for i = 0, N - 1 do total = total + hp[i] end -- ignored rows hold 0
    if hl ~= losses then hl:free() end
    local out = out_like({1}, dev)
-   out:fill(count > 0 and total / count or 0)
+   local div = denominator or count
+   out:fill(count > 0 and total / div or 0)
    if result(out, x, weight) then
       record(function()
          if not out.grad or count == 0 then return end
-         local s = out.grad:item() / count
+         local s = out.grad:item() / div
          if dx then
             if not x.grad and x._temp ~= nil then
                -- first gradient of a step temporary: the buffer becomes it

@@ -174,8 +174,10 @@ function Gemma2.new(cfg)
    return self
 end
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]; ctx as llama.Llama's
-function Gemma2:forward(idx, ctx)
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]; ctx and targets as
+-- llama.Llama's (the soft-capped logits exist whole: the loss is taken on
+-- them)
+function Gemma2:forward(idx, ctx, targets)
    llama.check_input(self, idx)
    local cache = nn.forward_context(ctx)
    if cache then cache:check(idx.shape[1], idx.shape[2]) end
@@ -187,6 +189,9 @@ function Gemma2:forward(idx, ctx)
    local logits = self.lm_head and self.lm_head(x) or ops.linear(x, body.embed_tokens.weight)
    local cap = self.config.final_logit_softcapping
    if cap then logits = ops.softcap(logits, cap) end
+   if targets then
+      return ops.cross_entropy(logits, targets, -100, type(ctx) == 'table' and ctx.denominator or nil)
+   end
    return logits
 end
 

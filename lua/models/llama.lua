@@ -581,10 +581,24 @@ local function check_input(self, idx)
 end
 M.check_input = check_input
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]. ctx (optional): a KV
--- cache when decoding (idx holds the positions from cache.pos on), or
--- {positions = i32 [B, T]} for packed samples (see nn.forward_context)
-function Llama:forward(idx, ctx)
+-- The head's logits, or with targets the loss (see Llama:loss): the head
+-- module `head` (nil: tied, `weight` is the embedding's) on x. The loss runs
+-- as ops.linear_cross_entropy, so the [tokens, vocab] logits never exist
+-- whole; a head with adapters (LoRA on lm_head) or a bias runs as its module.
+-- Called inside the model's forward: under fsdp.shard the head's gradient
+-- is bound only while the model's own unit runs.
+function M.head(x, head, weight, targets, ctx)
+   if not targets then return head and head(x) or ops.linear(x, weight) end
+   local denominator = type(ctx) == 'table' and ctx.denominator or nil
+   if head and (head.lora or head.bias) then return ops.cross_entropy(head(x), targets, -100, denominator) end
+   return ops.linear_cross_entropy(x, head and head.weight or weight, targets, -100, {denominator = denominator})
+end
+
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]; with targets (i32
+-- [B, T]) the loss instead (Llama:loss). ctx (optional): a KV cache when
+-- decoding (idx holds the positions from cache.pos on), or {positions =
+-- i32 [B, T]} for packed samples (see nn.forward_context)
+function Llama:forward(idx, ctx, targets)
    check_input(self, idx)
    local cache = nn.forward_context(ctx)
    if cache then cache:check(idx.shape[1], idx.shape[2]) end
@@ -593,14 +607,13 @@ function Llama:forward(idx, ctx)
    for i = 1, body.layers.n do x = body.layers[i](x, ctx) end
    x = body.norm(x)
    if cache then cache:advance(idx.shape[2]) end
-   if self.lm_head then return self.lm_head(x) end
-   return ops.linear(x, body.embed_tokens.weight) -- tied head
+   return M.head(x, self.lm_head, body.embed_tokens.weight, targets, ctx)
 end
 
 -- cross-entropy over targets that are not -100 (targets[b, t] is the token
 -- after idx[b, t]): their mean, or their sum over ctx.denominator when given
 function Llama:loss(idx, targets, ctx)
-   return ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
+   return self(idx, ctx, targets)
 end
 
 ---------------------------------------------------------------------------

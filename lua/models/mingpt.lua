@@ -142,10 +142,11 @@ local function positions(self, B, T_, off, dev)
    return p
 end
 
--- idx: i32 [B, T] token ids -> logits [B, T, vocab]. ctx (optional): a KV
+-- idx: i32 [B, T] token ids -> logits [B, T, vocab]; with targets (i32
+-- [B, T]) the loss instead (GPT:loss). ctx (optional): a KV
 -- cache when decoding (idx holds the positions from cache.pos on), or
 -- {positions = i32 [B, T]} for packed samples (see nn.forward_context)
-function GPT:forward(idx, ctx)
+function GPT:forward(idx, ctx, targets)
    local cfg, tr = self.config, self.transformer
    if idx.dtype ~= 'i32' or #idx.shape ~= 2 then
       error('GPT: input must be i32 token ids [batch, time], got ' .. idx.dtype .. ' ' .. T.shape_str(idx.shape), 0)
@@ -161,13 +162,17 @@ function GPT:forward(idx, ctx)
    for i = 1, tr.h.n do x = tr.h[i](x, ctx) end
    x = tr.ln_f(x)
    if cache then cache:advance(T_) end
+   if targets then -- the loss, without the [tokens, vocab] logits whole
+      local denominator = type(ctx) == 'table' and ctx.denominator or nil
+      return ops.linear_cross_entropy(x, tr.wte.weight, targets, -100, {denominator = denominator})
+   end
    return ops.linear(x, tr.wte.weight) -- tied head
 end
 
 -- cross-entropy of next-token prediction over the targets that are not
 -- -100: their mean, or their sum over ctx.denominator when given
 function GPT:loss(idx, targets, ctx)
-   return ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
+   return self(idx, ctx, targets)
 end
 
 ---------------------------------------------------------------------------

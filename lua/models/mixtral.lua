@@ -155,9 +155,9 @@ function Mixtral.new(cfg)
    return llama.build(self, c, function(cfg_, i) return MoE(cfg_, sink, i), 'block_sparse_moe' end)
 end
 
-function Mixtral:forward(idx, ctx)
+function Mixtral:forward(idx, ctx, targets)
    for i = #self.router, 1, -1 do self.router[i] = nil end
-   return llama.Llama.forward(self, idx, ctx)
+   return llama.Llama.forward(self, idx, ctx, targets)
 end
 
 -- transformers' load_balancing_loss_func over the last forward's layers:
@@ -204,7 +204,7 @@ end
 -- batch) plus the router's auxiliary loss, weighted by ctx.share (this
 -- micro-batch's share of the step) when the cross-entropy is normalised so
 function Mixtral:loss(idx, targets, ctx)
-   local loss = ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
+   local loss = self(idx, ctx, targets)
    if self.config.output_router_logits then
       local w = self.config.router_aux_loss_coef * (ctx and ctx.share or 1)
       loss = ops.add(loss, ops.scale(self:router_aux_loss(), w))

@@ -178,7 +178,7 @@ end
 -- idx: i32 [B, T] token ids -> logits [B, T, vocab]. ctx (optional): a KV
 -- cache when decoding (idx holds the positions from cache.pos on), or
 -- {positions = i32 [B, T]} for packed samples (see nn.forward_context)
-function OPT:forward(idx, ctx)
+function OPT:forward(idx, ctx, targets)
    llama.check_input(self, idx)
    local cache, pos = nn.forward_context(ctx)
    local cfg, dec = self.config, self.model.decoder
@@ -196,14 +196,14 @@ function OPT:forward(idx, ctx)
    if dec.final_layer_norm then x = dec.final_layer_norm(x) end
    if dec.project_out then x = dec.project_out(x) end
    if cache then cache:advance(T_) end
-   if self.lm_head then return self.lm_head(x) end
-   return ops.linear(x, dec.embed_tokens.weight) -- tied head
+   return llama.head(x, self.lm_head, dec.embed_tokens.weight, targets, ctx)
 end
 
 -- cross-entropy over targets that are not -100: their mean, or their sum
--- over ctx.denominator when given
+-- over ctx.denominator when given (the head's logits never whole:
+-- llama.head)
 function OPT:loss(idx, targets, ctx)
-   return ops.cross_entropy(self(idx, ctx), targets, -100, ctx and ctx.denominator)
+   return self(idx, ctx, targets)
 end
 
 -- checkpoint names for one of our parameters: OPTForCausalLM's, then
