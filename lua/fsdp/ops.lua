@@ -622,6 +622,17 @@ function M.cross_entropy(logits, targets, ignore_index, denominator)
 end
 
 
+-- A language model's loss from its last hidden states x and the head's
+-- weight [V, C] (no bias): on the host, linear_cross_entropy (the [tokens,
+-- vocab] logits never whole); on a GPU the unfused linear and
+-- cross_entropy, whose row count stays on the device (the chunked form
+-- reads the targets and the losses on the host: two synchronisations per
+-- step). ignore_index and denominator as cross_entropy's.
+function M.lm_loss(x, weight, targets, ignore_index, denominator)
+   if x.device >= 0 then return M.cross_entropy(M.linear(x, weight), targets, ignore_index, denominator) end
+   return M.linear_cross_entropy(x, weight, targets, ignore_index, {denominator = denominator})
+end
+
 -- bytes of logits one chunk of linear_cross_entropy may hold (the default
 -- chunk is as many rows as fit)
 M.LINEAR_CE_CHUNK_BYTES = 128 * 2^20

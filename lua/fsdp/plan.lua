@@ -117,10 +117,11 @@ local function module_acts(m, N, B, T_)
    return 0
 end
 
--- total over a module tree
-local function tree_acts(m, N, B, T_)
-   local n = module_acts(m, N, B, T_)
-   for _, c in ipairs(m._children or {}) do n = n + tree_acts(c.module, N, B, T_) end
+-- total over a module tree; a Linear making rows of V (the vocabulary) is
+-- the LM head, whose logits the loss head's term counts (M.compute)
+local function tree_acts(m, N, B, T_, V)
+   local n = (V and V > 0 and m.n_out == V) and 0 or module_acts(m, N, B, T_)
+   for _, c in ipairs(m._children or {}) do n = n + tree_acts(c.module, N, B, T_, V) end
    return n
 end
 
@@ -209,20 +210,32 @@ function M.compute(model, cfg)
       -- params, grads, the prefetched unit (+ staging), two reductions
       r.gathered = max_p * (4 + 4 + staging) + max_g * (4 + 2 * reducing + (rdt ~= 'f32' and rb or 0)) + root_b
    end
-   -- activations: forward outputs and their gradients
+   -- activations: the forward outputs backward reads; backward frees each
+   -- output and its gradient once the op that made it has run backward, so
+   -- it never holds more than the forward left (with checkpointing: the
+   -- units' inputs and one unit recomputed)
    local B, T_ = cfg.batch, cfg.seq_len
    local N = B * T_
-   local per_block = 0
-   for _, u in ipairs(units) do per_block = math.max(per_block, tree_acts(u.module, N, B, T_)) end
-   local blocks_total = 0
-   for _, u in ipairs(units) do blocks_total = blocks_total + tree_acts(u.module, N, B, T_) end
-   local root_acts = tree_acts(model, N, B, T_) - blocks_total
    local V = cfg.vocab or 0
-   root_acts = root_acts + N * V + 2 * N                                   -- logits, CE losses and lse
+   local per_block = 0
+   for _, u in ipairs(units) do per_block = math.max(per_block, tree_acts(u.module, N, B, T_, V)) end
+   local blocks_total = 0
+   for _, u in ipairs(units) do blocks_total = blocks_total + tree_acts(u.module, N, B, T_, V) end
+   local root_acts = tree_acts(model, N, B, T_, V) - blocks_total
    local act_bytes = cfg.activation_bytes or 4
-   r.activations = 2 * act_bytes * (blocks_total + root_acts)
    local width = cfg.width or 0
-   r.activations_checkpointed = 2 * act_bytes * (#units * N * width + per_block + root_acts)
+   -- the loss head (ops.lm_loss): on the host in chunks of rows (a chunk of
+   -- logits, dx, dweight and the losses), on a GPU the whole logits and
+   -- their gradient; a model whose loss needs the whole logits on the host
+   -- too says so (model.whole_logits: Gemma 2's soft-capped ones)
+   if cuda or model.whole_logits then
+      r.head = 2 * act_bytes * N * V + 8 * N
+   else
+      local chunk = math.min(N, math.max(1, math.floor(require('fsdp.ops').LINEAR_CE_CHUNK_BYTES / (4 * math.max(V, 1)))))
+      r.head = V > 0 and 4 * (chunk * V + N * width + V * width + 2 * N) or 0
+   end
+   r.activations = act_bytes * (blocks_total + root_acts) + r.head
+   r.activations_checkpointed = act_bytes * (#units * N * width + per_block + root_acts) + r.head
    r.per_block_token = #units > 0 and blocks_total / #units / N or 0     -- elements per layer per token
    -- a GPU: context, workspace, NCCL, and the largest GEMM's operands cast
    -- to the compute dtype (bf16/f16) while it runs

@@ -155,6 +155,8 @@ local Body = nn.class('Gemma2Model')
 
 local Gemma2 = nn.class('Gemma2', llama.Llama)
 M.Gemma2 = Gemma2
+-- the loss is taken on the whole soft-capped logits (fsdp.plan counts them)
+Gemma2.whole_logits = true
 
 function Gemma2.new(cfg)
    local self = nn.Module.instance(Gemma2)

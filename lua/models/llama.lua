@@ -583,7 +583,7 @@ M.check_input = check_input
 
 -- The head's logits, or with targets the loss (see Llama:loss): the head
 -- module `head` (nil: tied, `weight` is the embedding's) on x. The loss runs
--- as ops.linear_cross_entropy, so the [tokens, vocab] logits never exist
+-- as ops.lm_loss, so on the host the [tokens, vocab] logits never exist
 -- whole; a head with adapters (LoRA on lm_head) or a bias runs as its module.
 -- Called inside the model's forward: under fsdp.shard the head's gradient
 -- is bound only while the model's own unit runs.
@@ -591,7 +591,7 @@ function M.head(x, head, weight, targets, ctx)
    if not targets then return head and head(x) or ops.linear(x, weight) end
    local denominator = type(ctx) == 'table' and ctx.denominator or nil
    if head and (head.lora or head.bias) then return ops.cross_entropy(head(x), targets, -100, denominator) end
-   return ops.linear_cross_entropy(x, head and head.weight or weight, targets, -100, {denominator = denominator})
+   return ops.lm_loss(x, head and head.weight or weight, targets, -100, denominator)
 end
 
 -- idx: i32 [B, T] token ids -> logits [B, T, vocab]; with targets (i32

@@ -164,7 +164,7 @@ function GPT:forward(idx, ctx, targets)
    if cache then cache:advance(T_) end
    if targets then -- the loss, without the [tokens, vocab] logits whole
       local denominator = type(ctx) == 'table' and ctx.denominator or nil
-      return ops.linear_cross_entropy(x, tr.wte.weight, targets, -100, {denominator = denominator})
+      return ops.lm_loss(x, tr.wte.weight, targets, -100, denominator)
    end
    return ops.linear(x, tr.wte.weight) -- tied head
 end

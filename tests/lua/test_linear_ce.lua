@@ -1,7 +1,8 @@
 -- ops.linear_cross_entropy, the LM head and its loss in chunks of rows:
 -- loss and gradients against ops.cross_entropy(ops.linear(...)) (1e-6
 -- relative to the largest value) for chunk sizes that divide the rows, that
--- leave a ragged last chunk and that hold everything in one; finite
+-- leave a ragged last chunk and that hold everything in one, with and
+-- without a denominator (a sum over it instead of the mean); finite
 -- differences; a loss seeded with another scale; an input that also has
 -- another use (both orders on the tape); no-grad evaluation; every row
 -- ignored; argument errors; and the peak memory against the unfused ops.
@@ -60,16 +61,18 @@ local function run(head, opts)
    return value, gx, gw
 end
 
-local function unfused(h) return ops.cross_entropy(ops.linear(h, w), targets, IGN) end
+local function unfused(h, denominator) return ops.cross_entropy(ops.linear(h, w), targets, IGN, denominator) end
 
 for _, case in ipairs({{chunk = 1}, {chunk = 3}, {chunk = 7}, {chunk = 14}, {chunk = 100}, {},
-                       {chunk = 5, seed = -2.5}, {chunk = 4, extra = 1}, {chunk = 4, extra = 2}}) do
-   local label = string.format('chunk_rows %s%s%s', tostring(case.chunk),
+                       {chunk = 5, seed = -2.5}, {chunk = 4, extra = 1}, {chunk = 4, extra = 2},
+                       {chunk = 3, denominator = 40}, {chunk = 6, denominator = 2.5, seed = 3}}) do
+   local label = string.format('chunk_rows %s%s%s%s', tostring(case.chunk),
                                case.seed and (' seed ' .. case.seed) or '',
-                               case.extra and (' with another use of the input (order ' .. case.extra .. ')') or '')
-   local lr, gxr, gwr = run(unfused, case)
+                               case.extra and (' with another use of the input (order ' .. case.extra .. ')') or '',
+                               case.denominator and (' denominator ' .. case.denominator) or '')
+   local lr, gxr, gwr = run(function(h) return unfused(h, case.denominator) end, case)
    local lf, gxf, gwf = run(function(h)
-      return ops.linear_cross_entropy(h, w, targets, IGN, {chunk_rows = case.chunk})
+      return ops.linear_cross_entropy(h, w, targets, IGN, {chunk_rows = case.chunk, denominator = case.denominator})
    end, case)
    t.close(lf, lr, 1e-6, 0, 'linear_cross_entropy %s: loss', label)
    local dx, dw = rel(gxf, gxr), rel(gwf, gwr)
@@ -120,6 +123,8 @@ do
 end
 t.raises(function() ops.linear_cross_entropy(x0, w, targets, IGN, {chunk_rows = 0}) end,
          {'linear_cross_entropy', 'chunk_rows'}, 'chunk_rows 0')
+t.raises(function() ops.linear_cross_entropy(x0, w, targets, IGN, {denominator = 0}) end,
+         {'linear_cross_entropy', 'denominator', 'positive'}, 'denominator 0')
 t.raises(function() ops.linear_cross_entropy(x0, w, fsdp.empty({B, T_}, 'f32')) end,
          {'linear_cross_entropy', 'i32'}, 'f32 targets')
 AG.reset()
