@@ -149,6 +149,28 @@ do
    t.raises(function() return b:item() end, 'was freed', 'temporary after end_step')
 end
 
+-- backward frees each op's output and its gradient once the op's backward
+-- ran: a chain of 20 ops on 1 MiB tensors peaks in backward at what the
+-- forward left plus a few tensors in flight, not at 20 more gradients; the
+-- gradient of the input is right and parameters' gradients stay
+do
+   local n = 256 * 1024
+   local x = randn({n})
+   x.requires_grad = true
+   x.grad = nil
+   local h = x
+   for _ = 1, 20 do h = ops.gelu(h) end
+   local loss = ops.sum(h)
+   fsdp.reset_peak_memory()
+   local after_forward = fsdp.memory_stats().current
+   AG.backward(loss)
+   local peak = fsdp.memory_stats().peak
+   local extra = (peak - after_forward) / (4 * n)
+   t.check(extra <= 4, 'backward of a 20-op chain held %.1f tensors beyond the forward (want <= 4)', extra)
+   t.check(x.grad and x.grad:numel() == n and x.grad:sumsq() > 0, 'the input has its gradient after backward')
+   x.grad:free(); x.grad = nil
+end
+
 -- op argument errors name the op and the shapes
 t.raises(function() ops.linear(randn({2, 5}), randn({4, 6})) end, {'linear', '[2, 5]', '[4, 6]'}, 'linear shapes')
 t.raises(function() ops.add(randn({2, 5}), randn({5, 2})) end, {'add', 'shapes differ'}, 'add shapes')
