@@ -11,13 +11,9 @@ local ffi, check = bind.ffi, bind.check
 
 local M = {}
 local needs, grad_of, gp = AG.needs_grad, AG.grad_of, AG.grad_ptr
--- the output result() saw last: the next record() hands it to the tape,
--- which frees it and its gradient once the op's backward ran
-local last_out = false
-local function record(fn)
-   AG.record(fn, last_out)
-   last_out = false
-end
+-- records an op's backward with the output it made: the tape frees both
+-- the output and its gradient once the backward ran
+local function record(out, fn) AG.record(fn, out) end
 local write_grad = AG.write_grad
 local shape_str = T.shape_str
 local NULL = nil
@@ -31,6 +27,13 @@ local function want_f32(op, what, t)
    if t:is_freed() then fail(op, '%s was freed (op results live until the end of the step)', what) end
    if t.dtype ~= 'f32' then fail(op, '%s must be f32, got %s', what, t.dtype) end
    if not t:is_contiguous() then fail(op, '%s must be contiguous', what) end
+end
+
+-- a loss's optional denominator (its sum over it instead of the mean)
+local function want_denominator(op, d)
+   if d ~= nil and not (type(d) == 'number' and d > 0 and d < math.huge) then
+      fail(op, 'the denominator must be a positive number, got %s', tostring(d))
+   end
 end
 
 local function want_i32(op, what, t)
@@ -62,7 +65,7 @@ local function kern(op, first, ...)
 end
 
 local function result(out, ...)
-   if needs(...) then out.requires_grad = true; last_out = out; return true end
+   if needs(...) then out.requires_grad = true; return true end
    return false
 end
 
@@ -87,7 +90,7 @@ function M.linear(x, w, b)
    local out = out_like(with_last(x.shape, N), dev)
    check(Kn.matmul_forward(out:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL, rows, N, K, 0, 1, 0), 'linear')
    if result(out, x, w, b) then
-      record(function()
+      record(out, function()
          local g = out.grad
          if not g then return end
          -- dx = g @ w and dw (+)= g^T @ x as products that write a fresh
@@ -125,7 +128,7 @@ function M.matmul(a, b, trans_a, trans_b)
    local out = out_like({m, n}, dev)
    check(K.matmul_forward(out:ptr(), a:ptr(), b:ptr(), NULL, m, n, k, ta, tb, 0), 'matmul')
    if result(out, a, b) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.matmul_backward(gp(a), gp(b), NULL, out.grad:ptr(), a:ptr(), b:ptr(), m, n, k, ta, tb),
                'matmul backward')
@@ -168,7 +171,7 @@ function M.lora_linear(x, w, b, a, bb, opts)
    check(Kn.lora_forward(out:ptr(), xa:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL, a:ptr(), bb:ptr(),
                          rows, N, K, R, scale, p, seed), op)
    if result(out, x, w, b, a) or result(out, bb) then
-      record(function()
+      record(out, function()
          local g = out.grad
          if not g then return end
          check(Kn.lora_backward(gp(x), gp(w), gp(b), gp(a), gp(bb), g:ptr(), x:ptr(), w:ptr(), a:ptr(), bb:ptr(),
@@ -192,7 +195,7 @@ function M.embedding(idx, table_)
    local n = idx:numel()
    check(K.embedding_forward(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), 'embedding')
    if result(out, table_) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.embedding_backward(grad_of(table_):ptr(), out.grad:ptr(), idx:ptr(), n, V, D),
                'embedding backward')
@@ -220,7 +223,7 @@ function M.layernorm(x, w, b, eps)
    check(K.layernorm_forward(out:ptr(), mean:ptr(), rstd:ptr(), x:ptr(), w:ptr(), b and b:ptr() or NULL,
                                       rows, D, eps or 1e-5), 'layernorm')
    if result(out, x, w, b) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.layernorm_backward(gp(x), gp(w), gp(b), out.grad:ptr(), x:ptr(), w:ptr(),
                                              mean:ptr(), rstd:ptr(), rows, D), 'layernorm backward')
@@ -236,7 +239,7 @@ function M.rmsnorm(x, w, eps)
    local rstd = out_like({rows}, dev)
    check(K.rmsnorm_forward(out:ptr(), rstd:ptr(), x:ptr(), w:ptr(), rows, D, eps or 1e-6), 'rmsnorm')
    if result(out, x, w) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.rmsnorm_backward(gp(x), gp(w), out.grad:ptr(), x:ptr(), w:ptr(), rstd:ptr(), rows, D),
                'rmsnorm backward')
@@ -256,7 +259,7 @@ local function pointwise(name, fwd, bwd)
       local n = x:numel()
       check(K[fwd](out:ptr(), x:ptr(), n), name)
       if result(out, x) then
-         record(function()
+         record(out, function()
             if not out.grad then return end
             check(K[bwd](grad_of(x):ptr(), out.grad:ptr(), x:ptr(), n), name .. ' backward')
          end)
@@ -279,7 +282,7 @@ function M.softcap(x, cap)
    local n = x:numel()
    check(K.softcap_forward(out:ptr(), x:ptr(), cap, n), 'softcap')
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.softcap_backward(grad_of(x):ptr(), out.grad:ptr(), x:ptr(), cap, n), 'softcap backward')
       end)
@@ -305,7 +308,7 @@ function M.swiglu(gate, up)
    local n = gate:numel()
    check(K.swiglu_forward(out:ptr(), gate:ptr(), up:ptr(), n), 'swiglu')
    if result(out, gate, up) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.swiglu_backward(gp(gate), gp(up), out.grad:ptr(), gate:ptr(), up:ptr(), n), 'swiglu backward')
       end)
@@ -320,7 +323,7 @@ function M.add(a, b)
    local n = a:numel()
    check(K.add(out:ptr(), a:ptr(), b:ptr(), n), 'add')
    if result(out, a, b) then
-      record(function()
+      record(out, function()
          local g = out.grad
          if not g then return end
          if a.requires_grad then check(K.axpy(grad_of(a):ptr(), 1, g:ptr(), n), 'add backward') end
@@ -337,7 +340,7 @@ function M.mul(a, b)
    local n = a:numel()
    check(K.mul(out:ptr(), a:ptr(), b:ptr(), n), 'mul')
    if result(out, a, b) then
-      record(function()
+      record(out, function()
          local g = out.grad
          if not g then return end
          local tmp = out_like(a.shape, dev)
@@ -361,7 +364,7 @@ function M.scale(x, s)
    local n = x:numel()
    check(K.scale(out:ptr(), s, x:ptr(), n), 'scale')
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.axpy(grad_of(x):ptr(), s, out.grad:ptr(), n), 'scale backward')
       end)
@@ -383,7 +386,7 @@ function M.sum(x)
       out:ptr()[0] = s
    end
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          local ones = T.full(x.shape, out.grad:item(), 'f32', dev)
          check(K.axpy(grad_of(x):ptr(), 1, ones:ptr(), n), 'sum backward')
@@ -399,7 +402,7 @@ function M.mean(x) return M.scale(M.sum(x), 1 / x:numel()) end
 function M.reshape(x, shape)
    local out = x:view(shape, nil, nil, true)
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(kernels.of(x).axpy(grad_of(x):ptr(), 1, out.grad:ptr(), x:numel()), 'reshape backward')
       end)
@@ -448,7 +451,7 @@ local function run_attention(op, qp, kp, vp, dq, dk, dv, B, T_, NH, NKV, HD, ldq
                                 ldq, ldk, ldv, window, scale, softcap), op)
    end
    if result(out, inputs[1], inputs[2], inputs[3]) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          if pos then
             check(K.attention_packed_backward(dq(), dk(), dv(), out.grad:ptr(), qp(), kp(), vp(), out:ptr(),
@@ -567,7 +570,7 @@ function M.rope(x, cos, sin, n_head, positions)
    local out = out_like(x.shape, dev)
    check(K.rope_forward(out:ptr(), x:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc), op)
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.rope_backward(grad_of(x):ptr(), out.grad:ptr(), cos:ptr(), sin:ptr(), B, T_, n_head, HD, Cc),
                'rope backward')
@@ -595,9 +598,7 @@ function M.cross_entropy(logits, targets, ignore_index, denominator)
    local K, dev = kern(op, logits, targets)
    local losses, lse = out_like({N}, dev), out_like({N}, dev)
    check(K.crossentropy_forward(losses:ptr(), lse:ptr(), logits:ptr(), targets:ptr(), N, V, ignore_index), op)
-   if denominator ~= nil and not (type(denominator) == 'number' and denominator > 0 and denominator < math.huge) then
-      fail(op, 'the denominator must be a positive number, got %s', tostring(denominator))
-   end
+   want_denominator(op, denominator)
    -- the mean over the counted rows (or their sum over the denominator),
    -- where the tensors live: the count stays there too, so a device copies
    -- nothing to the host
@@ -605,7 +606,7 @@ function M.cross_entropy(logits, targets, ignore_index, denominator)
    check(K.crossentropy_mean_forward(out:ptr(), count:ptr(), losses:ptr(), targets:ptr(), N, ignore_index,
                                      denominator or 0), op)
    if result(out, logits) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          local dloss = T.zeros({N}, 'f32', nil, dev)
          local ok, err = pcall(function()
@@ -669,9 +670,7 @@ function M.linear_cross_entropy(x, weight, targets, ignore_index, opts)
    ignore_index = ignore_index or -100
    opts = opts or {}
    local denominator = opts.denominator
-   if denominator ~= nil and not (type(denominator) == 'number' and denominator > 0 and denominator < math.huge) then
-      fail(op, 'the denominator must be a positive number, got %s', tostring(denominator))
-   end
+   want_denominator(op, denominator)
    local R = opts.chunk_rows or math.max(1, math.floor(M.LINEAR_CE_CHUNK_BYTES / (4 * V)))
    if type(R) ~= 'number' or R < 1 or R ~= math.floor(R) then
       fail(op, 'chunk_rows must be a positive integer, got %s', tostring(opts.chunk_rows))
@@ -728,7 +727,7 @@ function M.linear_cross_entropy(x, weight, targets, ignore_index, opts)
    local div = denominator or count
    out:fill(count > 0 and total / div or 0)
    if result(out, x, weight) then
-      record(function()
+      record(out, function()
          if not out.grad or count == 0 then return end
          local s = out.grad:item() / div
          if dx then
@@ -784,7 +783,7 @@ function M.gather_rows(x, idx)
    local out = out_like({Mr, Cc}, dev)
    check(K.gather_rows_forward(out:ptr(), x:ptr(), idx:ptr(), Mr, N, Cc), op)
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.gather_rows_backward(grad_of(x):ptr(), out.grad:ptr(), idx:ptr(), Mr, N, Cc),
                op .. ' backward')
@@ -808,7 +807,7 @@ function M.scatter_add_rows(base, idx, src)
    out:copy(base)
    check(K.scatter_add_rows_forward(out:ptr(), src:ptr(), idx:ptr(), Mr, N, Cc), op)
    if result(out, base, src) then
-      record(function()
+      record(out, function()
          local g = out.grad
          if not g then return end
          if base.requires_grad then check(K.axpy(grad_of(base):ptr(), 1, g:ptr(), g:numel()), op .. ' backward') end
@@ -829,7 +828,7 @@ function M.softmax(x)
    local out = out_like(x.shape, dev)
    check(K.softmax_forward(out:ptr(), x:ptr(), N, Cc), op)
    if result(out, x) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.softmax_backward(grad_of(x):ptr(), out.grad:ptr(), out:ptr(), N, Cc), op .. ' backward')
       end)
@@ -848,7 +847,7 @@ function M.row_scale(x, s)
    local out = out_like(x.shape, dev)
    check(K.row_scale_forward(out:ptr(), x:ptr(), s:ptr(), N, Cc), op)
    if result(out, x, s) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          check(K.row_scale_backward(gp(x), gp(s), out.grad:ptr(), x:ptr(), s:ptr(), N, Cc), op .. ' backward')
       end)
@@ -870,7 +869,7 @@ function M.topk(x, k)
    local values, indices = out_like(shape, dev), T.empty(shape, 'i32', true, dev)
    check(K.topk_forward(values:ptr(), indices:ptr(), x:ptr(), N, Cc, k), op)
    if result(values, x) then
-      record(function()
+      record(values, function()
          if not values.grad then return end
          check(K.topk_backward(grad_of(x):ptr(), values.grad:ptr(), indices:ptr(), N, Cc, k), op .. ' backward')
       end)
@@ -895,7 +894,7 @@ function M.embedding_padded(idx, table_, padding_idx)
    local n = idx:numel()
    check(K.embedding_forward(out:ptr(), idx:ptr(), table_:ptr(), n, V, D), op)
    if result(out, table_) then
-      record(function()
+      record(out, function()
          if not out.grad then return end
          local g = grad_of(table_)
          local row = g:view({D}, {1}, padding_idx * D)
